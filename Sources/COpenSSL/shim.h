@@ -1,0 +1,23 @@
+// OpenSSL for Swift. Several of the calls we need are function-like macros in OpenSSL 3
+// (SSL_CTX_set_min_proto_version, BIO_get_mem_data, …), which Swift cannot import; these
+// inline functions give them a callable form.
+#ifndef IOTHUB_SIDECAR_COPENSSL_SHIM_H
+#define IOTHUB_SIDECAR_COPENSSL_SHIM_H
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+static inline int iothub_ssl_ctx_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+
+static inline long iothub_bio_get_mem_data(BIO *bio, char **data) {
+    return BIO_get_mem_data(bio, data);
+}
+
+#endif

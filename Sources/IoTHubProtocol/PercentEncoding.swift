@@ -1,0 +1,78 @@
+/// Percent-encoding exactly as IoT Hub's SDKs apply it to topic segments, property bags,
+/// MQTT user names and SAS resource URIs.
+///
+/// Only the RFC 3986 unreserved characters (`A–Z a–z 0–9 - . _ ~`) stay as they are; every other
+/// byte of the UTF-8 encoding becomes `%XX` with upper-case hex digits. That is what Python's
+/// `urllib.parse.quote(value, safe="")` produces, so `$` becomes `%24` and `/` becomes `%2F`.
+public enum PercentEncoding {
+    /// Encodes `value` for use inside a topic, a property bag or a SAS resource URI.
+    public static func encode(_ value: String) -> String {
+        let utf8 = value.utf8
+        // Fast path: most keys and ids need no encoding at all.
+        if utf8.allSatisfy(isUnreserved) { return value }
+        var output: [UInt8] = []
+        output.reserveCapacity(utf8.count * 3)
+        for byte in utf8 {
+            if isUnreserved(byte) {
+                output.append(byte)
+            } else {
+                output.append(UInt8(ascii: "%"))
+                output.append(hexDigits[Int(byte >> 4)])
+                output.append(hexDigits[Int(byte & 0x0F)])
+            }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    /// Decodes `%XX` sequences. Like Python's `urllib.parse.unquote`, a `%` that is not followed
+    /// by two hex digits is kept as it is, `+` is not a space, and byte sequences that are not
+    /// valid UTF-8 become U+FFFD, so decoding never fails.
+    public static func decode(_ value: Substring) -> String {
+        guard value.utf8.contains(UInt8(ascii: "%")) else { return String(value) }
+        let bytes = Array(value.utf8)
+        var output: [UInt8] = []
+        output.reserveCapacity(bytes.count)
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "%"), index + 2 < bytes.count,
+               let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2]) {
+                output.append(high << 4 | low)
+                index += 3
+            } else {
+                output.append(byte)
+                index += 1
+            }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    /// Decodes `%XX` sequences; see ``decode(_:)-(Substring)``.
+    public static func decode(_ value: String) -> String {
+        decode(value[...])
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789ABCDEF".utf8)
+
+    @inline(__always)
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
+    }
+
+    @inline(__always)
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}

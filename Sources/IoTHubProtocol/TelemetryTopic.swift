@@ -1,0 +1,55 @@
+/// A device-to-cloud telemetry topic: `devices/{d}/messages/events/{bag}`, or for a module
+/// `devices/{d}/modules/{m}/messages/events/{bag}`.
+public struct TelemetryTopic: Sendable, Hashable {
+    public var deviceId: String
+    public var moduleId: String?
+    public var properties: PropertyBag
+
+    public init(deviceId: String, moduleId: String? = nil, properties: PropertyBag = PropertyBag()) {
+        self.deviceId = deviceId
+        self.moduleId = moduleId
+        self.properties = properties
+    }
+
+    /// The topic for sending `message` as `deviceId` (and `moduleId`).
+    public init(deviceId: String, moduleId: String? = nil, message: Message) {
+        self.init(deviceId: deviceId, moduleId: moduleId, properties: message.telemetryPropertyBag)
+    }
+
+    /// The topic name.
+    public var name: String {
+        var topic = "devices/\(deviceId)/"
+        if let moduleId { topic += "modules/\(moduleId)/" }
+        topic += "messages/events/"
+        topic += properties.encoded
+        return topic
+    }
+
+    /// Parses a telemetry topic; nil for any other topic. The trailing `/` and the bag may be
+    /// absent, as some SDKs send `devices/{d}/messages/events`.
+    public init?(parsing topic: String) {
+        guard let rest = topic[...].dropping(prefix: "devices/"),
+              let slash = rest.firstIndex(of: "/")
+        else { return nil }
+        let deviceId = rest[..<slash]
+        var tail = rest[rest.index(after: slash)...]
+        var moduleId: Substring?
+        if let afterModules = tail.dropping(prefix: "modules/") {
+            guard let moduleSlash = afterModules.firstIndex(of: "/") else { return nil }
+            moduleId = afterModules[..<moduleSlash]
+            tail = afterModules[afterModules.index(after: moduleSlash)...]
+        }
+        let bag: Substring
+        if tail == "messages/events" {
+            bag = ""
+        } else if let afterEvents = tail.dropping(prefix: "messages/events/") {
+            bag = afterEvents
+        } else {
+            return nil
+        }
+        guard !deviceId.isEmpty, moduleId?.isEmpty != true else { return nil }
+        self.init(
+            deviceId: String(deviceId), moduleId: moduleId.map(String.init),
+            properties: PropertyBag(decoding: bag))
+    }
+}

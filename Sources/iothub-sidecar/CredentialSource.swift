@@ -1,0 +1,57 @@
+import Foundation
+import IoTHubProtocol
+
+/// Where a command reads the device connection string from: a file named on the command line,
+/// or the `IOTHUB_DEVICE_CONNECTION_STRING` environment variable. Never the command line itself,
+/// which other users of the machine can read in the process list.
+struct ConnectionStringSource {
+    static let environmentVariable = "IOTHUB_DEVICE_CONNECTION_STRING"
+
+    /// A file holding the connection string, or `-` for standard input.
+    var file: String?
+
+    func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ConnectionString {
+        let text: String
+        let origin: String
+        if let file {
+            origin = file == "-" ? "standard input" : file
+            text = try Self.read(file)
+        } else if let value = environment[Self.environmentVariable] {
+            origin = Self.environmentVariable
+            text = value
+        } else {
+            throw CommandFailure(
+                "no connection string: set \(Self.environmentVariable) or pass --connection-string-file FILE")
+        }
+        do {
+            return try ConnectionString(parsing: text.trimmingCharacters(in: .whitespacesAndNewlines))
+        } catch {
+            throw CommandFailure("the connection string in \(origin) is invalid: \(error)")
+        }
+    }
+
+    private static func read(_ path: String) throws -> String {
+        let data: Data
+        if path == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            guard let contents = FileManager.default.contents(atPath: path) else {
+                throw CommandFailure("cannot read the connection string file \(path)")
+            }
+            data = contents
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw CommandFailure("the connection string file \(path) is not UTF-8 text")
+        }
+        return text
+    }
+}
+
+/// A failure a command reports as one line on standard error before exiting with status 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+
+    init(_ description: String) {
+        self.description = description
+    }
+}

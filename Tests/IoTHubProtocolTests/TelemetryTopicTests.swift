@@ -1,0 +1,33 @@
+import Foundation
+import IoTHubProtocol
+import Testing
+
+@Suite struct TelemetryTopicTests {
+    @Test func deviceAndModuleTopics() {
+        let message = Message(messageId: "m 1", properties: ["k": "v/w"])
+        #expect(TelemetryTopic(deviceId: "d1", message: message).name == "devices/d1/messages/events/%24.mid=m%201&k=v%2Fw")
+        #expect(TelemetryTopic(deviceId: "d1", moduleId: "m1", message: Message()).name == "devices/d1/modules/m1/messages/events/")
+    }
+
+    @Test func parsesWhatItBuilds() {
+        let topic = TelemetryTopic(deviceId: "d1", moduleId: "m1", message: Message(outputName: "o", properties: ["a": "&="]))
+        #expect(TelemetryTopic(parsing: topic.name) == topic)
+        let device = TelemetryTopic(deviceId: "d.1-x", message: Message(contentType: "application/json"))
+        #expect(TelemetryTopic(parsing: device.name) == device)
+    }
+
+    @Test func acceptsTheFormsSDKsSend() {
+        #expect(TelemetryTopic(parsing: "devices/d/messages/events") == TelemetryTopic(deviceId: "d"))
+        #expect(TelemetryTopic(parsing: "devices/d/messages/events/") == TelemetryTopic(deviceId: "d"))
+        #expect(TelemetryTopic(parsing: "devices/d/modules/m/messages/events/a=1")?.properties["a"] == "1")
+    }
+
+    @Test(arguments: [
+        "devices/d/messages/devicebound/", "devices//messages/events/", "devices/d/modules//messages/events/",
+        "devices/d/messages/eventsX", "device/d/messages/events/", "$iothub/twin/GET/?$rid=1",
+        "devices/d", "devices/d/modules/m", "", "devices/d/messages/events2/",
+    ])
+    func rejectsForeignTopics(_ topic: String) {
+        #expect(TelemetryTopic(parsing: topic) == nil)
+    }
+}
