@@ -81,7 +81,7 @@ struct ConnectPacket: Sendable, Equatable {
 /// CONNACK: the server's answer to CONNECT.
 struct ConnackPacket: Sendable, Equatable {
     /// The CONNACK return codes of MQTT 3.1.1, which IoT Hub uses as they are.
-    enum ReturnCode: UInt8, Sendable {
+    enum ReturnCode: UInt8, Sendable, Error {
         case accepted = 0
         case unacceptableProtocolVersion = 1
         case identifierRejected = 2

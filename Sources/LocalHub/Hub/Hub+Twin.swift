@@ -1,0 +1,90 @@
+import Foundation
+import IoTHubProtocol
+import NIOCore
+import NIOFoundationCompat
+
+extension Hub {
+    /// Reported or desired properties may not exceed this size, as in IoT Hub.
+    static let twinSectionLimit = 32 * 1024
+
+    /// Answers a device's twin GET or reported-properties PATCH.
+    func handleTwinRequest(from connection: DeviceConnection, _ request: TwinRequestTopic, payload: ByteBuffer) {
+        let key = connection.key
+        let outgoing = state.withLockedValue { state -> (DeviceConnection, MQTTPacket)? in
+            let response: (status: Int, version: Int?, body: Data)
+            if state.faults.takeThrottle() {
+                response = (429, nil, Data(#"{"errorCode":429001,"message":"Throttled by the local hub's fault injection"}"#.utf8))
+            } else if var record = state.identities[key] {
+                switch request.operation {
+                case .get:
+                    response = (200, nil, Twin(desired: record.desired, reported: record.reported).encoded())
+                case .patchReportedProperties:
+                    let patch = (try? JSONValue(parsing: Data(payload.readableBytesView)))?.objectValue
+                    if let patch {
+                        var reported = record.reported
+                        reported.apply(patch: patch)
+                        if reported.json.encoded().count > Self.twinSectionLimit {
+                            response = (400, nil, Data(#"{"errorCode":400004,"message":"The reported properties exceed 32 KB"}"#.utf8))
+                        } else {
+                            record.reported = reported
+                            record.twinVersion += 1
+                            state.identities[key] = record
+                            response = (204, reported.version, Data())
+                        }
+                    } else {
+                        response = (400, nil, Data(#"{"errorCode":400004,"message":"The reported patch is not a JSON object"}"#.utf8))
+                    }
+                }
+            } else {
+                response = (404, nil, Data())
+            }
+            let topic = TwinResponseTopic(status: response.status, requestId: request.requestId, version: response.version)
+            return Self.preparePublish(in: &state, to: key, topic: topic.name, payload: ByteBuffer(data: response.body), kind: .transient)
+        }
+        if request.operation == .patchReportedProperties { stateChanged() }
+        if let (target, packet) = outgoing { target.send([packet]) }
+    }
+
+    /// Applies a desired-properties patch from the service side and pushes it to the device.
+    /// - Returns: the updated record.
+    func patchDesired(_ key: IdentityKey, patch: [String: JSONValue], tags: [String: JSONValue]?, replace: Bool, ifMatch: String?) throws(ServiceError) -> IdentityRecord {
+        let (record, outgoing) = try state.withLock { state throws(ServiceError) -> (IdentityRecord, (DeviceConnection, MQTTPacket)?) in
+            guard var record = state.identities[key] else { throw .notFound(key) }
+            if let ifMatch, ifMatch != "*", ifMatch.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) != record.twinEtag {
+                throw .preconditionFailed("the twin's etag is \(record.twinEtag)")
+            }
+            var desired = record.desired
+            var pushed: [String: JSONValue]
+            if replace {
+                // PUT replaces the desired properties; the device sees the new document.
+                var patchAll = patch
+                for existing in desired.properties.keys where patch[existing] == nil { patchAll[existing] = .null }
+                desired.properties = patch.filter { !$0.key.hasPrefix("$") }
+                desired.version += 1
+                pushed = patchAll
+            } else {
+                desired.apply(patch: patch)
+                pushed = patch
+            }
+            pushed.removeValue(forKey: "$version")
+            if desired.json.encoded().count > Self.twinSectionLimit {
+                throw .badRequest("the desired properties exceed 32 KB")
+            }
+            let changedDesired = desired != record.desired
+            record.desired = desired
+            if let tags {
+                record.tags = replace ? tags : (JSONValue.object(record.tags).merging(.object(tags)).objectValue ?? record.tags)
+            }
+            record.twinVersion += 1
+            state.identities[key] = record
+            guard changedDesired || replace else { return (record, nil) }
+            pushed["$version"] = .integer(Int64(desired.version))
+            let topic = DesiredPropertiesPatchTopic(version: desired.version).name
+            let outgoing = Self.preparePublish(in: &state, to: key, topic: topic, payload: ByteBuffer(data: JSONValue.object(pushed).encoded()), kind: .transient)
+            return (record, outgoing)
+        }
+        stateChanged()
+        if let (target, packet) = outgoing { target.send([packet]) }
+        return record
+    }
+}

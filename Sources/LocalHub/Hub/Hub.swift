@@ -1,0 +1,104 @@
+import Foundation
+import IoTHubProtocol
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The state and behaviour of the local IoT Hub, independent of its listeners: registry, twins,
+/// MQTT sessions, cloud-to-device queues, direct-method calls, telemetry, file uploads, faults.
+///
+/// All mutable state sits behind one lock; no lock is held while waiting or doing I/O. Packets
+/// for devices are computed under the lock and sent after it is released.
+final class Hub: Sendable {
+    struct State: Sendable {
+        var identities: [IdentityKey: IdentityRecord] = [:]
+        var sessions: [IdentityKey: SessionState] = [:]
+        var pendingMethods: [String: PendingMethodCall] = [:]
+        var lastMethodRequestId: UInt64 = 0
+        var lastConnectionId: UInt64 = 0
+        var faults = Faults()
+        var fileUploads: [String: PendingFileUpload] = [:]
+    }
+
+    let hostName: String
+    let ownerPolicyName: String
+    let ownerPolicyKey: String
+    let logger: Logger
+    let telemetry: EventLog<TelemetryRecord>
+    let fileUploadNotifications: EventLog<FileUploadNotification>
+    let blobs: BlobStore
+    /// Host and port of the blob endpoint, as file-upload answers name it (`localhost:10000`).
+    let blobHost: NIOLockedValueBox<String>
+
+    let state: NIOLockedValueBox<State>
+    private let persistence: StatePersistence?
+    /// Wakes long-polls of registry-wide changes (connection state).
+    let changes = ChangeSignal()
+
+    init(
+        hostName: String, ownerPolicyName: String = "iothubowner", ownerPolicyKey: String,
+        persistedState: PersistedState? = nil, persistence: StatePersistence? = nil,
+        telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, logger: Logger
+    ) {
+        self.hostName = hostName
+        self.ownerPolicyName = ownerPolicyName
+        self.ownerPolicyKey = ownerPolicyKey
+        self.logger = logger
+        self.telemetry = EventLog(capacity: telemetryCapacity, byteCapacity: telemetryByteCapacity)
+        self.fileUploadNotifications = EventLog(capacity: 10_000, byteCapacity: 16 << 20)
+        self.blobs = BlobStore()
+        self.blobHost = NIOLockedValueBox("\(hostName):10000")
+        var initial = State()
+        for record in persistedState?.identities ?? [] {
+            initial.identities[record.key] = record
+        }
+        self.state = NIOLockedValueBox(initial)
+        self.persistence = persistence
+    }
+
+    /// The owner policy's connection string (service SDKs use it).
+    var serviceConnectionString: ConnectionString {
+        ConnectionString(hostName: hostName, sharedAccessKeyName: ownerPolicyName, credential: .sharedAccessKey(ownerPolicyKey))
+    }
+
+    /// Records that the persisted part of the state changed; it is written soon after.
+    func stateChanged() {
+        persistence?.markDirty()
+    }
+
+    /// The persisted part of the state.
+    func snapshot() -> PersistedState {
+        state.withLockedValue { state in
+            PersistedState(identities: state.identities.values.sorted { $0.key.clientId < $1.key.clientId })
+        }
+    }
+
+    /// Whether `key` is connected now.
+    func isConnected(_ key: IdentityKey) -> Bool {
+        state.withLockedValue { $0.sessions[key]?.connection != nil }
+    }
+
+    /// Closes every device connection (at shutdown).
+    func closeAllConnections() {
+        let connections = state.withLockedValue { state in state.sessions.values.compactMap(\.connection) }
+        for connection in connections { connection.close() }
+    }
+}
+
+/// The persisted part of the hub's state, `state.json`.
+struct PersistedState: Sendable, Codable {
+    var formatVersion = 1
+    var identities: [IdentityRecord]
+}
+
+/// A direct-method call waiting for the device's answer.
+struct PendingMethodCall: Sendable {
+    var key: IdentityKey
+    var promise: EventLoopPromise<MethodCallResult>
+}
+
+/// The device's answer to a direct method.
+struct MethodCallResult: Sendable {
+    var status: Int
+    var payload: Data
+}

@@ -1,0 +1,128 @@
+import Foundation
+import IoTHubProtocol
+
+/// The key of a device or module identity: its MQTT client id, `deviceId` or `deviceId/moduleId`.
+struct IdentityKey: Hashable, Sendable, Codable, CustomStringConvertible {
+    var deviceId: String
+    var moduleId: String?
+
+    init(deviceId: String, moduleId: String? = nil) {
+        self.deviceId = deviceId
+        self.moduleId = moduleId
+    }
+
+    /// Parses an MQTT client id.
+    init?(clientId: String) {
+        let parts = clientId.split(separator: "/", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), parts.allSatisfy({ !$0.isEmpty }) else { return nil }
+        self.init(deviceId: String(parts[0]), moduleId: parts.count == 2 ? String(parts[1]) : nil)
+    }
+
+    var clientId: String { moduleId.map { "\(deviceId)/\($0)" } ?? deviceId }
+    var description: String { clientId }
+}
+
+/// How an identity authenticates, as in IoT Hub's registry.
+struct IdentityAuthentication: Sendable, Codable, Equatable {
+    enum Kind: String, Sendable, Codable {
+        case sas
+        case selfSigned
+        case certificateAuthority
+        case none
+    }
+
+    var type: Kind
+    var primaryKey: String?
+    var secondaryKey: String?
+    var primaryThumbprint: String?
+    var secondaryThumbprint: String?
+
+    static func newSymmetricKeys() -> IdentityAuthentication {
+        IdentityAuthentication(type: .sas, primaryKey: randomKey(), secondaryKey: randomKey())
+    }
+
+    /// 32 random bytes, base64, like the keys IoT Hub generates.
+    static func randomKey() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }).base64EncodedString()
+    }
+}
+
+/// A cloud-to-device message waiting in a device's queue.
+struct QueuedCloudToDeviceMessage: Sendable, Codable, Equatable {
+    /// IoT Hub's lock token: unique per message.
+    var lockToken: String
+    var payload: Data
+    /// System and application properties, in bag order (`$.mid`, `$.to`, …, `iothub-ack`, app properties).
+    var properties: [StoredProperty]
+    var enqueuedTime: Date
+    var expiryTime: Date
+    var deliveryCount: Int
+}
+
+/// A property of a stored message (`PropertyBag.Entry` in a Codable form).
+struct StoredProperty: Sendable, Codable, Equatable {
+    var key: String
+    var value: String?
+
+    init(_ entry: PropertyBag.Entry) {
+        key = entry.key
+        value = entry.value
+    }
+
+    var entry: PropertyBag.Entry { PropertyBag.Entry(key: key, value: value) }
+}
+
+/// Everything the hub keeps about one device or module identity; persisted in `state.json`.
+struct IdentityRecord: Sendable, Codable {
+    var key: IdentityKey
+    var generationId: String
+    /// Bumped on every change of the identity; rendered as an etag.
+    var etagCounter: Int
+    var status: String
+    var statusReason: String?
+    var statusUpdatedTime: Date
+    var authentication: IdentityAuthentication
+    var managedBy: String?
+    var iotEdge: Bool
+    var lastActivityTime: Date?
+    var connectionStateUpdatedTime: Date?
+
+    var desired: TwinProperties
+    var reported: TwinProperties
+    var tags: [String: JSONValue]
+    /// Bumped on every change of the twin; rendered as the twin's etag and `version`.
+    var twinVersion: Int
+
+    /// Cloud-to-device queue (devices only), oldest first.
+    var cloudToDevice: [QueuedCloudToDeviceMessage]
+    /// MQTT subscriptions kept for `clean_session = false`, with their granted QoS.
+    var subscriptions: [String: UInt8]
+
+    init(key: IdentityKey, authentication: IdentityAuthentication, now: Date = Date()) {
+        self.key = key
+        self.generationId = String(UInt64.random(in: 100_000_000_000_000_000...999_999_999_999_999_999))
+        self.etagCounter = 1
+        self.status = "enabled"
+        self.statusUpdatedTime = now
+        self.authentication = authentication
+        self.iotEdge = false
+        self.desired = TwinProperties(version: 1)
+        self.reported = TwinProperties(version: 1)
+        self.tags = [:]
+        self.twinVersion = 1
+        self.cloudToDevice = []
+        self.subscriptions = [:]
+    }
+
+    var etag: String { Self.etag(etagCounter) }
+    var twinEtag: String { Self.etag(twinVersion) }
+
+    /// IoT Hub's etags are base64 text; a counter keeps them short and ordered.
+    static func etag(_ counter: Int) -> String {
+        Data(String(counter).utf8).base64EncodedString()
+    }
+
+    /// The owner of this identity as IoT Hub names devices in `$.to`.
+    var cloudToDeviceAddress: String { "/devices/\(key.deviceId)/messages/deviceBound" }
+}

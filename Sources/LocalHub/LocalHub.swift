@@ -1,0 +1,213 @@
+import Foundation
+import IoTHubProtocol
+public import Logging
+public import NIOCore
+import NIOConcurrencyHelpers
+public import NIOPosix
+public import ServiceLifecycle
+
+/// A local Azure IoT Hub: the device-facing MQTT endpoint (TLS and WebSockets), HTTPS file
+/// upload with blob storage, the service REST API that Microsoft's service SDKs use, and
+/// emulator endpoints under `/local`.
+///
+/// Run it as a `Service` in a `ServiceGroup` (``run()``), or call ``start()`` and ``stop()``.
+public final class LocalHub: Service, Sendable {
+    /// Settings of a local hub.
+    public struct Configuration: Sendable {
+        /// The IoT Hub host name devices use in connection strings and SAS tokens.
+        public var hostName: String
+        /// The address the listeners bind to.
+        public var bindAddress: String
+        /// MQTT over TLS (IoT Hub: 8883). 0 picks a free port.
+        public var mqttPort: Int
+        /// HTTPS: service API, file upload, `/local`, MQTT over WebSockets (IoT Hub: 443). 0 picks a free port.
+        public var httpsPort: Int
+        /// Blob storage for file uploads. 0 picks a free port.
+        public var blobPort: Int
+        /// Where certificates, keys and state are kept; nil keeps everything in memory.
+        public var dataDirectory: String?
+        /// Devices to register at start (SAS, generated keys) if they do not exist.
+        public var devices: [String]
+        /// How many telemetry messages the hub keeps for reading.
+        public var telemetryCapacity: Int
+
+        public init(
+            hostName: String = "localhost", bindAddress: String = "127.0.0.1", mqttPort: Int = 8883,
+            httpsPort: Int = 8443, blobPort: Int = 10000, dataDirectory: String? = nil, devices: [String] = [],
+            telemetryCapacity: Int = 100_000
+        ) {
+            self.hostName = hostName
+            self.bindAddress = bindAddress
+            self.mqttPort = mqttPort
+            self.httpsPort = httpsPort
+            self.blobPort = blobPort
+            self.dataDirectory = dataDirectory
+            self.devices = devices
+            self.telemetryCapacity = telemetryCapacity
+        }
+    }
+
+    /// The ports the listeners are bound to.
+    public struct Ports: Sendable, Equatable {
+        public var mqtt: Int
+        public var https: Int
+        public var blob: Int
+    }
+
+    public let configuration: Configuration
+    /// PEM of the CA that issued the hub's server certificate: what clients must trust.
+    public let caCertificatePEM: String
+    let hub: Hub
+    private let authority: CertificateAuthority
+    private let persistence: StatePersistence?
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let channels = NIOLockedValueBoxChannels()
+
+    /// Loads (or creates) the data directory's certificates, owner key and state.
+    public init(configuration: Configuration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "localhub")) throws(LocalHubError) {
+        guard !configuration.hostName.isEmpty, !configuration.hostName.contains("/") else {
+            throw .configuration("the host name '\(configuration.hostName)' is not valid")
+        }
+        self.configuration = configuration
+        self.group = eventLoopGroup
+        self.logger = logger
+        var ownerKey = IdentityAuthentication.randomKey()
+        var persisted: PersistedState?
+        if let path = configuration.dataDirectory {
+            let directory = try DataDirectory(path: path)
+            authority = try directory.loadOrCreateCertificates(hostName: configuration.hostName)
+            if let data = try directory.read(directory.serviceConnectionString) {
+                let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                guard let existing = try? ConnectionString(parsing: text), case .sharedAccessKey(let key) = existing.credential else {
+                    throw .dataDirectory("\(directory.serviceConnectionString.path) does not hold a policy connection string")
+                }
+                ownerKey = key
+            }
+            let persistence = StatePersistence(directory: directory, logger: logger)
+            persisted = try persistence.load()
+            self.persistence = persistence
+            let policy = ConnectionString(hostName: configuration.hostName, sharedAccessKeyName: "iothubowner", credential: .sharedAccessKey(ownerKey))
+            try directory.write(Data((policy.rendered() + "\n").utf8), to: directory.serviceConnectionString, permissions: 0o600)
+        } else {
+            do {
+                authority = try CertificateAuthority.generate(hostNames: [configuration.hostName])
+            } catch {
+                throw .configuration("cannot generate certificates: \(error)")
+            }
+            persistence = nil
+        }
+        caCertificatePEM = authority.caCertificatePEM
+        hub = Hub(
+            hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted, persistence: persistence,
+            telemetryCapacity: configuration.telemetryCapacity, logger: logger)
+        persistence?.attach { [hub] in hub.snapshot() }
+        for device in configuration.devices {
+            do {
+                _ = try hub.ensureDevice(device)
+            } catch {
+                throw .configuration("cannot register device '\(device)': \(error.message)")
+            }
+        }
+    }
+
+    /// The owner policy's connection string, for service SDKs and `iothub-sidecar sas-token`.
+    public var serviceConnectionString: String {
+        hub.serviceConnectionString.rendered()
+    }
+
+    /// Registers a SAS device (or module) if needed and returns its connection string.
+    /// - Parameter gatewayHostName: added as `GatewayHostName` (for clients that must connect to
+    ///   another name than the hub's).
+    public func deviceConnectionString(deviceId: String, moduleId: String? = nil) throws(LocalHubError) -> String {
+        let key = IdentityKey(deviceId: deviceId, moduleId: moduleId)
+        let record: IdentityRecord
+        do throws(ServiceError) {
+            if let existing = hub.identity(key) {
+                record = existing
+            } else {
+                let device = try hub.ensureDevice(deviceId)
+                if moduleId == nil {
+                    record = device
+                } else {
+                    record = try hub.putIdentity(key, body: [:], ifMatch: nil)
+                }
+            }
+        } catch {
+            throw .configuration("cannot register \(key): \(error.message)")
+        }
+        guard let primaryKey = record.authentication.primaryKey else {
+            throw .configuration("\(key) does not use a shared access key")
+        }
+        return ConnectionString(hostName: hub.hostName, deviceId: deviceId, moduleId: moduleId, credential: .sharedAccessKey(primaryKey)).rendered()
+    }
+
+    /// Opens the listeners; returns the bound ports.
+    @discardableResult
+    public func start() async throws(LocalHubError) -> Ports {
+        let tls = try Listeners.tlsContext(authority)
+        let host = configuration.bindAddress
+        let mqtt = try await Listeners.mqtt(host: host, port: configuration.mqttPort, group: group, tls: tls, hub: hub, logger: logger)
+        channels.append(mqtt)
+        let https = try await Listeners.https(
+            host: host, port: configuration.httpsPort, group: group, tls: tls, router: hub.httpsRouter(eventLoopGroup: group), hub: hub, logger: logger)
+        channels.append(https)
+        let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: hub.blobRouter(), logger: logger)
+        channels.append(blob)
+        let ports = Ports(mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0)
+        hub.blobHost.withLockedValue { $0 = "\(configuration.hostName):\(ports.blob)" }
+        channels.setPorts(ports)
+        if let persistence {
+            persistence.markDirty()
+            channels.setPersistenceTask(Task { await persistence.run() })
+        }
+        logger.info("local IoT Hub listening", metadata: [
+            "hostName": "\(configuration.hostName)", "mqtt": "\(host):\(ports.mqtt)", "https": "\(host):\(ports.https)",
+            "blob": "\(host):\(ports.blob)",
+        ])
+        return ports
+    }
+
+    /// The bound ports (after ``start()``).
+    public var ports: Ports? { channels.ports }
+
+    /// Closes the listeners and every device connection, and saves the state.
+    public func stop() async {
+        for channel in channels.removeAll() {
+            try? await channel.close()
+        }
+        hub.closeAllConnections()
+        persistence?.finish()
+        await channels.takePersistenceTask()?.value
+    }
+
+    /// Runs until graceful shutdown (SIGTERM/SIGINT in a `ServiceGroup`).
+    public func run() async throws {
+        if ports == nil { try await start() }
+        try? await gracefulShutdown()
+        await stop()
+    }
+}
+
+/// The listener channels and ports, behind a lock.
+private final class NIOLockedValueBoxChannels: Sendable {
+    private let box = NIOLockedValueBox<(channels: [any Channel], ports: LocalHub.Ports?, persistence: Task<Void, Never>?)>(([], nil, nil))
+
+    func setPersistenceTask(_ task: Task<Void, Never>) { box.withLockedValue { $0.persistence = task } }
+    func takePersistenceTask() -> Task<Void, Never>? {
+        box.withLockedValue { state in
+            defer { state.persistence = nil }
+            return state.persistence
+        }
+    }
+
+    func append(_ channel: any Channel) { box.withLockedValue { $0.channels.append(channel) } }
+    func setPorts(_ ports: LocalHub.Ports) { box.withLockedValue { $0.ports = ports } }
+    var ports: LocalHub.Ports? { box.withLockedValue { $0.ports } }
+    func removeAll() -> [any Channel] {
+        box.withLockedValue { state in
+            defer { state.channels.removeAll() }
+            return state.channels
+        }
+    }
+}

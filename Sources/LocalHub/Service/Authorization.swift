@@ -1,0 +1,47 @@
+import Foundation
+import IoTHubProtocol
+
+extension Hub {
+    /// Checks a service-API or `/local` request: a SAS token of the owner policy for this hub.
+    func authorizeService(_ request: HTTPRequest, now: Date = Date()) throws(ServiceError) {
+        guard let header = request.headers.first(name: "Authorization") else {
+            throw .unauthorized("missing Authorization header: send a SAS token of the '\(ownerPolicyName)' policy")
+        }
+        guard let token = try? SASToken(parsing: header) else { throw .unauthorized("the Authorization header is not a SAS token") }
+        let resource = token.resourceURI.lowercased()
+        guard resource == hostName.lowercased() || resource.hasPrefix(hostName.lowercased() + "/") else {
+            throw .unauthorized("the token is for '\(token.resourceURI)', not for \(hostName)")
+        }
+        guard token.keyName == ownerPolicyName else { throw .unauthorized("the token is not signed by the '\(ownerPolicyName)' policy") }
+        guard !token.isExpired(at: now) else { throw .unauthorized("the token expired") }
+        guard token.isSigned(withKey: ownerPolicyKey) else { throw .unauthorized("the token's signature is not valid") }
+    }
+
+    /// Checks a device's HTTPS request: its SAS token (or a module's, or the owner policy's for
+    /// that device), or its X.509 client certificate.
+    func authorizeDevice(_ request: HTTPRequest, key: IdentityKey, now: Date = Date()) throws(ServiceError) {
+        guard let record = identity(key) else { throw .notFound(key) }
+        if let header = request.headers.first(name: "Authorization"), let token = try? SASToken(parsing: header) {
+            let resource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId).lowercased()
+            guard token.resourceURI.lowercased() == resource || token.resourceURI.lowercased().hasPrefix(resource + "/modules/") else {
+                throw .unauthorized("the token is for '\(token.resourceURI)', not for device \(key.deviceId)")
+            }
+            guard !token.isExpired(at: now) else { throw .unauthorized("the token expired") }
+            var keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
+            if let moduleId = token.resourceURI.split(separator: "/").last.map(String.init),
+               token.resourceURI.lowercased().hasPrefix(resource + "/modules/"),
+               let module = identity(IdentityKey(deviceId: key.deviceId, moduleId: moduleId)) {
+                keys = [module.authentication.primaryKey, module.authentication.secondaryKey].compactMap { $0 }
+            }
+            guard keys.contains(where: { token.isSigned(withKey: $0) }) else { throw .unauthorized("the token's signature is not valid") }
+            return
+        }
+        if let der = request.clientCertificateDER {
+            let credentials = ConnectCredentials(
+                clientId: key.clientId, username: "\(hostName)/\(key.clientId)/?", password: nil, clientCertificateDER: der)
+            if case .success = authenticate(credentials, now: now) { return }
+            throw .unauthorized("the client certificate does not match \(key)")
+        }
+        throw .unauthorized("missing Authorization header: send the device's SAS token")
+    }
+}

@@ -1,0 +1,205 @@
+import Foundation
+import IoTHubProtocol
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+extension Hub {
+    /// Longest long-poll of the `/local` API.
+    static let maximumPollSeconds = 60
+
+    /// The emulator's own endpoints: send cloud-to-device messages, read telemetry and upload
+    /// notifications, read blobs, inject faults.
+    func addLocalRoutes(to router: inout Router) {
+        router.add(.GET, "local/status") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            let connected = state.withLockedValue { state in
+                state.sessions.filter { $0.value.connection != nil }.keys.map(\.clientId).sorted()
+            }
+            return .json([
+                "hostName": .string(hostName), "connected": .array(connected.map(JSONValue.string)),
+                "identities": .integer(Int64(state.withLockedValue { $0.identities.count })),
+                "lastTelemetrySequenceNumber": .integer(Int64(telemetry.lastSequenceNumber)),
+            ])
+        }
+        router.add(.POST, "local/devices/:id/messages") { [self] request, parameters throws(ServiceError) in
+            try authorizeService(request)
+            let message = try Self.message(from: request)
+            let ttl = try request.integer("ttl", default: Int(Self.cloudToDeviceDefaultTimeToLive), range: 1...172_800)
+            let (messageId, _) = try enqueueCloudToDevice(to: parameters["id"], message: message, timeToLive: TimeInterval(ttl))
+            return .json(["messageId": .string(messageId)], status: .accepted)
+        }
+        router.add(.POST, "local/devices/:id/modules/:mid/inputs/:input/messages") { [self] request, parameters throws(ServiceError) in
+            try authorizeService(request)
+            let key = IdentityKey(deviceId: parameters["id"], moduleId: parameters["mid"])
+            let messageId = try sendToModuleInput(key, input: parameters["input"], message: try Self.message(from: request))
+            return .json(["messageId": .string(messageId)], status: .accepted)
+        }
+        for (prefix, isModule) in [("local/devices/:id/disconnect", false), ("local/devices/:id/modules/:mid/disconnect", true)] {
+            router.add(.POST, prefix) { [self] request, parameters throws(ServiceError) in
+                try authorizeService(request)
+                let key = Self.key(parameters, isModule: isModule)
+                guard identity(key) != nil else { throw .notFound(key) }
+                guard dropConnection(of: key) else { throw .deviceNotOnline(key) }
+                return .empty()
+            }
+        }
+        router.add(.GET, "local/telemetry") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            let after = UInt64(request.query["after"] ?? "0") ?? 0
+            let limit = try request.integer("limit", default: 100, range: 1...10_000)
+            let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
+            let filter = Self.telemetryFilter(request)
+            let page = await telemetry.poll(after: after, limit: limit, timeout: .seconds(timeout), where: filter)
+            return .json([
+                "messages": .array(page.entries.map { Self.telemetryJSON($0.entry, sequenceNumber: $0.sequenceNumber) }),
+                "next": .integer(Int64(page.next)), "dropped": .integer(Int64(page.dropped)),
+            ])
+        }
+        router.add(.GET, "local/telemetry/stream") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            let start = UInt64(request.query["after"] ?? "") ?? telemetry.lastSequenceNumber
+            let filter = Self.telemetryFilter(request)
+            let log = telemetry
+            let stream = AsyncStream<ByteBuffer> { continuation in
+                let task = Task {
+                    var cursor = start
+                    continuation.yield(ByteBuffer(string: ": telemetry stream\n\n"))
+                    while !Task.isCancelled {
+                        let page = await log.poll(after: cursor, limit: 500, timeout: .seconds(15), where: filter)
+                        if page.entries.isEmpty {
+                            continuation.yield(ByteBuffer(string: ": keep-alive\n\n"))
+                        }
+                        for (sequenceNumber, record) in page.entries {
+                            let json = String(decoding: Self.telemetryJSON(record, sequenceNumber: sequenceNumber).encoded(), as: UTF8.self)
+                            continuation.yield(ByteBuffer(string: "id: \(sequenceNumber)\nevent: telemetry\ndata: \(json)\n\n"))
+                        }
+                        cursor = page.next
+                    }
+                    continuation.finish()
+                }
+                continuation.onTermination = { _ in task.cancel() }
+            }
+            return HTTPResponse(status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], body: .stream(stream))
+        }
+        router.add(.GET, "local/file-uploads") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            let after = UInt64(request.query["after"] ?? "0") ?? 0
+            let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
+            let page = await fileUploadNotifications.poll(after: after, limit: 1000, timeout: .seconds(timeout))
+            return .json([
+                "notifications": .array(page.entries.map { sequenceNumber, note in
+                    [
+                        "sequenceNumber": .integer(Int64(sequenceNumber)), "deviceId": .string(note.deviceId),
+                        "blobName": .string(note.blobName), "blobUri": .string(note.blobUri),
+                        "correlationId": .string(note.correlationId), "isSuccess": .bool(note.isSuccess),
+                        "statusCode": .integer(Int64(note.statusCode)), "statusDescription": .string(note.statusDescription),
+                        "enqueuedTime": RegistryJSON.timestamp(note.enqueuedTime),
+                    ]
+                }),
+                "next": .integer(Int64(page.next)),
+            ])
+        }
+        router.add(.GET, "local/blobs") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            return .json(.array(blobs.list().map { ["name": .string($0.name), "size": .integer(Int64($0.size))] }))
+        }
+        router.add(.GET, "local/blobs/:container/*blob") { [self] request, parameters throws(ServiceError) in
+            try authorizeService(request)
+            guard let blob = blobs.get(container: parameters["container"], blob: parameters["blob"]) else {
+                throw .resourceNotFound("no blob \(parameters["container"])/\(parameters["blob"])")
+            }
+            return HTTPResponse(
+                status: .ok, headers: ["Content-Type": blob.contentType ?? "application/octet-stream", "ETag": blob.etag],
+                body: .buffer(ByteBuffer(data: blob.data)))
+        }
+        router.add(.GET, "local/faults") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            return .json(Self.faultsJSON(faults))
+        }
+        router.add(.PUT, "local/faults") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            guard let body = try request.json().objectValue else { throw .badRequest("the body must be a JSON object") }
+            var faults = Faults()
+            if let seconds = body["refuseConnectionsSeconds"]?.intValue, seconds > 0 {
+                faults.refuseConnectionsUntil = Date().addingTimeInterval(TimeInterval(seconds))
+            }
+            faults.throttleNextOperations = max(0, body["throttleNextOperations"]?.intValue ?? 0)
+            faults.acknowledgementDelayMilliseconds = min(max(0, body["acknowledgementDelayMilliseconds"]?.intValue ?? 0), 60_000)
+            setFaults(faults)
+            return .json(Self.faultsJSON(faults))
+        }
+        router.add(.DELETE, "local/faults") { [self] request, _ throws(ServiceError) in
+            try authorizeService(request)
+            setFaults(Faults())
+            return .empty()
+        }
+    }
+
+    static func faultsJSON(_ faults: Faults) -> JSONValue {
+        let refuse = faults.refuseConnectionsUntil.map { max(0, Int($0.timeIntervalSinceNow.rounded(.up))) } ?? 0
+        return [
+            "refuseConnectionsSeconds": .integer(Int64(refuse)),
+            "throttleNextOperations": .integer(Int64(faults.throttleNextOperations)),
+            "acknowledgementDelayMilliseconds": .integer(Int64(faults.acknowledgementDelayMilliseconds)),
+        ]
+    }
+
+    static func telemetryFilter(_ request: HTTPRequest) -> @Sendable (TelemetryRecord) -> Bool {
+        let deviceId = request.query["deviceId"]
+        let moduleId = request.query["moduleId"]
+        return { record in
+            (deviceId == nil || record.deviceId == deviceId) && (moduleId == nil || record.moduleId == moduleId)
+        }
+    }
+
+    /// A message from a request: the body is the payload, `iothub-*` headers are properties
+    /// (the same header names as IoT Hub's HTTPS device API).
+    static func message(from request: HTTPRequest) throws(ServiceError) -> Message {
+        var message = Message(payload: request.bodyData)
+        let headers = request.headers
+        message.messageId = headers.first(name: "iothub-messageid")
+        message.correlationId = headers.first(name: "iothub-correlationid")
+        message.userId = headers.first(name: "iothub-userid")
+        message.contentType = headers.first(name: "iothub-contenttype") ?? headers.first(name: "Content-Type")
+        message.contentEncoding = headers.first(name: "iothub-contentencoding")
+        message.expiryTimeUTC = headers.first(name: "iothub-expiry")
+        if let ack = headers.first(name: "iothub-ack") {
+            guard ["none", "positive", "negative", "full"].contains(ack) else {
+                throw .badRequest("iothub-ack must be none, positive, negative or full")
+            }
+            message.ack = ack
+        }
+        for (name, value) in headers where name.lowercased().hasPrefix("iothub-app-") {
+            let key = String(name.dropFirst("iothub-app-".count))
+            guard !key.isEmpty else { throw .badRequest("an iothub-app- header needs a property name") }
+            message.properties[key] = value
+        }
+        guard message.size <= Message.maximumSize else {
+            throw .payloadTooLarge("the message is \(message.size) bytes; IoT Hub accepts at most \(Message.maximumSize)")
+        }
+        return message
+    }
+
+    static func telemetryJSON(_ record: TelemetryRecord, sequenceNumber: UInt64) -> JSONValue {
+        let message = record.message
+        var members: [String: JSONValue] = [
+            "sequenceNumber": .integer(Int64(sequenceNumber)),
+            "enqueuedTime": RegistryJSON.timestamp(record.enqueuedTime),
+            "deviceId": .string(record.deviceId),
+            "properties": .object(message.properties.mapValues(JSONValue.string)),
+            "rawProperties": .string(record.rawProperties),
+            "body": .string(message.payload.base64EncodedString()),
+        ]
+        let optional: [(String, String?)] = [
+            ("moduleId", record.moduleId), ("messageId", message.messageId), ("correlationId", message.correlationId),
+            ("userId", message.userId), ("contentType", message.contentType), ("contentEncoding", message.contentEncoding),
+            ("expiryTimeUtc", message.expiryTimeUTC), ("outputName", message.outputName), ("interfaceId", message.interfaceId),
+        ]
+        for (name, value) in optional {
+            if let value { members[name] = .string(value) }
+        }
+        if let text = String(validating: message.payload, as: UTF8.self) { members["bodyText"] = .string(text) }
+        return .object(members)
+    }
+}
