@@ -39,7 +39,7 @@ enum Listeners {
 
     /// Adds the MQTT codec and the connection handler to a pipeline.
     static func addMQTTHandlers(to pipeline: ChannelPipeline.SynchronousOperations, hub: Hub, logger: Logger) throws {
-        try pipeline.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumMQTTPacketSize)))
+        try pipeline.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumMQTTPacketSize, requireConnectFirst: true)))
         try pipeline.addHandler(MessageToByteHandler(MQTTPacketEncoder()))
         try pipeline.addHandler(MQTTConnectionHandler(hub: hub, logger: logger))
     }

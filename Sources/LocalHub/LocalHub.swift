@@ -30,12 +30,15 @@ public final class LocalHub: Service, Sendable {
         public var devices: [String]
         /// How many telemetry messages the hub keeps for reading.
         public var telemetryCapacity: Int
+        /// How long a new MQTT connection may take to send CONNECT before it is closed.
+        public var connectTimeout: Duration
 
         public init(
             hostName: String = "localhost", bindAddress: String = "127.0.0.1", mqttPort: Int = 8883,
             httpsPort: Int = 8443, blobPort: Int = 10000, dataDirectory: String? = nil, devices: [String] = [],
-            telemetryCapacity: Int = 100_000
+            telemetryCapacity: Int = 100_000, connectTimeout: Duration = .seconds(10)
         ) {
+            self.connectTimeout = connectTimeout
             self.hostName = hostName
             self.bindAddress = bindAddress
             self.mqttPort = mqttPort
@@ -100,7 +103,9 @@ public final class LocalHub: Service, Sendable {
         caCertificatePEM = authority.caCertificatePEM
         hub = Hub(
             hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted, persistence: persistence,
-            telemetryCapacity: configuration.telemetryCapacity, logger: logger)
+            telemetryCapacity: configuration.telemetryCapacity,
+            connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000),
+            logger: logger)
         persistence?.attach { [hub] in hub.snapshot() }
         for device in configuration.devices {
             do {

@@ -24,6 +24,8 @@ final class Hub: Sendable {
     let ownerPolicyName: String
     let ownerPolicyKey: String
     let logger: Logger
+    /// How long a new MQTT connection may take to send CONNECT.
+    let connectTimeout: TimeAmount
     let telemetry: EventLog<TelemetryRecord>
     let fileUploadNotifications: EventLog<FileUploadNotification>
     let blobs: BlobStore
@@ -38,8 +40,10 @@ final class Hub: Sendable {
     init(
         hostName: String, ownerPolicyName: String = "iothubowner", ownerPolicyKey: String,
         persistedState: PersistedState? = nil, persistence: StatePersistence? = nil,
-        telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, logger: Logger
+        telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, connectTimeout: TimeAmount = .seconds(10),
+        logger: Logger
     ) {
+        self.connectTimeout = connectTimeout
         self.hostName = hostName
         self.ownerPolicyName = ownerPolicyName
         self.ownerPolicyKey = ownerPolicyKey

@@ -13,8 +13,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = MQTTPacket
     typealias OutboundOut = MQTTPacket
 
-    /// How long a new connection may take to send CONNECT.
-    static let connectTimeout: TimeAmount = .seconds(10)
     /// IoT Hub's largest accepted keep-alive.
     static let maximumKeepAlive: UInt16 = 1740
 
@@ -48,7 +46,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private func startConnectTimer(context: ChannelHandlerContext) {
         let channel = context.channel
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timers.append(context.eventLoop.scheduleTask(in: Self.connectTimeout) {
+        timers.append(context.eventLoop.scheduleTask(in: hub.connectTimeout) {
             if case .awaitingConnect = loopBoundSelf.value.state { channel.close(promise: nil) }
         })
     }

@@ -9,12 +9,22 @@ struct MQTTPacketDecoder: ByteToMessageDecoder {
 
     /// The largest remaining length accepted.
     let maximumPacketSize: Int
+    /// Whether the next packet must be CONNECT: a server sets it so a peer that starts with
+    /// anything else is refused at its first byte, not after a body it may never finish.
+    private var requiresConnect: Bool
 
-    init(maximumPacketSize: Int) {
+    init(maximumPacketSize: Int, requireConnectFirst: Bool = false) {
         self.maximumPacketSize = maximumPacketSize
+        self.requiresConnect = requireConnectFirst
     }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        if requiresConnect, let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) {
+            guard first == MQTTPacketType.connect.rawValue << 4 else {
+                throw MQTTProtocolError.malformed(.connect, "the first packet is not CONNECT")
+            }
+            requiresConnect = false
+        }
         guard let packet = try Self.decodePacket(from: &buffer, maximumPacketSize: maximumPacketSize) else {
             return .needMoreData
         }
