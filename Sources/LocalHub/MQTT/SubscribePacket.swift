@@ -12,6 +12,7 @@ struct SubscribePacket: Sendable, Equatable {
 
     static func decode(from buffer: inout ByteBuffer) throws(MQTTProtocolError) -> SubscribePacket {
         guard let packetId = buffer.readInteger(as: UInt16.self) else { throw .truncated(.subscribe) }
+        guard packetId != 0 else { throw .malformed(.subscribe, "packet identifier 0") }  // [MQTT-2.3.1-1]
         var subscriptions: [Subscription] = []
         while buffer.readableBytes > 0 {
             let filter = try buffer.readMQTTString(in: .subscribe)
@@ -62,6 +63,7 @@ struct UnsubscribePacket: Sendable, Equatable {
 
     static func decode(from buffer: inout ByteBuffer) throws(MQTTProtocolError) -> UnsubscribePacket {
         guard let packetId = buffer.readInteger(as: UInt16.self) else { throw .truncated(.unsubscribe) }
+        guard packetId != 0 else { throw .malformed(.unsubscribe, "packet identifier 0") }  // [MQTT-2.3.1-1]
         var filters: [String] = []
         while buffer.readableBytes > 0 {
             filters.append(try buffer.readMQTTString(in: .unsubscribe))
