@@ -12,16 +12,12 @@ extension Hub {
     ///   within `responseTimeout`.
     func invokeMethod(on key: IdentityKey, name: String, payload: Data, responseTimeout: TimeAmount, eventLoop: any EventLoop) async throws(ServiceError) -> MethodCallResult {
         let promise = eventLoop.makePromise(of: MethodCallResult.self)
-        let prepared = try state.withLock { state throws(ServiceError) -> (String, DeviceConnection, MQTTPacket) in
-            guard state.identities[key] != nil else { throw .notFound(key) }
-            state.lastMethodRequestId += 1
-            let requestId = String(state.lastMethodRequestId, radix: 16)
-            let topic = MethodRequestTopic(methodName: name, requestId: requestId).name
-            guard let (connection, packet) = Self.preparePublish(in: &state, to: key, topic: topic, payload: ByteBuffer(data: payload), kind: .transient) else {
-                throw .deviceNotOnline(key)
-            }
-            state.pendingMethods[requestId] = PendingMethodCall(key: key, promise: promise)
-            return (requestId, connection, packet)
+        let prepared: (String, DeviceConnection, MQTTPacket)
+        do {
+            prepared = try preparedMethodRequest(to: key, name: name, payload: payload, promise: promise)
+        } catch {
+            promise.fail(error)
+            throw error
         }
         let (requestId, connection, packet) = prepared
         let timeout = eventLoop.scheduleTask(in: responseTimeout) { [self] in
@@ -38,6 +34,20 @@ extension Hub {
             throw error
         } catch {
             throw .internalError("\(error)")
+        }
+    }
+
+    private func preparedMethodRequest(to key: IdentityKey, name: String, payload: Data, promise: EventLoopPromise<MethodCallResult>) throws(ServiceError) -> (String, DeviceConnection, MQTTPacket) {
+        try state.withLock { state throws(ServiceError) -> (String, DeviceConnection, MQTTPacket) in
+            guard state.identities[key] != nil else { throw .notFound(key) }
+            state.lastMethodRequestId += 1
+            let requestId = String(state.lastMethodRequestId, radix: 16)
+            let topic = MethodRequestTopic(methodName: name, requestId: requestId).name
+            guard let (connection, packet) = Self.preparePublish(in: &state, to: key, topic: topic, payload: ByteBuffer(data: payload), kind: .transient) else {
+                throw .deviceNotOnline(key)
+            }
+            state.pendingMethods[requestId] = PendingMethodCall(key: key, promise: promise)
+            return (requestId, connection, packet)
         }
     }
 
