@@ -175,6 +175,10 @@ extension Hub {
             guard !key.isEmpty else { throw .badRequest("an iothub-app- header needs a property name") }
             message.properties[key] = value
         }
+        // The properties travel in the MQTT topic, whose length field has 16 bits.
+        guard message.cloudToDevicePropertyBag.encoded.utf8.count <= 60_000 else {
+            throw .badRequest("the message's properties take more than 60,000 bytes once encoded")
+        }
         guard message.size <= Message.maximumSize else {
             throw .payloadTooLarge("the message is \(message.size) bytes; IoT Hub accepts at most \(Message.maximumSize)")
         }
