@@ -15,6 +15,7 @@ let package = Package(
     products: [
         .library(name: "IoTHubProtocol", targets: ["IoTHubProtocol"]),
         .library(name: "LocalHub", targets: ["LocalHub"]),
+        .library(name: "IoTHubDevice", targets: ["IoTHubDevice"]),
         .executable(name: "iothub-sidecar", targets: ["iothub-sidecar"]),
     ],
     dependencies: [
@@ -50,6 +51,17 @@ let package = Package(
         .target(
             name: "IoTHubProtocol",
             dependencies: ["COpenSSL"],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: The device client.
+        .target(
+            name: "IoTHubDevice",
+            dependencies: [
+                "IoTHubProtocol", "CMosquitto", "CCurl", "COpenSSL",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
 
@@ -106,6 +118,18 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IoTHubDeviceTests",
+            dependencies: [
+                "IoTHubDevice",
+                "LocalHub",
+                "IoTHubProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

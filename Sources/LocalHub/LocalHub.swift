@@ -63,7 +63,7 @@ public final class LocalHub: Service, Sendable {
     let hub: Hub
     private let authority: CertificateAuthority
     private let persistence: StatePersistence?
-    private let group: any EventLoopGroup
+    let group: any EventLoopGroup
     private let logger: Logger
     private let channels = NIOLockedValueBoxChannels()
 

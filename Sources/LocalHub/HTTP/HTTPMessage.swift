@@ -53,6 +53,13 @@ struct HTTPRequest: Sendable {
         }
     }
 
+    /// The `after` cursor of a long-poll: a sequence number, 0 when absent.
+    func cursor() throws(ServiceError) -> UInt64 {
+        guard let text = query["after"] else { return 0 }
+        guard let value = UInt64(text) else { throw .badRequest("after must be a sequence number (0 or more)") }
+        return value
+    }
+
     /// An integer query parameter, within bounds.
     func integer(_ name: String, default defaultValue: Int, range: ClosedRange<Int>) throws(ServiceError) -> Int {
         guard let text = query[name] else { return defaultValue }

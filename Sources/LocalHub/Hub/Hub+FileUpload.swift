@@ -18,6 +18,8 @@ extension Hub {
         try state.withLock { state throws(ServiceError) in
             guard state.identities[key] != nil else { throw .notFound(key) }
             if state.faults.takeThrottle() { throw .throttled }
+            // Uploads a device never reported on are forgotten when their SAS has expired.
+            state.fileUploads = state.fileUploads.filter { now.timeIntervalSince($0.value.created) < Self.fileUploadSASLifetime }
             state.fileUploads[correlationId] = PendingFileUpload(key: key, containerName: Self.fileUploadContainer, blobName: fullName, created: now)
         }
         let sas = blobs.signature(container: Self.fileUploadContainer, blob: fullName, expiry: expiry)

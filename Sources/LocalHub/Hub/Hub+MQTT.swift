@@ -103,9 +103,9 @@ extension Hub {
 
     /// Forgets `connection` when it closes. A clean session ends with it.
     func detach(_ connection: DeviceConnection, now: Date = Date()) {
-        let detached = state.withLockedValue { state -> Bool in
+        let (detached, abandoned) = state.withLockedValue { state -> (Bool, [PendingMethodCall]) in
             let key = connection.key
-            guard var session = state.sessions[key], session.connection === connection else { return false }
+            guard var session = state.sessions[key], session.connection === connection else { return (false, []) }
             session.connection = nil
             session.inflight.removeAll { $0.message.kind == .transient }
             if session.cleanSession {
@@ -117,7 +117,12 @@ extension Hub {
             }
             state.identities[key]?.connectionStateUpdatedTime = now
             // Method calls to a device that went away fail now rather than at their timeout.
-            return true
+            let abandoned = state.pendingMethods.filter { $0.value.key == key }
+            for requestId in abandoned.keys { state.pendingMethods[requestId] = nil }
+            return (true, Array(abandoned.values))
+        }
+        for call in abandoned {
+            call.promise.fail(ServiceError.deviceNotOnline(connection.key))
         }
         if detached {
             stateChanged()

@@ -15,10 +15,12 @@ extension Hub {
         }
         try Self.validateIdentifier(key.deviceId, name: "deviceId")
         if let moduleId = key.moduleId { try Self.validateIdentifier(moduleId, name: "moduleId") }
-        let authentication = try RegistryJSON.readAuthentication(members["authentication"])
+        // An update without `authentication` keeps the identity's keys; only a create generates them.
+        let authentication: IdentityAuthentication? = members["authentication"] == nil && identity(key) != nil
+            ? nil : try RegistryJSON.readAuthentication(members["authentication"])
         let status = members["status"].flatMap(RegistryJSON.stringValue) ?? "enabled"
         guard status == "enabled" || status == "disabled" else { throw .badRequest("status must be 'enabled' or 'disabled'") }
-        let etagWanted = ifMatch?.trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
+        let etagWanted = ETag.requested(ifMatch)
 
         let (record, disconnect) = try state.withLock { state throws(ServiceError) -> (IdentityRecord, DeviceConnection?) in
             if key.moduleId != nil, state.identities[IdentityKey(deviceId: key.deviceId)] == nil {
@@ -26,23 +28,25 @@ extension Hub {
             }
             var record: IdentityRecord
             if let existing = state.identities[key] {
-                guard let etagWanted else { throw .conflict("\(key) already exists") }
+                guard let etagWanted else {
+                    throw key.moduleId == nil ? .conflict("\(key) already exists") : .moduleConflict("\(key) already exists")
+                }
                 guard etagWanted == "*" || etagWanted == existing.etag else {
                     throw .preconditionFailed("the identity's etag is \(existing.etag)")
                 }
                 record = existing
                 if record.status != status { record.statusUpdatedTime = now }
-                record.authentication = authentication
+                record.authentication = authentication ?? existing.authentication
                 record.etagCounter += 1
             } else {
                 if let etagWanted, etagWanted != "*" { throw .notFound(key) }
-                record = IdentityRecord(key: key, authentication: authentication, now: now)
+                record = IdentityRecord(key: key, authentication: authentication ?? .newSymmetricKeys(), now: now)
             }
             record.status = status
             record.statusReason = members["statusReason"].flatMap(RegistryJSON.stringValue)
             record.managedBy = members["managedBy"].flatMap(RegistryJSON.stringValue)
             if case .bool(let edge)? = members["capabilities"]?["iotEdge"] { record.iotEdge = edge }
-            let credentialsChanged = state.identities[key].map { $0.authentication != authentication || $0.status != status } ?? false
+            let credentialsChanged = state.identities[key].map { $0.authentication != record.authentication || $0.status != status } ?? false
             state.identities[key] = record
             return (record, credentialsChanged ? state.sessions[key]?.connection : nil)
         }
@@ -74,7 +78,7 @@ extension Hub {
 
     /// Deletes an identity (and a device's modules); closes their connections.
     func deleteIdentity(_ key: IdentityKey, ifMatch: String?) throws(ServiceError) {
-        let etagWanted = ifMatch?.trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
+        let etagWanted = ETag.requested(ifMatch)
         let connections = try state.withLock { state throws(ServiceError) -> [DeviceConnection] in
             guard let existing = state.identities[key] else { throw .notFound(key) }
             if let etagWanted, etagWanted != "*", etagWanted != existing.etag {

@@ -50,11 +50,11 @@ extension Hub {
     func patchDesired(_ key: IdentityKey, patch: [String: JSONValue], tags: [String: JSONValue]?, replace: Bool, ifMatch: String?) throws(ServiceError) -> IdentityRecord {
         let (record, outgoing) = try state.withLock { state throws(ServiceError) -> (IdentityRecord, (DeviceConnection, MQTTPacket)?) in
             guard var record = state.identities[key] else { throw .notFound(key) }
-            if let ifMatch, ifMatch != "*", ifMatch.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) != record.twinEtag {
+            guard ETag.matches(ifMatch, current: record.twinEtag) else {
                 throw .preconditionFailed("the twin's etag is \(record.twinEtag)")
             }
             var desired = record.desired
-            var pushed: [String: JSONValue]
+            var pushed: [String: JSONValue] = [:]
             if replace {
                 // PUT replaces the desired properties; the device sees the new document.
                 var patchAll = patch
@@ -62,7 +62,8 @@ extension Hub {
                 desired.properties = patch.filter { !$0.key.hasPrefix("$") }
                 desired.version += 1
                 pushed = patchAll
-            } else {
+            } else if !patch.filter({ $0.key != "$version" }).isEmpty {
+                // A patch of tags only leaves the desired properties and their version alone.
                 desired.apply(patch: patch)
                 pushed = patch
             }

@@ -17,22 +17,25 @@ extension Hub {
         guard token.isSigned(withKey: ownerPolicyKey) else { throw .unauthorized("the token's signature is not valid") }
     }
 
-    /// Checks a device's HTTPS request: its SAS token (or a module's, or the owner policy's for
-    /// that device), or its X.509 client certificate.
+    /// Checks a device's HTTPS request: its SAS token (or one of its modules'), or its X.509
+    /// client certificate.
     func authorizeDevice(_ request: HTTPRequest, key: IdentityKey, now: Date = Date()) throws(ServiceError) {
-        guard let record = identity(key) else { throw .notFound(key) }
         if let header = request.headers.first(name: "Authorization"), let token = try? SASToken(parsing: header) {
             let resource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId).lowercased()
             guard token.resourceURI.lowercased() == resource || token.resourceURI.lowercased().hasPrefix(resource + "/modules/") else {
                 throw .unauthorized("the token is for '\(token.resourceURI)', not for device \(key.deviceId)")
             }
             guard !token.isExpired(at: now) else { throw .unauthorized("the token expired") }
-            var keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
-            if let moduleId = token.resourceURI.split(separator: "/").last.map(String.init),
-               token.resourceURI.lowercased().hasPrefix(resource + "/modules/"),
-               let module = identity(IdentityKey(deviceId: key.deviceId, moduleId: moduleId)) {
-                keys = [module.authentication.primaryKey, module.authentication.secondaryKey].compactMap { $0 }
+            // The token's own identity (the device, or one of its modules) must exist and be enabled;
+            // an unknown identity is refused like a bad signature, so callers cannot probe the registry.
+            var signer = key
+            if token.resourceURI.lowercased().hasPrefix(resource + "/modules/"), let moduleId = token.resourceURI.split(separator: "/").last {
+                signer = IdentityKey(deviceId: key.deviceId, moduleId: String(moduleId))
             }
+            guard let record = identity(signer), record.status == "enabled" else {
+                throw .unauthorized("the token's signature is not valid")
+            }
+            let keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
             guard keys.contains(where: { token.isSigned(withKey: $0) }) else { throw .unauthorized("the token's signature is not valid") }
             return
         }

@@ -10,7 +10,7 @@ extension Hub {
         router.add(.PUT, ":container/*blob") { [self] request, parameters throws(ServiceError) in
             let (container, blob) = (parameters["container"], parameters["blob"])
             guard blobs.authorize(container: container, blob: blob, query: request.query, permission: "w") else {
-                throw .unauthorized("the SAS does not grant writing \(container)/\(blob)")
+                throw .blobAuthenticationFailed("the SAS does not grant writing \(container)/\(blob)")
             }
             guard request.headers.first(name: "x-ms-blob-type") == "BlockBlob" else {
                 throw .badRequest("x-ms-blob-type: BlockBlob is required")
@@ -21,7 +21,7 @@ extension Hub {
         router.add(.GET, ":container/*blob") { [self] request, parameters throws(ServiceError) in
             let (container, blob) = (parameters["container"], parameters["blob"])
             guard blobs.authorize(container: container, blob: blob, query: request.query, permission: "r") else {
-                throw .unauthorized("the SAS does not grant reading \(container)/\(blob)")
+                throw .blobAuthenticationFailed("the SAS does not grant reading \(container)/\(blob)")
             }
             guard let stored = blobs.get(container: container, blob: blob) else { throw .resourceNotFound("no blob \(container)/\(blob)") }
             return HTTPResponse(

@@ -46,7 +46,7 @@ extension Hub {
         }
         router.add(.GET, "local/telemetry") { [self] request, _ throws(ServiceError) in
             try authorizeService(request)
-            let after = UInt64(request.query["after"] ?? "0") ?? 0
+            let after = try request.cursor()
             let limit = try request.integer("limit", default: 100, range: 1...10_000)
             let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
             let filter = Self.telemetryFilter(request)
@@ -58,7 +58,10 @@ extension Hub {
         }
         router.add(.GET, "local/telemetry/stream") { [self] request, _ throws(ServiceError) in
             try authorizeService(request)
-            let start = UInt64(request.query["after"] ?? "") ?? telemetry.lastSequenceNumber
+            // Where to start: `after`, else the SSE `Last-Event-ID` of a reconnecting client, else now.
+            let resume = request.query["after"] ?? request.headers.first(name: "Last-Event-ID")
+            guard resume == nil || UInt64(resume ?? "") != nil else { throw .badRequest("after must be a sequence number") }
+            let start = resume.flatMap { UInt64($0) } ?? telemetry.lastSequenceNumber
             let filter = Self.telemetryFilter(request)
             let log = telemetry
             let stream = AsyncStream<ByteBuffer> { continuation in
@@ -84,7 +87,7 @@ extension Hub {
         }
         router.add(.GET, "local/file-uploads") { [self] request, _ throws(ServiceError) in
             try authorizeService(request)
-            let after = UInt64(request.query["after"] ?? "0") ?? 0
+            let after = try request.cursor()
             let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
             let page = await fileUploadNotifications.poll(after: after, limit: 1000, timeout: .seconds(timeout))
             return .json([
@@ -97,7 +100,7 @@ extension Hub {
                         "enqueuedTime": RegistryJSON.timestamp(note.enqueuedTime),
                     ]
                 }),
-                "next": .integer(Int64(page.next)),
+                "next": .integer(Int64(page.next)), "dropped": .integer(Int64(page.dropped)),
             ])
         }
         router.add(.GET, "local/blobs") { [self] request, _ throws(ServiceError) in

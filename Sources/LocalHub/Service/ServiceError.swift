@@ -5,6 +5,8 @@ enum ServiceError: Error, Sendable, Equatable {
     case notFound(IdentityKey)
     case resourceNotFound(String)
     case conflict(String)
+    case moduleConflict(String)
+    case blobAuthenticationFailed(String)
     case preconditionFailed(String)
     case badRequest(String)
     case unauthorized(String)
@@ -18,7 +20,8 @@ enum ServiceError: Error, Sendable, Equatable {
     var status: HTTPResponseStatus {
         switch self {
         case .notFound, .resourceNotFound, .deviceNotOnline: .notFound
-        case .conflict: .conflict
+        case .conflict, .moduleConflict: .conflict
+        case .blobAuthenticationFailed: .forbidden
         case .preconditionFailed: .preconditionFailed
         case .badRequest: .badRequest
         case .unauthorized: .unauthorized
@@ -36,6 +39,8 @@ enum ServiceError: Error, Sendable, Equatable {
         case .notFound(let key): key.moduleId == nil ? (404001, "DeviceNotFound") : (404010, "ModuleNotFound")
         case .resourceNotFound: (404000, "NotFound")
         case .conflict: (409001, "DeviceAlreadyExists")
+        case .moduleConflict: (409301, "ModuleAlreadyExistsOnDevice")
+        case .blobAuthenticationFailed: (403000, "AuthenticationFailed")
         case .preconditionFailed: (412002, "PreconditionFailed")
         case .badRequest: (400004, "ArgumentInvalid")
         case .unauthorized: (401002, "IotHubUnauthorizedAccess")
@@ -54,7 +59,7 @@ enum ServiceError: Error, Sendable, Equatable {
         case .deviceNotOnline(let key): "Timed out waiting for \(key) to connect"
         case .throttled: "Throttled by the local hub's fault injection"
         case .resourceNotFound(let detail), .conflict(let detail), .preconditionFailed(let detail),
-            .badRequest(let detail), .unauthorized(let detail), .gatewayTimeout(let detail),
+            .badRequest(let detail), .unauthorized(let detail), .moduleConflict(let detail), .blobAuthenticationFailed(let detail), .gatewayTimeout(let detail),
             .queueFull(let detail), .payloadTooLarge(let detail), .internalError(let detail):
             detail
         }

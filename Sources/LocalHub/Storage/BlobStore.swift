@@ -22,7 +22,7 @@ final class BlobStore: Sendable {
         return "?sv=2018-03-28&sr=b&sp=rcw&se=\(PercentEncoding.encode(se))&sig=\(PercentEncoding.encode(sig))"
     }
 
-    /// Checks a SAS query for `permission` (`r` read, `w`/`c` write) on a blob.
+    /// Checks a SAS query for `permission` (`r` read, `w` write) on a blob.
     func authorize(container: String, blob: String, query: [String: String], permission: Character, now: Date = Date()) -> Bool {
         guard let sig = query["sig"], let se = query["se"], let sp = query["sp"], query["sr"] == "b",
               sp.contains(permission),

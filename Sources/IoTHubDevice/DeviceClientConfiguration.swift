@@ -1,0 +1,90 @@
+public import IoTHubProtocol
+
+/// The options of a device client, with the defaults of Microsoft's Python SDK
+/// (`azure-iot-device` 2.x), whose keyword names are given in each property's documentation.
+public struct DeviceClientConfiguration: Sendable {
+    /// `server_verification_cert`: PEM of CAs to trust in addition to the system's (a gateway's
+    /// or the local hub's CA).
+    public var serverVerificationCertificate: String?
+    /// `gateway_hostname`: connect to this host instead of the hub (IoT Edge, a local hub). SAS
+    /// tokens and the MQTT user name keep the hub's host name.
+    public var gatewayHostName: String?
+    /// `cipher`: OpenSSL cipher list (`"ECDHE-RSA-AES128-GCM-SHA256:…"`) for TLS 1.2.
+    public var cipher: String?
+    /// `product_info`: appended to the user agent, or sent as the Plug and Play model id when
+    /// it starts with `dtmi:`.
+    public var productInfo: String
+    /// `sastoken_ttl`: lifetime in seconds of the tokens the client signs itself.
+    public var sasTokenTimeToLive: Int
+    /// `keep_alive`: MQTT keep-alive in seconds (1–1740).
+    public var keepAlive: Int
+    /// `auto_connect`: operations connect first when the client is not connected.
+    public var autoConnect: Bool
+    /// `connection_retry`: reconnect after an unexpected drop.
+    public var connectionRetry: Bool
+    /// `connection_retry_interval`: pause between reconnection attempts.
+    public var connectionRetryInterval: Duration
+    /// `ensure_desired_properties`: after each (re)connect, fetch the twin and deliver the desired
+    /// properties as a patch if their `$version` moved while disconnected.
+    public var ensureDesiredProperties: Bool
+    /// The MQTT port (IoT Hub: 8883).
+    public var mqttPort: Int
+    /// The HTTPS port for file upload (IoT Hub: 443).
+    public var httpsPort: Int
+    /// How many QoS 1 publishes may await their PUBACK at once; more wait in the client.
+    public var maximumInflightMessages: Int
+    /// Bound on waiting for the hub's answer to a CONNECT, SUBSCRIBE or twin request.
+    public var operationTimeout: Duration
+
+    public init(
+        serverVerificationCertificate: String? = nil, gatewayHostName: String? = nil, cipher: String? = nil,
+        productInfo: String = "", sasTokenTimeToLive: Int = 3600, keepAlive: Int = 60, autoConnect: Bool = true,
+        connectionRetry: Bool = true, connectionRetryInterval: Duration = .seconds(10), ensureDesiredProperties: Bool = true,
+        mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100, operationTimeout: Duration = .seconds(60)
+    ) {
+        self.serverVerificationCertificate = serverVerificationCertificate
+        self.gatewayHostName = gatewayHostName
+        self.cipher = cipher
+        self.productInfo = productInfo
+        self.sasTokenTimeToLive = sasTokenTimeToLive
+        self.keepAlive = keepAlive
+        self.autoConnect = autoConnect
+        self.connectionRetry = connectionRetry
+        self.connectionRetryInterval = connectionRetryInterval
+        self.ensureDesiredProperties = ensureDesiredProperties
+        self.mqttPort = mqttPort
+        self.httpsPort = httpsPort
+        self.maximumInflightMessages = maximumInflightMessages
+        self.operationTimeout = operationTimeout
+    }
+
+    /// `cipher` given as a list, as the seed also accepts.
+    public mutating func setCiphers(_ ciphers: [String]) {
+        cipher = ciphers.joined(separator: ":")
+    }
+
+    /// Checks every value; the client calls it at creation.
+    public func validate() throws(IoTHubError) {
+        guard (1...1740).contains(keepAlive) else {
+            throw .valueError(field: "keep_alive", reason: "must be from 1 to 1740 seconds")
+        }
+        guard sasTokenTimeToLive > 0 else {
+            throw .valueError(field: "sastoken_ttl", reason: "must be a positive number of seconds")
+        }
+        guard connectionRetryInterval > .zero else {
+            throw .valueError(field: "connection_retry_interval", reason: "must be positive")
+        }
+        for (name, port) in [("mqtt port", mqttPort), ("https port", httpsPort)] where !(1...65535).contains(port) {
+            throw .valueError(field: name, reason: "must be from 1 to 65535")
+        }
+        guard (1...65535).contains(maximumInflightMessages) else {
+            throw .valueError(field: "maximum in-flight messages", reason: "must be from 1 to 65535")
+        }
+        if let gatewayHostName, gatewayHostName.isEmpty || gatewayHostName.contains("/") {
+            throw .valueError(field: "gateway_hostname", reason: "is not a host name")
+        }
+        guard operationTimeout > .zero else {
+            throw .valueError(field: "operation timeout", reason: "must be positive")
+        }
+    }
+}

@@ -1,0 +1,133 @@
+internal import CCurl
+import Dispatch
+import Foundation
+import IoTHubProtocol
+
+/// Outbound HTTPS with libcurl, for the hub's file-upload endpoints: TLS verification always
+/// on, the extra trusted CAs and the X.509 client identity of the device. Each transfer runs on
+/// a private queue (libcurl's easy interface blocks), never on Swift's cooperative pool.
+struct HTTPSClient: Sendable {
+    struct Response: Sendable {
+        var status: Int
+        var body: Data
+    }
+
+    var trustedCertificatesPEM: String?
+    var clientCertificate: X509Credential?
+    var timeoutSeconds: Int = 60
+
+    private static let queue = DispatchQueue(label: "iothub-sidecar.https", attributes: .concurrent)
+    private static let globalInit: Bool = {
+        curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+        return true
+    }()
+
+    /// Sends a request and returns the status and body.
+    func send(method: String, url: String, headers: [String: String], body: Data?) async throws(IoTHubError) -> Response {
+        _ = Self.globalInit
+        let result: Result<Response, IoTHubError> = await withCheckedContinuation { continuation in
+            Self.queue.async {
+                continuation.resume(returning: perform(method: method, url: url, headers: headers, body: body))
+            }
+        }
+        return try result.get()
+    }
+
+    /// Accumulates the response body (libcurl's write callback target).
+    private final class Sink {
+        var data = Data()
+        var upload: Data
+        var uploadOffset = 0
+
+        init(upload: Data) {
+            self.upload = upload
+        }
+    }
+
+    private func perform(method: String, url: String, headers: [String: String], body: Data?) -> Result<Response, IoTHubError> {
+        guard let handle = curl_easy_init() else { return .failure(.clientError("libcurl could not create a transfer")) }
+        defer { curl_easy_cleanup(handle) }
+        let sink = Sink(upload: body ?? Data())
+        let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
+        var headerList: UnsafeMutablePointer<curl_slist>?
+        defer { curl_slist_free_all(headerList) }
+        for (name, value) in headers {
+            headerList = curl_slist_append(headerList, "\(name): \(value)")
+        }
+        if body != nil { headerList = curl_slist_append(headerList, "Expect:") }
+
+        _ = iothub_curl_setopt_string(handle, CURLOPT_URL, url)
+        _ = iothub_curl_setopt_string(handle, CURLOPT_CUSTOMREQUEST, method)
+        _ = iothub_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        _ = iothub_curl_setopt_long(handle, CURLOPT_TIMEOUT, timeoutSeconds)
+        _ = iothub_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, 30)
+        _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
+        _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
+        _ = iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, Int(CURL_SSLVERSION_TLSv1_2))
+        _ = iothub_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
+        _ = iothub_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, sinkPointer)
+        _ = iothub_curl_setopt_write_function(handle) { pointer, size, count, context in
+            guard let pointer, let context else { return 0 }
+            let sink = Unmanaged<Sink>.fromOpaque(context).takeUnretainedValue()
+            sink.data.append(UnsafeRawPointer(pointer).assumingMemoryBound(to: UInt8.self), count: size * count)
+            return size * count
+        }
+        if let body {
+            _ = iothub_curl_setopt_long(handle, CURLOPT_UPLOAD, method == "PUT" ? 1 : 0)
+            _ = iothub_curl_setopt_long(handle, CURLOPT_POST, method == "PUT" ? 0 : 1)
+            _ = iothub_curl_setopt_long(handle, method == "PUT" ? CURLOPT_INFILESIZE_LARGE : CURLOPT_POSTFIELDSIZE_LARGE, body.count)
+            _ = iothub_curl_setopt_pointer(handle, CURLOPT_READDATA, sinkPointer)
+            _ = iothub_curl_setopt_read_function(handle) { buffer, size, count, context in
+                guard let buffer, let context else { return 0 }
+                let sink = Unmanaged<Sink>.fromOpaque(context).takeUnretainedValue()
+                let length = min(size * count, sink.upload.count - sink.uploadOffset)
+                sink.upload.withUnsafeBytes { bytes in
+                    if let base = bytes.baseAddress, length > 0 {
+                        memcpy(buffer, base + sink.uploadOffset, length)
+                    }
+                }
+                sink.uploadOffset += length
+                return length
+            }
+        }
+        // libcurl copies the PEM blobs (CURL_BLOB_COPY) when they are set.
+        let result: CURLcode = withBlobs(
+            ca: trustedCertificatesPEM.flatMap { $0.isEmpty ? nil : Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
+            key: clientCertificate.map { Data($0.privateKeyPEM.utf8) }, handle: handle)
+        guard result == CURLE_OK else {
+            let message = String(cString: curl_easy_strerror(result))
+            switch result {
+            case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
+                return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
+            case CURLE_OPERATION_TIMEDOUT:
+                return .failure(.operationTimeout("\(url.split(separator: "?").first ?? ""): \(message)"))
+            default:
+                return .failure(.clientError("HTTPS request failed: \(message)"))
+            }
+        }
+        var status = 0
+        _ = iothub_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return .success(Response(status: status, body: sink.data))
+    }
+
+    private func withBlobs(ca: Data?, certificate: Data?, key: Data?, handle: UnsafeMutableRawPointer) -> CURLcode {
+        func with(_ data: Data?, _ option: CURLoption, _ body: () -> CURLcode) -> CURLcode {
+            guard var data else { return body() }
+            return data.withUnsafeMutableBytes { bytes in
+                var blob = curl_blob(data: bytes.baseAddress, len: bytes.count, flags: UInt32(CURL_BLOB_COPY))
+                _ = iothub_curl_setopt_blob(handle, option, &blob)
+                return body()
+            }
+        }
+        if let passPhrase = clientCertificate?.passPhrase {
+            _ = iothub_curl_setopt_string(handle, CURLOPT_KEYPASSWD, passPhrase)
+        }
+        return with(ca, CURLOPT_CAINFO_BLOB) {
+            with(certificate, CURLOPT_SSLCERT_BLOB) {
+                with(key, CURLOPT_SSLKEY_BLOB) {
+                    curl_easy_perform(handle)
+                }
+            }
+        }
+    }
+}

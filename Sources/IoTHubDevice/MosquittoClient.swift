@@ -1,0 +1,261 @@
+internal import CMosquitto
+import Dispatch
+import Foundation
+import IoTHubProtocol
+import NIOConcurrencyHelpers
+
+/// What libmosquitto reports from its network thread.
+enum MQTTEvent: Sendable {
+    /// CONNACK with its return code (0 accepted).
+    case connected(returnCode: Int32)
+    /// The connection ended; `requested` when we asked for it.
+    case disconnected(requested: Bool)
+    /// A message from the hub.
+    case message(topic: String, payload: Data)
+}
+
+/// One libmosquitto client handle with its network thread.
+///
+/// libmosquitto runs its own network thread (`mosquitto_loop_start`): publishes from any thread are
+/// queued and written by the network thread, callbacks run on that thread. The C callbacks
+/// find this object through the `obj` pointer (unretained: the handle is destroyed in `deinit`,
+/// after its thread has stopped, so no callback can outlive the object). Callbacks only
+/// complete entries of the lock-protected pending tables or hand the event to `onEvent`.
+/// Blocking libmosquitto calls (connect, reconnect, joining the thread) run on a private serial
+/// queue, never on Swift's cooperative pool.
+///
+/// `@unchecked Sendable`: the handle is used concurrently only through libmosquitto's
+/// thread-safe entry points (publish, subscribe, disconnect in threaded mode); everything else
+/// is serialised on `controlQueue`; the Swift state is behind `state`'s lock.
+final class MosquittoClient: @unchecked Sendable {
+    private struct State {
+        var pendingPublishes: [Int32: CheckedContinuation<Void, any Error>] = [:]
+        var earlyAcknowledgements: Set<Int32> = []
+        var pendingSubscriptions: [Int32: CheckedContinuation<[Int32], any Error>] = [:]
+        var loopRunning = false
+        var disconnectRequested = false
+    }
+
+    private let handle: OpaquePointer
+    private let state = NIOLockedValueBox(State())
+    private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
+    private let onEvent: @Sendable (MQTTEvent) -> Void
+    /// Keeps the TLS context alive as long as libmosquitto may use it.
+    private var tlsContext: TLSContext?
+
+    static let libraryInitialized: Bool = {
+        mosquitto_lib_init()
+        return true
+    }()
+
+    init(clientId: String, maximumInflight: Int, onEvent: @escaping @Sendable (MQTTEvent) -> Void) throws(IoTHubError) {
+        _ = Self.libraryInitialized
+        self.onEvent = onEvent
+        guard let handle = mosquitto_new(clientId, false, nil) else {
+            throw .clientError("libmosquitto could not create a client")
+        }
+        self.handle = handle
+        mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
+        mosquitto_int_option(handle, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311)
+        mosquitto_int_option(handle, MOSQ_OPT_TCP_NODELAY, 1)
+        mosquitto_max_inflight_messages_set(handle, UInt32(max(1, min(maximumInflight, 65535))))
+        mosquitto_connect_callback_set(handle) { _, object, returnCode in
+            MosquittoClient.from(object)?.onEvent(.connected(returnCode: returnCode))
+        }
+        mosquitto_disconnect_callback_set(handle) { handle, object, _ in
+            guard let client = MosquittoClient.from(object) else { return }
+            let requested = client.state.withLockedValue { $0.disconnectRequested }
+            if !requested, let handle {
+                // Stop libmosquitto's own reconnect loop: the client decides when and with which
+                // credentials to reconnect.
+                mosquitto_disconnect(handle)
+            }
+            client.onEvent(.disconnected(requested: requested))
+        }
+        mosquitto_publish_callback_set(handle) { _, object, mid in
+            MosquittoClient.from(object)?.publishAcknowledged(mid: mid)
+        }
+        mosquitto_subscribe_callback_set(handle) { _, object, mid, count, granted in
+            let codes = (0..<Int(count)).map { granted?[$0] ?? 0x80 }
+            MosquittoClient.from(object)?.subscribeAcknowledged(mid: mid, granted: codes)
+        }
+        mosquitto_message_callback_set(handle) { _, object, message in
+            guard let client = MosquittoClient.from(object), let message = message?.pointee, let topic = message.topic else { return }
+            let payload = message.payload.map { Data(bytes: $0, count: Int(message.payloadlen)) } ?? Data()
+            client.onEvent(.message(topic: String(cString: topic), payload: payload))
+        }
+    }
+
+    deinit {
+        mosquitto_loop_stop(handle, true)
+        mosquitto_destroy(handle)
+    }
+
+    private static func from(_ object: UnsafeMutableRawPointer?) -> MosquittoClient? {
+        object.map { Unmanaged<MosquittoClient>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    /// Uses `context` for TLS (libmosquitto applies none of its own defaults to it).
+    func useTLS(_ context: TLSContext) {
+        tlsContext = context
+        mosquitto_int_option(handle, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)
+        mosquitto_void_option(handle, MOSQ_OPT_SSL_CTX, UnsafeMutableRawPointer(context.pointer))
+    }
+
+    /// Opens the TCP and TLS connection and sends CONNECT (the CONNACK arrives as an event),
+    /// then starts the network thread. `reconnect` keeps the session's queued messages.
+    func connect(host: String, port: Int, keepAlive: Int, username: String, password: String?, reconnect: Bool) async throws(IoTHubError) {
+        let result: Int32 = await withCheckedContinuation { continuation in
+            controlQueue.async { [self] in
+                stopLoopOnControlQueue()
+                state.withLockedValue { $0.disconnectRequested = false }
+                mosquitto_username_pw_set(handle, username, password)
+                var code = reconnect ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
+                if code == MOSQ_ERR_SUCCESS.rawValue {
+                    code = mosquitto_loop_start(handle)
+                    if code == MOSQ_ERR_SUCCESS.rawValue { state.withLockedValue { $0.loopRunning = true } }
+                }
+                continuation.resume(returning: code)
+            }
+        }
+        guard result == MOSQ_ERR_SUCCESS.rawValue else {
+            throw .connectionFailedError("cannot connect to \(host):\(port): \(Self.describe(result))")
+        }
+    }
+
+    /// Sends DISCONNECT (if connected) and stops the network thread.
+    func disconnect() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            controlQueue.async { [self] in
+                state.withLockedValue { $0.disconnectRequested = true }
+                mosquitto_disconnect(handle)
+                stopLoopOnControlQueue()
+                continuation.resume()
+            }
+        }
+    }
+
+    /// Stops libmosquitto's network thread after a drop (its own reconnect loop is already
+    /// stopped by the disconnect callback).
+    func stopLoop() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            controlQueue.async { [self] in
+                stopLoopOnControlQueue()
+                continuation.resume()
+            }
+        }
+    }
+
+    private func stopLoopOnControlQueue() {
+        let running = state.withLockedValue { state -> Bool in
+            defer { state.loopRunning = false }
+            return state.loopRunning
+        }
+        if running { mosquitto_loop_stop(handle, false) }
+    }
+
+    /// Publishes at QoS 1 and returns when the PUBACK arrives. While the connection is down
+    /// libmosquitto keeps the message and sends it after the next (re)connect.
+    func publish(topic: String, payload: Data) async throws(IoTHubError) {
+        let handle = self.handle
+        do {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                var mid: Int32 = 0
+                let code = payload.withUnsafeBytes { bytes in
+                    mosquitto_publish(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, 1, false)
+                }
+                guard code == MOSQ_ERR_SUCCESS.rawValue else {
+                    continuation.resume(throwing: Self.publishError(code))
+                    return
+                }
+                let acknowledged = state.withLockedValue { state -> Bool in
+                    if state.earlyAcknowledgements.remove(mid) != nil { return true }
+                    state.pendingPublishes[mid] = continuation
+                    return false
+                }
+                if acknowledged { continuation.resume() }
+            }
+        } catch let error as IoTHubError {
+            throw error
+        } catch {
+            throw .clientError("\(error)")
+        }
+    }
+
+    /// Subscribes and returns the granted QoS per filter (0x80 for a refusal).
+    func subscribe(_ filters: [String]) async throws(IoTHubError) -> [Int32] {
+        let handle = self.handle
+        do {
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Int32], any Error>) in
+                var mid: Int32 = 0
+                let pointers = filters.map { strdup($0) }
+                defer { pointers.forEach { free($0) } }
+                let code = pointers.withUnsafeBufferPointer { buffer in
+                    buffer.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { rebound in
+                        mosquitto_subscribe_multiple(handle, &mid, Int32(filters.count), rebound.baseAddress, 1, 0, nil)
+                    }
+                }
+                guard code == MOSQ_ERR_SUCCESS.rawValue else {
+                    continuation.resume(throwing: Self.publishError(code))
+                    return
+                }
+                state.withLockedValue { $0.pendingSubscriptions[mid] = continuation }
+            }
+        } catch let error as IoTHubError {
+            throw error
+        } catch {
+            throw .clientError("\(error)")
+        }
+    }
+
+    /// Fails every operation still waiting (subscriptions always; publishes when `publishes`).
+    func failPending(with error: IoTHubError, publishes: Bool) {
+        let (published, subscribed) = state.withLockedValue { state in
+            let published = publishes ? Array(state.pendingPublishes.values) : []
+            if publishes {
+                state.pendingPublishes.removeAll()
+                state.earlyAcknowledgements.removeAll()
+            }
+            let subscribed = Array(state.pendingSubscriptions.values)
+            state.pendingSubscriptions.removeAll()
+            return (published, subscribed)
+        }
+        published.forEach { $0.resume(throwing: error) }
+        subscribed.forEach { $0.resume(throwing: error) }
+    }
+
+    /// How many publishes wait for their PUBACK.
+    var pendingPublishCount: Int {
+        state.withLockedValue { $0.pendingPublishes.count }
+    }
+
+    private func publishAcknowledged(mid: Int32) {
+        let continuation = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            if let continuation = state.pendingPublishes.removeValue(forKey: mid) { return continuation }
+            // The PUBACK beat the registration of its publish (possible: the network thread is
+            // faster than the caller); the registration finds it here.
+            state.earlyAcknowledgements.insert(mid)
+            return nil
+        }
+        continuation?.resume()
+    }
+
+    private func subscribeAcknowledged(mid: Int32, granted: [Int32]) {
+        state.withLockedValue { $0.pendingSubscriptions.removeValue(forKey: mid) }?.resume(returning: granted)
+    }
+
+    private static func publishError(_ code: Int32) -> IoTHubError {
+        switch code {
+        case MOSQ_ERR_PAYLOAD_SIZE.rawValue: .messageTooLarge(size: -1, limit: Message.maximumSize)
+        case MOSQ_ERR_NO_CONN.rawValue: .noConnectionError("not connected")
+        default: .clientError("libmosquitto: \(describe(code))")
+        }
+    }
+
+    static func describe(_ code: Int32) -> String {
+        if code == MOSQ_ERR_ERRNO.rawValue {
+            return String(cString: strerror(errno))
+        }
+        return String(cString: mosquitto_strerror(code))
+    }
+}

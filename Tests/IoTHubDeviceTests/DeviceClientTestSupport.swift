@@ -1,0 +1,80 @@
+import Foundation
+import IoTHubDevice
+import IoTHubProtocol
+@testable import LocalHub
+import Logging
+import Testing
+
+/// A LocalHub on ephemeral loopback ports for device-client tests.
+struct HubFixture {
+    let localHub: LocalHub
+    let ports: LocalHub.Ports
+
+    var hub: Hub { localHub.hub }
+
+    static func with<T>(devices: [String] = ["dev1"], _ body: (HubFixture) async throws -> T) async throws -> T {
+        var logger = Logger(label: "localhub-test")
+        logger.logLevel = .error
+        let localHub = try LocalHub(configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, devices: devices), logger: logger)
+        let ports = try await localHub.start()
+        let fixture = HubFixture(localHub: localHub, ports: ports)
+        do {
+            let result = try await body(fixture)
+            await localHub.stop()
+            return result
+        } catch {
+            await localHub.stop()
+            throw error
+        }
+    }
+
+    /// Client options that reach this hub: its CA, its ports, quick retries.
+    func configuration(_ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }) -> DeviceClientConfiguration {
+        var configuration = DeviceClientConfiguration(
+            serverVerificationCertificate: localHub.caCertificatePEM, connectionRetryInterval: .milliseconds(200),
+            mqttPort: ports.mqtt, httpsPort: ports.https, operationTimeout: .seconds(10))
+        adjust(&configuration)
+        return configuration
+    }
+
+    func connectionString(_ deviceId: String = "dev1", moduleId: String? = nil) throws -> String {
+        try localHub.deviceConnectionString(deviceId: deviceId, moduleId: moduleId)
+    }
+
+    func client(_ deviceId: String = "dev1", moduleId: String? = nil, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }) throws -> IoTHubDeviceClient {
+        var logger = Logger(label: "device-test")
+        logger.logLevel = .error
+        return try IoTHubDeviceClient.fromConnectionString(connectionString(deviceId, moduleId: moduleId), configuration: configuration(adjust), logger: logger)
+    }
+
+    /// Telemetry the hub recorded, in order.
+    var telemetry: [TelemetryRecord] {
+        hub.telemetry.read(after: 0, limit: 100_000).entries.map(\.entry)
+    }
+
+    static func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return condition()
+    }
+}
+
+/// The first element of a stream, or nil after `timeout`.
+func first<Element: Sendable>(of stream: AsyncStream<Element>, timeout: Duration = .seconds(10)) async -> Element? {
+    await withTaskGroup(of: Element?.self) { group in
+        group.addTask {
+            for await element in stream { return element }
+            return nil
+        }
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            return nil
+        }
+        let result = await group.next() ?? nil
+        group.cancelAll()
+        return result
+    }
+}

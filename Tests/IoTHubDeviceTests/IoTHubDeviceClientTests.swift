@@ -1,0 +1,158 @@
+import Foundation
+import IoTHubDevice
+import IoTHubProtocol
+@testable import LocalHub
+import Testing
+
+@Suite(.serialized) struct IoTHubDeviceClientTests {
+    @Test func connectsSendsAndDisconnects() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            try await client.connect()
+            #expect(client.isConnected)
+            #expect(fixture.hub.isConnected(IdentityKey(deviceId: "dev1")))
+            try await client.send(Message(payload: Data("hello".utf8), messageId: "m1", contentType: "text/plain", properties: ["k": "v w"]))
+            let record = try #require(fixture.telemetry.first)
+            #expect(record.message.messageId == "m1")
+            #expect(record.message.properties == ["k": "v w"])
+            #expect(String(decoding: record.message.payload, as: UTF8.self) == "hello")
+            await client.disconnect()
+            #expect(!client.isConnected)
+            #expect(await HubFixture.eventually { !fixture.hub.isConnected(IdentityKey(deviceId: "dev1")) })
+            await client.shutdown()
+        }
+    }
+
+    @Test func pipelinesManySendsConcurrently() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<500 {
+                    group.addTask { try await client.send(Message(payload: Data("\(index)".utf8), messageId: "m\(index)")) }
+                }
+                try await group.waitForAll()
+            }
+            #expect(Set(fixture.telemetry.compactMap(\.message.messageId)) == Set((0..<500).map { "m\($0)" }))
+            await client.shutdown()
+        }
+    }
+
+    @Test func twinGetAndReportedPatch() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            _ = try fixture.hub.patchDesired(IdentityKey(deviceId: "dev1"), patch: ["fan": 1], tags: nil, replace: false, ifMatch: nil)
+            let twin = try await client.twin()
+            #expect(twin.desired.properties == ["fan": 1])
+            #expect(twin.desired.version == 2)
+            let version = try await client.updateReportedProperties(["temperature": 21.5, "ok": true])
+            #expect(version == 2)
+            #expect(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.reported.properties == ["temperature": 21.5, "ok": true])
+            await client.shutdown()
+        }
+    }
+
+    @Test func desiredPatchesArrive() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            let patches = client.desiredPropertiesPatches()
+            #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil })
+            _ = try fixture.hub.patchDesired(IdentityKey(deviceId: "dev1"), patch: ["mode": "eco"], tags: nil, replace: false, ifMatch: nil)
+            let patch = await first(of: patches)
+            #expect(patch == ["mode": "eco", "$version": 2])
+            await client.shutdown()
+        }
+    }
+
+    @Test func methodsAreAnswered() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            let requests = client.methodRequests()
+            #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.methodRequests] != nil })
+            let responder = Task { () throws -> String? in
+                for await request in requests {
+                    try await client.respond(MethodResponse(answering: request, status: 201, payload: Data(#"{"echo":\#(String(decoding: request.payload, as: UTF8.self))}"#.utf8)))
+                    return request.name
+                }
+                return nil
+            }
+            let result = try await fixture.hub.invokeMethod(
+                on: IdentityKey(deviceId: "dev1"), name: "reboot", payload: Data(#"{"delay":5}"#.utf8), responseTimeout: .seconds(10),
+                eventLoop: fixture.localHub.group.next())
+            #expect(result.status == 201)
+            #expect(try JSONValue(parsing: result.payload) == ["echo": ["delay": 5]])
+            #expect(try await responder.value == "reboot")
+            await client.shutdown()
+        }
+    }
+
+    @Test func cloudToDeviceMessagesArrive() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            let messages = client.messages()
+            #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil })
+            _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("c2d".utf8), messageId: "c1", properties: ["p": "1"]), timeToLive: nil)
+            let message = try #require(await first(of: messages))
+            #expect(message.messageId == "c1")
+            #expect(message.properties == ["p": "1"])
+            #expect(message.to == "/devices/dev1/messages/deviceBound")
+            #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.cloudToDevice.isEmpty == true })
+            await client.shutdown()
+        }
+    }
+
+    @Test func wrongKeyGivesCredentialErrorAndNoRetry() async throws {
+        try await HubFixture.with { fixture in
+            let client = try IoTHubDeviceClient.fromSymmetricKey(
+                Data(repeating: 1, count: 32).base64EncodedString(), hostName: "localhost", deviceId: "dev1", configuration: fixture.configuration())
+            await #expect(throws: IoTHubError.self) { try await client.connect() }
+            do {
+                try await client.connect()
+            } catch {
+                #expect((error as? IoTHubError)?.code == "CredentialError", "\(error)")
+            }
+            #expect(!client.isConnected)
+            await client.shutdown()
+        }
+    }
+
+    @Test func autoConnectOffGivesNoConnectionError() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client { $0.autoConnect = false }
+            do {
+                try await client.send(Message(payload: Data("x".utf8)))
+                Issue.record("sent without a connection")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "NoConnectionError", "\(error)")
+            }
+            await client.shutdown()
+            do {
+                try await client.connect()
+                Issue.record("connected after shutdown")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "ClientError", "\(error)")
+            }
+        }
+    }
+
+    @Test func aDroppedConnectionReconnectsAndLosesNoMessage() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            try await client.connect()
+            let total = 1000
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<total {
+                    group.addTask { try await client.send(Message(payload: Data("\(index)".utf8), messageId: "m\(index)")) }
+                    if index == total / 3 {
+                        group.addTask { _ = fixture.hub.dropConnection(of: IdentityKey(deviceId: "dev1")) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let ids = fixture.telemetry.compactMap(\.message.messageId)
+            #expect(Set(ids) == Set((0..<total).map { "m\($0)" }), "every completed send reached the hub")
+            #expect(fixture.hub.state.withLockedValue { $0.lastConnectionId } >= 2, "the connection was dropped and made again")
+            #expect(client.isConnected)
+            await client.shutdown()
+        }
+    }
+}
