@@ -82,7 +82,9 @@ public final class LocalHub: Service, Sendable {
             authority = try directory.loadOrCreateCertificates(hostName: configuration.hostName)
             if let data = try directory.read(directory.serviceConnectionString) {
                 let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                guard let existing = try? ConnectionString(parsing: text), case .sharedAccessKey(let key) = existing.credential else {
+                guard let existing = try? ConnectionString(parsing: text), existing.deviceId == nil, existing.sharedAccessKeyName != nil,
+                      case .sharedAccessKey(let key) = existing.credential
+                else {
                     throw .dataDirectory("\(directory.serviceConnectionString.path) does not hold a policy connection string")
                 }
                 ownerKey = key
