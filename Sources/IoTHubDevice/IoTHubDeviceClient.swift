@@ -618,10 +618,38 @@ public final class IoTHubDeviceClient: Sendable {
     }
 
     private func publish(topic: String, payload: Data) async throws(IoTHubError) {
-        guard let mqtt = state.withLockedValue({ $0.mqtt }) else {
-            throw .noConnectionError("the client is not connected")
+        while true {
+            guard let mqtt = state.withLockedValue({ $0.mqtt }) else {
+                throw .noConnectionError("the client is not connected")
+            }
+            do {
+                try await mqtt.publish(topic: topic, payload: payload)
+                return
+            } catch .noConnectionError(let detail) {
+                // libmosquitto refuses new publishes while a connection is being replaced
+                // (renewal, reconnect); wait for the new connection and hand it over then.
+                guard try await waitUntilConnected() else { throw .noConnectionError(detail) }
+            }
         }
-        try await mqtt.publish(topic: topic, payload: payload)
+    }
+
+    /// Waits while the client is connecting or reconnecting. Returns whether it is connected;
+    /// throws `OperationTimeout` if that takes longer than the operation timeout.
+    private func waitUntilConnected() async throws(IoTHubError) -> Bool {
+        let deadline = ContinuousClock.now + configuration.operationTimeout
+        while ContinuousClock.now < deadline {
+            switch state.withLockedValue({ $0.phase }) {
+            case .connected: return true
+            case .disconnected, .shutdown: return false
+            case .connecting, .reconnecting: break
+            }
+            do {
+                try await Task.sleep(for: .milliseconds(10))
+            } catch {
+                throw .operationCancelled("the caller stopped waiting")
+            }
+        }
+        throw .operationTimeout("the client did not reconnect within \(configuration.operationTimeout)")
     }
 
     /// Cloud-to-device messages, or a module's input messages (the seed's

@@ -1,0 +1,255 @@
+import Crypto
+import Foundation
+import IoTHubDevice
+import Logging
+import SwiftASN1
+import IoTHubProtocol
+@testable import LocalHub
+import X509
+import Testing
+
+/// Reconnects, renewal, limits and identities, against a real LocalHub over TLS.
+@Suite(.serialized) struct DeviceClientLifecycleTests {
+    @Test func aShortTokenLifetimeRenewsWithoutLosingAMessage() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client { $0.sasTokenTimeToLive = 4 }
+            try await client.connect()
+            var sent = 0
+            let deadline = ContinuousClock.now + .seconds(6)
+            while ContinuousClock.now < deadline {
+                try await client.send(Message(payload: Data("\(sent)".utf8), messageId: "r\(sent)"))
+                sent += 1
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(Set(fixture.telemetry.compactMap(\.message.messageId)) == Set((0..<sent).map { "r\($0)" }))
+            #expect(fixture.hub.state.withLockedValue { $0.lastConnectionId } >= 3, "the token was renewed by reconnecting")
+            await client.shutdown()
+        }
+    }
+
+    @Test func aDesiredChangeMadeWhileDisconnectedArrivesAfterReconnect() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client()
+            let patches = client.desiredPropertiesPatches()
+            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil })
+            try await Task.sleep(for: .milliseconds(200))  // the initial twin read records the version
+            fixture.hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(1)))
+            _ = fixture.hub.dropConnection(of: key)
+            #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
+            _ = try fixture.hub.patchDesired(key, patch: ["mode": "eco"], tags: nil, replace: false, ifMatch: nil)
+            let delivered = await first(of: patches, timeout: .seconds(15))
+            #expect(delivered?["mode"] == "eco")
+            #expect(delivered?["$version"] == 2)
+            await client.shutdown()
+        }
+    }
+
+    @Test func cloudToDeviceMessagesSentWhileDisconnectedArriveAfterReconnect() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client()
+            let messages = client.messages()
+            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil })
+            await client.disconnect()
+            #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
+            _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("while away".utf8), messageId: "away"), timeToLive: nil)
+            try await client.connect()
+            let message = await first(of: messages)
+            #expect(message?.messageId == "away")
+            await client.shutdown()
+        }
+    }
+
+    @Test func aMethodAnsweredAfterItsTimeoutIsDroppedByTheHub() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client()
+            let requests = client.methodRequests()
+            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.methodRequests] != nil })
+            let lateResponder = Task { () throws -> Bool in
+                for await request in requests {
+                    try await Task.sleep(for: .milliseconds(600))
+                    try await client.respond(MethodResponse(answering: request, status: 200))
+                    return true
+                }
+                return false
+            }
+            await #expect(throws: ServiceError.self) {
+                try await fixture.hub.invokeMethod(on: key, name: "slow", payload: Data("null".utf8), responseTimeout: .milliseconds(200), eventLoop: fixture.localHub.group.next())
+            }
+            #expect(try await lateResponder.value, "the late answer is still accepted by the hub's MQTT side")
+            #expect(fixture.hub.state.withLockedValue { $0.pendingMethods.isEmpty })
+            await client.shutdown()
+        }
+    }
+
+    @Test func theMessageSizeLimitIsCheckedBeforeSending() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            try await client.send(Message(payload: Data(count: Message.maximumSize)))
+            do {
+                try await client.send(Message(payload: Data(count: Message.maximumSize - 3), properties: ["ab": "cd"]))
+                Issue.record("an oversized message was sent")
+            } catch {
+                #expect(error as? IoTHubError == .messageTooLarge(size: Message.maximumSize + 1, limit: Message.maximumSize))
+            }
+            #expect(fixture.telemetry.count == 1)
+            await client.shutdown()
+        }
+    }
+
+    @Test func aGatewayHostNameIsConnectedToWhileTokensNameTheHub() async throws {
+        var logger = Logger(label: "gateway-test")
+        logger.logLevel = .error
+        let localHub = try LocalHub(configuration: .init(hostName: "hub.example.test", mqttPort: 0, httpsPort: 0, blobPort: 0, devices: ["dev1"]), logger: logger)
+        let ports = try await localHub.start()
+        defer { Task { await localHub.stop() } }
+        let connectionString = try localHub.deviceConnectionString(deviceId: "dev1") + ";GatewayHostName=localhost"
+        let configuration = DeviceClientConfiguration(serverVerificationCertificate: localHub.caCertificatePEM, mqttPort: ports.mqtt, httpsPort: ports.https)
+        let client = try IoTHubDeviceClient.fromConnectionString(connectionString, configuration: configuration)
+        #expect(client.hostName == "hub.example.test")
+        #expect(client.configuration.gatewayHostName == "localhost")
+        try await client.send(Message(payload: Data("via gateway".utf8)))
+        #expect(localHub.hub.telemetry.lastSequenceNumber == 1)
+        await client.shutdown()
+        await localHub.stop()
+    }
+
+    @Test func anX509IdentityConnectsWithItsCertificate() async throws {
+        try await HubFixture.with { fixture in
+            let key = P256.Signing.PrivateKey()
+            let name = try DistinguishedName { CommonName("x509-device") }
+            let certificate = try Certificate(
+                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey), notValidBefore: Date().addingTimeInterval(-60),
+                notValidAfter: Date().addingTimeInterval(3600), issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: .init(), issuerPrivateKey: .init(key))
+            let pem = try certificate.serializeAsPEM().pemString
+            var serializer = DER.Serializer()
+            try serializer.serialize(certificate)
+            let thumbprint = Insecure.SHA1.hash(data: serializer.serializedBytes).map { String(format: "%02X", $0) }.joined()
+            _ = try fixture.hub.putIdentity(
+                IdentityKey(deviceId: "x509-device"),
+                body: ["authentication": ["type": "selfSigned", "x509Thumbprint": ["primaryThumbprint": .string(thumbprint)]]], ifMatch: nil)
+            let client = try IoTHubDeviceClient.fromX509Certificate(
+                X509Credential(certificatePEM: pem, privateKeyPEM: key.pemRepresentation), hostName: "localhost", deviceId: "x509-device",
+                configuration: fixture.configuration())
+            try await client.send(Message(payload: Data("signed".utf8)))
+            #expect(fixture.telemetry.first?.deviceId == "x509-device")
+            await client.shutdown()
+
+            let stranger = P256.Signing.PrivateKey()
+            let strangerCertificate = try Certificate(
+                version: .v3, serialNumber: .init(), publicKey: .init(stranger.publicKey), notValidBefore: Date().addingTimeInterval(-60),
+                notValidAfter: Date().addingTimeInterval(3600), issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: .init(), issuerPrivateKey: .init(stranger))
+            let impostor = try IoTHubDeviceClient.fromX509Certificate(
+                X509Credential(certificatePEM: try strangerCertificate.serializeAsPEM().pemString, privateKeyPEM: stranger.pemRepresentation),
+                hostName: "localhost", deviceId: "x509-device", configuration: fixture.configuration())
+            await #expect(throws: IoTHubError.self) { try await impostor.connect() }
+            await impostor.shutdown()
+        }
+    }
+
+    @Test func shutdownDuringAPendingSendCancelsIt() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            try await client.connect()
+            fixture.hub.setFaults(Faults(acknowledgementDelayMilliseconds: 3000))
+            let pending = Task { () async -> IoTHubError? in
+                do throws(IoTHubError) {
+                    try await client.send(Message(payload: Data("slow".utf8)))
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            await client.shutdown()
+            let error = await pending.value
+            #expect(error?.code == "OperationCancelled")
+            do {
+                try await client.send(Message())
+                Issue.record("sent after shutdown")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "ClientError", "\(error)")
+            }
+        }
+    }
+
+    @Test func aSASTokenClientUpdatesItsToken() async throws {
+        try await HubFixture.with { fixture in
+            let key = try #require(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)
+            let token = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600)
+            let client = try IoTHubDeviceClient.fromSASToken(token.string, configuration: fixture.configuration())
+            try await client.send(Message(payload: Data("one".utf8)))
+            let fresh = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 1200)
+            try await client.updateSASToken(fresh.string)
+            try await client.send(Message(payload: Data("two".utf8)))
+            #expect(fixture.telemetry.count == 2)
+            #expect(client.status.tokenExpiry == fresh.expiryDate)
+            let otherDevice = try SASToken(resourceURI: "localhost/devices/dev2", key: key, timeToLive: 600)
+            await #expect(throws: IoTHubError.self) { try await client.updateSASToken(otherDevice.string) }
+            let expired = try SASToken(resourceURI: "localhost/devices/dev1", key: key, expiry: 1000)
+            await #expect(throws: IoTHubError.self) { try await client.updateSASToken(expired.string) }
+            await client.shutdown()
+
+            let keyClient = try fixture.client()
+            do {
+                try await keyClient.updateSASToken(fresh.string)
+                Issue.record("a key-based client accepted a token")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "ClientError", "\(error)")
+            }
+            await keyClient.shutdown()
+        }
+    }
+
+    @Test func fileUploadThroughTheHubsHTTPSAPI() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            let info = try await client.storageInfo(forBlob: "logs/today.txt")
+            #expect(info.blobName == "dev1/logs/today.txt")
+            #expect(info.hostName == "localhost:\(fixture.ports.blob)")
+            // Upload with curl, as an application would with any HTTP client.
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("upload-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let ca = directory.appendingPathComponent("ca.pem")
+            try Data(fixture.localHub.caCertificatePEM.utf8).write(to: ca)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            process.arguments = ["-sf", "--cacert", ca.path, "-X", "PUT", "-H", "x-ms-blob-type: BlockBlob", "--data-binary", "file body", info.blobURL]
+            try process.run()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            try await client.notifyBlobUploadStatus(correlationId: info.correlationId, isSuccess: true, statusCode: 201, statusDescription: "uploaded")
+            #expect(fixture.hub.blobs.get(container: info.containerName, blob: info.blobName)?.data == Data("file body".utf8))
+            let notification = fixture.hub.fileUploadNotifications.read(after: 0, limit: 10).entries.first?.entry
+            #expect(notification?.isSuccess == true)
+            #expect(notification?.statusCode == 201)
+            do {
+                try await client.notifyBlobUploadStatus(correlationId: "unknown", isSuccess: false, statusCode: 500, statusDescription: "")
+                Issue.record("an unknown correlation id was accepted")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "ServiceError", "\(error)")
+            }
+            await client.shutdown()
+        }
+    }
+
+    @Test func invalidArgumentsFailAtCreation() throws {
+        let key = Data(repeating: 5, count: 32).base64EncodedString()
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d") }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d;x509=true") }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey("not base64", hostName: "h", deviceId: "d") }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 0)) }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 1741)) }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(cipher: "NOT-A-CIPHER")) }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(serverVerificationCertificate: "junk")) }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSASToken("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1000") }
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSASToken("SharedAccessSignature sr=h%2Fsomething&sig=x&se=99999999999") }
+        let module = try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=\(key)")
+        #expect(module.moduleId == "m")
+    }
+}
