@@ -31,6 +31,9 @@ final class MosquittoClient: @unchecked Sendable {
     private struct State {
         var pendingPublishes: [Int32: CheckedContinuation<Void, any Error>] = [:]
         var earlyAcknowledgements: Set<Int32> = []
+        /// Publishes whose callers stopped waiting; their PUBACK, if it comes, is dropped so it
+        /// cannot complete a later publish that reuses the message id.
+        var abandoned: Set<Int32> = []
         var pendingSubscriptions: [Int32: CheckedContinuation<[Int32], any Error>] = [:]
         var loopRunning = false
         var disconnectRequested = false
@@ -158,22 +161,32 @@ final class MosquittoClient: @unchecked Sendable {
     /// libmosquitto keeps the message and sends it after the next (re)connect.
     func publish(topic: String, payload: Data) async throws(IoTHubError) {
         let handle = self.handle
+        let publishedMid = NIOLockedValueBox<Int32?>(nil)
         do {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                var mid: Int32 = 0
-                let code = payload.withUnsafeBytes { bytes in
-                    mosquitto_publish(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, 1, false)
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    var mid: Int32 = 0
+                    let code = payload.withUnsafeBytes { bytes in
+                        mosquitto_publish(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, 1, false)
+                    }
+                    guard code == MOSQ_ERR_SUCCESS.rawValue else {
+                        continuation.resume(throwing: Self.publishError(code))
+                        return
+                    }
+                    let acknowledged = state.withLockedValue { state -> Bool in
+                        if state.earlyAcknowledgements.remove(mid) != nil { return true }
+                        state.pendingPublishes[mid] = continuation
+                        return false
+                    }
+                    publishedMid.withLockedValue { $0 = mid }
+                    if acknowledged {
+                        continuation.resume()
+                    } else if Task.isCancelled {
+                        stopWaiting(for: mid)
+                    }
                 }
-                guard code == MOSQ_ERR_SUCCESS.rawValue else {
-                    continuation.resume(throwing: Self.publishError(code))
-                    return
-                }
-                let acknowledged = state.withLockedValue { state -> Bool in
-                    if state.earlyAcknowledgements.remove(mid) != nil { return true }
-                    state.pendingPublishes[mid] = continuation
-                    return false
-                }
-                if acknowledged { continuation.resume() }
+            } onCancel: {
+                if let mid = publishedMid.withLockedValue({ $0 }) { self.stopWaiting(for: mid) }
             }
         } catch let error as IoTHubError {
             throw error
@@ -213,6 +226,7 @@ final class MosquittoClient: @unchecked Sendable {
         let (published, subscribed) = state.withLockedValue { state in
             let published = publishes ? Array(state.pendingPublishes.values) : []
             if publishes {
+                state.abandoned.formUnion(state.pendingPublishes.keys)
                 state.pendingPublishes.removeAll()
                 state.earlyAcknowledgements.removeAll()
             }
@@ -224,6 +238,17 @@ final class MosquittoClient: @unchecked Sendable {
         subscribed.forEach { $0.resume(throwing: error) }
     }
 
+    /// Ends the wait of a cancelled publish. The message itself stays with libmosquitto and may
+    /// still reach the hub: a cancelled send is "not known to be delivered", not "not delivered".
+    private func stopWaiting(for mid: Int32) {
+        state.withLockedValue { state in
+            let continuation = state.pendingPublishes.removeValue(forKey: mid)
+            if continuation != nil { state.abandoned.insert(mid) }
+            return continuation
+        }?
+            .resume(throwing: IoTHubError.operationCancelled("the caller stopped waiting for the hub's acknowledgement"))
+    }
+
     /// How many publishes wait for their PUBACK.
     var pendingPublishCount: Int {
         state.withLockedValue { $0.pendingPublishes.count }
@@ -232,6 +257,7 @@ final class MosquittoClient: @unchecked Sendable {
     private func publishAcknowledged(mid: Int32) {
         let continuation = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
             if let continuation = state.pendingPublishes.removeValue(forKey: mid) { return continuation }
+            if state.abandoned.remove(mid) != nil { return nil }
             // The PUBACK beat the registration of its publish (possible: the network thread is
             // faster than the caller); the registration finds it here.
             state.earlyAcknowledgements.insert(mid)

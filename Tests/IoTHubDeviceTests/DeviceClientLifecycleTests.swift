@@ -253,3 +253,30 @@ import Testing
         #expect(module.moduleId == "m")
     }
 }
+
+@Suite(.serialized) struct DeviceClientCancellationTests {
+    @Test func cancellingAWaitingSendEndsItWithOperationCancelled() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            try await client.connect()
+            fixture.hub.setFaults(Faults(acknowledgementDelayMilliseconds: 2000))
+            let pending = Task { () async -> IoTHubError? in
+                do throws(IoTHubError) {
+                    try await client.send(Message(payload: Data("slow".utf8)))
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            let start = ContinuousClock.now
+            pending.cancel()
+            let error = await pending.value
+            #expect(error?.code == "OperationCancelled")
+            #expect(ContinuousClock.now - start < .seconds(1), "cancellation does not wait for the acknowledgement")
+            fixture.hub.setFaults(Faults())
+            try await client.send(Message(payload: Data("after".utf8)))
+            await client.shutdown()
+        }
+    }
+}
