@@ -156,3 +156,38 @@ import Testing
         }
     }
 }
+
+@Suite(.serialized) struct ModuleClientTests {
+    @Test func modulesSendToOutputsReceiveInputsAndHaveTwins() async throws {
+        try await HubFixture.with { fixture in
+            let module = try fixture.client("dev1", moduleId: "filter")
+            try await module.send(Message(payload: Data("out".utf8), messageId: "o1"), toOutput: "alerts")
+            let record = try #require(fixture.telemetry.first)
+            #expect(record.moduleId == "filter")
+            #expect(record.message.outputName == "alerts")
+
+            let inputs = module.messages()
+            let key = IdentityKey(deviceId: "dev1", moduleId: "filter")
+            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.moduleInputs(deviceId: "dev1", moduleId: "filter")] != nil })
+            _ = try fixture.hub.sendToModuleInput(key, input: "in 1", message: Message(payload: Data("in".utf8), messageId: "i1"))
+            let input = await first(of: inputs)
+            #expect(input?.inputName == "in 1")
+            #expect(input?.messageId == "i1")
+
+            _ = try fixture.hub.patchDesired(key, patch: ["threshold": 5], tags: nil, replace: false, ifMatch: nil)
+            #expect(try await module.twin().desired.properties == ["threshold": 5])
+            #expect(try await module.updateReportedProperties(["seen": 1]) == 2)
+            #expect(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.reported.properties == [:], "the device's own twin is untouched")
+
+            let device = try fixture.client()
+            do {
+                try await device.send(Message(), toOutput: "x")
+                Issue.record("a device sent to an output")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "ClientError")
+            }
+            await module.shutdown()
+            await device.shutdown()
+        }
+    }
+}
