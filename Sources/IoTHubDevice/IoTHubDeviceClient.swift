@@ -36,6 +36,7 @@ public final class IoTHubDeviceClient: Sendable {
         var connecting: Task<Result<Void, IoTHubError>, Never>?
         var reconnectTask: Task<Void, Never>?
         var renewalTask: Task<Void, Never>?
+        var tokenSignalTask: Task<Void, Never>?
         var connackWaiter: (id: Int, continuation: CheckedContinuation<Int32, Never>)?
         var lastAttemptId = 0
         var enabled: Set<Feature> = []
@@ -223,6 +224,10 @@ public final class IoTHubDeviceClient: Sendable {
     /// and every stream ends.
     public func shutdown() async {
         await disconnect()
+        state.withLockedValue { state in
+            state.tokenSignalTask?.cancel()
+            state.tokenSignalTask = nil
+        }
         transition(to: .shutdown, reason: nil)
         for broadcaster in [messageStreams as any FinishableBroadcaster, methodStreams, desiredStreams, stateStreams, errorStreams, tokenStreams] {
             broadcaster.finish()
@@ -784,7 +789,10 @@ public final class IoTHubDeviceClient: Sendable {
             }
             if stillCurrent { tokenStreams.yield(()) }
         }
-        _ = task
+        state.withLockedValue { state in
+            state.tokenSignalTask?.cancel()
+            state.tokenSignalTask = task
+        }
     }
 
     // MARK: File upload

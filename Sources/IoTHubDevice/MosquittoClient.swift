@@ -35,6 +35,9 @@ final class MosquittoClient: @unchecked Sendable {
         /// cannot complete a later publish that reuses the message id.
         var abandoned: Set<Int32> = []
         var pendingSubscriptions: [Int32: CheckedContinuation<[Int32], any Error>] = [:]
+        /// SUBACKs that arrived before their SUBSCRIBE call registered (the network thread can
+        /// be faster than the caller).
+        var earlySubscriptionAcknowledgements: [Int32: [Int32]] = [:]
         var loopRunning = false
         var disconnectRequested = false
     }
@@ -195,30 +198,51 @@ final class MosquittoClient: @unchecked Sendable {
         }
     }
 
-    /// Subscribes and returns the granted QoS per filter (0x80 for a refusal).
+    /// Subscribes and returns the granted QoS per filter (0x80 for a refusal). Cancelling the
+    /// caller ends the wait.
     func subscribe(_ filters: [String]) async throws(IoTHubError) -> [Int32] {
         let handle = self.handle
+        let subscribedMid = NIOLockedValueBox<Int32?>(nil)
         do {
-            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Int32], any Error>) in
-                var mid: Int32 = 0
-                let pointers = filters.map { strdup($0) }
-                defer { pointers.forEach { free($0) } }
-                let code = pointers.withUnsafeBufferPointer { buffer in
-                    buffer.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { rebound in
-                        mosquitto_subscribe_multiple(handle, &mid, Int32(filters.count), rebound.baseAddress, 1, 0, nil)
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Int32], any Error>) in
+                    var mid: Int32 = 0
+                    let pointers = filters.map { strdup($0) }
+                    defer { pointers.forEach { free($0) } }
+                    let code = pointers.withUnsafeBufferPointer { buffer in
+                        buffer.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { rebound in
+                            mosquitto_subscribe_multiple(handle, &mid, Int32(filters.count), rebound.baseAddress, 1, 0, nil)
+                        }
+                    }
+                    guard code == MOSQ_ERR_SUCCESS.rawValue else {
+                        continuation.resume(throwing: Self.publishError(code))
+                        return
+                    }
+                    let granted = state.withLockedValue { state -> [Int32]? in
+                        if let granted = state.earlySubscriptionAcknowledgements.removeValue(forKey: mid) { return granted }
+                        state.pendingSubscriptions[mid] = continuation
+                        return nil
+                    }
+                    subscribedMid.withLockedValue { $0 = mid }
+                    if let granted {
+                        continuation.resume(returning: granted)
+                    } else if Task.isCancelled {
+                        stopWaitingForSubscription(mid)
                     }
                 }
-                guard code == MOSQ_ERR_SUCCESS.rawValue else {
-                    continuation.resume(throwing: Self.publishError(code))
-                    return
-                }
-                state.withLockedValue { $0.pendingSubscriptions[mid] = continuation }
+            } onCancel: {
+                if let mid = subscribedMid.withLockedValue({ $0 }) { self.stopWaitingForSubscription(mid) }
             }
         } catch let error as IoTHubError {
             throw error
         } catch {
             throw .clientError("\(error)")
         }
+    }
+
+    private func stopWaitingForSubscription(_ mid: Int32) {
+        state.withLockedValue { $0.pendingSubscriptions.removeValue(forKey: mid) }?
+            .resume(throwing: IoTHubError.operationCancelled("the caller stopped waiting for the hub's SUBACK"))
     }
 
     /// Fails every operation still waiting (subscriptions always; publishes when `publishes`).
@@ -232,6 +256,7 @@ final class MosquittoClient: @unchecked Sendable {
             }
             let subscribed = Array(state.pendingSubscriptions.values)
             state.pendingSubscriptions.removeAll()
+            state.earlySubscriptionAcknowledgements.removeAll()
             return (published, subscribed)
         }
         published.forEach { $0.resume(throwing: error) }
@@ -267,7 +292,12 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func subscribeAcknowledged(mid: Int32, granted: [Int32]) {
-        state.withLockedValue { $0.pendingSubscriptions.removeValue(forKey: mid) }?.resume(returning: granted)
+        let continuation = state.withLockedValue { state -> CheckedContinuation<[Int32], any Error>? in
+            if let continuation = state.pendingSubscriptions.removeValue(forKey: mid) { return continuation }
+            state.earlySubscriptionAcknowledgements[mid] = granted
+            return nil
+        }
+        continuation?.resume(returning: granted)
     }
 
     private static func publishError(_ code: Int32) -> IoTHubError {

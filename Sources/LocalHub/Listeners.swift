@@ -13,6 +13,8 @@ enum Listeners {
     /// The largest HTTP request body accepted (blob uploads included).
     static let maximumHTTPBodySize = 64 << 20
     static let webSocketPath = "/$iothub/websocket"
+    /// An HTTP connection that sends nothing this long, with no request being answered, is closed.
+    static let httpIdleTimeout: TimeAmount = .seconds(120)
 
     static func tlsContext(_ authority: CertificateAuthority) throws(LocalHubError) -> NIOSSLContext {
         do {
@@ -88,12 +90,16 @@ enum Listeners {
                             try addMQTTHandlers(to: channel.pipeline.syncOperations, hub: hub, logger: logger)
                         }
                     })
-                let boundHandler = NIOLoopBound(httpHandler, eventLoop: channel.eventLoop)
+                let idleHandler = IdleStateHandler(readTimeout: httpIdleTimeout)
+                let boundHandlers = NIOLoopBound((httpHandler, idleHandler), eventLoop: channel.eventLoop)
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                     withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                        context.pipeline.syncOperations.removeHandler(boundHandler.value, promise: nil)
+                        // After the upgrade the connection speaks MQTT, whose keep-alive rules apply.
+                        context.pipeline.syncOperations.removeHandler(boundHandlers.value.0, promise: nil)
+                        context.pipeline.syncOperations.removeHandler(boundHandlers.value.1, promise: nil)
                     }))
+                try channel.pipeline.syncOperations.addHandler(idleHandler)
                 try channel.pipeline.syncOperations.addHandler(httpHandler)
             }
         }
@@ -104,6 +110,7 @@ enum Listeners {
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: httpIdleTimeout))
                 try channel.pipeline.syncOperations.addHandler(
                     HTTPServerHandler(router: router, maximumBodySize: maximumHTTPBodySize, logger: logger))
             }

@@ -72,9 +72,8 @@ extension Hub {
             let replaced = session.connection
             var sessionPresent = state.sessions[key] != nil && !cleanSession
             if cleanSession {
-                // A clean session starts empty: forget subscriptions and hand back in-flight
-                // cloud-to-device messages to the queue.
-                Self.releaseInflightCloudToDevice(of: &session, in: &state, key: key)
+                // A clean session starts empty: it forgets subscriptions, and cloud-to-device
+                // messages that were in flight are delivered again (they stay queued until acknowledged).
                 session = SessionState(cleanSession: true)
                 state.identities[key]?.subscriptions = [:]
                 sessionPresent = false
@@ -109,7 +108,6 @@ extension Hub {
             session.connection = nil
             session.inflight.removeAll { $0.message.kind == .transient }
             if session.cleanSession {
-                Self.releaseInflightCloudToDevice(of: &session, in: &state, key: key)
                 state.sessions[key] = nil
                 state.identities[key]?.subscriptions = [:]
             } else {
@@ -129,12 +127,6 @@ extension Hub {
             changes.signal()
             logger.info("device disconnected", metadata: ["client": "\(connection.key)"])
         }
-    }
-
-    /// Drops in-flight cloud-to-device messages of a session that ends; they stay queued and
-    /// are delivered again to the next session.
-    private static func releaseInflightCloudToDevice(of session: inout SessionState, in state: inout State, key: IdentityKey) {
-        session.inflight.removeAll()
     }
 
     /// The filters a client may subscribe to, with the QoS granted: IoT Hub's topics only.
