@@ -164,6 +164,18 @@ public final class IoTHubDeviceClient: Sendable {
         guard !token.isExpired() else { throw .valueError(field: "sastoken", reason: "has already expired") }
     }
 
+    /// A client dropped without `shutdown` still closes its connection: on another task, so
+    /// libmosquitto's network thread is never asked to join itself.
+    deinit {
+        let leftovers = state.withLockedValue { state in
+            [state.reconnectTask, state.renewalTask, state.tokenSignalTask].forEach { $0?.cancel() }
+            return state.mqtt
+        }
+        if let leftovers {
+            Task.detached { await leftovers.disconnect() }
+        }
+    }
+
     // MARK: Connection
 
     /// Whether the client is connected now.

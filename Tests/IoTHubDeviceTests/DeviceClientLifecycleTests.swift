@@ -9,7 +9,7 @@ import X509
 import Testing
 
 /// Reconnects, renewal, limits and identities, against a real LocalHub over TLS.
-@Suite(.serialized) struct DeviceClientLifecycleTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct DeviceClientLifecycleTests {
     @Test func aShortTokenLifetimeRenewsWithoutLosingAMessage() async throws {
         try await HubFixture.with { fixture in
             let client = try fixture.client { $0.sasTokenTimeToLive = 4 }
@@ -254,7 +254,7 @@ import Testing
     }
 }
 
-@Suite(.serialized) struct DeviceClientCancellationTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct DeviceClientCancellationTests {
     @Test func cancellingAWaitingSendEndsItWithOperationCancelled() async throws {
         try await HubFixture.with { fixture in
             let client = try fixture.client()
@@ -276,6 +276,35 @@ import Testing
             #expect(ContinuousClock.now - start < .seconds(1), "cancellation does not wait for the acknowledgement")
             fixture.hub.setFaults(Faults())
             try await client.send(Message(payload: Data("after".utf8)))
+            await client.shutdown()
+        }
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3))) struct DeviceClientRetryTests {
+    @Test func revokedCredentialsEndTheReconnectLoop() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client()
+            let states = client.connectionStateChanges()
+            try await client.connect()
+            // New keys end the connection (like IoT Hub) and make the client's key wrong.
+            _ = try fixture.hub.putIdentity(key, body: ["deviceId": "dev1", "authentication": ["type": "sas"]], ifMatch: "*")
+            var sawReconnecting = false
+            var final: ConnectionStateChange?
+            for await change in states {
+                if change.state == .reconnecting { sawReconnecting = true }
+                if change.state == .disconnected {
+                    final = change
+                    break
+                }
+            }
+            #expect(sawReconnecting)
+            #expect(final?.reason?.code == "CredentialError")
+            let attempts = fixture.hub.state.withLockedValue { $0.connectAttempts }
+            try await Task.sleep(for: .milliseconds(800))  // four retry intervals
+            #expect(fixture.hub.state.withLockedValue { $0.connectAttempts } == attempts, "no retry after refused credentials")
+            #expect(!client.isConnected)
             await client.shutdown()
         }
     }

@@ -8,7 +8,7 @@ import Testing
 
 /// Raw TLS connections that misbehave: the hub must close them, stay up, and keep no state
 /// for them.
-@Suite(.serialized) struct HostileInputTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct HostileInputTests {
     /// Collects what the server sends and notices when it closes the connection.
     final class Recorder: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer

@@ -5,7 +5,7 @@ import Testing
 
 /// LocalHub over real TLS sockets with mosquitto's own command-line clients, an MQTT
 /// implementation independent of ours.
-@Suite(.serialized) struct LiveMQTTTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct LiveMQTTTests {
     @Test func telemetryFromMosquittoPubIsRecordedWithItsProperties() async throws {
         try await TestHub.with { hub in
             let token = try hub.token(deviceId: "dev1")

@@ -5,7 +5,7 @@ import Logging
 import Testing
 
 /// What must survive a restart of the hub survives it; a damaged data directory is reported.
-@Suite(.serialized) struct PersistenceTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct PersistenceTests {
     static func temporaryDirectory() -> String {
         FileManager.default.temporaryDirectory.appendingPathComponent("localhub-persist-\(UUID().uuidString)").path
     }

@@ -195,11 +195,13 @@ extension Hub {
     }
 
     /// Records a telemetry message from `connection`. The topic's identity must be the connection's.
-    func receiveTelemetry(from connection: DeviceConnection, topic: TelemetryTopic, rawProperties: Substring, payload: ByteBuffer, now: Date = Date()) -> Bool {
+    func receiveTelemetry(from connection: DeviceConnection, topic: TelemetryTopic, rawProperties: Substring, payload: ByteBuffer, redelivered: Bool = false, now: Date = Date()) -> Bool {
         guard topic.deviceId == connection.key.deviceId, topic.moduleId == connection.key.moduleId else { return false }
         let message = Message(payload: Data(payload.readableBytesView), propertyBag: topic.properties)
         telemetry.append(
-            TelemetryRecord(enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message, rawProperties: String(rawProperties)),
+            TelemetryRecord(
+                enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message, rawProperties: String(rawProperties),
+                redelivered: redelivered),
             size: payload.readableBytes + rawProperties.utf8.count + 64)
         return true
     }

@@ -16,6 +16,8 @@ final class Hub: Sendable {
         var pendingMethods: [String: PendingMethodCall] = [:]
         var lastMethodRequestId: UInt64 = 0
         var lastConnectionId: UInt64 = 0
+        /// Every CONNECT received, accepted or not.
+        var connectAttempts: UInt64 = 0
         var faults = Faults()
         var fileUploads: [String: PendingFileUpload] = [:]
     }

@@ -9,6 +9,8 @@ struct TelemetryRecord: Sendable {
     var message: Message
     /// The property bag exactly as it was on the topic.
     var rawProperties: String
+    /// The device sent it again (MQTT DUP flag): a redelivery after a lost acknowledgement.
+    var redelivered: Bool = false
 }
 
 /// A file-upload completion a device reported.

@@ -103,6 +103,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard connect.protocolName == "MQTT", connect.protocolLevel == 4 else {
             return refuse(context, .unacceptableProtocolVersion, "protocol \(connect.protocolName) level \(connect.protocolLevel)")
         }
+        hub.state.withLockedValue { $0.connectAttempts += 1 }
         let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
         let credentials = ConnectCredentials(
             clientId: connect.clientId, username: connect.username, password: connect.password,
@@ -190,7 +191,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             guard message.size + publish.payload.readableBytes <= Message.maximumSize else {
                 return close(context, "message of \(message.size + publish.payload.readableBytes) bytes exceeds 262144")
             }
-            guard hub.receiveTelemetry(from: connection, topic: telemetry, rawProperties: Self.bag(of: topic), payload: publish.payload) else {
+            guard hub.receiveTelemetry(from: connection, topic: telemetry, rawProperties: Self.bag(of: topic), payload: publish.payload, redelivered: publish.duplicate) else {
                 return close(context, "telemetry for another identity on \(topic)")
             }
         } else if let request = TwinRequestTopic(parsing: topic) {

@@ -197,6 +197,7 @@ extension Hub {
             "properties": .object(message.properties.mapValues(JSONValue.string)),
             "rawProperties": .string(record.rawProperties),
             "body": .string(message.payload.base64EncodedString()),
+            "redelivered": .bool(record.redelivered),
         ]
         let optional: [(String, String?)] = [
             ("moduleId", record.moduleId), ("messageId", message.messageId), ("correlationId", message.correlationId),
