@@ -27,20 +27,24 @@ struct Router: Sendable {
 
     /// Runs the matching handler; 404 for an unknown path, 405 for a known path with another method.
     func respond(to request: HTTPRequest) async -> HTTPResponse {
-        var pathMatched = false
+        var allowed: [String] = []
         for route in routes {
             guard let parameters = Self.match(route.pattern, request.pathSegments) else { continue }
-            pathMatched = true
-            guard route.method == request.method else { continue }
+            guard route.method == request.method else {
+                allowed.append(route.method.rawValue)
+                continue
+            }
             do {
                 return try await route.handler(request, parameters)
             } catch {
                 return .error(error)
             }
         }
-        if pathMatched {
-            return .error(.badRequest("method \(request.method.rawValue) is not allowed on \(request.path)"))
+        if !allowed.isEmpty {
+            var response = HTTPResponse.error(.badRequest("method \(request.method.rawValue) is not allowed on \(request.path)"))
                 .withStatus(.methodNotAllowed)
+            response.headers.replaceOrAdd(name: "Allow", value: allowed.joined(separator: ", "))
+            return response
         }
         return .error(.resourceNotFound("no such resource: \(request.path)"))
     }

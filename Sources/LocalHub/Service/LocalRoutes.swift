@@ -164,7 +164,10 @@ extension Hub {
         message.messageId = headers.first(name: "iothub-messageid")
         message.correlationId = headers.first(name: "iothub-correlationid")
         message.userId = headers.first(name: "iothub-userid")
-        message.contentType = headers.first(name: "iothub-contenttype") ?? headers.first(name: "Content-Type")
+        // The request's Content-Type stands in for iothub-contenttype, except the form encoding
+        // that curl -d and HTML forms send without being asked.
+        let requestType = headers.first(name: "Content-Type").flatMap { $0.lowercased().hasPrefix("application/x-www-form-urlencoded") ? nil : $0 }
+        message.contentType = headers.first(name: "iothub-contenttype") ?? requestType
         message.contentEncoding = headers.first(name: "iothub-contentencoding")
         message.expiryTimeUTC = headers.first(name: "iothub-expiry")
         if let ack = headers.first(name: "iothub-ack") {
