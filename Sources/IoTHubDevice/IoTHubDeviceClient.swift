@@ -192,6 +192,14 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// Connects (the seed's `connect`). Concurrent calls share one attempt.
     public func connect() async throws(IoTHubError) {
+        let reconnecting = state.withLockedValue { $0.phase == .reconnecting && $0.connecting == nil && $0.reconnectTask != nil }
+        if reconnecting {
+            // The client is already reconnecting on its own: wait for that instead of racing it.
+            guard try await waitUntilConnected() else {
+                throw state.withLockedValue { $0.lastError } ?? .connectionFailedError("the client could not reconnect")
+            }
+            return
+        }
         let task: Task<Result<Void, IoTHubError>, Never>? = try state.withLock { state throws(IoTHubError) in
             if let existing = state.connecting { return existing }
             switch state.phase {
@@ -301,6 +309,13 @@ public final class IoTHubDeviceClient: Sendable {
         }
         switch returnCode {
         case 0:
+            // A disconnect() or shutdown() that ran while this attempt was under way wins: the
+            // new connection is closed rather than left behind.
+            let stillWanted = state.withLockedValue { $0.mqtt === mqtt && $0.phase != .disconnected && $0.phase != .shutdown }
+            guard stillWanted else {
+                await mqtt.disconnect()
+                return .failure(.operationCancelled("the client was disconnected while connecting"))
+            }
             return .success(())
         case 4, 5:
             await mqtt.disconnect()

@@ -309,3 +309,23 @@ import Testing
         }
     }
 }
+
+@Suite(.serialized, .timeLimit(.minutes(3))) struct DeviceClientReconnectTests {
+    @Test func connectDuringAReconnectWaitsForItInsteadOfRacingIt() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client { $0.connectionRetryInterval = .milliseconds(300) }
+            try await client.connect()
+            fixture.hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(0.5)))
+            _ = fixture.hub.dropConnection(of: key)
+            #expect(await HubFixture.eventually { client.status.state == .reconnecting })
+            try await client.connect()
+            #expect(client.isConnected)
+            #expect(fixture.hub.isConnected(key))
+            try await client.send(Message(payload: Data("after".utf8)))
+            #expect(fixture.telemetry.count == 1)
+            await client.shutdown()
+            #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
+        }
+    }
+}
