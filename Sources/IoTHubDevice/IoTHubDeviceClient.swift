@@ -491,18 +491,24 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// Reconnects with fresh credentials (SAS renewal, `update_sastoken`).
     private func reauthorize() async {
-        let mqtt = state.withLockedValue { state -> MosquittoClient? in
-            guard state.phase == .connected, let mqtt = state.mqtt else { return nil }
+        // The renewal is registered as the connect in progress, so a concurrent connect() joins
+        // it instead of starting a second attempt on the same handle.
+        let task = state.withLockedValue { state -> Task<Result<Void, IoTHubError>, Never>? in
+            guard state.phase == .connected, state.connecting == nil, let mqtt = state.mqtt else { return nil }
             state.phase = .reconnecting
             state.since = Date()
             state.subscribed = []
-            return mqtt
+            let task = Task {
+                await mqtt.disconnect()
+                return await self.establish(reconnect: true)
+            }
+            state.connecting = task
+            return task
         }
-        guard let mqtt else { return }
+        guard let task else { return }
         notifyState()
         logger.info("renewing the connection's credentials")
-        await mqtt.disconnect()
-        if case .failure(let error) = await establish(reconnect: true) {
+        if case .failure(let error) = await task.value {
             errorStreams.yield(error)
             if case .credentialError = error {
                 transition(to: .disconnected, reason: error, unless: .shutdown)
