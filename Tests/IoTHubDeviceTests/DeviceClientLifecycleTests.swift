@@ -156,14 +156,7 @@ import Testing
             let client = try fixture.client()
             try await client.connect()
             fixture.hub.setFaults(Faults(acknowledgementDelayMilliseconds: 3000))
-            let pending = Task { () async -> IoTHubError? in
-                do throws(IoTHubError) {
-                    try await client.send(Message(payload: Data("slow".utf8)))
-                    return nil
-                } catch {
-                    return error
-                }
-            }
+            let pending = sendInBackground(client, Message(payload: Data("slow".utf8)))
             try await Task.sleep(for: .milliseconds(200))
             await client.shutdown()
             let error = await pending.value
@@ -260,14 +253,7 @@ import Testing
             let client = try fixture.client()
             try await client.connect()
             fixture.hub.setFaults(Faults(acknowledgementDelayMilliseconds: 2000))
-            let pending = Task { () async -> IoTHubError? in
-                do throws(IoTHubError) {
-                    try await client.send(Message(payload: Data("slow".utf8)))
-                    return nil
-                } catch {
-                    return error
-                }
-            }
+            let pending = sendInBackground(client, Message(payload: Data("slow".utf8)))
             try await Task.sleep(for: .milliseconds(200))
             let start = ContinuousClock.now
             pending.cancel()

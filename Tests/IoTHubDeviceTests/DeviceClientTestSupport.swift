@@ -78,3 +78,15 @@ func first<Element: Sendable>(of stream: AsyncStream<Element>, timeout: Duration
         return result
     }
 }
+
+/// Sends on a task of its own; the task's value is the error the send ended with, if any.
+func sendInBackground(_ client: IoTHubDeviceClient, _ message: Message) -> Task<IoTHubError?, Never> {
+    Task {
+        do throws(IoTHubError) {
+            try await client.send(message)
+            return nil
+        } catch {
+            return error
+        }
+    }
+}
