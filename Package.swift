@@ -85,6 +85,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: The sidecar: the state behind the REST API (inbox, method queue, desired cursor, errors).
+        .target(
+            name: "Sidecar",
+            dependencies: [
+                "IoTHubProtocol",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: The command-line tool.
         .executableTarget(
             name: "iothub-sidecar",
@@ -132,6 +142,11 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "SidecarTests",
+            dependencies: ["Sidecar", "IoTHubProtocol"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

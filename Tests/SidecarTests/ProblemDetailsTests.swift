@@ -1,0 +1,37 @@
+import Foundation
+import IoTHubProtocol
+@testable import Sidecar
+import Testing
+
+@Suite struct ProblemDetailsTests {
+    static let table: [(IoTHubError, Int, Int?)] = [
+        (.credentialError("refused"), 502, nil),
+        (.connectionFailedError("unreachable"), 503, 10),
+        (.connectionDroppedError("lost"), 503, 10),
+        (.noConnectionError("off"), 503, nil),
+        (.operationTimeout("slow"), 504, nil),
+        (.operationCancelled("stop"), 503, nil),
+        (.serviceError(status: 404, message: "no twin"), 404, nil),
+        (.serviceError(status: 429, message: "throttled", retryAfterSeconds: 7), 429, 7),
+        (.serviceError(status: 429, message: "throttled"), 429, 10),
+        (.serviceError(status: 99, message: "odd"), 502, nil),
+        (.clientError("bug"), 500, nil),
+        (.valueError(field: "body", reason: "is not valid JSON"), 400, nil),
+        (.messageTooLarge(size: 300_000, limit: 262_144), 413, nil),
+    ]
+
+    @Test(arguments: table)
+    func errorsMapAsDesignSection4Says(_ row: (IoTHubError, Int, Int?)) throws {
+        let (error, status, retryAfter) = row
+        let problem = ProblemDetails(error, retryAfterSeconds: 10)
+        #expect(problem.status == status)
+        #expect(problem.code == error.code)
+        #expect(problem.retryAfterSeconds == retryAfter)
+        #expect(problem.type == "urn:iothub-sidecar:problem:\(error.code)")
+        let json = try JSONValue(parsing: problem.encoded())
+        #expect(json["status"] == .integer(Int64(status)))
+        #expect(json["code"] == .string(error.code))
+        #expect(json["retryAfterSeconds"] == nil)
+        #expect(!(json["detail"].map { "\($0)" } ?? "").contains(error.code + ":"))
+    }
+}
