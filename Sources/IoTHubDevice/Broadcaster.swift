@@ -34,10 +34,6 @@ final class Broadcaster<Element: Sendable>: Sendable {
         return stream
     }
 
-    var hasListeners: Bool {
-        state.withLockedValue { !$0.continuations.isEmpty }
-    }
-
     func yield(_ element: Element) {
         for continuation in state.withLockedValue({ Array($0.continuations.values) }) {
             continuation.yield(element)

@@ -274,11 +274,6 @@ final class MosquittoClient: @unchecked Sendable {
             .resume(throwing: IoTHubError.operationCancelled("the caller stopped waiting for the hub's acknowledgement"))
     }
 
-    /// How many publishes wait for their PUBACK.
-    var pendingPublishCount: Int {
-        state.withLockedValue { $0.pendingPublishes.count }
-    }
-
     private func publishAcknowledged(mid: Int32) {
         let continuation = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
             if let continuation = state.pendingPublishes.removeValue(forKey: mid) { return continuation }

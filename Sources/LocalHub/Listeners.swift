@@ -73,7 +73,7 @@ enum Listeners {
     static func https(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router, hub: Hub, logger: Logger) async throws(LocalHubError) -> any Channel {
         try await bind(host: host, port: port, group: group, name: "HTTPS") { channel in
             channel.eventLoop.makeCompletedFuture {
-                let httpHandler = HTTPServerHandler(router: router, maximumBodySize: maximumHTTPBodySize, logger: logger)
+                let httpHandler = HTTPServerHandler(router: router, maximumBodySize: maximumHTTPBodySize)
                 let upgrader = NIOWebSocketServerUpgrader(
                     maxFrameSize: 1 << 20,
                     shouldUpgrade: { channel, head in
@@ -105,14 +105,14 @@ enum Listeners {
         }
     }
 
-    static func blob(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router, logger: Logger) async throws(LocalHubError) -> any Channel {
+    static func blob(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router) async throws(LocalHubError) -> any Channel {
         try await bind(host: host, port: port, group: group, name: "blob storage") { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                 try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: httpIdleTimeout))
                 try channel.pipeline.syncOperations.addHandler(
-                    HTTPServerHandler(router: router, maximumBodySize: maximumHTTPBodySize, logger: logger))
+                    HTTPServerHandler(router: router, maximumBodySize: maximumHTTPBodySize))
             }
         }
     }

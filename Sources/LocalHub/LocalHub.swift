@@ -159,7 +159,7 @@ public final class LocalHub: Service, Sendable {
         let https = try await Listeners.https(
             host: host, port: configuration.httpsPort, group: group, tls: tls, router: hub.httpsRouter(eventLoopGroup: group), hub: hub, logger: logger)
         channels.append(https)
-        let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: hub.blobRouter(), logger: logger)
+        let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: hub.blobRouter())
         channels.append(blob)
         let ports = Ports(mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0)
         hub.blobHost.withLockedValue { $0 = "\(configuration.hostName):\(ports.blob)" }

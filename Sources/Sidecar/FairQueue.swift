@@ -80,7 +80,4 @@ final class FairQueue<Element: Sendable>: Sendable {
 
     /// Elements waiting for a consumer.
     var count: Int { state.withLockedValue { $0.items.count } }
-
-    /// Consumers waiting for an element.
-    var waitingConsumers: Int { state.withLockedValue { $0.waiters.count } }
 }

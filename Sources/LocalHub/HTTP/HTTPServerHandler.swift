@@ -1,4 +1,3 @@
-import Logging
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -12,16 +11,14 @@ final class HTTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private let router: Router
     private let maximumBodySize: Int
-    private let logger: Logger
     private var head: HTTPRequestHead?
     private var body: ByteBuffer?
     private var bodyTooLarge = false
     private var task: Task<Void, Never>?
 
-    init(router: Router, maximumBodySize: Int, logger: Logger) {
+    init(router: Router, maximumBodySize: Int) {
         self.router = router
         self.maximumBodySize = maximumBodySize
-        self.logger = logger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -77,7 +77,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         timers.removeAll()
         if case .connected(let connection) = state {
             if let will, let topic = TelemetryTopic(parsing: will.topic) {
-                _ = hub.receiveTelemetry(from: connection, topic: topic, rawProperties: Self.bag(of: will.topic), payload: will.message)
+                try? hub.receiveTelemetry(from: connection, topic: topic, rawProperties: Self.bag(of: will.topic), payload: will.message)
             }
             hub.detach(connection)
         }
@@ -187,11 +187,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard publish.qos != .exactlyOnce else { return close(context, "QoS 2 publish") }
         let topic = publish.topic
         if let telemetry = TelemetryTopic(parsing: topic) {
-            let message = Message(payload: Data(), propertyBag: telemetry.properties)
-            guard message.size + publish.payload.readableBytes <= Message.maximumSize else {
-                return close(context, "message of \(message.size + publish.payload.readableBytes) bytes exceeds 262144")
-            }
-            guard hub.receiveTelemetry(from: connection, topic: telemetry, rawProperties: Self.bag(of: topic), payload: publish.payload, redelivered: publish.duplicate) else {
+            do {
+                try hub.receiveTelemetry(
+                    from: connection, topic: telemetry, rawProperties: Self.bag(of: topic), payload: publish.payload, redelivered: publish.duplicate)
+            } catch .tooLarge(let size) {
+                return close(context, "message of \(size) bytes exceeds \(Message.maximumSize)")
+            } catch {
                 return close(context, "telemetry for another identity on \(topic)")
             }
         } else if let request = TwinRequestTopic(parsing: topic) {
