@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
@@ -85,13 +87,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // MARK: The sidecar: the state behind the REST API (inbox, method queue, desired cursor, errors).
+        // MARK: The sidecar: the REST API over the device client (Hummingbird), its queues and errors.
         .target(
             name: "Sidecar",
             dependencies: [
                 "IoTHubProtocol",
+                "IoTHubDevice",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            resources: [.copy("Resources/sidecar.yaml")],
             swiftSettings: swiftSettings
         ),
 
@@ -100,7 +109,9 @@ let package = Package(
             name: "iothub-sidecar",
             dependencies: [
                 "IoTHubProtocol",
+                "IoTHubDevice",
                 "LocalHub",
+                "Sidecar",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

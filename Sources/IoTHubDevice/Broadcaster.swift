@@ -1,7 +1,7 @@
 import NIOConcurrencyHelpers
 
 /// Hands every value to every current listener, each through its own `AsyncStream`.
-final class Broadcaster<Element: Sendable>: Sendable {
+package final class Broadcaster<Element: Sendable>: Sendable {
     private struct State {
         var nextId = 0
         var continuations: [Int: AsyncStream<Element>.Continuation] = [:]
@@ -11,12 +11,12 @@ final class Broadcaster<Element: Sendable>: Sendable {
     private let state = NIOLockedValueBox(State())
     private let bufferingPolicy: AsyncStream<Element>.Continuation.BufferingPolicy
 
-    init(bufferingPolicy: AsyncStream<Element>.Continuation.BufferingPolicy = .unbounded) {
+    package init(bufferingPolicy: AsyncStream<Element>.Continuation.BufferingPolicy = .unbounded) {
         self.bufferingPolicy = bufferingPolicy
     }
 
     /// A new stream that receives every later value until it is dropped or ``finish()``.
-    func stream() -> AsyncStream<Element> {
+    package func stream() -> AsyncStream<Element> {
         let (stream, continuation) = AsyncStream.makeStream(of: Element.self, bufferingPolicy: bufferingPolicy)
         let id: Int? = state.withLockedValue { state in
             guard !state.finished else { return nil }
@@ -34,13 +34,13 @@ final class Broadcaster<Element: Sendable>: Sendable {
         return stream
     }
 
-    func yield(_ element: Element) {
+    package func yield(_ element: Element) {
         for continuation in state.withLockedValue({ Array($0.continuations.values) }) {
             continuation.yield(element)
         }
     }
 
-    func finish() {
+    package func finish() {
         let continuations = state.withLockedValue { state in
             state.finished = true
             defer { state.continuations.removeAll() }

@@ -62,4 +62,30 @@ public struct ConnectionStateChange: Sendable {
     public var since: Date
     /// Why the connection was lost, when it was.
     public var reason: IoTHubError?
+
+    public init(state: ConnectionState, since: Date, reason: IoTHubError? = nil) {
+        self.state = state
+        self.since = since
+        self.reason = reason
+    }
+}
+
+/// A finished one-call upload (``IoTHubDeviceClient/uploadBlob(named:length:contentType:body:)``).
+public struct BlobUploadResult: Sendable, Hashable {
+    /// Where the hub put the blob.
+    public var storageInfo: StorageInfo
+
+    /// The blob's URL without its SAS token.
+    public var blobURLWithoutToken: String {
+        String(storageInfo.blobURL.dropLast(storageInfo.sasToken.count))
+    }
+}
+
+/// How a one-call upload failed after the hub had given it a place: the error, the upload's
+/// correlation id (to send the notification again) and blob storage's status when it answered.
+public struct BlobUploadFailure: Error, Sendable {
+    public var error: IoTHubError
+    public var correlationId: String?
+    /// Blob storage's HTTP status, when storage itself refused the upload.
+    public var upstreamStatus: Int?
 }

@@ -33,28 +33,62 @@ struct HTTPSClient: Sendable {
         return try result.get()
     }
 
+    /// Sends a request whose body of `length` bytes arrives in pieces while it is sent: the
+    /// body is never held whole in memory. A body that throws aborts the transfer.
+    func send<Body: AsyncSequence>(
+        method: String, url: String, headers: [String: String], length: Int, streaming body: Body
+    ) async throws(IoTHubError) -> Response where Body.Element == Data {
+        _ = Self.globalInit
+        let pipe = UploadPipe()
+        let (results, resultContinuation) = AsyncStream.makeStream(of: Result<Response, IoTHubError>.self)
+        Self.queue.async {
+            let result = perform(method: method, url: url, headers: headers, body: nil, streaming: (pipe, length))
+            pipe.closeReadingEnd()
+            resultContinuation.yield(result)
+            resultContinuation.finish()
+        }
+        var bodyError: (any Error)?
+        do {
+            for try await chunk in body where !chunk.isEmpty {
+                guard await pipe.write(chunk) else { break }
+            }
+            pipe.finishWriting()
+        } catch {
+            bodyError = error
+            pipe.abort()
+        }
+        var result: Result<Response, IoTHubError> = .failure(.clientError("the upload did not finish"))
+        for await outcome in results { result = outcome }
+        if bodyError != nil { throw .operationCancelled("the request body broke off; the upload was aborted") }
+        return try result.get()
+    }
+
     /// Accumulates the response body (libcurl's write callback target).
     private final class Sink {
         var data = Data()
         var upload: Data
         var uploadOffset = 0
+        var pipe: UploadPipe?
 
-        init(upload: Data) {
+        init(upload: Data, pipe: UploadPipe?) {
             self.upload = upload
+            self.pipe = pipe
         }
     }
 
-    private func perform(method: String, url: String, headers: [String: String], body: Data?) -> Result<Response, IoTHubError> {
+    private func perform(
+        method: String, url: String, headers: [String: String], body: Data?, streaming: (pipe: UploadPipe, length: Int)? = nil
+    ) -> Result<Response, IoTHubError> {
         guard let handle = curl_easy_init() else { return .failure(.clientError("libcurl could not create a transfer")) }
         defer { curl_easy_cleanup(handle) }
-        let sink = Sink(upload: body ?? Data())
+        let sink = Sink(upload: body ?? Data(), pipe: streaming?.pipe)
         let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
         var headerList: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(headerList) }
         for (name, value) in headers {
             headerList = curl_slist_append(headerList, "\(name): \(value)")
         }
-        if body != nil { headerList = curl_slist_append(headerList, "Expect:") }
+        if body != nil || streaming != nil { headerList = curl_slist_append(headerList, "Expect:") }
 
         _ = iothub_curl_setopt_string(handle, CURLOPT_URL, url)
         _ = iothub_curl_setopt_string(handle, CURLOPT_CUSTOMREQUEST, method)
@@ -72,7 +106,18 @@ struct HTTPSClient: Sendable {
             sink.data.append(UnsafeRawPointer(pointer).assumingMemoryBound(to: UInt8.self), count: size * count)
             return size * count
         }
-        if let body {
+        if let streaming {
+            _ = iothub_curl_setopt_long(handle, CURLOPT_UPLOAD, 1)
+            _ = iothub_curl_setopt_long(handle, CURLOPT_INFILESIZE_LARGE, streaming.length)
+            _ = iothub_curl_setopt_pointer(handle, CURLOPT_READDATA, sinkPointer)
+            _ = iothub_curl_setopt_read_function(handle) { buffer, size, count, context in
+                guard let buffer, let context else { return 0 }
+                let sink = Unmanaged<Sink>.fromOpaque(context).takeUnretainedValue()
+                guard let pipe = sink.pipe else { return 0 }
+                // Blocks this transfer's own thread (never a Swift task) until bytes arrive.
+                return pipe.read(into: UnsafeMutableRawBufferPointer(start: buffer, count: size * count)) ?? Int(CURL_READFUNC_ABORT)
+            }
+        } else if let body {
             _ = iothub_curl_setopt_long(handle, CURLOPT_UPLOAD, method == "PUT" ? 1 : 0)
             _ = iothub_curl_setopt_long(handle, CURLOPT_POST, method == "PUT" ? 0 : 1)
             _ = iothub_curl_setopt_long(handle, method == "PUT" ? CURLOPT_INFILESIZE_LARGE : CURLOPT_POSTFIELDSIZE_LARGE, body.count)
@@ -99,6 +144,8 @@ struct HTTPSClient: Sendable {
             switch result {
             case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
                 return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
+            case CURLE_ABORTED_BY_CALLBACK:
+                return .failure(.operationCancelled("the upload was aborted"))
             case CURLE_OPERATION_TIMEDOUT:
                 return .failure(.operationTimeout("\(url.split(separator: "?").first ?? ""): \(message)"))
             default:
@@ -129,5 +176,114 @@ struct HTTPSClient: Sendable {
                 }
             }
         }
+    }
+}
+
+/// The bytes of a streamed upload, from the request handler (writer, async) to libcurl's read
+/// callback (reader, on the transfer's dispatch thread). At most ``capacity`` bytes wait in
+/// between: a writer beyond that suspends until the reader catches up.
+final class UploadPipe: @unchecked Sendable {
+    // @unchecked: every stored property is read and written only while `condition` is locked.
+    private let condition = NSCondition()
+    private var chunks: [Data] = []
+    private var offset = 0
+    private var buffered = 0
+    private var writingFinished = false
+    private var aborted = false
+    private var readingClosed = false
+    private var waitingWriter: CheckedContinuation<Void, Never>?
+    let capacity: Int
+
+    init(capacity: Int = 1 << 20) {
+        self.capacity = capacity
+    }
+
+    /// Adds bytes; returns false when the reader is gone (the transfer ended).
+    func write(_ data: Data) async -> Bool {
+        let full: Bool = locked {
+            guard !readingClosed else { return false }
+            chunks.append(data)
+            buffered += data.count
+            condition.signal()
+            return buffered > capacity
+        }
+        if full {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow: Bool = locked {
+                    if readingClosed || buffered <= capacity { return true }
+                    waitingWriter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        }
+        return locked { !readingClosed }
+    }
+
+    func finishWriting() {
+        locked {
+            writingFinished = true
+            condition.signal()
+        }
+    }
+
+    func abort() {
+        locked {
+            aborted = true
+            condition.signal()
+        }
+    }
+
+    /// The reader ended (the transfer finished or failed): writers stop waiting.
+    func closeReadingEnd() {
+        let writer: CheckedContinuation<Void, Never>? = locked {
+            readingClosed = true
+            defer { waitingWriter = nil }
+            return waitingWriter
+        }
+        writer?.resume()
+    }
+
+    /// Copies up to `buffer.count` bytes, blocking until some are there; 0 at the end, nil
+    /// when the writer aborted.
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        condition.lock()
+        while chunks.isEmpty && !writingFinished && !aborted {
+            condition.wait()
+        }
+        if aborted {
+            condition.unlock()
+            return nil
+        }
+        var copied = 0
+        while copied < buffer.count, let first = chunks.first {
+            let take = min(buffer.count - copied, first.count - offset)
+            first.withUnsafeBytes { bytes in
+                if let base = bytes.baseAddress, let target = buffer.baseAddress {
+                    memcpy(target + copied, base + offset, take)
+                }
+            }
+            copied += take
+            offset += take
+            if offset == first.count {
+                chunks.removeFirst()
+                offset = 0
+            }
+        }
+        buffered -= copied
+        var writer: CheckedContinuation<Void, Never>?
+        if buffered <= capacity {
+            writer = waitingWriter
+            waitingWriter = nil
+        }
+        condition.unlock()
+        writer?.resume()
+        return copied
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        return body()
     }
 }

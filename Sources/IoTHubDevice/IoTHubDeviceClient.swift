@@ -853,6 +853,49 @@ public final class IoTHubDeviceClient: Sendable {
         guard (200..<300).contains(response.status) else { throw Self.httpError(response) }
     }
 
+    /// Uploads a file in one call: asks the hub for a blob (``storageInfo(forBlob:)``), streams
+    /// `body` (exactly `length` bytes) to blob storage as a block blob, and notifies the hub of
+    /// the outcome, a failure included. Errors before the hub gave a blob are thrown as they
+    /// are; later ones as ``BlobUploadFailure``.
+    public func uploadBlob<Body: AsyncSequence>(
+        named blobName: String, length: Int, contentType: String? = nil, body: Body
+    ) async throws -> BlobUploadResult where Body.Element == Data {
+        let info = try await storageInfo(forBlob: blobName)
+        var headers = ["x-ms-blob-type": "BlockBlob", "x-ms-version": "2018-03-28"]
+        if let contentType { headers["Content-Type"] = contentType }
+        let client = HTTPSClient(trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: nil, timeoutSeconds: 3600)
+        let outcome: Result<HTTPSClient.Response, IoTHubError>
+        do throws(IoTHubError) {
+            outcome = .success(try await client.send(method: "PUT", url: info.blobURL, headers: headers, length: length, streaming: body))
+        } catch {
+            outcome = .failure(error)
+        }
+        let (isSuccess, statusCode, description): (Bool, Int, String) =
+            switch outcome {
+            case .success(let response): ((200..<300).contains(response.status), response.status, String(decoding: response.body.prefix(256), as: UTF8.self))
+            case .failure(let error): (false, 500, "\(error)")
+            }
+        do throws(IoTHubError) {
+            try await notifyBlobUploadStatus(
+                correlationId: info.correlationId, isSuccess: isSuccess, statusCode: statusCode,
+                statusDescription: isSuccess ? "Created" : String(description.prefix(200)))
+        } catch {
+            if isSuccess { throw BlobUploadFailure(error: error, correlationId: info.correlationId, upstreamStatus: nil) }
+            logger.warning("could not tell the hub about a failed upload", metadata: ["error": "\(error)"])
+        }
+        switch outcome {
+        case .success(let response) where isSuccess:
+            _ = response
+            return BlobUploadResult(storageInfo: info)
+        case .success(let response):
+            throw BlobUploadFailure(
+                error: .serviceError(status: response.status, message: String(decoding: response.body.prefix(256), as: UTF8.self)),
+                correlationId: info.correlationId, upstreamStatus: response.status)
+        case .failure(let error):
+            throw BlobUploadFailure(error: error, correlationId: info.correlationId, upstreamStatus: nil)
+        }
+    }
+
     private func fileUploadRequest(path: String, body: Data) async throws(IoTHubError) -> HTTPSClient.Response {
         guard moduleId == nil else { throw .clientError("file upload is for device identities, not modules") }
         let credential = state.withLockedValue { $0.credential }

@@ -107,12 +107,19 @@ final class Inbox: Sendable {
         guard release(lockToken, requeue: true) else { throw .unknownLockToken }
     }
 
+    /// Takes back a message that was locked but never reached its poller (the poll's
+    /// connection closed first): deliverable again at once, and not counted as delivered.
+    func giveBack(_ lockToken: String) throws(LeaseError) {
+        guard release(lockToken, requeue: true, uncount: true) else { throw .unknownLockToken }
+    }
+
     @discardableResult
-    private func release(_ lockToken: String, requeue: Bool) -> Bool {
+    private func release(_ lockToken: String, requeue: Bool, uncount: Bool = false) -> Bool {
         let released = state.withLockedValue { state -> (UInt64, Task<Void, Never>?)? in
             guard let id = state.locks.removeValue(forKey: lockToken), var entry = state.entries[id] else { return nil }
             let expiry = entry.lock?.expiry
             entry.lock = nil
+            if uncount { entry.deliveryCount -= 1 }
             state.entries[id] = entry
             return (id, expiry)
         }

@@ -51,9 +51,8 @@ final class MethodRequestQueue: Sendable {
     /// Checks that `requestId` can be answered now and marks it answered.
     func claimAnswer(for requestId: String, now: Date = Date()) throws(ResponseError) {
         let outcome: ResponseError? = state.withLockedValue { state in
-            guard let arrived = state.arrival[requestId], !state.answered.contains(requestId) else {
-                return state.answered.contains(requestId) ? .expired : .unknownRequest
-            }
+            // A second answer is as unknown as an id never handed out.
+            guard let arrived = state.arrival[requestId], !state.answered.contains(requestId) else { return .unknownRequest }
             guard now.timeIntervalSince(arrived) <= Self.answerWindow else { return .expired }
             state.answered.insert(requestId)
             state.handedOut.remove(requestId)
@@ -61,6 +60,11 @@ final class MethodRequestQueue: Sendable {
         }
         if let outcome { throw outcome }
         waiting.removeAll { $0.requestId == requestId }
+    }
+
+    /// Makes a claimed request answerable again: its answer could not be sent.
+    func releaseClaim(for requestId: String) {
+        state.withLockedValue { _ = $0.answered.remove(requestId) }
     }
 
     /// Requests waiting for a poller.

@@ -2,27 +2,71 @@ import Foundation
 import IoTHubProtocol
 
 /// An RFC 9457 problem document, the body of every error the sidecar answers with. `code` is
-/// the Python SDK's exception class (or one of the sidecar's own codes).
-struct ProblemDetails: Sendable, Equatable, Codable {
+/// the Python SDK's exception class (or one of the sidecar's own codes); `title` is fixed per
+/// code, `detail` says what happened this time and never holds a secret.
+struct ProblemDetails: Error, Sendable, Equatable, Codable {
     var type: String
     var title: String
     var status: Int
     var detail: String
     var code: String
+    /// The request's path.
+    var instance: String?
+    /// `ValueError` only: the member, header or query parameter that was wrong.
+    var field: String?
+    /// `PUT /blob/{blobName}` only: the status blob storage answered.
+    var upstreamStatus: Int?
+    /// `PUT /blob/{blobName}` only: the upload's correlation id, to notify again.
+    var correlationId: String?
     /// Seconds for `Retry-After` (503 and 429), not part of the JSON body.
     var retryAfterSeconds: Int?
 
     enum CodingKeys: String, CodingKey {
-        case type, title, status, detail, code
+        case type, title, status, detail, code, instance, field, upstreamStatus, correlationId
     }
 
-    init(status: Int, code: String, title: String, detail: String, retryAfterSeconds: Int? = nil) {
+    /// The fixed title of each code (the `ErrorCode` table of `openapi/sidecar.yaml`).
+    static func title(of code: String) -> String {
+        switch code {
+        case "CredentialError": "The hub refused the credentials"
+        case "ConnectionFailedError": "Could not connect to the hub"
+        case "ConnectionDroppedError": "The connection to the hub was lost"
+        case "NoConnectionError": "Not connected to the hub"
+        case "OperationTimeout": "No answer from the hub in time"
+        case "OperationCancelled": "The operation was cancelled"
+        case "ServiceError": "The hub answered with an error"
+        case "ClientError": "The client could not do this"
+        case "ValueError": "The request is invalid"
+        case "Unauthorized": "Missing or wrong API token"
+        case "NotFound": "Not found"
+        case "MethodRequestExpired": "The method request has expired"
+        default: "Error"
+        }
+    }
+
+    init(status: Int, code: String, detail: String, field: String? = nil, retryAfterSeconds: Int? = nil) {
         self.type = "urn:iothub-sidecar:problem:\(code)"
-        self.title = title
+        self.title = Self.title(of: code)
         self.status = status
         self.detail = detail
         self.code = code
+        self.field = field
         self.retryAfterSeconds = retryAfterSeconds
+    }
+
+    /// A `ValueError` (400 unless `status` says otherwise).
+    static func invalid(_ detail: String, field: String? = nil, status: Int = 400) -> ProblemDetails {
+        ProblemDetails(status: status, code: "ValueError", detail: detail, field: field)
+    }
+
+    /// A `NotFound` (404).
+    static func notFound(_ detail: String) -> ProblemDetails {
+        ProblemDetails(status: 404, code: "NotFound", detail: detail)
+    }
+
+    /// A `ClientError` for something this identity cannot do (409).
+    static func notForThisIdentity(_ detail: String) -> ProblemDetails {
+        ProblemDetails(status: 409, code: "ClientError", detail: detail)
     }
 
     /// The HTTP answer for a client error, as the table in DESIGN.md §4 maps it.
@@ -32,28 +76,22 @@ struct ProblemDetails: Sendable, Equatable, Codable {
         let detail = error.description.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces)
         switch error {
         case .credentialError:
-            self.init(status: 502, code: error.code, title: "The hub refused the device's credentials", detail: detail)
-        case .connectionFailedError:
-            self.init(status: 503, code: error.code, title: "The hub cannot be reached", detail: detail, retryAfterSeconds: retryAfterSeconds)
-        case .connectionDroppedError:
-            self.init(status: 503, code: error.code, title: "The connection to the hub was lost", detail: detail, retryAfterSeconds: retryAfterSeconds)
-        case .noConnectionError:
-            self.init(status: 503, code: error.code, title: "Not connected to the hub", detail: detail)
+            self.init(status: 502, code: error.code, detail: detail)
+        case .connectionFailedError, .connectionDroppedError:
+            self.init(status: 503, code: error.code, detail: detail, retryAfterSeconds: retryAfterSeconds)
+        case .noConnectionError, .operationCancelled:
+            self.init(status: 503, code: error.code, detail: detail)
         case .operationTimeout:
-            self.init(status: 504, code: error.code, title: "The hub did not answer in time", detail: detail)
-        case .operationCancelled:
-            self.init(status: 503, code: error.code, title: "The operation was cancelled", detail: detail)
+            self.init(status: 504, code: error.code, detail: detail)
         case .serviceError(let status, _, let retryAfter):
             let valid = (400...599).contains(status) ? status : 502
-            self.init(
-                status: valid, code: error.code, title: "The hub answered with an error", detail: detail,
-                retryAfterSeconds: status == 429 ? (retryAfter ?? retryAfterSeconds) : nil)
+            self.init(status: valid, code: error.code, detail: detail, retryAfterSeconds: valid == 429 || valid == 503 ? retryAfter : nil)
         case .clientError:
-            self.init(status: 500, code: error.code, title: "The device client failed", detail: detail)
-        case .valueError:
-            self.init(status: 400, code: error.code, title: "The request is not valid", detail: detail)
+            self.init(status: 500, code: error.code, detail: detail)
+        case .valueError(let field, _):
+            self.init(status: 400, code: error.code, detail: detail, field: field)
         case .messageTooLarge:
-            self.init(status: 413, code: error.code, title: "The message is too large", detail: detail)
+            self.init(status: 413, code: error.code, detail: detail)
         }
     }
 
@@ -61,6 +99,6 @@ struct ProblemDetails: Sendable, Equatable, Codable {
     func encoded() -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)) ?? Data(#"{"status":500,"code":"ClientError"}"#.utf8)
+        return (try? encoder.encode(self)) ?? Data(#"{"code":"ClientError","detail":"","status":500,"title":"Error","type":"urn:iothub-sidecar:problem:ClientError"}"#.utf8)
     }
 }

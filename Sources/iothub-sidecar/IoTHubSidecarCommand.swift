@@ -10,6 +10,7 @@ struct IoTHubSidecarCommand: AsyncParsableCommand {
             Programs in any language talk to Azure IoT Hub as a device through this tool. \
             Credentials are read from the environment or from files, never from the command line.
             """,
-        subcommands: [HubCommand.self, SASTokenCommand.self]
+        subcommands: [ServeCommand.self, HubCommand.self, SASTokenCommand.self],
+        defaultSubcommand: ServeCommand.self
     )
 }

@@ -23,7 +23,9 @@ import Testing
         queue.deliver(Self.request("1"), now: arrived)
         _ = await queue.next(timeout: .zero)
         try queue.claimAnswer(for: "1", now: arrived.addingTimeInterval(10))
-        #expect(throws: MethodRequestQueue.ResponseError.expired) { try queue.claimAnswer(for: "1") }
+        #expect(throws: MethodRequestQueue.ResponseError.unknownRequest) { try queue.claimAnswer(for: "1") }
+        queue.releaseClaim(for: "1")
+        try queue.claimAnswer(for: "1", now: arrived.addingTimeInterval(20))
         #expect(throws: MethodRequestQueue.ResponseError.unknownRequest) { try queue.claimAnswer(for: "never") }
         queue.deliver(Self.request("2"), now: arrived)
         #expect(throws: MethodRequestQueue.ResponseError.expired) {

@@ -13,7 +13,7 @@ import Testing
         (.operationCancelled("stop"), 503, nil),
         (.serviceError(status: 404, message: "no twin"), 404, nil),
         (.serviceError(status: 429, message: "throttled", retryAfterSeconds: 7), 429, 7),
-        (.serviceError(status: 429, message: "throttled"), 429, 10),
+        (.serviceError(status: 429, message: "throttled"), 429, nil),
         (.serviceError(status: 99, message: "odd"), 502, nil),
         (.clientError("bug"), 500, nil),
         (.valueError(field: "body", reason: "is not valid JSON"), 400, nil),

@@ -1,0 +1,152 @@
+import Foundation
+import HTTPTypes
+import IoTHubProtocol
+
+/// How messages travel over the sidecar's HTTP API: properties as `iothub-*` headers (the names
+/// of IoT Hub's own HTTPS device API), or as members of a batch envelope entry.
+enum MessageMapping {
+    /// The media type of IoT Hub's batch envelope.
+    static let batchMediaType = "application/vnd.microsoft.iothub.json"
+
+    /// A message from `(name, value)` pairs with `iothub-*` names; other names are skipped.
+    /// - Parameters:
+    ///   - isModule: whether the sidecar's identity is a module (only modules have outputs).
+    ///   - defaultContentType: the content type when no `iothub-contenttype` is given.
+    static func message(
+        payload: Data, properties: some Sequence<(name: String, value: String)>, isModule: Bool, defaultContentType: String? = nil
+    ) throws(ProblemDetails) -> Message {
+        var message = Message(payload: payload)
+        var seen = Set<String>()
+        for (name, value) in properties {
+            let lower = name.lowercased()
+            guard lower.hasPrefix("iothub-") else { continue }
+            guard seen.insert(lower.hasPrefix("iothub-app-") ? "iothub-app-" + name.dropFirst(11) : lower).inserted else {
+                throw .invalid("the property \(name) is given twice", field: name)
+            }
+            switch lower {
+            case "iothub-messageid":
+                guard !value.isEmpty else { throw .invalid("iothub-messageid is empty", field: name) }
+                message.messageId = value
+            case "iothub-correlationid": message.correlationId = value
+            case "iothub-userid": message.userId = value
+            case "iothub-contenttype": message.contentType = value
+            case "iothub-contentencoding": message.contentEncoding = value
+            case "iothub-expiry": message.expiryTimeUTC = value
+            case "iothub-outputname":
+                guard isModule else { throw .invalid("iothub-outputname is for module identities; this sidecar is a device", field: name) }
+                guard !value.isEmpty else { throw .invalid("iothub-outputname is empty", field: name) }
+                message.outputName = value
+            default:
+                guard lower.hasPrefix("iothub-app-") else {
+                    throw .invalid("\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-outputname, iothub-app-<name>)", field: name)
+                }
+                let key = String(name.dropFirst("iothub-app-".count))
+                guard !key.isEmpty else { throw .invalid("an application property needs a name after iothub-app-", field: name) }
+                message.properties[key] = value
+            }
+        }
+        if message.contentType == nil { message.contentType = defaultContentType }
+        if message.messageId == nil { message.messageId = UUID().uuidString.lowercased() }
+        return message
+    }
+
+    /// A single message from a `POST /messages` request: the body and its headers.
+    static func message(payload: Data, headers: HTTPFields, isModule: Bool) throws(ProblemDetails) -> Message {
+        let pairs = headers.lazy.map { (name: $0.name.rawName, value: $0.value) }
+        return try message(payload: payload, properties: pairs, isModule: isModule, defaultContentType: headers[.contentType])
+    }
+
+    /// One entry of a batch envelope, decoded but not yet checked.
+    struct BatchEntry: Decodable, Sendable {
+        var body: String
+        var base64Encoded: Bool
+        var properties: [String: String]
+
+        enum CodingKeys: String, CodingKey {
+            case body, base64Encoded, properties
+        }
+
+        /// Optional members may be left out, but not given as `null`.
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            body = try container.decode(String.self, forKey: .body)
+            base64Encoded = container.contains(.base64Encoded) ? try container.decode(Bool.self, forKey: .base64Encoded) : false
+            properties = container.contains(.properties) ? try container.decode([String: String].self, forKey: .properties) : [:]
+        }
+    }
+
+    /// The messages of a batch envelope, each checked like a single message; any invalid
+    /// entry rejects the whole batch (nothing is sent).
+    static func batch(_ data: Data, isModule: Bool) throws(ProblemDetails) -> [Message] {
+        let entries: [BatchEntry]
+        do {
+            entries = try JSONDecoder().decode([BatchEntry].self, from: data)
+        } catch {
+            throw .invalid("the batch is not a JSON array of {body, base64Encoded, properties}: \(Self.describe(error))")
+        }
+        guard !entries.isEmpty else { throw .invalid("the batch is empty") }
+        var messages: [Message] = []
+        messages.reserveCapacity(entries.count)
+        for (index, entry) in entries.enumerated() {
+            let payload: Data
+            if entry.base64Encoded {
+                guard let decoded = Data(base64Encoded: entry.body) else {
+                    throw .invalid("entry \(index): body is not valid base64", field: "[\(index)].body")
+                }
+                payload = decoded
+            } else {
+                payload = Data(entry.body.utf8)
+            }
+            let pairs = entry.properties.sorted { $0.key < $1.key }.map { (name: $0.key, value: $0.value) }
+            for pair in pairs where !pair.name.lowercased().hasPrefix("iothub-") {
+                throw .invalid("entry \(index): \(pair.name) is not a message property", field: "[\(index)].properties.\(pair.name)")
+            }
+            do {
+                messages.append(try message(payload: payload, properties: pairs, isModule: isModule))
+            } catch {
+                var problem = error
+                problem.detail = "entry \(index): " + problem.detail
+                throw problem
+            }
+        }
+        return messages
+    }
+
+    /// The response headers that carry a received message's properties (`GET /inbox`).
+    static func headers(for message: Message) -> HTTPFields {
+        var fields = HTTPFields()
+        func add(_ name: String, _ value: String?) {
+            guard let value, let fieldName = HTTPField.Name(name) else { return }
+            fields.append(HTTPField(name: fieldName, value: value))
+        }
+        add("iothub-messageid", message.messageId)
+        add("iothub-correlationid", message.correlationId)
+        add("iothub-to", message.to)
+        add("iothub-userid", message.userId)
+        add("iothub-contenttype", message.contentType)
+        add("iothub-contentencoding", message.contentEncoding)
+        add("iothub-expiry", message.expiryTimeUTC)
+        add("iothub-ack", message.ack)
+        add("iothub-inputname", message.inputName)
+        for (key, value) in message.properties.sorted(by: { $0.key < $1.key }) {
+            add("iothub-app-" + key, value)
+        }
+        return fields
+    }
+
+    /// A one-line description of a decoding error, naming the member when there is one.
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? DecodingError else { return "not valid JSON" }
+        func path(_ context: DecodingError.Context) -> String {
+            let path = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            return path.isEmpty ? "" : " at \(path)"
+        }
+        switch error {
+        case .dataCorrupted(let context): return context.codingPath.isEmpty ? "not valid JSON" : "invalid value\(path(context))"
+        case .keyNotFound(let key, let context): return "missing member \(key.stringValue)\(path(context))"
+        case .typeMismatch(_, let context): return "wrong type\(path(context))"
+        case .valueNotFound(_, let context): return "missing value\(path(context))"
+        @unknown default: return "not valid JSON"
+        }
+    }
+}

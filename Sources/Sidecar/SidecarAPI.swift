@@ -1,0 +1,544 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import IoTHubDevice
+import IoTHubProtocol
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The REST endpoints of `openapi/sidecar.yaml`, each a thin mapping onto ``DeviceBridge`` and
+/// its device client. Errors are thrown as ``ProblemDetails`` or `IoTHubError`;
+/// ``ProblemMiddleware`` turns them into problem documents.
+struct SidecarAPI: Sendable {
+    typealias Context = BasicRequestContext
+
+    let bridge: DeviceBridge
+    /// The OpenAPI document served at `/openapi.yaml`.
+    let openAPIDocument: Data
+
+    /// Request bodies are limited to this, except blob uploads.
+    static let bodyLimit = 16 * 1024 * 1024
+    /// Blob uploads are limited to this (Azure's Put Blob limit).
+    static let blobLimit = 256 * 1024 * 1024
+    /// The longest long-poll, below the server's idle timeout.
+    static let maximumTimeout = 55
+
+    /// Every route as (method, path pattern in OpenAPI form): the contract test compares this
+    /// list with `openapi/sidecar.yaml`.
+    static let routes: [(method: HTTPRequest.Method, path: String)] = [
+        (.post, "/messages"), (.get, "/inbox"), (.delete, "/inbox/{lockToken}"), (.post, "/inbox/{lockToken}/abandon"),
+        (.get, "/twin"), (.patch, "/twin"), (.get, "/twin/desired"), (.get, "/methods"), (.post, "/methods/{requestId}/response"),
+        (.post, "/blob/sas"), (.post, "/blob/notifications"), (.put, "/blob/{blobName}"), (.get, "/status"), (.post, "/connect"),
+        (.post, "/disconnect"), (.put, "/sastoken"), (.get, "/events"), (.get, "/healthz"), (.get, "/readyz"), (.get, "/metrics"),
+        (.get, "/openapi.yaml"),
+    ]
+
+    func register(on router: Router<Context>) {
+        router.post("/messages", use: sendMessage)
+        router.get("/inbox", use: receiveMessage)
+        router.delete("/inbox/:lockToken", use: completeMessage)
+        router.post("/inbox/:lockToken/abandon", use: abandonMessage)
+        router.get("/twin", use: getTwin)
+        router.patch("/twin", use: patchTwin)
+        router.get("/twin/desired", use: pollDesired)
+        router.get("/methods", use: receiveMethodRequest)
+        router.post("/methods/:requestId/response", use: sendMethodResponse)
+        router.post("/blob/sas", use: getStorageInfo)
+        router.post("/blob/notifications", use: notifyBlobUploadStatus)
+        router.put("/blob/**", use: uploadBlob)
+        router.get("/status", use: getStatus)
+        router.post("/connect", use: connect)
+        router.post("/disconnect", use: disconnect)
+        router.put("/sastoken", use: updateSASToken)
+        router.get("/events", use: streamEvents)
+        router.get("/healthz", use: health)
+        router.get("/readyz", use: readiness)
+        router.get("/metrics", use: metrics)
+        router.get("/openapi.yaml", use: openAPI)
+    }
+
+    // MARK: Telemetry
+
+    @Sendable func sendMessage(_ request: Request, context: Context) async throws -> Response {
+        let body = try await Self.collect(request, limit: Self.bodyLimit)
+        if Self.mediaType(of: request) == MessageMapping.batchMediaType {
+            let messages = try MessageMapping.batch(body, isModule: bridge.isModule)
+            var results: [JSONValue] = []
+            results.reserveCapacity(messages.count)
+            for message in messages {
+                do throws(IoTHubError) {
+                    try await bridge.send(message)
+                    results.append(["status": 200, "messageId": .string(message.messageId ?? "")])
+                } catch {
+                    let problem = ProblemDetails(error, retryAfterSeconds: bridge.retryAfterSeconds)
+                    results.append(["status": .integer(Int64(problem.status)), "error": Self.json(problem)])
+                }
+            }
+            return Self.json(["results": .array(results)])
+        }
+        let message = try MessageMapping.message(payload: body, headers: request.headers, isModule: bridge.isModule)
+        try await bridge.send(message)
+        return Self.json(["messageId": .string(message.messageId ?? "")])
+    }
+
+    // MARK: Cloud-to-device
+
+    @Sendable func receiveMessage(_ request: Request, context: Context) async throws -> Response {
+        let timeout = try Self.timeout(request)
+        if bridge.inbox.depth.waiting == 0 { try await bridge.prepareToWait() }
+        let inbox = bridge.inbox
+        let taken = LeaseHolder<Inbox.Lease>()
+        let bridge = self.bridge
+        let lease = try await Self.cancelOnClose(request, taken: taken, giveBack: { try? inbox.giveBack($0.lockToken) }) {
+            await bridge.untilDraining {
+                let lease = await inbox.receive(timeout: .seconds(timeout))
+                if let lease { taken.set(lease) }
+                return lease
+            }
+        }
+        guard let lease else { return Self.noContent(closing: true) }
+        var headers = MessageMapping.headers(for: lease.message)
+        headers[.eTag] = "\"\(lease.lockToken)\""
+        headers[.contentType] = lease.message.contentType ?? "application/octet-stream"
+        headers[Self.deliveryCountField] = String(lease.deliveryCount)
+        headers[.connection] = "close"
+        let payload = lease.message.payload
+        let token = lease.lockToken
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody(contentLength: payload.count) { writer in
+                do {
+                    try await writer.write(ByteBuffer(bytes: payload))
+                    try await writer.finish(nil)
+                } catch {
+                    // Not written: the message was not delivered.
+                    try? inbox.giveBack(token)
+                    throw error
+                }
+            })
+    }
+
+    @Sendable func completeMessage(_ request: Request, context: Context) async throws -> Response {
+        let token = try Self.pathParameter("lockToken", context)
+        do {
+            try bridge.inbox.complete(token)
+        } catch {
+            throw ProblemDetails.notFound("no message is locked under \(token)")
+        }
+        return Self.noContent()
+    }
+
+    @Sendable func abandonMessage(_ request: Request, context: Context) async throws -> Response {
+        let token = try Self.pathParameter("lockToken", context)
+        do {
+            try bridge.inbox.abandon(token)
+        } catch {
+            throw ProblemDetails.notFound("no message is locked under \(token)")
+        }
+        return Self.noContent()
+    }
+
+    // MARK: Twin
+
+    @Sendable func getTwin(_ request: Request, context: Context) async throws -> Response {
+        let twin = try await bridge.client.twin()
+        return Self.json(data: twin.encoded())
+    }
+
+    @Sendable func patchTwin(_ request: Request, context: Context) async throws -> Response {
+        try Self.requireJSON(request, also: ["application/merge-patch+json"])
+        let body = try await Self.collect(request, limit: Self.bodyLimit)
+        guard case .object(let patch) = try Self.parseJSON(body) else {
+            throw ProblemDetails.invalid("the patch must be a JSON object")
+        }
+        let version = try await bridge.client.updateReportedProperties(patch)
+        return Self.json(["version": .integer(Int64(version))])
+    }
+
+    @Sendable func pollDesired(_ request: Request, context: Context) async throws -> Response {
+        let timeout = try Self.timeout(request)
+        let since = try Self.integerQuery(request, "since", default: 0, range: 0...Int(Int32.max))
+        let cursor = bridge.desired
+        if cursor.current(since: since) == nil {
+            try await bridge.prepareToWait()
+            if cursor.current(since: 0) == nil {
+                // Never read yet (no connection so far): read the twin now.
+                cursor.replace(desired: try await bridge.client.twin().desired)
+            }
+        }
+        let update = try await Self.cancelOnClose(request, taken: LeaseHolder<DesiredPropertiesCursor.Update>(), giveBack: { _ in }) {
+            await self.bridge.untilDraining { await cursor.poll(since: since, timeout: .seconds(timeout)) }
+        }
+        guard let update else { return Self.noContent(closing: true) }
+        var members: [String: JSONValue] = ["desired": update.desired, "version": .integer(Int64(update.version))]
+        if let patches = update.patches { members["patches"] = .array(patches) }
+        var response = Self.json(.object(members))
+        response.headers[.connection] = "close"
+        return response
+    }
+
+    // MARK: Direct methods
+
+    @Sendable func receiveMethodRequest(_ request: Request, context: Context) async throws -> Response {
+        let timeout = try Self.timeout(request)
+        let name = request.uri.queryParameters.get("name")
+        if let name, name.isEmpty { throw ProblemDetails.invalid("name must not be empty", field: "name") }
+        let methods = bridge.methods
+        if methods.pending == 0 { try await bridge.prepareToWait() }
+        let taken = LeaseHolder<MethodRequest>()
+        let bridge = self.bridge
+        let next = try await Self.cancelOnClose(request, taken: taken, giveBack: { methods.requeue($0) }) {
+            await bridge.untilDraining {
+                let next = await methods.next(name: name, timeout: .seconds(timeout))
+                if let next { taken.set(next) }
+                return next
+            }
+        }
+        guard let next else { return Self.noContent(closing: true) }
+        let body = MethodRequestJSON.json(next).encoded()
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        headers[.connection] = "close"
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody(contentLength: body.count) { writer in
+                do {
+                    try await writer.write(ByteBuffer(bytes: body))
+                    try await writer.finish(nil)
+                } catch {
+                    methods.requeue(next)
+                    throw error
+                }
+            })
+    }
+
+    @Sendable func sendMethodResponse(_ request: Request, context: Context) async throws -> Response {
+        let requestId = try Self.pathParameter("requestId", context)
+        try Self.requireJSON(request)
+        let body = try await Self.collect(request, limit: Self.bodyLimit)
+        guard case .object(let members) = try Self.parseJSON(body) else {
+            throw ProblemDetails.invalid("the answer must be a JSON object {status, payload}")
+        }
+        guard case .integer(let status)? = members["status"], let status32 = Int32(exactly: status) else {
+            throw ProblemDetails.invalid("status must be an integer", field: "status")
+        }
+        do {
+            try bridge.methods.claimAnswer(for: requestId)
+        } catch .expired {
+            throw ProblemDetails(status: 410, code: "MethodRequestExpired", detail: "method request \(requestId) arrived more than \(Int(MethodRequestQueue.answerWindow)) s ago; the hub waits at most 300 s")
+        } catch {
+            throw ProblemDetails.notFound("no method request \(requestId) is waiting for an answer (answered already, or never handed out)")
+        }
+        let payload = (members["payload"] ?? .null).encoded()
+        do throws(IoTHubError) {
+            try await bridge.client.respond(MethodResponse(requestId: requestId, status: Int(status32), payload: payload))
+        } catch {
+            // Not delivered: the answer may be tried again.
+            bridge.methods.releaseClaim(for: requestId)
+            throw error
+        }
+        return Self.noContent()
+    }
+
+    // MARK: File upload
+
+    @Sendable func getStorageInfo(_ request: Request, context: Context) async throws -> Response {
+        try requireDeviceIdentity()
+        try Self.requireJSON(request)
+        let body = try await Self.collect(request, limit: Self.bodyLimit)
+        guard case .object(let members) = try Self.parseJSON(body), case .string(let blobName)? = members["blobName"] else {
+            throw ProblemDetails.invalid("the body must be {\"blobName\": \"…\"}", field: "blobName")
+        }
+        try Self.checkBlobName(blobName)
+        let info = try await bridge.client.storageInfo(forBlob: blobName)
+        return Self.json(Self.json(info))
+    }
+
+    @Sendable func notifyBlobUploadStatus(_ request: Request, context: Context) async throws -> Response {
+        try requireDeviceIdentity()
+        try Self.requireJSON(request)
+        let body = try await Self.collect(request, limit: Self.bodyLimit)
+        guard case .object(let members) = try Self.parseJSON(body) else {
+            throw ProblemDetails.invalid("the body must be a JSON object")
+        }
+        guard case .string(let correlationId)? = members["correlationId"], !correlationId.isEmpty else {
+            throw ProblemDetails.invalid("correlationId must be a non-empty string", field: "correlationId")
+        }
+        guard case .bool(let isSuccess)? = members["isSuccess"] else {
+            throw ProblemDetails.invalid("isSuccess must be true or false", field: "isSuccess")
+        }
+        guard case .integer(let statusCode)? = members["statusCode"], let code = Int32(exactly: statusCode) else {
+            throw ProblemDetails.invalid("statusCode must be an integer", field: "statusCode")
+        }
+        guard case .string(let description)? = members["statusDescription"] else {
+            throw ProblemDetails.invalid("statusDescription must be a string", field: "statusDescription")
+        }
+        try await bridge.client.notifyBlobUploadStatus(correlationId: correlationId, isSuccess: isSuccess, statusCode: Int(code), statusDescription: description)
+        return Self.noContent()
+    }
+
+    @Sendable func uploadBlob(_ request: Request, context: Context) async throws -> Response {
+        try requireDeviceIdentity()
+        let segments = context.parameters.getCatchAll()
+        guard let blobName = segments.joined(separator: "/").removingPercentEncoding, !blobName.isEmpty else {
+            throw ProblemDetails.invalid("the blob name is not valid percent-encoded UTF-8", field: "blobName")
+        }
+        try Self.checkBlobName(blobName)
+        guard let lengthText = request.headers[.contentLength], let length = Int(lengthText), length >= 0 else {
+            throw ProblemDetails.invalid("the upload needs a Content-Length (it is streamed to blob storage)", status: 411)
+        }
+        guard length <= Self.blobLimit else {
+            throw ProblemDetails.invalid("the file is \(length) bytes; at most \(Self.blobLimit) can be uploaded in one request", status: 413)
+        }
+        let chunks = request.body.map { buffer in Data(buffer.readableBytesView) }
+        do {
+            let result = try await bridge.client.uploadBlob(
+                named: blobName, length: length, contentType: request.headers[.contentType], body: chunks)
+            return Self.json(
+                ["blobName": .string(result.storageInfo.blobName), "blobUrl": .string(result.blobURLWithoutToken), "correlationId": .string(result.storageInfo.correlationId)],
+                status: .created)
+        } catch let failure as BlobUploadFailure {
+            var problem: ProblemDetails
+            if let upstreamStatus = failure.upstreamStatus {
+                problem = ProblemDetails(status: 502, code: "ServiceError", detail: "blob storage answered \(upstreamStatus): \(failure.error)")
+                problem.upstreamStatus = upstreamStatus
+            } else {
+                problem = ProblemDetails(failure.error, retryAfterSeconds: bridge.retryAfterSeconds)
+            }
+            problem.correlationId = failure.correlationId
+            throw problem
+        }
+    }
+
+    private func requireDeviceIdentity() throws(ProblemDetails) {
+        guard !bridge.isModule else { throw .notForThisIdentity("file upload is for device identities, not modules") }
+    }
+
+    private static func checkBlobName(_ name: String) throws(ProblemDetails) {
+        guard !name.isEmpty, name.count <= 1024, !name.hasPrefix("/") else {
+            throw .invalid("blobName must be 1 to 1024 characters and not start with /", field: "blobName")
+        }
+    }
+
+    // MARK: Connection
+
+    @Sendable func getStatus(_ request: Request, context: Context) async throws -> Response {
+        let client = bridge.client
+        let status = client.status
+        var identity: [String: JSONValue] = [
+            "hostName": .string(client.hostName), "deviceId": .string(client.deviceId), "authentication": .string(status.credential),
+        ]
+        if let moduleId = client.moduleId { identity["moduleId"] = .string(moduleId) }
+        if let gateway = client.configuration.gatewayHostName { identity["gatewayHostName"] = .string(gateway) }
+        var members: [String: JSONValue] = [
+            "identity": .object(identity), "state": .string(status.state.rawValue), "since": .string(Timestamp.string(status.since)),
+            "newSasTokenRequired": .bool(bridge.isNewSASTokenRequired),
+        ]
+        if let error = status.lastError { members["lastError"] = SidecarEvent.lastError(error) }
+        if let expiry = status.tokenExpiry { members["tokenExpiry"] = .string(Timestamp.string(expiry)) }
+        return Self.json(.object(members))
+    }
+
+    @Sendable func connect(_ request: Request, context: Context) async throws -> Response {
+        try await bridge.client.connect()
+        return Self.noContent()
+    }
+
+    @Sendable func disconnect(_ request: Request, context: Context) async throws -> Response {
+        await bridge.client.disconnect()
+        return Self.noContent()
+    }
+
+    @Sendable func updateSASToken(_ request: Request, context: Context) async throws -> Response {
+        if let type = Self.mediaType(of: request), type != "text/plain" {
+            throw ProblemDetails.invalid("send the token as text/plain, not \(type)", status: 415)
+        }
+        let body = try await Self.collect(request, limit: Self.bodyLimit)
+        guard bridge.client.status.credential == "sasToken" else {
+            throw ProblemDetails.notForThisIdentity("this sidecar's identity uses a \(bridge.client.status.credential == "x509" ? "certificate" : "key"), not a SAS token given to it")
+        }
+        let text = String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        try await bridge.updateSASToken(text)
+        return Self.noContent()
+    }
+
+    // MARK: Events
+
+    @Sendable func streamEvents(_ request: Request, context: Context) async throws -> Response {
+        let events = bridge.events.stream()
+        let status = bridge.client.status
+        let first = SidecarEvent.connection(ConnectionStateChange(state: status.state, since: status.since, reason: nil))
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                try await writer.write(ByteBuffer(string: first.wireFormat))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    let (ticks, tick) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(64))
+                    group.addTask {
+                        for await event in events { tick.yield(event.wireFormat) }
+                        tick.finish()
+                    }
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: .seconds(15))
+                            tick.yield(SidecarEvent.keepAlive)
+                        }
+                    }
+                    for await text in ticks {
+                        try await writer.write(ByteBuffer(string: text))
+                    }
+                    group.cancelAll()
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    // MARK: Operations
+
+    @Sendable func health(_ request: Request, context: Context) async throws -> Response {
+        Self.json(["status": "ok"])
+    }
+
+    @Sendable func readiness(_ request: Request, context: Context) async throws -> Response {
+        let status = bridge.client.status
+        guard status.state == .connected else {
+            var detail = "the client is \(status.state.rawValue)"
+            if let error = status.lastError { detail += " (last error: \(error))" }
+            throw ProblemDetails(status: 503, code: "NoConnectionError", detail: detail)
+        }
+        return Self.json(["status": "ready", "state": "connected"])
+    }
+
+    @Sendable func metrics(_ request: Request, context: Context) async throws -> Response {
+        let metrics = bridge.metrics
+        let depth = bridge.inbox.depth
+        metrics.set(.inboxMessages, to: Double(depth.waiting + depth.locked))
+        metrics.set(.pendingMethodRequests, to: Double(bridge.methods.pending))
+        metrics.set(.connected, to: bridge.client.isConnected ? 1 : 0)
+        var headers = HTTPFields()
+        headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.exposition())))
+    }
+
+    @Sendable func openAPI(_ request: Request, context: Context) async throws -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/yaml"
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: openAPIDocument)))
+    }
+}
+
+// MARK: - Request and response helpers
+
+extension SidecarAPI {
+    static let deliveryCountField = HTTPField.Name("iothub-deliverycount") ?? .contentType
+
+    /// The request's media type, lower-case, without parameters; nil without `Content-Type`.
+    static func mediaType(of request: Request) -> String? {
+        guard let value = request.headers[.contentType] else { return nil }
+        return value.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+    }
+
+    /// A JSON endpoint takes no `Content-Type` as JSON, and refuses any other media type.
+    static func requireJSON(_ request: Request, also others: Set<String> = []) throws(ProblemDetails) {
+        guard let type = mediaType(of: request), type != "application/json", !others.contains(type) else { return }
+        throw .invalid("send the body as application/json, not \(type)", status: 415)
+    }
+
+    static func collect(_ request: Request, limit: Int) async throws -> Data {
+        do {
+            var request = request
+            let buffer = try await request.collectBody(upTo: limit)
+            return Data(buffer.readableBytesView)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw ProblemDetails.invalid("the request body exceeds \(limit) bytes", status: 413)
+        } catch is NIOTooManyBytesError {
+            throw ProblemDetails.invalid("the request body exceeds \(limit) bytes", status: 413)
+        }
+    }
+
+    static func parseJSON(_ data: Data) throws(ProblemDetails) -> JSONValue {
+        do {
+            return try JSONValue(parsing: data)
+        } catch {
+            throw .invalid("the body is not valid JSON")
+        }
+    }
+
+    static func pathParameter(_ name: String, _ context: Context) throws(ProblemDetails) -> String {
+        guard let raw = context.parameters.get(name), let value = raw.removingPercentEncoding, !value.isEmpty else {
+            throw .invalid("\(name) is missing or not valid percent-encoded UTF-8", field: name)
+        }
+        return value
+    }
+
+    /// The `timeout` query parameter: 0–55 seconds, 30 by default.
+    static func timeout(_ request: Request) throws(ProblemDetails) -> Int {
+        try integerQuery(request, "timeout", default: 30, range: 0...maximumTimeout)
+    }
+
+    static func integerQuery(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws(ProblemDetails) -> Int {
+        guard let text = request.uri.queryParameters.get(name) else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw .invalid("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)", field: name)
+        }
+        return number
+    }
+
+    /// Runs a long-poll wait that is cancelled when the caller's connection closes; whatever
+    /// the wait took goes back (`giveBack`) when it cannot be answered any more.
+    static func cancelOnClose<T: Sendable>(
+        _ request: Request, taken: LeaseHolder<T>, giveBack: @escaping @Sendable (T) -> Void, _ wait: @escaping @Sendable () async -> T?
+    ) async throws -> T? {
+        do {
+            let value = try await request.body.consumeWithCancellationOnInboundClose { _ in await wait() }
+            if value != nil, Task.isCancelled {
+                if let value { giveBack(value) }
+                return nil
+            }
+            return value
+        } catch {
+            // The caller went away: what the wait took was never answered.
+            if let value = taken.take() { giveBack(value) }
+            throw error
+        }
+    }
+
+    static func noContent(closing: Bool = false) -> Response {
+        var headers = HTTPFields()
+        if closing { headers[.connection] = "close" }
+        return Response(status: .noContent, headers: headers)
+    }
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        json(data: value.encoded(), status: status)
+    }
+
+    static func json(data: Data, status: HTTPResponse.Status = .ok) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func json(_ problem: ProblemDetails) -> JSONValue {
+        (try? JSONValue(parsing: problem.encoded())) ?? ["status": .integer(Int64(problem.status)), "code": .string(problem.code)]
+    }
+
+    static func json(_ info: StorageInfo) -> JSONValue {
+        [
+            "correlationId": .string(info.correlationId), "hostName": .string(info.hostName), "containerName": .string(info.containerName),
+            "blobName": .string(info.blobName), "sasToken": .string(info.sasToken), "blobUrl": .string(info.blobURL),
+        ]
+    }
+}
+
+/// Holds what a long-poll took, so that it can be given back if the poll is cancelled.
+final class LeaseHolder<T: Sendable>: Sendable {
+    private let value = NIOLockedValueBox<T?>(nil)
+
+    func set(_ newValue: T) { value.withLockedValue { $0 = newValue } }
+
+    func take() -> T? { value.withLockedValue { value in defer { value = nil }; return value } }
+}

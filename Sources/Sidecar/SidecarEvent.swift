@@ -1,0 +1,82 @@
+import Foundation
+import IoTHubDevice
+import IoTHubProtocol
+
+/// One server-sent event of `GET /events`: a name and one line of JSON.
+struct SidecarEvent: Sendable, Equatable {
+    var name: String
+    var data: JSONValue
+
+    /// The event as it goes on the wire (`event:`, `data:`, blank line).
+    var wireFormat: String {
+        "event: \(name)\ndata: \(String(decoding: data.encoded(), as: UTF8.self))\n\n"
+    }
+
+    /// A comment line that keeps an idle stream open.
+    static let keepAlive = ": keep-alive\n\n"
+
+    static func connection(_ change: ConnectionStateChange) -> SidecarEvent {
+        var members: [String: JSONValue] = ["state": .string(change.state.rawValue), "since": .string(Timestamp.string(change.since))]
+        if let reason = change.reason { members["reason"] = lastError(reason) }
+        return SidecarEvent(name: "connection", data: .object(members))
+    }
+
+    static func error(_ error: IoTHubError, at time: Date = Date()) -> SidecarEvent {
+        SidecarEvent(name: "error", data: ["code": .string(error.code), "message": .string(Self.message(of: error)), "time": .string(Timestamp.string(time))])
+    }
+
+    static func message(_ message: Message, queued: Int) -> SidecarEvent {
+        var members: [String: JSONValue] = ["queued": .integer(Int64(queued)), "size": .integer(Int64(message.payload.count))]
+        let optional: [(String, String?)] = [
+            ("messageId", message.messageId), ("correlationId", message.correlationId), ("contentType", message.contentType),
+            ("contentEncoding", message.contentEncoding), ("inputName", message.inputName),
+        ]
+        for case (let key, let value?) in optional { members[key] = .string(value) }
+        if !message.properties.isEmpty { members["properties"] = .object(message.properties.mapValues(JSONValue.string)) }
+        return SidecarEvent(name: "message", data: .object(members))
+    }
+
+    static func desired(patch: JSONValue, version: Int) -> SidecarEvent {
+        SidecarEvent(name: "desired", data: ["patch": patch, "version": .integer(Int64(version))])
+    }
+
+    static func method(_ request: MethodRequest) -> SidecarEvent {
+        SidecarEvent(name: "method", data: MethodRequestJSON.json(request))
+    }
+
+    static func sasToken(expiry: Date) -> SidecarEvent {
+        SidecarEvent(name: "sastoken", data: ["tokenExpiry": .string(Timestamp.string(expiry))])
+    }
+
+    /// `{code, message}` of an error (the `LastError` schema).
+    static func lastError(_ error: IoTHubError) -> JSONValue {
+        ["code": .string(error.code), "message": .string(message(of: error))]
+    }
+
+    /// An error's explanation without its leading code.
+    static func message(of error: IoTHubError) -> String {
+        error.description.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces)
+    }
+}
+
+/// The JSON of a direct-method request (`GET /methods`, `event: method`).
+enum MethodRequestJSON {
+    static func json(_ request: MethodRequest) -> JSONValue {
+        let payload: JSONValue
+        if request.payload.isEmpty {
+            payload = .null
+        } else if let parsed = try? JSONValue(parsing: request.payload) {
+            payload = parsed
+        } else {
+            payload = .string(String(decoding: request.payload, as: UTF8.self))
+        }
+        return ["requestId": .string(request.requestId), "methodName": .string(request.name), "payload": payload]
+    }
+}
+
+/// RFC 3339 UTC timestamps, whole seconds (`2025-01-31T12:00:00Z`).
+enum Timestamp {
+    static func string(_ date: Date) -> String {
+        date.formatted(.iso8601)
+    }
+}

@@ -1,0 +1,93 @@
+import NIOConcurrencyHelpers
+
+/// The sidecar's counters and gauges, rendered in the Prometheus text format 0.0.4
+/// (`GET /metrics`). A handful of series updated under one short lock: cheaper than a metrics
+/// framework and enough for what the sidecar exports.
+final class SidecarMetrics: Sendable {
+    /// A metric family: its name, type and help text.
+    struct Family: Hashable, Sendable {
+        var name: String
+        var type: String
+        var help: String
+
+        static let httpRequests = Family(name: "iothub_sidecar_http_requests_total", type: "counter", help: "HTTP requests answered, by method, route and status.")
+        static let connected = Family(name: "iothub_sidecar_connected", type: "gauge", help: "1 while connected to the hub, else 0.")
+        static let stateChanges = Family(name: "iothub_sidecar_connection_state_changes_total", type: "counter", help: "Changes of connection state, by state.")
+        static let reconnects = Family(name: "iothub_sidecar_reconnects_total", type: "counter", help: "Times the connection was lost and the client reconnected.")
+        static let messagesSent = Family(name: "iothub_sidecar_messages_sent_total", type: "counter", help: "Telemetry messages the hub acknowledged.")
+        static let sendFailures = Family(name: "iothub_sidecar_message_send_failures_total", type: "counter", help: "Telemetry messages that failed, by code.")
+        static let messagesReceived = Family(name: "iothub_sidecar_messages_received_total", type: "counter", help: "Cloud-to-device messages received.")
+        static let inboxMessages = Family(name: "iothub_sidecar_inbox_messages", type: "gauge", help: "Messages in the inbox, locked or not.")
+        static let methodRequests = Family(name: "iothub_sidecar_method_requests_total", type: "counter", help: "Direct-method requests received.")
+        static let pendingMethodRequests = Family(name: "iothub_sidecar_method_requests_pending", type: "gauge", help: "Direct-method requests waiting for a poller.")
+        static let desiredPatches = Family(name: "iothub_sidecar_desired_patches_total", type: "counter", help: "Desired-property patches received.")
+        static let backgroundErrors = Family(name: "iothub_sidecar_background_errors_total", type: "counter", help: "Background errors, by code.")
+
+        /// The order families are rendered in.
+        static let all: [Family] = [
+            .httpRequests, .connected, .stateChanges, .reconnects, .messagesSent, .sendFailures, .messagesReceived, .inboxMessages,
+            .methodRequests, .pendingMethodRequests, .desiredPatches, .backgroundErrors,
+        ]
+    }
+
+    private struct Series: Hashable {
+        var family: Family
+        /// `name="value"` pairs, already escaped and joined.
+        var labels: String
+    }
+
+    private let values = NIOLockedValueBox([Series: Double]())
+
+    /// Adds `amount` to a counter.
+    func increment(_ family: Family, labels: [(String, String)] = [], by amount: Double = 1) {
+        let series = Series(family: family, labels: Self.render(labels))
+        values.withLockedValue { $0[series, default: 0] += amount }
+    }
+
+    /// Sets a gauge.
+    func set(_ family: Family, to value: Double, labels: [(String, String)] = []) {
+        let series = Series(family: family, labels: Self.render(labels))
+        values.withLockedValue { $0[series] = value }
+    }
+
+    /// The exposition text; `gauges` are read now (queue depths) and added for this scrape.
+    func exposition() -> String {
+        let snapshot = values.withLockedValue { $0 }
+        var text = ""
+        for family in Family.all {
+            text += "# HELP \(family.name) \(family.help)\n# TYPE \(family.name) \(family.type)\n"
+            let series = snapshot.filter { $0.key.family == family }.sorted { $0.key.labels < $1.key.labels }
+            if series.isEmpty, family.type == "gauge" || family.labels.isEmpty {
+                text += "\(family.name) 0\n"
+            }
+            for (key, value) in series {
+                let labels = key.labels.isEmpty ? "" : "{\(key.labels)}"
+                text += "\(family.name)\(labels) \(Self.format(value))\n"
+            }
+        }
+        return text
+    }
+
+    private static func render(_ labels: [(String, String)]) -> String {
+        labels.map { name, value in
+            let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+            return "\(name)=\"\(escaped)\""
+        }.joined(separator: ",")
+    }
+
+    private static func format(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+    }
+}
+
+extension SidecarMetrics.Family {
+    /// Whether the family is split by labels (then it has no series until the first one).
+    var labels: [String] {
+        switch self {
+        case .httpRequests: ["method", "route", "status"]
+        case .stateChanges: ["state"]
+        case .sendFailures, .backgroundErrors: ["code"]
+        default: []
+        }
+    }
+}

@@ -1,0 +1,357 @@
+import ArgumentParser
+import Foundation
+import IoTHubDevice
+import IoTHubProtocol
+import LocalHub
+import Logging
+import ServiceLifecycle
+import Sidecar
+
+/// `iothub-sidecar serve` (the default): the device client as a local HTTP API.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Connect to IoT Hub as a device and serve its client over local HTTP (the default command).",
+        discussion: """
+            Every option can also be set with the environment variable shown in brackets; a \
+            flag wins over the variable. Credentials come only from the environment or from \
+            files, never from the command line. Give exactly one of: a connection string \
+            (IOTHUB_DEVICE_CONNECTION_STRING or --connection-string-file), a SAS token \
+            (IOTHUB_DEVICE_SAS_TOKEN or --sas-token-file), a shared access key (--key-file with \
+            --hostname and --device-id), an X.509 certificate (--x509-cert-file and \
+            --x509-key-file with --hostname and --device-id), or --local-hub.
+
+            Quick start, with no cloud account: `iothub-sidecar serve --local-hub`, then \
+            `curl -sS http://127.0.0.1:8080/status`. The API is described at /openapi.yaml.
+            """
+    )
+
+    // MARK: Listener
+
+    @Option(help: ArgumentHelp("Where to serve HTTP: HOST:PORT or unix:/path/to.sock [IOTHUB_SIDECAR_LISTEN]. Default 127.0.0.1:8080.", valueName: "address"))
+    var listen: String?
+
+    @Option(name: .customLong("api-token-file"), help: ArgumentHelp("File holding a token every request must send as 'Authorization: Bearer <token>' (/healthz and /readyz exempt) [IOTHUB_SIDECAR_API_TOKEN_FILE].", valueName: "file"))
+    var apiTokenFile: String?
+
+    // MARK: Identity
+
+    @Option(name: .customLong("connection-string-file"), help: ArgumentHelp("File with the device or module connection string ('-' reads standard input) [IOTHUB_DEVICE_CONNECTION_STRING holds the string itself].", valueName: "file"))
+    var connectionStringFile: String?
+
+    @Option(name: .customLong("sas-token-file"), help: ArgumentHelp("File with a SAS token to connect with; renew it with PUT /sastoken [IOTHUB_DEVICE_SAS_TOKEN holds the token itself].", valueName: "file"))
+    var sasTokenFile: String?
+
+    @Option(name: .customLong("key-file"), help: ArgumentHelp("File with the device's shared access key (base64), used with --hostname and --device-id [IOTHUB_DEVICE_KEY holds the key itself].", valueName: "file"))
+    var keyFile: String?
+
+    @Option(name: .customLong("x509-cert-file"), help: ArgumentHelp("PEM file with the device certificate (and chain), used with --x509-key-file, --hostname and --device-id [IOTHUB_DEVICE_X509_CERT_FILE].", valueName: "file"))
+    var x509CertificateFile: String?
+
+    @Option(name: .customLong("x509-key-file"), help: ArgumentHelp("PEM file with the certificate's private key [IOTHUB_DEVICE_X509_KEY_FILE].", valueName: "file"))
+    var x509KeyFile: String?
+
+    @Option(name: .customLong("x509-pass-phrase-file"), help: ArgumentHelp("File with the pass phrase of an encrypted private key [IOTHUB_DEVICE_X509_PASS_PHRASE_FILE].", valueName: "file"))
+    var x509PassPhraseFile: String?
+
+    @Option(name: .customLong("hostname"), help: ArgumentHelp("The hub's host name, such as myhub.azure-devices.net, with --key-file or an X.509 certificate [IOTHUB_HOSTNAME].", valueName: "name"))
+    var hostName: String?
+
+    @Option(name: .customLong("device-id"), help: ArgumentHelp("The device id, with --key-file or an X.509 certificate [IOTHUB_DEVICE_ID].", valueName: "id"))
+    var deviceId: String?
+
+    @Option(name: .customLong("module-id"), help: ArgumentHelp("Act as this module of the device, with --key-file or an X.509 certificate [IOTHUB_MODULE_ID].", valueName: "id"))
+    var moduleId: String?
+
+    // MARK: Client options (the Python SDK's keyword arguments)
+
+    @Option(name: .customLong("server-verification-cert"), help: ArgumentHelp("PEM file of extra CAs to trust besides the system's, e.g. a gateway's (server_verification_cert) [IOTHUB_SERVER_VERIFICATION_CERT].", valueName: "file"))
+    var serverVerificationCertificateFile: String?
+
+    @Option(name: .customLong("gateway-hostname"), help: ArgumentHelp("Connect to this host instead of the hub, e.g. an IoT Edge gateway (gateway_hostname) [IOTHUB_GATEWAY_HOSTNAME].", valueName: "name"))
+    var gatewayHostName: String?
+
+    @Option(help: ArgumentHelp("OpenSSL cipher list for TLS 1.2, colon-separated (cipher) [IOTHUB_CIPHER].", valueName: "list"))
+    var cipher: String?
+
+    @Option(name: .customLong("product-info"), help: ArgumentHelp("Text added to the user agent; a 'dtmi:' value is sent as the Plug and Play model id (product_info) [IOTHUB_PRODUCT_INFO].", valueName: "text"))
+    var productInfo: String?
+
+    @Option(name: .customLong("sastoken-ttl"), help: ArgumentHelp("Lifetime in seconds of the SAS tokens signed with a key; default 3600 (sastoken_ttl) [IOTHUB_SASTOKEN_TTL].", valueName: "seconds"))
+    var sasTokenTimeToLive: Int?
+
+    @Option(name: .customLong("keep-alive"), help: ArgumentHelp("MQTT keep-alive in seconds, 1 to 1740; default 60 (keep_alive) [IOTHUB_KEEP_ALIVE].", valueName: "seconds"))
+    var keepAlive: Int?
+
+    @Option(name: .customLong("auto-connect"), help: ArgumentHelp("Connect when an operation needs it: true or false; default true (auto_connect) [IOTHUB_AUTO_CONNECT].", valueName: "bool"))
+    var autoConnect: Bool?
+
+    @Option(name: .customLong("connection-retry"), help: ArgumentHelp("Reconnect after the connection drops: true or false; default true (connection_retry) [IOTHUB_CONNECTION_RETRY].", valueName: "bool"))
+    var connectionRetry: Bool?
+
+    @Option(name: .customLong("connection-retry-interval"), help: ArgumentHelp("Seconds between reconnection attempts; default 10 (connection_retry_interval) [IOTHUB_CONNECTION_RETRY_INTERVAL].", valueName: "seconds"))
+    var connectionRetryInterval: Int?
+
+    @Option(name: .customLong("mqtt-port"), help: ArgumentHelp("The hub's MQTT port; default 8883 [IOTHUB_MQTT_PORT].", valueName: "port"))
+    var mqttPort: Int?
+
+    @Option(name: .customLong("https-port"), help: ArgumentHelp("The hub's HTTPS port for file upload; default 443 [IOTHUB_HTTPS_PORT].", valueName: "port"))
+    var httpsPort: Int?
+
+    @Option(name: .customLong("max-inflight"), help: ArgumentHelp("Messages that may await the hub's acknowledgement at once; default 100 [IOTHUB_MAX_INFLIGHT].", valueName: "count"))
+    var maximumInflightMessages: Int?
+
+    @Option(name: .customLong("operation-timeout"), help: ArgumentHelp("Seconds to wait for the hub to answer a connect, twin or subscribe; default 60 [IOTHUB_OPERATION_TIMEOUT].", valueName: "seconds"))
+    var operationTimeout: Int?
+
+    // MARK: Local hub
+
+    @Flag(name: .customLong("local-hub"), help: "Start a local IoT Hub in this process and connect to it as a registered device: no cloud account needed.")
+    var localHub = false
+
+    @Option(name: .customLong("local-hub-data-dir"), help: ArgumentHelp("Where the local hub keeps its certificates, state, ca.pem and service-connection-string; default ~/.local/share/iothub-sidecar/localhub, as for 'iothub-sidecar hub'.", valueName: "dir"))
+    var localHubDataDirectory: String = HubCommand.defaultDataDirectory
+
+    @Option(name: .customLong("local-hub-mqtt-port"), help: ArgumentHelp("The local hub's MQTT port; default 8883 (0 picks a free one).", valueName: "port"))
+    var localHubMQTTPort: Int = 8883
+
+    @Option(name: .customLong("local-hub-https-port"), help: ArgumentHelp("The local hub's HTTPS port (service API, /local); default 8443 (0 picks a free one).", valueName: "port"))
+    var localHubHTTPSPort: Int = 8443
+
+    @Option(name: .customLong("local-hub-blob-port"), help: ArgumentHelp("The local hub's blob storage port; default 10000 (0 picks a free one).", valueName: "port"))
+    var localHubBlobPort: Int = 10000
+
+    @Option(name: .customLong("local-hub-device"), help: ArgumentHelp("The device id the sidecar registers and uses on the local hub; default sidecar-device.", valueName: "id"))
+    var localHubDevice: String = "sidecar-device"
+
+    // MARK: Operation
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical; default info [IOTHUB_SIDECAR_LOG_LEVEL].", valueName: "level"))
+    var logLevel: String?
+
+    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds in-flight requests get to finish on SIGTERM or Ctrl-C; default 10.", valueName: "seconds"))
+    var shutdownTimeout: Int = 10
+
+    // MARK: Running
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let settings: Settings
+        do {
+            settings = try Settings(command: self, environment: environment)
+        } catch {
+            Self.fail("\(error)")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = settings.logLevel
+            return handler
+        }
+        let logger = Logger(label: "iothub-sidecar")
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var configuration = settings.clientConfiguration
+        let client: IoTHubDeviceClient
+        do {
+            if localHub {
+                let hub = try LocalHub(
+                    configuration: .init(
+                        hostName: "localhost", bindAddress: "127.0.0.1", mqttPort: localHubMQTTPort, httpsPort: localHubHTTPSPort,
+                        blobPort: localHubBlobPort, dataDirectory: localHubDataDirectory, devices: [localHubDevice]),
+                    logger: Logger(label: "localhub"))
+                let ports = try await hub.start()
+                services.append(.init(service: hub))
+                configuration.serverVerificationCertificate = [configuration.serverVerificationCertificate, hub.caCertificatePEM].compactMap { $0 }.joined(separator: "\n")
+                configuration.mqttPort = ports.mqtt
+                configuration.httpsPort = ports.https
+                let connectionString = try hub.deviceConnectionString(deviceId: localHubDevice)
+                client = try IoTHubDeviceClient.fromConnectionString(connectionString, configuration: configuration, logger: Logger(label: "iothub-device"))
+                var metadata: Logger.Metadata = [
+                    "device": "\(localHubDevice)", "mqtt": "127.0.0.1:\(ports.mqtt)", "https": "https://127.0.0.1:\(ports.https)",
+                    "blob": "127.0.0.1:\(ports.blob)",
+                ]
+                metadata["ca"] = "\(localHubDataDirectory)/ca.pem"
+                logger.info("local IoT Hub started", metadata: metadata)
+            } else {
+                client = try settings.identity.makeClient(configuration: configuration)
+            }
+        } catch {
+            Self.fail("\(error)")
+        }
+        let bridge = DeviceBridge(client: client, logger: logger)
+        let application = SidecarServer.application(
+            bridge: bridge, configuration: SidecarServerConfiguration(listen: settings.listen, apiToken: settings.apiToken), logger: logger,
+            onRunning: { address in logger.notice("serving the device client", metadata: ["address": "\(address)", "identity": "\(client.hostName)/\(client.deviceId)\(client.moduleId.map { "/" + $0 } ?? "")"]) })
+        services.append(.init(service: bridge))
+        services.append(.init(service: application))
+        // Last, so it hears the shutdown first: long-polls and event streams end before the
+        // server waits for its requests.
+        services.append(.init(service: DrainOnShutdown(bridge: bridge)))
+        var groupConfiguration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        groupConfiguration.maximumGracefulShutdownDuration = .seconds(shutdownTimeout)
+        groupConfiguration.maximumCancellationDuration = .seconds(5)
+        do {
+            try await ServiceGroup(configuration: groupConfiguration).run()
+        } catch {
+            Self.fail("\(error)")
+        }
+        logger.info("stopped")
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("iothub-sidecar: \(message)\n".utf8))
+        Foundation.exit(1)
+    }
+}
+
+/// Tells the bridge to end long-polls and event streams as soon as shutdown begins.
+struct DrainOnShutdown: Service {
+    let bridge: DeviceBridge
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        bridge.beginDraining()
+    }
+}
+
+/// The command's options resolved against the environment, checked, with files read.
+struct Settings {
+    var listen: ListenAddress
+    var apiToken: String?
+    var clientConfiguration: DeviceClientConfiguration
+    var identity: Identity
+    var logLevel: Logger.Level
+
+    /// Which credential the sidecar connects with.
+    enum Identity {
+        case connectionString(String)
+        case sasToken(String)
+        case symmetricKey(key: String, hostName: String, deviceId: String, moduleId: String?)
+        case x509(X509Credential, hostName: String, deviceId: String, moduleId: String?)
+        case localHub
+
+        func makeClient(configuration: DeviceClientConfiguration) throws -> IoTHubDeviceClient {
+            let logger = Logger(label: "iothub-device")
+            switch self {
+            case .connectionString(let text):
+                return try IoTHubDeviceClient.fromConnectionString(text, configuration: configuration, logger: logger)
+            case .sasToken(let text):
+                return try IoTHubDeviceClient.fromSASToken(text, configuration: configuration, logger: logger)
+            case .symmetricKey(let key, let hostName, let deviceId, let moduleId):
+                return try IoTHubDeviceClient.fromSymmetricKey(key, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+            case .x509(let credential, let hostName, let deviceId, let moduleId):
+                return try IoTHubDeviceClient.fromX509Certificate(credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+            case .localHub:
+                throw CommandFailure("the local hub identity is made by the serve command")
+            }
+        }
+    }
+
+    init(command: ServeCommand, environment: [String: String]) throws {
+        func value(_ flag: String?, _ variable: String) -> String? {
+            flag ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+        }
+        func integer(_ flag: Int?, _ variable: String, name: String) throws -> Int? {
+            if let flag { return flag }
+            guard let text = value(nil, variable) else { return nil }
+            guard let number = Int(text) else { throw CommandFailure("\(variable) must be a whole number, not '\(text)'") }
+            return number
+        }
+        func boolean(_ flag: Bool?, _ variable: String) throws -> Bool? {
+            if let flag { return flag }
+            guard let text = value(nil, variable)?.lowercased() else { return nil }
+            switch text {
+            case "true", "1", "yes", "on": return true
+            case "false", "0", "no", "off": return false
+            default: throw CommandFailure("\(variable) must be true or false, not '\(text)'")
+            }
+        }
+        func read(_ path: String, what: String) throws -> String {
+            let data: Data?
+            if path == "-" { data = FileHandle.standardInput.readDataToEndOfFile() } else { data = FileManager.default.contents(atPath: path) }
+            guard let data, let text = String(data: data, encoding: .utf8) else { throw CommandFailure("cannot read \(what) from \(path)") }
+            return text
+        }
+
+        listen = try ListenAddress(parsing: value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
+        if let file = value(command.apiTokenFile, "IOTHUB_SIDECAR_API_TOKEN_FILE") {
+            let token = try read(file, what: "the API token").trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !token.isEmpty else { throw CommandFailure("the API token file \(file) is empty") }
+            apiToken = token
+        }
+        let levelText = value(command.logLevel, "IOTHUB_SIDECAR_LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: levelText) else {
+            throw CommandFailure("the log level must be one of trace, debug, info, notice, warning, error, critical, not '\(levelText)'")
+        }
+        logLevel = level
+
+        var configuration = DeviceClientConfiguration()
+        if let file = value(command.serverVerificationCertificateFile, "IOTHUB_SERVER_VERIFICATION_CERT") {
+            configuration.serverVerificationCertificate = try read(file, what: "the server verification certificate")
+        }
+        configuration.gatewayHostName = value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
+        configuration.cipher = value(command.cipher, "IOTHUB_CIPHER")
+        if let info = value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
+        if let ttl = try integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL", name: "--sastoken-ttl") { configuration.sasTokenTimeToLive = ttl }
+        if let keepAlive = try integer(command.keepAlive, "IOTHUB_KEEP_ALIVE", name: "--keep-alive") { configuration.keepAlive = keepAlive }
+        if let auto = try boolean(command.autoConnect, "IOTHUB_AUTO_CONNECT") { configuration.autoConnect = auto }
+        if let retry = try boolean(command.connectionRetry, "IOTHUB_CONNECTION_RETRY") { configuration.connectionRetry = retry }
+        if let interval = try integer(command.connectionRetryInterval, "IOTHUB_CONNECTION_RETRY_INTERVAL", name: "--connection-retry-interval") {
+            configuration.connectionRetryInterval = .seconds(interval)
+        }
+        if let port = try integer(command.mqttPort, "IOTHUB_MQTT_PORT", name: "--mqtt-port") { configuration.mqttPort = port }
+        if let port = try integer(command.httpsPort, "IOTHUB_HTTPS_PORT", name: "--https-port") { configuration.httpsPort = port }
+        if let count = try integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT", name: "--max-inflight") { configuration.maximumInflightMessages = count }
+        if let seconds = try integer(command.operationTimeout, "IOTHUB_OPERATION_TIMEOUT", name: "--operation-timeout") {
+            configuration.operationTimeout = .seconds(seconds)
+        }
+        // The sidecar reads the twin after every (re)connect itself (GET /twin/desired).
+        configuration.ensureDesiredProperties = false
+        try configuration.validate()
+        clientConfiguration = configuration
+
+        let hostName = value(command.hostName, "IOTHUB_HOSTNAME")
+        let deviceId = value(command.deviceId, "IOTHUB_DEVICE_ID")
+        let moduleId = value(command.moduleId, "IOTHUB_MODULE_ID")
+        var candidates: [Identity] = []
+        if command.localHub { candidates.append(.localHub) }
+        if let file = command.connectionStringFile {
+            candidates.append(.connectionString(try read(file, what: "the connection string").trimmingCharacters(in: .whitespacesAndNewlines)))
+        } else if let text = environment["IOTHUB_DEVICE_CONNECTION_STRING"], !text.isEmpty, !command.localHub {
+            candidates.append(.connectionString(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        if let file = command.sasTokenFile {
+            candidates.append(.sasToken(try read(file, what: "the SAS token").trimmingCharacters(in: .whitespacesAndNewlines)))
+        } else if let text = environment["IOTHUB_DEVICE_SAS_TOKEN"], !text.isEmpty, !command.localHub {
+            candidates.append(.sasToken(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        func named() throws -> (String, String) {
+            guard let hostName, let deviceId else { throw CommandFailure("a key or a certificate needs --hostname and --device-id (or IOTHUB_HOSTNAME and IOTHUB_DEVICE_ID)") }
+            return (hostName, deviceId)
+        }
+        let keyText = try command.keyFile.map { try read($0, what: "the shared access key") } ?? (command.localHub ? nil : environment["IOTHUB_DEVICE_KEY"])
+        if let keyText, !keyText.isEmpty {
+            let (host, device) = try named()
+            candidates.append(.symmetricKey(key: keyText.trimmingCharacters(in: .whitespacesAndNewlines), hostName: host, deviceId: device, moduleId: moduleId))
+        }
+        if let certificateFile = value(command.x509CertificateFile, "IOTHUB_DEVICE_X509_CERT_FILE") {
+            guard let keyFile = value(command.x509KeyFile, "IOTHUB_DEVICE_X509_KEY_FILE") else {
+                throw CommandFailure("--x509-cert-file needs --x509-key-file")
+            }
+            let passPhrase = try value(command.x509PassPhraseFile, "IOTHUB_DEVICE_X509_PASS_PHRASE_FILE").map {
+                try read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
+            }
+            let credential = X509Credential(
+                certificatePEM: try read(certificateFile, what: "the certificate"), privateKeyPEM: try read(keyFile, what: "the private key"),
+                passPhrase: passPhrase)
+            let (host, device) = try named()
+            candidates.append(.x509(credential, hostName: host, deviceId: device, moduleId: moduleId))
+        }
+        guard candidates.count == 1, let identity = candidates.first else {
+            throw CommandFailure(
+                candidates.isEmpty
+                    ? "no credentials: set IOTHUB_DEVICE_CONNECTION_STRING, or pass --connection-string-file, --sas-token-file, --key-file or --x509-cert-file, or use --local-hub (see --help)"
+                    : "give exactly one credential (connection string, SAS token, key, certificate or --local-hub); \(candidates.count) were given")
+        }
+        self.identity = identity
+    }
+}
