@@ -234,6 +234,8 @@ public final class IoTHubDeviceClient: Sendable {
         }
         tasks.forEach { $0.cancel() }
         await mqtt?.disconnect()
+        // A connection attempt still waiting for its CONNACK ends now, not at its timeout.
+        resumeConnack(-1)
         let cancelled = IoTHubError.operationCancelled("the client disconnected")
         mqtt?.failPending(with: cancelled, publishes: true)
         twinResponses.failAll(with: cancelled)

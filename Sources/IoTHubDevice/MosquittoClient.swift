@@ -43,6 +43,10 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private let handle: OpaquePointer
+    /// Signalled by the network thread each time it sees the connection end.
+    private let connectionEnded = DispatchSemaphore(value: 0)
+    /// How long a DISCONNECT may take to close the connection before the socket is shut down.
+    private static let disconnectGrace: DispatchTimeInterval = .seconds(2)
     private let state = NIOLockedValueBox(State())
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
     private let onEvent: @Sendable (MQTTEvent) -> Void
@@ -76,6 +80,7 @@ final class MosquittoClient: @unchecked Sendable {
                 // credentials to reconnect.
                 mosquitto_disconnect(handle)
             }
+            client.connectionEnded.signal()
             client.onEvent(.disconnected(requested: requested))
         }
         mosquitto_publish_callback_set(handle) { _, object, mid in
@@ -134,7 +139,14 @@ final class MosquittoClient: @unchecked Sendable {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             controlQueue.async { [self] in
                 state.withLockedValue { $0.disconnectRequested = true }
+                while connectionEnded.wait(timeout: .now()) == .success {}
                 mosquitto_disconnect(handle)
+                if state.withLockedValue({ $0.loopRunning }), connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut {
+                    // The peer neither answered nor closed (a CONNECT still unanswered, a hub
+                    // that hangs): end the connection here, so the network thread stops.
+                    let socket = mosquitto_socket(handle)
+                    if socket >= 0 { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
+                }
                 stopLoopOnControlQueue()
                 continuation.resume()
             }

@@ -188,11 +188,12 @@ struct ServeCommand: AsyncParsableCommand {
         services.append(.init(service: DrainOnShutdown(bridge: bridge)))
         var groupConfiguration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         groupConfiguration.maximumGracefulShutdownDuration = .seconds(shutdownTimeout)
-        groupConfiguration.maximumCancellationDuration = .seconds(5)
+        groupConfiguration.maximumCancellationDuration = .seconds(30)
         do {
             try await ServiceGroup(configuration: groupConfiguration).run()
         } catch {
-            Self.fail("\(error)")
+            let text = "\(error)"
+            Self.fail(text.contains("bind(") ? "cannot serve on \(settings.listen): \(text)" : text)
         }
         logger.info("stopped")
     }

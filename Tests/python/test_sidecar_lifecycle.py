@@ -1,0 +1,211 @@
+"""The sidecar as a process: API token, unix socket, auto-connect off, a SAS-token identity whose
+token is replaced, graceful shutdown with requests in flight, and startup failures."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from sidecar_support import BINARY, Reply, Sidecar, free_port
+
+
+def problem_code(reply):
+    assert reply.header("Content-Type") == "application/problem+json", reply
+    return reply.json()["code"]
+
+
+def test_api_token(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    sidecar = Sidecar(extra_args=["--api-token-file", str(token_file)]).wait_ready()
+    try:
+        assert sidecar.get("/healthz").status == 200
+        assert sidecar.get("/readyz").status == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret-toke"},
+                        {"Authorization": "Basic s3cret-token"}, {"Authorization": "Bearer s3cret-token-and-more"}):
+            reply = sidecar.get("/status", headers=headers)
+            assert reply.status == 401, (headers, reply)
+            assert problem_code(reply) == "Unauthorized"
+            assert reply.header("WWW-Authenticate").startswith("Bearer")
+        assert sidecar.get("/status", headers={"Authorization": "Bearer s3cret-token"}).status == 200
+        assert sidecar.get("/status", headers={"Authorization": "bearer s3cret-token"}).status == 200
+        assert sidecar.post("/messages", body=b"x", headers={"Authorization": "Bearer s3cret-token"}).status == 200
+        assert b"s3cret-token" not in sidecar.output().encode()
+    finally:
+        assert sidecar.stop() == 0
+
+
+def test_unix_socket_listener():
+    directory = tempfile.mkdtemp(prefix="sidecar-sock-")
+    path = os.path.join(directory, "sidecar.sock")
+    sidecar = Sidecar(listen="unix:" + path).wait_ready()
+    try:
+        assert sidecar.get("/status").json()["state"] == "connected"
+        assert sidecar.post("/messages", body=b"over a unix socket").status == 200
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", sidecar.port), timeout=1)
+    finally:
+        assert sidecar.stop() == 0
+
+
+def test_auto_connect_off():
+    sidecar = Sidecar(extra_args=["--auto-connect", "false"]).wait_ready()
+    try:
+        assert sidecar.post("/disconnect").status == 204
+        for reply in (sidecar.get("/inbox?timeout=1"), sidecar.get("/methods?timeout=1"), sidecar.post("/messages", body=b"x")):
+            assert reply.status == 503, reply
+            assert problem_code(reply) == "NoConnectionError"
+        assert sidecar.post("/connect").status == 204
+        assert sidecar.post("/messages", body=b"x").status == 200
+    finally:
+        assert sidecar.stop() == 0
+
+
+def test_graceful_shutdown_answers_polls_and_finishes_sends():
+    sidecar = Sidecar(extra_args=["--shutdown-timeout", "10"]).wait_ready()
+    cursor = sidecar.telemetry_cursor()
+    assert sidecar.hub("PUT", "/local/faults", body={"acknowledgementDelayMilliseconds": 1500}).status == 200
+    answers = {}
+
+    def poll():
+        answers["poll"] = sidecar.get("/inbox?timeout=50")
+
+    def send():
+        answers["send"] = sidecar.post("/messages", body=b"in flight", headers={"iothub-messageid": "in-flight"})
+
+    threads = [threading.Thread(target=poll), threading.Thread(target=send)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    started = time.time()
+    sidecar.process.send_signal(signal.SIGTERM)
+    threads[0].join(10)
+    assert answers["poll"].status == 204
+    assert time.time() - started < 5
+    threads[1].join(15)
+    assert answers["send"].status == 200, answers["send"]
+    assert sidecar.process.wait(20) == 0, sidecar.output()
+    assert time.time() - started < 15
+    # New connections are refused once the sidecar has stopped.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", sidecar.port), timeout=1)
+    log = sidecar.output()
+    assert "disconnecting from the hub" in log
+
+
+def run_briefly(args, env=None):
+    environment = dict(os.environ)
+    environment.pop("IOTHUB_DEVICE_CONNECTION_STRING", None)
+    environment.update(env or {})
+    return subprocess.run([BINARY] + args, capture_output=True, text=True, timeout=60, env=environment)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["serve"], {}, "no credentials"),
+    (["serve", "--connection-string-file", "/nonexistent/cs"], {}, "cannot read the connection string"),
+    (["serve"], {"IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;DeviceId=d"}, "ValueError"),
+    (["serve"], {"IOTHUB_DEVICE_CONNECTION_STRING": "HostName=;DeviceId=d;SharedAccessKey=c2VjcmV0LWtleQ=="}, "ValueError"),
+    (["serve", "--listen", "nonsense"], {"IOTHUB_DEVICE_CONNECTION_STRING": "x"}, "--listen"),
+    (["serve", "--local-hub", "--keep-alive", "0"], {}, "keep_alive"),
+    (["serve", "--local-hub"], {"IOTHUB_AUTO_CONNECT": "maybe"}, "IOTHUB_AUTO_CONNECT"),
+])
+def test_startup_failures_exit_with_one_line(args, env, message):
+    run = run_briefly(args, env)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert "c2VjcmV0LWtleQ" not in run.stderr  # a key is never printed
+
+
+def test_port_in_use_fails_at_startup():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        sidecar = Sidecar(listen="127.0.0.1:{}".format(port))
+        assert sidecar.process.wait(30) != 0
+        assert "Address already in use" in sidecar.output() or "in use" in sidecar.output().lower(), sidecar.output()
+
+
+def test_help_explains_every_option():
+    run = run_briefly(["serve", "--help"])
+    assert run.returncode == 0
+    for option in ["--listen", "--api-token-file", "--connection-string-file", "--sas-token-file", "--key-file",
+                   "--x509-cert-file", "--server-verification-cert", "--gateway-hostname", "--cipher", "--product-info",
+                   "--sastoken-ttl", "--keep-alive", "--auto-connect", "--connection-retry", "--connection-retry-interval",
+                   "--local-hub", "--local-hub-data-dir", "IOTHUB_DEVICE_CONNECTION_STRING"]:
+        assert option in run.stdout, option
+
+
+class StandaloneHub:
+    """`iothub-sidecar hub` in its own process, for identities --local-hub cannot give."""
+
+    def __init__(self, device):
+        self.data_dir = tempfile.mkdtemp(prefix="hub-")
+        self.mqtt_port, self.https_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [BINARY, "hub", "--data-dir", self.data_dir, "--mqtt-port", str(self.mqtt_port), "--https-port", str(self.https_port),
+             "--blob-port", str(free_port()), "--device", device], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.connection_string = None
+        for line in self.process.stdout:
+            if line.strip().startswith("Device {}:".format(device)):
+                self.connection_string = line.split(":", 1)[1].strip()
+            if line.strip() == "ready":
+                break
+        assert self.connection_string
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+def test_sas_token_identity_asks_for_and_takes_a_new_token():
+    hub = StandaloneHub("token-device")
+    try:
+        def token(ttl):
+            return run_briefly(["sas-token", "--ttl", str(ttl)], {"IOTHUB_DEVICE_CONNECTION_STRING": hub.connection_string}).stdout.strip()
+
+        sidecar_env = {"IOTHUB_DEVICE_SAS_TOKEN": token(125)}
+        port = free_port()
+        sidecar = subprocess.Popen(
+            [BINARY, "serve", "--listen", "127.0.0.1:{}".format(port), "--server-verification-cert", os.path.join(hub.data_dir, "ca.pem"),
+             "--mqtt-port", str(hub.mqtt_port), "--https-port", str(hub.https_port)],
+            env=dict(os.environ, **sidecar_env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            helper = Sidecar.__new__(Sidecar)
+            helper.listen = "127.0.0.1:{}".format(port)
+            deadline = time.time() + 30
+            status = None
+            while time.time() < deadline:
+                try:
+                    status = helper.get("/status").json()
+                    if status["newSasTokenRequired"]:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            assert status and status["identity"]["authentication"] == "sasToken"
+            assert status["newSasTokenRequired"] is True
+            bad = helper.request("PUT", "/sastoken", body=b"SharedAccessSignature sr=elsewhere&sig=x&se=1", headers={"Content-Type": "text/plain"})
+            assert bad.status == 400 and problem_code(bad) == "ValueError"
+            fresh = token(3600)
+            reply = helper.request("PUT", "/sastoken", body=fresh.encode(), headers={"Content-Type": "text/plain"})
+            assert reply.status == 204, reply
+            status = helper.get("/status").json()
+            assert status["newSasTokenRequired"] is False
+            deadline = time.time() + 20
+            while helper.get("/readyz").status != 200 and time.time() < deadline:
+                time.sleep(0.2)
+            assert helper.post("/messages", body=b"with the new token").status == 200
+        finally:
+            sidecar.send_signal(signal.SIGTERM)
+            assert sidecar.wait(30) == 0
+            log = sidecar.stderr.read()
+            assert "sig=" not in log, log
+    finally:
+        hub.stop()
