@@ -157,7 +157,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SidecarTests",
-            dependencies: ["Sidecar", "IoTHubProtocol"],
+            dependencies: ["Sidecar", "IoTHubProtocol", .product(name: "HTTPTypes", package: "swift-http-types")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,114 @@
+import Foundation
+import HTTPTypes
+import IoTHubProtocol
+@testable import Sidecar
+import Testing
+
+@Suite struct MessageMappingTests {
+    static func fields(_ pairs: [(String, String)]) -> HTTPFields {
+        var fields = HTTPFields()
+        for (name, value) in pairs {
+            if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
+        }
+        return fields
+    }
+
+    @Test func headersBecomeProperties() throws {
+        let headers = Self.fields([
+            ("Content-Type", "application/json"), ("iothub-messageid", "m1"), ("IoTHub-CorrelationId", "c1"), ("iothub-userid", "u"),
+            ("iothub-contentencoding", "utf-8"), ("iothub-expiry", "2030-01-01T00:00:00Z"), ("iothub-app-Mixed-Case", "a b%20c"),
+            ("X-Other", "ignored"),
+        ])
+        let message = try MessageMapping.message(payload: Data("{}".utf8), headers: headers, isModule: false)
+        #expect(message.messageId == "m1")
+        #expect(message.correlationId == "c1")
+        #expect(message.userId == "u")
+        #expect(message.contentType == "application/json", "without iothub-contenttype the request's Content-Type is used")
+        #expect(message.contentEncoding == "utf-8")
+        #expect(message.expiryTimeUTC == "2030-01-01T00:00:00Z")
+        #expect(message.properties == ["Mixed-Case": "a b%20c"], "names keep their case; values are not percent-decoded")
+    }
+
+    @Test func aMessageWithoutIdGetsALowerCaseUUID() throws {
+        let message = try MessageMapping.message(payload: Data(), headers: HTTPFields(), isModule: false)
+        let id = try #require(message.messageId)
+        #expect(UUID(uuidString: id) != nil)
+        #expect(id == id.lowercased())
+    }
+
+    @Test(arguments: [
+        [("iothub-colour", "red")], [("iothub-app-", "x")], [("iothub-messageid", "")], [("iothub-outputname", "out")],
+        [("iothub-app-a", "1"), ("iothub-app-a", "2")], [("iothub-messageid", "1"), ("IOTHUB-MESSAGEID", "2")],
+    ])
+    func badPropertiesAreRefused(_ pairs: [(String, String)]) {
+        #expect(throws: ProblemDetails.self) {
+            try MessageMapping.message(payload: Data(), headers: Self.fields(pairs), isModule: false)
+        }
+    }
+
+    @Test func modulesMayNameAnOutput() throws {
+        let message = try MessageMapping.message(payload: Data(), headers: Self.fields([("iothub-outputname", "alerts")]), isModule: true)
+        #expect(message.outputName == "alerts")
+    }
+
+    @Test func batchesAreCheckedAsAWhole() throws {
+        let good = Data(#"[{"body":"t","properties":{"iothub-app-k":"v"}},{"body":"AAE=","base64Encoded":true}]"#.utf8)
+        let messages = try MessageMapping.batch(good, isModule: false)
+        #expect(messages.count == 2)
+        #expect(messages[0].payload == Data("t".utf8))
+        #expect(messages[0].properties == ["k": "v"])
+        #expect(messages[1].payload == Data([0, 1]))
+        for bad in [#"{}"#, #"[]"#, #"[{"body":1}]"#, #"[{"body":"x","properties":null}]"#, #"[{"body":"!","base64Encoded":true}]"#,
+                    #"[{"body":"x","properties":{"colour":"red"}}]"#] {
+            #expect(throws: ProblemDetails.self, "\(bad)") { try MessageMapping.batch(Data(bad.utf8), isModule: false) }
+        }
+    }
+
+    @Test func receivedMessagesBecomeHeaders() {
+        let message = Message(
+            payload: Data(), messageId: "m", correlationId: "c", contentType: "text/plain", properties: ["Color": "blue"], to: "/devices/d/messages/deviceBound",
+            ack: "full")
+        let headers = MessageMapping.headers(for: message)
+        #expect(headers[HTTPField.Name("iothub-messageid")!] == "m")
+        #expect(headers[HTTPField.Name("iothub-ack")!] == "full")
+        #expect(headers[HTTPField.Name("iothub-app-Color")!] == "blue")
+        #expect(headers[HTTPField.Name("iothub-userid")!] == nil)
+    }
+}
+
+@Suite struct ServerPiecesTests {
+    @Test func listenAddresses() throws {
+        #expect(try ListenAddress(parsing: "127.0.0.1:8080") == .tcp(host: "127.0.0.1", port: 8080))
+        #expect(try ListenAddress(parsing: ":9000") == .tcp(host: "127.0.0.1", port: 9000))
+        #expect(try ListenAddress(parsing: "[::1]:8080") == .tcp(host: "::1", port: 8080))
+        #expect(try ListenAddress(parsing: "unix:/run/x.sock") == .unix(path: "/run/x.sock"))
+        for bad in ["8080", "host:", "host:70000", "unix:"] {
+            #expect(throws: IoTHubError.self) { try ListenAddress(parsing: bad) }
+        }
+    }
+
+    @Test func tokensCompareWholly() {
+        #expect(APITokenMiddleware.constantTimeEqual(Array("abc".utf8), Array("abc".utf8)))
+        #expect(!APITokenMiddleware.constantTimeEqual(Array("abc".utf8), Array("abd".utf8)))
+        #expect(!APITokenMiddleware.constantTimeEqual(Array("abc".utf8), Array("abcd".utf8)))
+        #expect(!APITokenMiddleware.constantTimeEqual([], Array("a".utf8)))
+    }
+
+    @Test func allowedMethodsFollowTheRoutes() {
+        #expect(ProblemMiddleware.allowedMethods(for: "/twin") == "GET, PATCH")
+        #expect(ProblemMiddleware.allowedMethods(for: "/blob/sas") == "POST")
+        #expect(ProblemMiddleware.allowedMethods(for: "/blob/a/b.txt") == "PUT")
+        #expect(ProblemMiddleware.allowedMethods(for: "/inbox/t/abandon") == "POST")
+        #expect(ProblemMiddleware.allowedMethods(for: "/nowhere") == nil)
+    }
+
+    @Test func metricsRenderInTheTextFormat() {
+        let metrics = SidecarMetrics()
+        metrics.increment(.httpRequests, labels: [("method", "GET"), ("route", "/x\"y"), ("status", "200")])
+        metrics.increment(.messagesSent, by: 2)
+        let text = metrics.exposition()
+        #expect(text.contains(#"iothub_sidecar_http_requests_total{method="GET",route="/x\"y",status="200"} 1"#))
+        #expect(text.contains("iothub_sidecar_messages_sent_total 2\n"))
+        #expect(text.contains("# TYPE iothub_sidecar_connected gauge\niothub_sidecar_connected 0\n"))
+    }
+}
