@@ -45,7 +45,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("key-file"), help: ArgumentHelp("File with the device's shared access key (base64), used with --hostname and --device-id [IOTHUB_DEVICE_KEY holds the key itself].", valueName: "file"))
     var keyFile: String?
 
-    @Option(name: .customLong("x509-cert-file"), help: ArgumentHelp("PEM file with the device certificate (and chain), used with --x509-key-file, --hostname and --device-id [IOTHUB_DEVICE_X509_CERT_FILE].", valueName: "file"))
+    @Option(name: .customLong("x509-cert-file"), help: ArgumentHelp("PEM file with the device certificate (and chain), used with --x509-key-file, and either --hostname and --device-id or a connection string with x509=true [IOTHUB_DEVICE_X509_CERT_FILE].", valueName: "file"))
     var x509CertificateFile: String?
 
     @Option(name: .customLong("x509-key-file"), help: ArgumentHelp("PEM file with the certificate's private key [IOTHUB_DEVICE_X509_KEY_FILE].", valueName: "file"))
@@ -109,19 +109,19 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("local-hub"), help: "Start a local IoT Hub in this process and connect to it as a registered device: no cloud account needed.")
     var localHub = false
 
-    @Option(name: .customLong("local-hub-data-dir"), help: ArgumentHelp("Where the local hub keeps its certificates, state, ca.pem and service-connection-string; default ~/.local/share/iothub-sidecar/localhub, as for 'iothub-sidecar hub'.", valueName: "dir"))
+    @Option(name: .customLong("local-hub-data-dir"), help: ArgumentHelp("Where the local hub keeps its certificates, state, ca.pem and service-connection-string (the same place as 'iothub-sidecar hub').", valueName: "dir"))
     var localHubDataDirectory: String = HubCommand.defaultDataDirectory
 
-    @Option(name: .customLong("local-hub-mqtt-port"), help: ArgumentHelp("The local hub's MQTT port; default 8883 (0 picks a free one).", valueName: "port"))
+    @Option(name: .customLong("local-hub-mqtt-port"), help: ArgumentHelp("The local hub's MQTT port (0 picks a free one).", valueName: "port"))
     var localHubMQTTPort: Int = 8883
 
-    @Option(name: .customLong("local-hub-https-port"), help: ArgumentHelp("The local hub's HTTPS port (service API, /local); default 8443 (0 picks a free one).", valueName: "port"))
+    @Option(name: .customLong("local-hub-https-port"), help: ArgumentHelp("The local hub's HTTPS port: service API, /local (0 picks a free one).", valueName: "port"))
     var localHubHTTPSPort: Int = 8443
 
-    @Option(name: .customLong("local-hub-blob-port"), help: ArgumentHelp("The local hub's blob storage port; default 10000 (0 picks a free one).", valueName: "port"))
+    @Option(name: .customLong("local-hub-blob-port"), help: ArgumentHelp("The local hub's blob storage port (0 picks a free one).", valueName: "port"))
     var localHubBlobPort: Int = 10000
 
-    @Option(name: .customLong("local-hub-device"), help: ArgumentHelp("The device id the sidecar registers and uses on the local hub; default sidecar-device.", valueName: "id"))
+    @Option(name: .customLong("local-hub-device"), help: ArgumentHelp("The device id the sidecar registers and uses on the local hub.", valueName: "id"))
     var localHubDevice: String = "sidecar-device"
 
     // MARK: Operation
@@ -129,7 +129,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical; default info [IOTHUB_SIDECAR_LOG_LEVEL].", valueName: "level"))
     var logLevel: String?
 
-    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds in-flight requests get to finish on SIGTERM or Ctrl-C; default 10.", valueName: "seconds"))
+    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds in-flight requests get to finish on SIGTERM or Ctrl-C.", valueName: "seconds"))
     var shutdownTimeout: Int = 10
 
     // MARK: Running
@@ -228,6 +228,8 @@ struct Settings {
         case sasToken(String)
         case symmetricKey(key: String, hostName: String, deviceId: String, moduleId: String?)
         case x509(X509Credential, hostName: String, deviceId: String, moduleId: String?)
+        /// A connection string with `x509=true`, and the certificate it needs.
+        case connectionStringWithX509(String, X509Credential)
         case localHub
 
         func makeClient(configuration: DeviceClientConfiguration) throws -> IoTHubDeviceClient {
@@ -241,6 +243,8 @@ struct Settings {
                 return try IoTHubDeviceClient.fromSymmetricKey(key, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
             case .x509(let credential, let hostName, let deviceId, let moduleId):
                 return try IoTHubDeviceClient.fromX509Certificate(credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+            case .connectionStringWithX509(let text, let credential):
+                return try IoTHubDeviceClient.fromConnectionString(text, x509: credential, configuration: configuration, logger: logger)
             case .localHub:
                 throw CommandFailure("the local hub identity is made by the serve command")
             }
@@ -344,8 +348,14 @@ struct Settings {
             let credential = X509Credential(
                 certificatePEM: try read(certificateFile, what: "the certificate"), privateKeyPEM: try read(keyFile, what: "the private key"),
                 passPhrase: passPhrase)
-            let (host, device) = try named()
-            candidates.append(.x509(credential, hostName: host, deviceId: device, moduleId: moduleId))
+            if let index = candidates.firstIndex(where: { if case .connectionString = $0 { true } else { false } }),
+               case .connectionString(let text) = candidates[index] {
+                // A connection string with x509=true names the identity; the files give the certificate.
+                candidates[index] = .connectionStringWithX509(text, credential)
+            } else {
+                let (host, device) = try named()
+                candidates.append(.x509(credential, hostName: host, deviceId: device, moduleId: moduleId))
+            }
         }
         guard candidates.count == 1, let identity = candidates.first else {
             throw CommandFailure(
