@@ -4,6 +4,7 @@ What the hub saw is checked on the hub's side (its /local and service APIs)."""
 import base64
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -468,3 +469,48 @@ def test_the_contract_is_valid_openapi():
     from openapi_spec_validator import validate
     with open(SPEC_PATH) as spec:
         validate(yaml.safe_load(spec))
+
+
+def test_a_method_request_whose_poller_left_goes_back(sidecar):
+    raw = socket.create_connection(("127.0.0.1", sidecar.port))
+    raw.sendall(b"GET /methods?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.5)
+    raw.close()
+    time.sleep(0.5)
+    call = sidecar.invoke_method("kept")
+    request = sidecar.get("/methods?timeout=10")
+    assert request.status == 200 and request.json()["methodName"] == "kept"
+    assert sidecar.post("/methods/{}/response".format(quote(request.json()["requestId"])), body={"status": 200}).status == 204
+    call.join(20)
+    assert call.reply.status == 200
+
+
+def test_the_hub_throttling_is_passed_on(sidecar):
+    assert sidecar.hub("PUT", "/local/faults", body={"throttleNextOperations": 1}).status == 200
+    try:
+        problem(sidecar.get("/twin"), 429, "ServiceError")
+        assert sidecar.get("/twin").status == 200
+    finally:
+        sidecar.hub("DELETE", "/local/faults")
+
+
+def test_a_dropped_connection_is_restored_and_loses_no_message(sidecar):
+    connection = sidecar.connection(timeout=30)
+    connection.request("GET", "/events")
+    stream = connection.getresponse()
+    states = []
+    cursor = sidecar.telemetry_cursor()
+    assert sidecar.hub("POST", "/local/devices/sidecar-device/disconnect").status in (200, 202, 204)
+    results = [sidecar.post("/messages", body="after drop {}".format(index).encode()) for index in range(5)]
+    assert [reply.status for reply in results] == [200] * 5
+    deadline = time.time() + 20
+    while "connected" not in states[1:] and time.time() < deadline:
+        line = stream.readline().strip()
+        if line.startswith(b"data: ") and b'"state"' in line:
+            states.append(json.loads(line[6:])["state"])
+    connection.close()
+    assert states[0] == "connected" and "reconnecting" in states and states[-1] == "connected", states
+    bodies = [message["bodyText"] for message in sidecar.telemetry(after=cursor, timeout=5)["messages"]]
+    assert all("after drop {}".format(index) in bodies for index in range(5)), bodies
+    reconnects = re.search(r"^iothub_sidecar_reconnects_total (\d+)$", sidecar.get("/metrics").body.decode(), re.M)
+    assert reconnects and int(reconnects.group(1)) >= 1
