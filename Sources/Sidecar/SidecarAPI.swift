@@ -104,34 +104,23 @@ struct SidecarAPI: Sendable {
         headers[.connection] = "close"
         let payload = lease.message.payload
         let token = lease.lockToken
-        return Response(
-            status: .ok, headers: headers,
-            body: ResponseBody(contentLength: payload.count) { writer in
-                do {
-                    try await writer.write(ByteBuffer(bytes: payload))
-                    try await writer.finish(nil)
-                } catch {
-                    // Not written: the message was not delivered.
-                    try? inbox.giveBack(token)
-                    throw error
-                }
-            })
+        // Not written: the message was not delivered.
+        return Response(status: .ok, headers: headers, body: Self.body(payload, ifNotWritten: { try? inbox.giveBack(token) }))
     }
 
     @Sendable func completeMessage(_ request: Request, context: Context) async throws -> Response {
-        let token = try Self.pathParameter("lockToken", context)
-        do {
-            try bridge.inbox.complete(token)
-        } catch {
-            throw ProblemDetails.notFound("no message is locked under \(token)")
-        }
-        return Self.noContent()
+        try withLockToken(context) { (token: String) throws(Inbox.LeaseError) in try bridge.inbox.complete(token) }
     }
 
     @Sendable func abandonMessage(_ request: Request, context: Context) async throws -> Response {
+        try withLockToken(context) { (token: String) throws(Inbox.LeaseError) in try bridge.inbox.abandon(token) }
+    }
+
+    /// Runs `action` on the path's lock token: 204, or 404 when no message is locked under it.
+    private func withLockToken(_ context: Context, _ action: (String) throws(Inbox.LeaseError) -> Void) throws -> Response {
         let token = try Self.pathParameter("lockToken", context)
         do {
-            try bridge.inbox.abandon(token)
+            try action(token)
         } catch {
             throw ProblemDetails.notFound("no message is locked under \(token)")
         }
@@ -199,17 +188,7 @@ struct SidecarAPI: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         headers[.connection] = "close"
-        return Response(
-            status: .ok, headers: headers,
-            body: ResponseBody(contentLength: body.count) { writer in
-                do {
-                    try await writer.write(ByteBuffer(bytes: body))
-                    try await writer.finish(nil)
-                } catch {
-                    methods.requeue(next)
-                    throw error
-                }
-            })
+        return Response(status: .ok, headers: headers, body: Self.body(body, ifNotWritten: { methods.requeue(next) }))
     }
 
     @Sendable func sendMethodResponse(_ request: Request, context: Context) async throws -> Response {
@@ -503,6 +482,19 @@ extension SidecarAPI {
             // The caller went away: what the wait took was never answered.
             if let value = taken.take() { giveBack(value) }
             throw error
+        }
+    }
+
+    /// A body that runs `ifNotWritten` when it cannot be written to the caller (gone).
+    static func body(_ data: Data, ifNotWritten: @escaping @Sendable () -> Void) -> ResponseBody {
+        ResponseBody(contentLength: data.count) { writer in
+            do {
+                try await writer.write(ByteBuffer(bytes: data))
+                try await writer.finish(nil)
+            } catch {
+                ifNotWritten()
+                throw error
+            }
         }
     }
 
