@@ -174,7 +174,9 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Publishes at QoS 1 and returns when the PUBACK arrives. While the connection is down
     /// libmosquitto keeps the message and sends it after the next (re)connect.
-    func publish(topic: String, payload: Data) async throws(IoTHubError) {
+    /// - Parameter onPublished: called once libmosquitto has taken the message (it is then in
+    ///   order on the wire), before the wait for its PUBACK.
+    func publish(topic: String, payload: Data, onPublished: (@Sendable () -> Void)? = nil) async throws(IoTHubError) {
         let handle = self.handle
         let publishedMid = NIOLockedValueBox<Int32?>(nil)
         do {
@@ -188,6 +190,7 @@ final class MosquittoClient: @unchecked Sendable {
                         continuation.resume(throwing: Self.publishError(code))
                         return
                     }
+                    onPublished?()
                     let acknowledged = state.withLockedValue { state -> Bool in
                         if state.earlyAcknowledgements.remove(mid) != nil { return true }
                         state.pendingPublishes[mid] = continuation

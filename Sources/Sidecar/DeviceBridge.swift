@@ -168,6 +168,18 @@ public final class DeviceBridge: Service, Sendable {
         }
     }
 
+    /// Sends messages in order, pipelined, and counts each outcome.
+    func send(_ messages: [Message]) async -> [Result<Void, IoTHubError>] {
+        let results = await client.send(messages)
+        for result in results {
+            switch result {
+            case .success: metrics.increment(.messagesSent)
+            case .failure(let error): metrics.increment(.sendFailures, labels: [("code", error.code)])
+            }
+        }
+        return results
+    }
+
     /// Replaces the SAS token and clears the "new token required" flag.
     func updateSASToken(_ text: String) async throws(IoTHubError) {
         try await client.updateSASToken(text)

@@ -63,15 +63,14 @@ struct SidecarAPI: Sendable {
         let body = try await Self.collect(request, limit: Self.bodyLimit)
         if Self.mediaType(of: request) == MessageMapping.batchMediaType {
             let messages = try MessageMapping.batch(body, isModule: bridge.isModule)
-            var results: [JSONValue] = []
-            results.reserveCapacity(messages.count)
-            for message in messages {
-                do throws(IoTHubError) {
-                    try await bridge.send(message)
-                    results.append(["status": 200, "messageId": .string(message.messageId ?? "")])
-                } catch {
+            let outcomes = await bridge.send(messages)
+            let results: [JSONValue] = zip(messages, outcomes).map { message, outcome in
+                switch outcome {
+                case .success:
+                    return ["status": 200, "messageId": .string(message.messageId ?? "")]
+                case .failure(let error):
                     let problem = ProblemDetails(error, retryAfterSeconds: bridge.retryAfterSeconds)
-                    results.append(["status": .integer(Int64(problem.status)), "error": Self.json(problem)])
+                    return ["status": .integer(Int64(problem.status)), "error": Self.json(problem)]
                 }
             }
             return Self.json(["results": .array(results)])

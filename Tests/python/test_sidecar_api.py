@@ -514,3 +514,18 @@ def test_a_dropped_connection_is_restored_and_loses_no_message(sidecar):
     assert all("after drop {}".format(index) in bodies for index in range(5)), bodies
     reconnects = re.search(r"^iothub_sidecar_reconnects_total (\d+)$", sidecar.get("/metrics").body.decode(), re.M)
     assert reconnects and int(reconnects.group(1)) >= 1
+
+
+def test_a_large_batch_arrives_complete_and_in_order(sidecar):
+    cursor = sidecar.telemetry_cursor()
+    batch = [{"body": "n{}".format(index), "properties": {"iothub-messageid": "order-{}".format(index)}} for index in range(500)]
+    reply = sidecar.post("/messages", body=json.dumps(batch).encode(), headers={"Content-Type": "application/vnd.microsoft.iothub.json"})
+    assert reply.status == 200
+    assert [result["messageId"] for result in reply.json()["results"]] == ["order-{}".format(index) for index in range(500)]
+    received = []
+    while len(received) < 500:
+        page = sidecar.telemetry(after=cursor, timeout=5)
+        assert page["messages"], "the hub received only {} messages".format(len(received))
+        received += [message["bodyText"] for message in page["messages"]]
+        cursor = page["next"]
+    assert received == ["n{}".format(index) for index in range(500)]
