@@ -209,3 +209,68 @@ def test_sas_token_identity_asks_for_and_takes_a_new_token():
             assert "sig=" not in log, log
     finally:
         hub.stop()
+
+
+def hub_request(hub, method, path, body=None):
+    import http.client
+    import json as json_module
+    import ssl
+    token = run_briefly(["sas-token", "--connection-string-file", os.path.join(hub.data_dir, "service-connection-string")]).stdout.strip()
+    context = ssl.create_default_context(cafile=os.path.join(hub.data_dir, "ca.pem"))
+    connection = http.client.HTTPSConnection("localhost", hub.https_port, context=context, timeout=30)
+    headers = {"Authorization": token}
+    if isinstance(body, dict):
+        body = json_module.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    return Reply(response.status, response.headers, response.read())
+
+
+def test_module_identity():
+    hub = StandaloneHub("module-device")
+    try:
+        created = hub_request(hub, "PUT", "/devices/module-device/modules/filter?api-version=2021-04-12",
+                              {"deviceId": "module-device", "moduleId": "filter"})
+        assert created.status == 200, created
+        key = created.json()["authentication"]["symmetricKey"]["primaryKey"]
+        port = free_port()
+        environment = dict(os.environ, IOTHUB_DEVICE_CONNECTION_STRING="HostName=localhost;DeviceId=module-device;ModuleId=filter;SharedAccessKey=" + key)
+        sidecar = subprocess.Popen(
+            [BINARY, "serve", "--listen", "127.0.0.1:{}".format(port), "--server-verification-cert", os.path.join(hub.data_dir, "ca.pem"),
+             "--mqtt-port", str(hub.mqtt_port), "--https-port", str(hub.https_port)],
+            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        helper = Sidecar.__new__(Sidecar)
+        helper.listen = "127.0.0.1:{}".format(port)
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    if helper.get("/readyz").status == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            status = helper.get("/status").json()
+            assert status["identity"]["moduleId"] == "filter"
+            assert helper.post("/messages", body=b"to output", headers={"iothub-outputname": "alerts"}).status == 200
+            page = hub_request(hub, "GET", "/local/telemetry?after=0&timeout=5&deviceId=module-device").json()
+            assert page["messages"][-1]["outputName"] == "alerts" and page["messages"][-1]["moduleId"] == "filter"
+            # Module inputs arrive in the inbox, with the input's name.
+            deadline = time.time() + 10
+            while True:
+                sent = hub_request(hub, "POST", "/local/devices/module-device/modules/filter/inputs/input1/messages", b"to input")
+                if sent.status == 202 or time.time() > deadline:
+                    break
+                time.sleep(0.2)  # the module's subscription to its inputs may still be on its way
+            assert sent.status == 202, sent
+            message = helper.get("/inbox?timeout=10")
+            assert message.status == 200 and message.body == b"to input"
+            assert message.header("iothub-inputname") == "input1"
+            for reply in (helper.post("/blob/sas", body={"blobName": "x"}), helper.request("PUT", "/blob/x", body=b"x")):
+                assert reply.status == 409 and problem_code(reply) == "ClientError"
+        finally:
+            sidecar.send_signal(signal.SIGTERM)
+            assert sidecar.wait(30) == 0
+    finally:
+        hub.stop()
