@@ -20,6 +20,8 @@ final class DesiredPropertiesCursor: Sendable {
         var patches: [(version: Int, patch: JSONValue)] = []
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var lastWaiterId: UInt64 = 0
+        /// Waiters woken (timer, cancellation) before they were registered.
+        var woken: Set<UInt64> = []
     }
 
     let patchHistory: Int
@@ -95,15 +97,18 @@ final class DesiredPropertiesCursor: Sendable {
         }
         let timer = Task {
             try? await Task.sleep(until: deadline, clock: .continuous)
-            self.wake(id)
+            if !Task.isCancelled { self.wake(id) }
         }
-        defer { timer.cancel() }
+        defer {
+            timer.cancel()
+            _ = state.withLockedValue { $0.woken.remove(id) }
+        }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let now = state.withLockedValue { state -> Bool in
                     // Checked under the lock that updates take: a change between the caller's look
                     // and this registration is not missed.
-                    if Task.isCancelled || state.version > since { return true }
+                    if Task.isCancelled || state.version > since || state.woken.remove(id) != nil { return true }
                     state.waiters[id] = continuation
                     return false
                 }
@@ -115,6 +120,13 @@ final class DesiredPropertiesCursor: Sendable {
     }
 
     private func wake(_ id: UInt64) {
-        state.withLockedValue { $0.waiters.removeValue(forKey: id) }?.resume()
+        state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiters.removeValue(forKey: id) else {
+                // Not registered yet: its registration must not wait.
+                state.woken.insert(id)
+                return nil
+            }
+            return waiter
+        }?.resume()
     }
 }

@@ -14,6 +14,8 @@ final class FairQueue<Element: Sendable>: Sendable {
         var items: [Element] = []
         var waiters: [Waiter] = []
         var lastWaiterId: UInt64 = 0
+        /// Waiters whose time ran out (or whose task was cancelled) before they were registered.
+        var givenUp: Set<UInt64> = []
     }
 
     private let state = NIOLockedValueBox(State())
@@ -34,22 +36,27 @@ final class FairQueue<Element: Sendable>: Sendable {
     /// The oldest element that `accepts` takes, waiting up to `timeout` for one; nil on timeout
     /// or cancellation.
     func pop(timeout: Duration, where accepts: @escaping @Sendable (Element) -> Bool = { _ in true }) async -> Element? {
+        if timeout <= .zero { return take(where: accepts) }
         let id = state.withLockedValue { state -> UInt64 in
             state.lastWaiterId += 1
             return state.lastWaiterId
         }
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            self.giveUp(id)
+            if !Task.isCancelled { self.giveUp(id) }
         }
-        defer { timer.cancel() }
+        defer {
+            timer.cancel()
+            _ = state.withLockedValue { $0.givenUp.remove(id) }
+        }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Element?, Never>) in
                 let found = state.withLockedValue { state -> Element?? in
                     if let index = state.items.firstIndex(where: accepts) {
                         return .some(state.items.remove(at: index))
                     }
-                    if Task.isCancelled { return .some(nil) }
+                    // The timer or a cancellation may have come first: then there is no wait.
+                    if Task.isCancelled || state.givenUp.remove(id) != nil { return .some(nil) }
                     state.waiters.append(Waiter(id: id, accepts: accepts, continuation: continuation))
                     return nil
                 }
@@ -60,9 +67,20 @@ final class FairQueue<Element: Sendable>: Sendable {
         }
     }
 
+    /// The oldest element that `accepts` takes, without waiting.
+    private func take(where accepts: (Element) -> Bool) -> Element? {
+        state.withLockedValue { state in
+            state.items.firstIndex(where: accepts).map { state.items.remove(at: $0) }
+        }
+    }
+
     private func giveUp(_ id: UInt64) {
         let waiter = state.withLockedValue { state -> Waiter? in
-            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else {
+                // Not registered yet (or already served): a registration still to come must not wait.
+                state.givenUp.insert(id)
+                return nil
+            }
             return state.waiters.remove(at: index)
         }
         waiter?.continuation.resume(returning: nil)
