@@ -96,7 +96,11 @@ public final class DeviceBridge: Service, Sendable {
     // MARK: What the client reports
 
     private func received(_ message: Message) {
+        let droppedBefore = inbox.depth.dropped
         inbox.deliver(message)
+        if inbox.depth.dropped > droppedBefore {
+            logger.warning("the inbox is full: its oldest waiting message was dropped; poll GET /inbox", metadata: ["capacity": "\(inbox.capacity)"])
+        }
         metrics.increment(.messagesReceived)
         events.yield(.message(message, queued: inbox.depth.waiting))
         logger.debug("cloud-to-device message received", metadata: ["messageId": "\(message.messageId ?? "")"])

@@ -394,6 +394,7 @@ struct SidecarAPI: Sendable {
         let metrics = bridge.metrics
         let depth = bridge.inbox.depth
         metrics.set(.inboxMessages, to: Double(depth.waiting + depth.locked))
+        metrics.set(.inboxDropped, to: Double(depth.dropped))
         metrics.set(.pendingMethodRequests, to: Double(bridge.methods.pending))
         metrics.set(.connected, to: bridge.client.isConnected ? 1 : 0)
         var headers = HTTPFields()

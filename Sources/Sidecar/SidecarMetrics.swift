@@ -18,6 +18,7 @@ final class SidecarMetrics: Sendable {
         static let sendFailures = Family(name: "iothub_sidecar_message_send_failures_total", type: "counter", help: "Telemetry messages that failed, by code.")
         static let messagesReceived = Family(name: "iothub_sidecar_messages_received_total", type: "counter", help: "Cloud-to-device messages received.")
         static let inboxMessages = Family(name: "iothub_sidecar_inbox_messages", type: "gauge", help: "Messages in the inbox, locked or not.")
+        static let inboxDropped = Family(name: "iothub_sidecar_inbox_dropped_total", type: "counter", help: "Inbox messages dropped because the inbox was full (nobody polled).")
         static let methodRequests = Family(name: "iothub_sidecar_method_requests_total", type: "counter", help: "Direct-method requests received.")
         static let pendingMethodRequests = Family(name: "iothub_sidecar_method_requests_pending", type: "gauge", help: "Direct-method requests waiting for a poller.")
         static let desiredPatches = Family(name: "iothub_sidecar_desired_patches_total", type: "counter", help: "Desired-property patches received.")
@@ -25,7 +26,7 @@ final class SidecarMetrics: Sendable {
 
         /// The order families are rendered in.
         static let all: [Family] = [
-            .httpRequests, .connected, .stateChanges, .reconnects, .messagesSent, .sendFailures, .messagesReceived, .inboxMessages,
+            .httpRequests, .connected, .stateChanges, .reconnects, .messagesSent, .sendFailures, .messagesReceived, .inboxMessages, .inboxDropped,
             .methodRequests, .pendingMethodRequests, .desiredPatches, .backgroundErrors,
         ]
     }
