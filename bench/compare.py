@@ -1,0 +1,374 @@
+"""Every comparison of issue 7 in one run, against the same brokers: the sidecar next to
+Microsoft's Python SDK, mosquitto_pub as the ceiling. Prints a markdown report and writes it to
+docs/PERFORMANCE.md. Run through bench/run, which builds and installs what it needs.
+
+Needs ports 8883, 8443 and 10000 free: the Python SDK connects to 8883 only."""
+import asyncio
+import base64
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BINARY = os.environ["SIDECAR_BIN"]
+WORK = tempfile.mkdtemp(prefix="bench-")
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+BODY = '{"seq":1,"temperature":21.5}'
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open("/proc/{}/status".format(pid)) as status:
+        return int(re.search(r"^{}:\s+(\d+) kB".format(field), status.read(), re.M).group(1))
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def get(port, path):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def start_sidecar(args, port):
+    process = subprocess.Popen([BINARY, "serve", "--listen", "127.0.0.1:{}".format(port), "--log-level", "error"] + args,
+                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(WORK, "sidecar.err"), "ab"))
+    started = time.perf_counter()
+    while True:
+        try:
+            if get(port, "/readyz") == 200:
+                return process, time.perf_counter() - started
+        except OSError:
+            pass
+        if process.poll() is not None or time.perf_counter() - started > 60:
+            raise SystemExit("the sidecar did not become ready; see " + os.path.join(WORK, "sidecar.err"))
+        time.sleep(0.002)
+
+
+def stop(process):
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+
+
+def wrk(port, connections, threads, script):
+    path = os.path.join(WORK, "wrk.lua")
+    with open(path, "w") as file:
+        file.write(script)
+    output = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", "{}s".format(SECONDS), "--latency", "-s", path,
+                             "http://127.0.0.1:{}/messages".format(port)], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in output:
+        raise SystemExit("wrk saw failed requests:\n" + output)
+
+    def milliseconds(label):
+        value = re.search(r"^\s*{}\s+([\d.]+)(us|ms|s)$".format(re.escape(label)), output, re.M)
+        number, unit = float(value.group(1)), value.group(2)
+        return number / 1000 if unit == "us" else number * 1000 if unit == "s" else number
+    rate = float(re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M).group(1))
+    return rate, milliseconds("50%"), milliseconds("99%")
+
+
+SINGLE = 'wrk.method = "POST"\nwrk.body = \'{}\'\nwrk.headers["Content-Type"] = "application/json"\n'.format(BODY)
+BATCH = 'wrk.method = "POST"\nwrk.body = [=[{}]=]\nwrk.headers["Content-Type"] = "application/vnd.microsoft.iothub.json"\n'.format(
+    json.dumps([{"body": BODY} for _ in range(100)]))
+
+PYTHON_SDK = r'''
+import asyncio, json, os, resource, statistics, sys, time
+from azure.iot.device import IoTHubDeviceClient, Message
+from azure.iot.device.aio import IoTHubDeviceClient as AsyncClient
+mode, cs, ca, n = sys.argv[1], sys.argv[2], open(sys.argv[3]).read(), int(sys.argv[4])
+body = '{"seq":1,"temperature":21.5}'
+def status(field):
+    return int([l for l in open("/proc/self/status") if l.startswith(field)][0].split()[1])
+if mode == "sync":
+    client = IoTHubDeviceClient.create_from_connection_string(cs, server_verification_cert=ca)
+    client.connect()
+    for _ in range(200):
+        client.send_message(Message(body))
+    idle = status("VmRSS")
+    durations = []
+    started = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter(); client.send_message(Message(body)); durations.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - started
+    client.shutdown()
+    durations.sort()
+    print(json.dumps({"rate": n / elapsed, "p50": statistics.median(durations) * 1000, "p99": durations[int(n * 0.99)] * 1000,
+                      "idle_kib": idle, "peak_kib": status("VmHWM")}))
+else:
+    async def main():
+        client = AsyncClient.create_from_connection_string(cs, server_verification_cert=ca)
+        await client.connect()
+        idle = status("VmRSS")
+        semaphore = asyncio.Semaphore(64)
+        async def one():
+            async with semaphore:
+                await client.send_message(Message(body))
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        elapsed = time.perf_counter() - started
+        await client.shutdown()
+        print(json.dumps({"rate": n / elapsed, "idle_kib": idle, "peak_kib": status("VmHWM")}))
+    asyncio.run(main())
+'''
+
+
+def python_sdk(mode, connection_string, ca, count):
+    output = subprocess.run([sys.executable, "-c", PYTHON_SDK, mode, connection_string, ca, str(count)], capture_output=True, text=True)
+    if output.returncode != 0:
+        raise SystemExit("the Python SDK run failed:\n" + output.stderr[-3000:])
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def make_certificates():
+    """A CA and a server certificate for localhost, made by LocalHub (as bench/localhub-throughput does)."""
+    directory = os.path.join(WORK, "certs")
+    hub = subprocess.Popen([BINARY, "hub", "--data-dir", directory, "--mqtt-port", "0", "--https-port", "0", "--blob-port", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in hub.stdout:
+        if line.strip() == "ready":
+            break
+    stop(hub)
+    return directory
+
+
+def mosquitto_phase(certificates, results):
+    config = os.path.join(WORK, "mosquitto.conf")
+    with open(config, "w") as file:
+        file.write("listener 8883 127.0.0.1\nallow_anonymous true\ncertfile {0}/server-cert.pem\nkeyfile {0}/server-key.pem\n"
+                   "tls_version tlsv1.2\npersistence false\nuser root\nlog_type error\n".format(certificates))
+    broker = subprocess.Popen(["mosquitto", "-c", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    ca = os.path.join(certificates, "ca.pem")
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    try:
+        cs_file = os.path.join(WORK, "bench.cs")
+        with open(cs_file, "w") as file:
+            file.write("HostName=localhost;DeviceId=bench-sidecar;SharedAccessKey=" + key)
+        port = free_port()
+        sidecar, _ = start_sidecar(["--connection-string-file", cs_file, "--server-verification-cert", ca], port)
+        time.sleep(2)
+        results["sidecar_idle_kib"] = rss_kib(sidecar.pid)
+        results["m_sidecar_seq"] = wrk(port, 1, 1, SINGLE)
+        results["m_sidecar_64"] = wrk(port, 64, 2, SINGLE)
+        results["m_sidecar_batch"] = wrk(port, 8, 2, BATCH)
+        results["sidecar_peak_kib"] = rss_kib(sidecar.pid, "VmHWM")
+        stop(sidecar)
+        python_cs = "HostName=localhost;DeviceId=bench-python;SharedAccessKey=" + key
+        results["m_python_sync"] = python_sdk("sync", python_cs, ca, 3000)
+        results["m_python_async"] = python_sdk("async", python_cs, ca, 20000)
+        lines = os.path.join(WORK, "lines")
+        with open(lines, "w") as file:
+            file.write("\n".join(BODY for _ in range(100000)) + "\n")
+        started = time.perf_counter()
+        subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", "8883", "--cafile", ca, "-V", "mqttv311", "-q", "1", "-l", "-i", "bench-pub",
+                        "-t", "devices/bench-pub/messages/events/"], stdin=open(lines), check=True)
+        results["m_mosquitto_pub"] = 100000 / (time.perf_counter() - started)
+    finally:
+        stop(broker)
+
+
+def service_call(https_port, ca, token, path, body):
+    context = ssl.create_default_context(cafile=ca)
+    connection = http.client.HTTPSConnection("localhost", https_port, context=context, timeout=60)
+    try:
+        connection.request("POST" if body is not None else "PUT", path, body=json.dumps(body or {}),
+                           headers={"Authorization": token, "Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def method_round_trips(https_port, ca, token, device, count=200):
+    durations = []
+    for _ in range(count):
+        started = time.perf_counter()
+        status, answer = service_call(https_port, ca, token, "/twins/{}/methods?api-version=2021-04-12".format(device),
+                                      {"methodName": "ping", "payload": {}, "responseTimeoutInSeconds": 10})
+        durations.append(time.perf_counter() - started)
+        assert status == 200 and answer["status"] == 200, answer
+    return statistics.median(durations) * 1000, percentile(durations, 0.99) * 1000
+
+
+def localhub_phase(results):
+    data = os.path.join(WORK, "localhub")
+    port = free_port()
+    sidecar, _ = start_sidecar(["--local-hub", "--local-hub-data-dir", data], port)
+    ca = os.path.join(data, "ca.pem")
+    token = subprocess.run([BINARY, "sas-token", "--connection-string-file", os.path.join(data, "service-connection-string")],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        results["l_sidecar_seq"] = wrk(port, 1, 1, SINGLE)
+        status, device = service_call(8443, ca, token, "/devices/python-peer?api-version=2021-04-12", None)
+        python_cs = "HostName=localhost;DeviceId=python-peer;SharedAccessKey=" + device["authentication"]["symmetricKey"]["primaryKey"]
+        results["l_python_sync"] = python_sdk("sync", python_cs, ca, 3000)
+
+        # Direct methods through the sidecar's long-poll, answered by a poller loop.
+        stopping = threading.Event()
+
+        def answer_methods():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            while not stopping.is_set():
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                connection.request("GET", "/methods?timeout=1")
+                response = connection.getresponse()
+                body = response.read()
+                if response.status == 200:
+                    request_id = json.loads(body)["requestId"]
+                    answer = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                    answer.request("POST", "/methods/{}/response".format(request_id), body='{"status":200,"payload":{}}',
+                                   headers={"Content-Type": "application/json"})
+                    answer.getresponse().read()
+        poller = threading.Thread(target=answer_methods, daemon=True)
+        poller.start()
+        results["rtt_sidecar"] = method_round_trips(8443, ca, token, "sidecar-device")
+        stopping.set()
+        poller.join(5)
+
+        # The same through the Python SDK's handler.
+        handler = subprocess.Popen([sys.executable, "-c", r'''
+import sys, time
+from azure.iot.device import IoTHubDeviceClient, MethodResponse
+client = IoTHubDeviceClient.create_from_connection_string(sys.argv[1], server_verification_cert=open(sys.argv[2]).read())
+client.on_method_request_received = lambda request: client.send_method_response(MethodResponse.create_from_method_request(request, 200, {}))
+client.connect()
+print("ready", flush=True)
+time.sleep(600)
+''', python_cs, ca], stdout=subprocess.PIPE, text=True)
+        handler.stdout.readline()
+        time.sleep(1)
+        results["rtt_python"] = method_round_trips(8443, ca, token, "python-peer")
+        handler.kill()
+    finally:
+        stop(sidecar)
+    # Cold start: process start until /readyz answers 200, with the local hub's state in place.
+    starts = []
+    for _ in range(5):
+        process, elapsed = start_sidecar(["--local-hub", "--local-hub-data-dir", data], port)
+        starts.append(elapsed * 1000)
+        stop(process)
+    results["cold_start_ms"] = statistics.median(starts)
+
+
+def machine():
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        match = re.search(r"^model name\s*:\s*(.*)$", info.read(), re.M)
+        if match:
+            cpu = match.group(1)
+    mosquitto_version = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
+    return "{} cores ({}), {} GiB, Linux {}, {}, Python {}".format(
+        os.cpu_count(), cpu, round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30), platform.release(),
+        mosquitto_version, platform.python_version())
+
+
+def report(results):
+    m, l = results, results
+    sync_p50 = m["m_python_sync"]["p50"]
+    lines = [
+        "# Performance",
+        "",
+        "Written by `bench/run` on {} ({}); all figures from one run. QoS 1, TLS 1.2, loopback. "
+        "wrk runs {} s each. p50/p99 in milliseconds.".format(time.strftime("%Y-%m-%d"), machine(), SECONDS),
+        "",
+        "## 1. Telemetry latency, one client, one message at a time",
+        "",
+        "| broker | client | msg/s | p50 | p99 |",
+        "|---|---|---:|---:|---:|",
+        "| mosquitto | sidecar `POST /messages` (wrk -c1) | {:.0f} | {:.2f} | {:.2f} |".format(*m["m_sidecar_seq"]),
+        "| mosquitto | Python SDK `send_message` | {:.0f} | {:.2f} | {:.2f} |".format(m["m_python_sync"]["rate"], sync_p50, m["m_python_sync"]["p99"]),
+        "| LocalHub | sidecar `POST /messages` (wrk -c1) | {:.0f} | {:.2f} | {:.2f} |".format(*l["l_sidecar_seq"]),
+        "| LocalHub | Python SDK `send_message` | {:.0f} | {:.2f} | {:.2f} |".format(
+            l["l_python_sync"]["rate"], l["l_python_sync"]["p50"], l["l_python_sync"]["p99"]),
+        "",
+        "## 2. Telemetry throughput (mosquitto)",
+        "",
+        "| client | msg/s |",
+        "|---|---:|",
+        "| sidecar, 64 keep-alive connections, single messages (wrk -t2 -c64) | {:.0f} |".format(m["m_sidecar_64"][0]),
+        "| sidecar, batches of 100, 8 connections (wrk -t2 -c8) | {:.0f} |".format(m["m_sidecar_batch"][0] * 100),
+        "| Python asyncio SDK, 64 concurrent sends | {:.0f} |".format(m["m_python_async"]["rate"]),
+        "| `mosquitto_pub -q 1 -l` | {:.0f} |".format(m["m_mosquitto_pub"]),
+        "",
+        "## 3. Memory (RSS)",
+        "",
+        "| process | idle, connected | peak |",
+        "|---|---:|---:|",
+        "| sidecar (peak: during 1 and 2) | {:.1f} MB | {:.1f} MB |".format(m["sidecar_idle_kib"] / 1024, m["sidecar_peak_kib"] / 1024),
+        "| Python SDK, sync (peak: during 1) | {:.1f} MB | {:.1f} MB |".format(m["m_python_sync"]["idle_kib"] / 1024, m["m_python_sync"]["peak_kib"] / 1024),
+        "| Python SDK, asyncio (peak: during 2) | {:.1f} MB | {:.1f} MB |".format(m["m_python_async"]["idle_kib"] / 1024, m["m_python_async"]["peak_kib"] / 1024),
+        "",
+        "## 4. Direct-method round trip (LocalHub, service API call until the answer)",
+        "",
+        "| device side | p50 | p99 |",
+        "|---|---:|---:|",
+        "| sidecar `GET /methods` long-poll + `POST /methods/{{id}}/response` | {:.2f} | {:.2f} |".format(*results["rtt_sidecar"]),
+        "| Python SDK `on_method_request_received` handler | {:.2f} | {:.2f} |".format(*results["rtt_python"]),
+        "",
+        "## 5. Cold start",
+        "",
+        "Process start until `/readyz` answers 200, with the embedded LocalHub (its state already on disk), median of 5: "
+        "**{:.0f} ms**.".format(results["cold_start_ms"]),
+        "",
+        "## Against the targets of issue 7",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    checks = [
+        ("(1) sidecar p50 ≤ ½ Python `send_message` p50 (mosquitto)", "{:.2f} vs {:.2f} ms".format(m["m_sidecar_seq"][1], sync_p50),
+         m["m_sidecar_seq"][1] <= sync_p50 / 2),
+        ("(2) single-message throughput ≥ 10× Python asyncio", "{:.1f}×".format(m["m_sidecar_64"][0] / m["m_python_async"]["rate"]),
+         m["m_sidecar_64"][0] >= 10 * m["m_python_async"]["rate"]),
+        ("(2) batched throughput ≥ 40% of mosquitto_pub", "{:.0f}%".format(100 * m["m_sidecar_batch"][0] * 100 / m["m_mosquitto_pub"]),
+         m["m_sidecar_batch"][0] * 100 >= 0.4 * m["m_mosquitto_pub"]),
+        ("(3) idle RSS ≤ ½ Python SDK's", "{:.1f} vs {:.1f} MB".format(m["sidecar_idle_kib"] / 1024, m["m_python_sync"]["idle_kib"] / 1024),
+         m["sidecar_idle_kib"] <= m["m_python_sync"]["idle_kib"] / 2),
+        ("(3) peak RSS under (2) ≤ 48 MB", "{:.1f} MB".format(m["sidecar_peak_kib"] / 1024), m["sidecar_peak_kib"] <= 48 * 1024),
+        ("(4) method round-trip p50 ≤ Python SDK's", "{:.2f} vs {:.2f} ms".format(results["rtt_sidecar"][0], results["rtt_python"][0]),
+         results["rtt_sidecar"][0] <= results["rtt_python"][0]),
+        ("(5) ready within 200 ms", "{:.0f} ms".format(results["cold_start_ms"]), results["cold_start_ms"] <= 200),
+    ]
+    lines += ["| {} | {} | {} |".format(name, value, "yes" if ok else "**no**") for name, value, ok in checks]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    results = {}
+    certificates = make_certificates()
+    mosquitto_phase(certificates, results)
+    localhub_phase(results)
+    text = report(results)
+    print(text)
+    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "PERFORMANCE.md")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w") as file:
+        file.write(text)
+
+
+if __name__ == "__main__":
+    main()
