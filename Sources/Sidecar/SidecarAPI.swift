@@ -77,7 +77,8 @@ struct SidecarAPI: Sendable {
         }
         let message = try MessageMapping.message(payload: body, headers: request.headers, isModule: bridge.isModule)
         try await bridge.send(message)
-        return Self.json(["messageId": .string(message.messageId ?? "")])
+        // Built by hand: this answer is the hot path, and JSONEncoder costs more than the rest.
+        return Self.json(data: Data((#"{"messageId":"# + Self.quoted(message.messageId ?? "") + "}").utf8))
     }
 
     // MARK: Cloud-to-device
@@ -417,7 +418,26 @@ extension SidecarAPI {
     /// The request's media type, lower-case, without parameters; nil without `Content-Type`.
     static func mediaType(of request: Request) -> String? {
         guard let value = request.headers[.contentType] else { return nil }
-        return value.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        let type = value.utf8.prefix { $0 != UInt8(ascii: ";") }
+        let trimmed = type.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed().drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed()
+        return String(decoding: trimmed.map { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 + 32 : $0 }, as: UTF8.self)
+    }
+
+    /// `text` as a JSON string literal, quotes included.
+    static func quoted(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": result += "\\\""
+            case "\\": result += "\\\\"
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            case _ where scalar.value < 0x20: result += String(format: "\\u%04x", scalar.value)
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
     }
 
     /// A JSON endpoint takes no `Content-Type` as JSON, and refuses any other media type.

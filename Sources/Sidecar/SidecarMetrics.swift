@@ -31,23 +31,29 @@ final class SidecarMetrics: Sendable {
         ]
     }
 
+    /// One time series: the family and its label pairs as given. Escaping and joining wait
+    /// for a scrape, so an update (once per request) only hashes a few short strings.
     private struct Series: Hashable {
         var family: Family
-        /// `name="value"` pairs, already escaped and joined.
-        var labels: String
+        var labels: [LabelPair]
+    }
+
+    private struct LabelPair: Hashable {
+        var name: String
+        var value: String
     }
 
     private let values = NIOLockedValueBox([Series: Double]())
 
     /// Adds `amount` to a counter.
     func increment(_ family: Family, labels: [(String, String)] = [], by amount: Double = 1) {
-        let series = Series(family: family, labels: Self.render(labels))
+        let series = Series(family: family, labels: labels.map { LabelPair(name: $0.0, value: $0.1) })
         values.withLockedValue { $0[series, default: 0] += amount }
     }
 
     /// Sets a gauge.
     func set(_ family: Family, to value: Double, labels: [(String, String)] = []) {
-        let series = Series(family: family, labels: Self.render(labels))
+        let series = Series(family: family, labels: labels.map { LabelPair(name: $0.0, value: $0.1) })
         values.withLockedValue { $0[series] = value }
     }
 
@@ -57,22 +63,30 @@ final class SidecarMetrics: Sendable {
         var text = ""
         for family in Family.all {
             text += "# HELP \(family.name) \(family.help)\n# TYPE \(family.name) \(family.type)\n"
-            let series = snapshot.filter { $0.key.family == family }.sorted { $0.key.labels < $1.key.labels }
+            let series = snapshot.filter { $0.key.family == family }.map { (labels: Self.render($0.key.labels), value: $0.value) }
+                .sorted { $0.labels < $1.labels }
             if series.isEmpty, family.type == "gauge" || family.labels.isEmpty {
                 text += "\(family.name) 0\n"
             }
-            for (key, value) in series {
-                let labels = key.labels.isEmpty ? "" : "{\(key.labels)}"
-                text += "\(family.name)\(labels) \(Self.format(value))\n"
+            for (labels, value) in series {
+                text += "\(family.name)\(labels.isEmpty ? "" : "{\(labels)}") \(Self.format(value))\n"
             }
         }
         return text
     }
 
-    private static func render(_ labels: [(String, String)]) -> String {
-        labels.map { name, value in
-            let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
-            return "\(name)=\"\(escaped)\""
+    private static func render(_ labels: [LabelPair]) -> String {
+        labels.map { pair in
+            var escaped = ""
+            for character in pair.value {
+                switch character {
+                case "\\": escaped += "\\\\"
+                case "\"": escaped += "\\\""
+                case "\n": escaped += "\\n"
+                default: escaped.append(character)
+                }
+            }
+            return "\(pair.name)=\"\(escaped)\""
         }.joined(separator: ",")
     }
 

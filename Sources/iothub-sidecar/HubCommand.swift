@@ -59,11 +59,7 @@ struct HubCommand: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level) }
         let logger = Logger(label: "localhub")
         let configuration = LocalHub.Configuration(
             hostName: hostName, bindAddress: bindAddress, mqttPort: mqttPort, httpsPort: httpsPort, blobPort: blobPort,

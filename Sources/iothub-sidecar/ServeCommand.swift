@@ -142,11 +142,7 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             Self.fail("\(error)")
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = settings.logLevel
-            return handler
-        }
+        LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: settings.logLevel) }
         let logger = Logger(label: "iothub-sidecar")
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var configuration = settings.clientConfiguration

@@ -112,3 +112,12 @@ import Testing
         #expect(text.contains("# TYPE iothub_sidecar_connected gauge\niothub_sidecar_connected 0\n"))
     }
 }
+
+@Suite struct ResponseHelpersTests {
+    @Test func quotedStringsAreValidJSON() throws {
+        for text in ["plain", "quote\" backslash\\ newline\n tab\t", "\u{01}\u{1f}", "ünïcödé ✓", ""] {
+            let json = try JSONValue(parsing: Data(SidecarAPI.quoted(text).utf8))
+            #expect(json == .string(text))
+        }
+    }
+}
