@@ -10,6 +10,8 @@ struct HTTPSClient: Sendable {
     struct Response: Sendable {
         var status: Int
         var body: Data
+        /// The `Retry-After` header in seconds, when the server sent one.
+        var retryAfterSeconds: Int? = nil
     }
 
     var trustedCertificatesPEM: String?
@@ -154,7 +156,12 @@ struct HTTPSClient: Sendable {
         }
         var status = 0
         _ = iothub_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
-        return .success(Response(status: status, body: sink.data))
+        var retryAfter: UnsafeMutablePointer<curl_header>?
+        var retryAfterSeconds: Int?
+        if curl_easy_header(handle, "Retry-After", 0, UInt32(CURLH_HEADER), -1, &retryAfter) == CURLHE_OK, let value = retryAfter?.pointee.value {
+            retryAfterSeconds = Int(String(cString: value).trimmingCharacters(in: .whitespaces))
+        }
+        return .success(Response(status: status, body: sink.data, retryAfterSeconds: retryAfterSeconds))
     }
 
     private func withBlobs(ca: Data?, certificate: Data?, key: Data?, handle: UnsafeMutableRawPointer) -> CURLcode {

@@ -956,7 +956,7 @@ public final class IoTHubDeviceClient: Sendable {
     private static func httpError(_ response: HTTPSClient.Response) -> IoTHubError {
         let text = String(decoding: response.body.prefix(512), as: UTF8.self)
         if response.status == 401 { return .credentialError("the hub refused the credentials: \(text)") }
-        return .serviceError(status: response.status, message: text)
+        return .serviceError(status: response.status, message: text, retryAfterSeconds: response.retryAfterSeconds)
     }
 }
 

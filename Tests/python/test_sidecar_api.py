@@ -490,6 +490,11 @@ def test_the_hub_throttling_is_passed_on(sidecar):
     try:
         problem(sidecar.get("/twin"), 429, "ServiceError")
         assert sidecar.get("/twin").status == 200
+        # Over HTTPS the hub says when to come back; the sidecar passes that on.
+        assert sidecar.hub("PUT", "/local/faults", body={"throttleNextOperations": 1}).status == 200
+        throttled = sidecar.post("/blob/sas", body={"blobName": "later.txt"})
+        problem(throttled, 429, "ServiceError")
+        assert throttled.header("Retry-After") == "1"
     finally:
         sidecar.hub("DELETE", "/local/faults")
 
