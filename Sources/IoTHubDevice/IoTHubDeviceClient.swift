@@ -917,8 +917,7 @@ public final class IoTHubDeviceClient: Sendable {
             logger.warning("could not tell the hub about a failed upload", metadata: ["error": "\(error)"])
         }
         switch outcome {
-        case .success(let response) where isSuccess:
-            _ = response
+        case .success where isSuccess:
             return BlobUploadResult(storageInfo: info)
         case .success(let response):
             throw BlobUploadFailure(

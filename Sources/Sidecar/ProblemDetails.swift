@@ -73,7 +73,7 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
     /// - Parameter retryAfterSeconds: for connection errors, when trying again makes sense
     ///   (the client's retry interval).
     init(_ error: IoTHubError, retryAfterSeconds: Int) {
-        let detail = error.description.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces)
+        let detail = SidecarEvent.message(of: error)
         switch error {
         case .credentialError:
             self.init(status: 502, code: error.code, detail: detail)

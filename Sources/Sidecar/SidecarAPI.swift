@@ -266,8 +266,16 @@ struct SidecarAPI: Sendable {
             throw ProblemDetails.invalid("the blob name is not valid percent-encoded UTF-8", field: "blobName")
         }
         try Self.checkBlobName(blobName)
-        guard let lengthText = request.headers[.contentLength], let length = Int(lengthText), length >= 0 else {
+        // HTTP/1.1: without Content-Length and without a chunked body there is no body (an empty
+        // file); a chunked body has no length to give blob storage up front.
+        let length: Int
+        if let lengthText = request.headers[.contentLength] {
+            guard let parsed = Int(lengthText), parsed >= 0 else { throw ProblemDetails.invalid("Content-Length is not a number", field: "Content-Length") }
+            length = parsed
+        } else if request.headers[.transferEncoding] != nil {
             throw ProblemDetails.invalid("the upload needs a Content-Length (it is streamed to blob storage)", status: 411)
+        } else {
+            length = 0
         }
         guard length <= Self.blobLimit else {
             throw ProblemDetails.invalid("the file is \(length) bytes; at most \(Self.blobLimit) can be uploaded in one request", status: 413)
@@ -496,8 +504,9 @@ extension SidecarAPI {
     ) async throws -> T? {
         do {
             let value = try await request.body.consumeWithCancellationOnInboundClose { _ in await wait() }
-            if value != nil, Task.isCancelled {
-                if let value { giveBack(value) }
+            if let value, Task.isCancelled {
+                // Taken while the server was cancelling this request: it cannot be answered.
+                giveBack(value)
                 return nil
             }
             return value

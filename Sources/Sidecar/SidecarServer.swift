@@ -1,7 +1,6 @@
 public import Foundation
 import HTTPTypes
 public import Hummingbird
-import IoTHubDevice
 public import IoTHubProtocol
 public import Logging
 import NIOCore
@@ -141,8 +140,6 @@ struct ProblemMiddleware: RouterMiddleware {
             return problem
         case let error as IoTHubError:
             return ProblemDetails(error, retryAfterSeconds: retryAfterSeconds)
-        case let failure as BlobUploadFailure:
-            return ProblemDetails(failure.error, retryAfterSeconds: retryAfterSeconds)
         case let error as HTTPError where error.status == .notFound:
             if let allowed = Self.allowedMethods(for: request.uri.path) {
                 return ProblemDetails(status: 405, code: "NotFound", detail: "\(request.method) is not an operation of \(request.uri.path); it takes \(allowed)")

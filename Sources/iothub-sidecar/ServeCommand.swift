@@ -251,7 +251,7 @@ struct Settings {
         func value(_ flag: String?, _ variable: String) -> String? {
             flag ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 }
         }
-        func integer(_ flag: Int?, _ variable: String, name: String) throws -> Int? {
+        func integer(_ flag: Int?, _ variable: String) throws -> Int? {
             if let flag { return flag }
             guard let text = value(nil, variable) else { return nil }
             guard let number = Int(text) else { throw CommandFailure("\(variable) must be a whole number, not '\(text)'") }
@@ -292,17 +292,17 @@ struct Settings {
         configuration.gatewayHostName = value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
         configuration.cipher = value(command.cipher, "IOTHUB_CIPHER")
         if let info = value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
-        if let ttl = try integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL", name: "--sastoken-ttl") { configuration.sasTokenTimeToLive = ttl }
-        if let keepAlive = try integer(command.keepAlive, "IOTHUB_KEEP_ALIVE", name: "--keep-alive") { configuration.keepAlive = keepAlive }
+        if let ttl = try integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL") { configuration.sasTokenTimeToLive = ttl }
+        if let keepAlive = try integer(command.keepAlive, "IOTHUB_KEEP_ALIVE") { configuration.keepAlive = keepAlive }
         if let auto = try boolean(command.autoConnect, "IOTHUB_AUTO_CONNECT") { configuration.autoConnect = auto }
         if let retry = try boolean(command.connectionRetry, "IOTHUB_CONNECTION_RETRY") { configuration.connectionRetry = retry }
-        if let interval = try integer(command.connectionRetryInterval, "IOTHUB_CONNECTION_RETRY_INTERVAL", name: "--connection-retry-interval") {
+        if let interval = try integer(command.connectionRetryInterval, "IOTHUB_CONNECTION_RETRY_INTERVAL") {
             configuration.connectionRetryInterval = .seconds(interval)
         }
-        if let port = try integer(command.mqttPort, "IOTHUB_MQTT_PORT", name: "--mqtt-port") { configuration.mqttPort = port }
-        if let port = try integer(command.httpsPort, "IOTHUB_HTTPS_PORT", name: "--https-port") { configuration.httpsPort = port }
-        if let count = try integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT", name: "--max-inflight") { configuration.maximumInflightMessages = count }
-        if let seconds = try integer(command.operationTimeout, "IOTHUB_OPERATION_TIMEOUT", name: "--operation-timeout") {
+        if let port = try integer(command.mqttPort, "IOTHUB_MQTT_PORT") { configuration.mqttPort = port }
+        if let port = try integer(command.httpsPort, "IOTHUB_HTTPS_PORT") { configuration.httpsPort = port }
+        if let count = try integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT") { configuration.maximumInflightMessages = count }
+        if let seconds = try integer(command.operationTimeout, "IOTHUB_OPERATION_TIMEOUT") {
             configuration.operationTimeout = .seconds(seconds)
         }
         // The sidecar reads the twin after every (re)connect itself (GET /twin/desired).

@@ -381,6 +381,17 @@ def test_upload_blob_in_one_call(sidecar):
     assert blob.status == 200 and blob.body == content
 
 
+def test_an_upload_without_a_body_is_an_empty_file(sidecar):
+    connection = sidecar.connection()
+    connection.putrequest("PUT", "/blob/empty.txt")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 201, response.read()
+    response.read()
+    blob = sidecar.hub("GET", "/local/blobs/fileuploads/" + quote("sidecar-device/empty.txt"))
+    assert blob.status == 200 and blob.body == b""
+
+
 def test_upload_needs_a_length(sidecar):
     connection = sidecar.connection()
     connection.putrequest("PUT", "/blob/chunked.txt")
