@@ -40,10 +40,10 @@ enum Listeners {
     }
 
     /// Adds the MQTT codec and the connection handler to a pipeline.
-    static func addMQTTHandlers(to pipeline: ChannelPipeline.SynchronousOperations, hub: Hub, logger: Logger) throws {
+    static func addMQTTHandlers(to pipeline: ChannelPipeline.SynchronousOperations, hub: Hub, transport: MQTTTransport, logger: Logger) throws {
         try pipeline.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumMQTTPacketSize, requireConnectFirst: true)))
         try pipeline.addHandler(MessageToByteHandler(MQTTPacketEncoder()))
-        try pipeline.addHandler(MQTTConnectionHandler(hub: hub, logger: logger))
+        try pipeline.addHandler(MQTTConnectionHandler(hub: hub, transport: transport, logger: logger))
     }
 
     static func bind(host: String, port: Int, group: any EventLoopGroup, name: String, initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) async throws(LocalHubError) -> any Channel {
@@ -65,7 +65,7 @@ enum Listeners {
         try await bind(host: host, port: port, group: group, name: "MQTT") { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))
-                try addMQTTHandlers(to: channel.pipeline.syncOperations, hub: hub, logger: logger)
+                try addMQTTHandlers(to: channel.pipeline.syncOperations, hub: hub, transport: .tcp, logger: logger)
             }
         }
     }
@@ -87,7 +87,7 @@ enum Listeners {
                     upgradePipelineHandler: { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(WebSocketMQTTAdapter())
-                            try addMQTTHandlers(to: channel.pipeline.syncOperations, hub: hub, logger: logger)
+                            try addMQTTHandlers(to: channel.pipeline.syncOperations, hub: hub, transport: .webSocket, logger: logger)
                         }
                     })
                 let idleHandler = IdleStateHandler(readTimeout: httpIdleTimeout)

@@ -143,7 +143,7 @@ import Testing
     @Test func sessionsKeepSubscriptionsAndRedeliverUnacknowledgedCloudToDevice() throws {
         let hub = try Self.makeHub()
         let key = IdentityKey(deviceId: "dev1")
-        let first = DeviceConnection(id: 1, key: key, channel: EmbeddedChannel())
+        let first = DeviceConnection(id: 1, key: key, transport: .tcp, channel: EmbeddedChannel())
         var attach = hub.attach(first, cleanSession: false)
         #expect(!attach.sessionPresent)
         #expect(hub.subscribe(first, [.init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .exactlyOnce), .init(topicFilter: "elsewhere/#", qos: .atLeastOnce)]) == [1, 0x80])
@@ -152,7 +152,7 @@ import Testing
         #expect(inflight == 1)
         hub.detach(first)
 
-        let second = DeviceConnection(id: 2, key: key, channel: EmbeddedChannel())
+        let second = DeviceConnection(id: 2, key: key, transport: .tcp, channel: EmbeddedChannel())
         attach = hub.attach(second, cleanSession: false)
         #expect(attach.sessionPresent)
         #expect(attach.resend.count == 1)
@@ -166,7 +166,7 @@ import Testing
         #expect(hub.identity(key)?.cloudToDevice.isEmpty == true)
 
         // A clean session forgets subscriptions.
-        let third = DeviceConnection(id: 3, key: key, channel: EmbeddedChannel())
+        let third = DeviceConnection(id: 3, key: key, transport: .tcp, channel: EmbeddedChannel())
         attach = hub.attach(third, cleanSession: true)
         #expect(!attach.sessionPresent)
         #expect(attach.replaced === second)

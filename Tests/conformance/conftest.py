@@ -245,6 +245,10 @@ class LocalHubProcess:
     def is_connected(self, device_id):
         return device_id in self.status()["connected"]
 
+    def transport_of(self, device_id):
+        """How the hub says the device is connected now: mqtt, mqtt-websockets, or None."""
+        return next((c["transport"] for c in self.status()["connections"] if c["clientId"] == device_id), None)
+
     def wait_until(self, predicate, timeout, what):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -92,6 +92,7 @@ def test_websockets_send_and_receive(hub, sas_device, device_clients):
         connection_string, server_verification_cert=hub.ca_pem, websockets=True))
     bounded(client.connect, timeout=30, what="connect over WebSockets")
     assert hub.is_connected(device_id)
+    assert hub.transport_of(device_id) == "mqtt-websockets"
 
     received = queue.Queue()
     bounded(setattr, client, "on_message_received", received.put, what="enable C2D")

@@ -84,6 +84,13 @@ final class Hub: Sendable {
         state.withLockedValue { $0.sessions[key]?.connection != nil }
     }
 
+    /// The clients connected now and how each arrived, sorted by client id.
+    func connections() -> [(clientId: String, transport: MQTTTransport)] {
+        state.withLockedValue { state in
+            state.sessions.compactMap { key, session in session.connection.map { (key.clientId, $0.transport) } }
+        }.sorted { $0.clientId < $1.clientId }
+    }
+
     /// Closes every device connection (at shutdown).
     func closeAllConnections() {
         let connections = state.withLockedValue { state in state.sessions.values.compactMap(\.connection) }

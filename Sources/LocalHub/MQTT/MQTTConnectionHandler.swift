@@ -23,14 +23,16 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     private let hub: Hub
+    private let transport: MQTTTransport
     private let logger: Logger
     private var state = State.awaitingConnect
     private var will: ConnectPacket.Will?
     private var timers: [Scheduled<Void>] = []
     private var needsFlush = false
 
-    init(hub: Hub, logger: Logger) {
+    init(hub: Hub, transport: MQTTTransport, logger: Logger) {
         self.hub = hub
+        self.transport = transport
         self.logger = logger
     }
 
@@ -120,7 +122,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
         hub.state.withLockedValue { $0.lastConnectionId += 1 }
         let connectionId = hub.state.withLockedValue { $0.lastConnectionId }
-        let connection = DeviceConnection(id: connectionId, key: key, channel: context.channel)
+        let connection = DeviceConnection(id: connectionId, key: key, transport: transport, channel: context.channel)
         let (sessionPresent, resend, replaced) = hub.attach(connection, cleanSession: connect.cleanSession)
         state = .connected(connection)
         will = connect.will

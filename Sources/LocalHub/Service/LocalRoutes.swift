@@ -13,11 +13,10 @@ extension Hub {
     func addLocalRoutes(to router: inout Router) {
         router.add(.GET, "local/status") { [self] request, _ throws(ServiceError) in
             try authorizeService(request)
-            let connected = state.withLockedValue { state in
-                state.sessions.filter { $0.value.connection != nil }.keys.map(\.clientId).sorted()
-            }
+            let connections = connections()
             return .json([
-                "hostName": .string(hostName), "connected": .array(connected.map(JSONValue.string)),
+                "hostName": .string(hostName), "connected": .array(connections.map { JSONValue.string($0.clientId) }),
+                "connections": .array(connections.map { .object(["clientId": .string($0.clientId), "transport": .string($0.transport.rawValue)]) }),
                 "identities": .integer(Int64(state.withLockedValue { $0.identities.count })),
                 "lastTelemetrySequenceNumber": .integer(Int64(telemetry.lastSequenceNumber)),
             ])
