@@ -62,6 +62,12 @@ let package = Package(
             dependencies: [
                 "IoTHubProtocol", "CMosquitto", "CCurl", "COpenSSL",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                // The tunnel for MQTT over WebSockets and through proxies.
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -149,6 +155,8 @@ let package = Package(
                 "LocalHub",
                 "IoTHubProtocol",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),

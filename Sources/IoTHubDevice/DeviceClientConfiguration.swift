@@ -35,12 +35,18 @@ public struct DeviceClientConfiguration: Sendable {
     public var maximumInflightMessages: Int
     /// Bound on waiting for the hub's answer to a CONNECT, SUBSCRIBE or twin request.
     public var operationTimeout: Duration
+    /// `websockets`: MQTT over WebSockets (`wss://host:httpsPort/$iothub/websocket`) instead of
+    /// MQTT over TCP port 8883, for networks that only let HTTPS out.
+    public var websockets: Bool
+    /// `proxy_options`: send everything (MQTT and the HTTPS of file upload) through this proxy.
+    public var proxyOptions: ProxyOptions?
 
     public init(
         serverVerificationCertificate: String? = nil, gatewayHostName: String? = nil, cipher: String? = nil,
         productInfo: String = "", sasTokenTimeToLive: Int = 3600, keepAlive: Int = 60, autoConnect: Bool = true,
         connectionRetry: Bool = true, connectionRetryInterval: Duration = .seconds(10), ensureDesiredProperties: Bool = true,
-        mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100, operationTimeout: Duration = .seconds(60)
+        mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100, operationTimeout: Duration = .seconds(60),
+        websockets: Bool = false, proxyOptions: ProxyOptions? = nil
     ) {
         self.serverVerificationCertificate = serverVerificationCertificate
         self.gatewayHostName = gatewayHostName
@@ -56,6 +62,8 @@ public struct DeviceClientConfiguration: Sendable {
         self.httpsPort = httpsPort
         self.maximumInflightMessages = maximumInflightMessages
         self.operationTimeout = operationTimeout
+        self.websockets = websockets
+        self.proxyOptions = proxyOptions
     }
 
     /// `cipher` given as a list, as the seed also accepts.
@@ -86,5 +94,6 @@ public struct DeviceClientConfiguration: Sendable {
         guard operationTimeout > .zero else {
             throw .valueError(field: "operation timeout", reason: "must be positive")
         }
+        try proxyOptions?.validate()
     }
 }

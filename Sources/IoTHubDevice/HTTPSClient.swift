@@ -16,6 +16,9 @@ struct HTTPSClient: Sendable {
 
     var trustedCertificatesPEM: String?
     var clientCertificate: X509Credential?
+    /// Every request goes through this proxy; without one, no proxy is used (not even one named
+    /// by `https_proxy` in the environment: the client's configuration decides).
+    var proxy: ProxyOptions?
     var timeoutSeconds: Int = 60
 
     private static let queue = DispatchQueue(label: "iothub-sidecar.https", attributes: .concurrent)
@@ -101,6 +104,16 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, Int(CURL_SSLVERSION_TLSv1_2))
         _ = iothub_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
+        if let proxy {
+            // socks5h: the proxy resolves the host name, as on the MQTT path.
+            let scheme = switch proxy.kind { case .http: "http"; case .socks4: "socks4"; case .socks5: "socks5h" }
+            _ = iothub_curl_setopt_string(handle, CURLOPT_PROXY, "\(scheme)://\(hostAndPort(proxy.address, proxy.port))")
+            _ = iothub_curl_setopt_string(handle, CURLOPT_NOPROXY, "")
+            if let username = proxy.username { _ = iothub_curl_setopt_string(handle, CURLOPT_PROXYUSERNAME, username) }
+            if let password = proxy.password { _ = iothub_curl_setopt_string(handle, CURLOPT_PROXYPASSWORD, password) }
+        } else {
+            _ = iothub_curl_setopt_string(handle, CURLOPT_PROXY, "")
+        }
         _ = iothub_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, sinkPointer)
         _ = iothub_curl_setopt_write_function(handle) { pointer, size, count, context in
             guard let pointer, let context else { return 0 }
@@ -137,13 +150,22 @@ struct HTTPSClient: Sendable {
                 return length
             }
         }
+        // libcurl's own explanation, which names the step that failed (e.g. the proxy's answer).
+        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        defer { errorBuffer.deallocate() }
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+        _ = iothub_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer)
         // libcurl copies the PEM blobs (CURL_BLOB_COPY) when they are set.
         let result: CURLcode = withBlobs(
             ca: trustedCertificatesPEM.flatMap { $0.isEmpty ? nil : Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
             key: clientCertificate.map { Data($0.privateKeyPEM.utf8) }, handle: handle)
         guard result == CURLE_OK else {
-            let message = String(cString: curl_easy_strerror(result))
+            let detail = String(cString: errorBuffer)
+            var message = detail.isEmpty ? String(cString: curl_easy_strerror(result)) : detail
+            if let proxy { message += " (through the \(proxy.name))" }
             switch result {
+            case CURLE_COULDNT_RESOLVE_PROXY, CURLE_PROXY, CURLE_RECV_ERROR where proxy != nil:
+                return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
             case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
                 return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
             case CURLE_ABORTED_BY_CALLBACK:

@@ -2,6 +2,7 @@ public import Foundation
 public import IoTHubProtocol
 public import Logging
 import NIOConcurrencyHelpers
+import NIOSSL
 
 /// An Azure IoT Hub device (or module) client: telemetry, cloud-to-device messages, direct
 /// methods, the device twin, file upload and connection management, with the feature set of
@@ -43,10 +44,15 @@ public final class IoTHubDeviceClient: Sendable {
         var subscribed: Set<Feature> = []
         var lastDesiredVersion: Int?
         var tokenExpiry: Date?
+        /// The WebSocket or proxy tunnel of the current connection attempt.
+        var tunnel: MQTTTunnel?
     }
 
     private let state: NIOLockedValueBox<State>
     private let tls: TLSContext
+    /// How MQTT reaches the hub when it does not go straight over TCP (WebSockets, a proxy).
+    private let tunnelPlan: TunnelPlan?
+    private let socketDirectory: PrivateSocketDirectory?
     private let logger: Logger
     private let twinResponses = PendingResponses<(status: Int, version: Int?, payload: Data)>()
     private let messageStreams = Broadcaster<Message>()
@@ -81,6 +87,17 @@ public final class IoTHubDeviceClient: Sendable {
         self.tls = try TLSContext(
             host: configuration.gatewayHostName ?? hostName, trustedCertificatesPEM: configuration.serverVerificationCertificate,
             cipherList: configuration.cipher, clientCertificate: clientCertificate)
+        if configuration.websockets || configuration.proxyOptions != nil {
+            tunnelPlan = TunnelPlan(
+                host: configuration.gatewayHostName ?? hostName, port: configuration.websockets ? configuration.httpsPort : configuration.mqttPort,
+                webSocket: configuration.websockets, proxy: configuration.proxyOptions,
+                tls: try NIOSSLContext.forTunnel(configuration, clientCertificate: clientCertificate),
+                userAgent: UserAgent.string + configuration.productInfo, timeout: min(configuration.operationTimeout, .seconds(30)))
+            socketDirectory = try PrivateSocketDirectory()
+        } else {
+            tunnelPlan = nil
+            socketDirectory = nil
+        }
         self.hostName = hostName
         self.deviceId = deviceId
         self.moduleId = moduleId
@@ -234,6 +251,10 @@ public final class IoTHubDeviceClient: Sendable {
         }
         tasks.forEach { $0.cancel() }
         await mqtt?.disconnect()
+        state.withLockedValue { state in
+            defer { state.tunnel = nil }
+            return state.tunnel
+        }?.close()
         // A connection attempt still waiting for its CONNACK ends now, not at its timeout.
         resumeConnack(-1)
         let cancelled = IoTHubError.operationCancelled("the client disconnected")
@@ -284,7 +305,8 @@ public final class IoTHubDeviceClient: Sendable {
                         clientId: MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId,
                         maximumInflight: configuration.maximumInflightMessages
                     ) { [weak self] event in self?.handle(event) }
-                    mqtt.useTLS(tls)
+                    // Through a tunnel, TLS is the tunnel's: libmosquitto speaks plain MQTT to it.
+                    if tunnelPlan == nil { mqtt.useTLS(tls) }
                     state.mqtt = mqtt
                 }
                 let secret = try self.password(for: &state)
@@ -295,14 +317,35 @@ public final class IoTHubDeviceClient: Sendable {
         }
         notifyState()
         let (mqtt, password, reusing) = prepared
-        let host = configuration.gatewayHostName ?? hostName
+        var host = configuration.gatewayHostName ?? hostName
+        var port = configuration.mqttPort
+        var endpoint = hostAndPort(host, port)
+        if let tunnelPlan, let socketDirectory {
+            endpoint = tunnelPlan.description
+            // The previous attempt's tunnel goes first: the new one listens at the same path
+            // (libmosquitto reconnects to the address it was given).
+            state.withLockedValue { state in
+                defer { state.tunnel = nil }
+                return state.tunnel
+            }?.close()
+            do throws(IoTHubError) {
+                let tunnel = try await MQTTTunnel.open(tunnelPlan, socketPath: socketDirectory.socketPath)
+                state.withLockedValue { $0.tunnel = tunnel }
+            } catch {
+                return .failure(error)
+            }
+            // libmosquitto takes a port of 0 as "the host is a unix socket path".
+            host = socketDirectory.socketPath
+            port = 0
+        }
         let username = MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId, productInfo: configuration.productInfo).username
+        let (connectHost, connectPort) = (host, port)
         let returnCode: Int32
         do throws(IoTHubError) {
             let configuration = self.configuration
             returnCode = try await awaitConnack { () async throws(IoTHubError) in
                 try await mqtt.connect(
-                    host: host, port: configuration.mqttPort, keepAlive: configuration.keepAlive, username: username,
+                    host: connectHost, port: connectPort, keepAlive: configuration.keepAlive, username: username,
                     password: password, reconnect: reusing)
             }
         } catch {
@@ -324,10 +367,10 @@ public final class IoTHubDeviceClient: Sendable {
             return .failure(.credentialError("the hub refused the credentials of \(MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId) (CONNACK \(returnCode))"))
         case -1:
             await mqtt.stopLoop()
-            return .failure(.connectionFailedError("the connection to \(host):\(configuration.mqttPort) closed before the hub answered CONNECT"))
+            return .failure(.connectionFailedError("the connection to \(endpoint) closed before the hub answered CONNECT"))
         case -2:
             await mqtt.disconnect()
-            return .failure(.operationTimeout("no CONNACK from \(host) within \(configuration.operationTimeout)"))
+            return .failure(.operationTimeout("no CONNACK from \(endpoint) within \(configuration.operationTimeout)"))
         default:
             await mqtt.disconnect()
             return .failure(.connectionFailedError("the hub refused the connection (CONNACK \(returnCode))"))
@@ -896,7 +939,8 @@ public final class IoTHubDeviceClient: Sendable {
         let info = try await storageInfo(forBlob: blobName)
         var headers = ["x-ms-blob-type": "BlockBlob", "x-ms-version": "2018-03-28"]
         if let contentType { headers["Content-Type"] = contentType }
-        let client = HTTPSClient(trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: nil, timeoutSeconds: 3600)
+        let client = HTTPSClient(
+            trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: nil, proxy: configuration.proxyOptions, timeoutSeconds: 3600)
         let outcome: Result<HTTPSClient.Response, IoTHubError>
         do throws(IoTHubError) {
             outcome = .success(try await client.send(method: "PUT", url: info.blobURL, headers: headers, length: length, streaming: body))
@@ -948,7 +992,8 @@ public final class IoTHubDeviceClient: Sendable {
         let host = configuration.gatewayHostName ?? hostName
         let port = configuration.httpsPort == 443 ? "" : ":\(configuration.httpsPort)"
         let url = "https://\(host)\(port)/devices/\(PercentEncoding.encode(deviceId))/\(path)?api-version=\(MQTTIdentity.apiVersion)"
-        let client = HTTPSClient(trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: clientCertificate)
+        let client = HTTPSClient(
+            trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: clientCertificate, proxy: configuration.proxyOptions)
         return try await client.send(method: "POST", url: url, headers: headers, body: body)
     }
 

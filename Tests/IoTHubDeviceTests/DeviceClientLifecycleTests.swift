@@ -10,9 +10,9 @@ import Testing
 
 /// Reconnects, renewal, limits and identities, against a real LocalHub over TLS.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct DeviceClientLifecycleTests {
-    @Test func aShortTokenLifetimeRenewsWithoutLosingAMessage() async throws {
+    @Test(arguments: Transport.allCases) func aShortTokenLifetimeRenewsWithoutLosingAMessage(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client { $0.sasTokenTimeToLive = 4 }
+            let client = try fixture.client(over: transport) { $0.sasTokenTimeToLive = 4 }
             try await client.connect()
             var sent = 0
             let deadline = ContinuousClock.now + .seconds(6)
@@ -27,10 +27,10 @@ import Testing
         }
     }
 
-    @Test func aDesiredChangeMadeWhileDisconnectedArrivesAfterReconnect() async throws {
+    @Test(arguments: Transport.allCases) func aDesiredChangeMadeWhileDisconnectedArrivesAfterReconnect(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let key = IdentityKey(deviceId: "dev1")
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             let patches = client.desiredPropertiesPatches()
             #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil })
             try await Task.sleep(for: .milliseconds(200))  // the initial twin read records the version
@@ -99,14 +99,15 @@ import Testing
         }
     }
 
-    @Test func aGatewayHostNameIsConnectedToWhileTokensNameTheHub() async throws {
+    @Test(arguments: Transport.allCases) func aGatewayHostNameIsConnectedToWhileTokensNameTheHub(over transport: Transport) async throws {
         var logger = Logger(label: "gateway-test")
         logger.logLevel = .error
         let localHub = try LocalHub(configuration: .init(hostName: "hub.example.test", mqttPort: 0, httpsPort: 0, blobPort: 0, devices: ["dev1"]), logger: logger)
         let ports = try await localHub.start()
         defer { Task { await localHub.stop() } }
         let connectionString = try localHub.deviceConnectionString(deviceId: "dev1") + ";GatewayHostName=localhost"
-        let configuration = DeviceClientConfiguration(serverVerificationCertificate: localHub.caCertificatePEM, mqttPort: ports.mqtt, httpsPort: ports.https)
+        let configuration = DeviceClientConfiguration(
+            serverVerificationCertificate: localHub.caCertificatePEM, mqttPort: ports.mqtt, httpsPort: ports.https, websockets: transport == .webSocket)
         let client = try IoTHubDeviceClient.fromConnectionString(connectionString, configuration: configuration)
         #expect(client.hostName == "hub.example.test")
         #expect(client.configuration.gatewayHostName == "localhost")
@@ -116,7 +117,7 @@ import Testing
         await localHub.stop()
     }
 
-    @Test func anX509IdentityConnectsWithItsCertificate() async throws {
+    @Test(arguments: Transport.allCases) func anX509IdentityConnectsWithItsCertificate(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let key = P256.Signing.PrivateKey()
             let name = try DistinguishedName { CommonName("x509-device") }
@@ -133,7 +134,7 @@ import Testing
                 body: ["authentication": ["type": "selfSigned", "x509Thumbprint": ["primaryThumbprint": .string(thumbprint)]]], ifMatch: nil)
             let client = try IoTHubDeviceClient.fromX509Certificate(
                 X509Credential(certificatePEM: pem, privateKeyPEM: key.pemRepresentation), hostName: "localhost", deviceId: "x509-device",
-                configuration: fixture.configuration())
+                configuration: fixture.configuration(over: transport))
             try await client.send(Message(payload: Data("signed".utf8)))
             #expect(fixture.telemetry.first?.deviceId == "x509-device")
             await client.shutdown()
@@ -145,7 +146,7 @@ import Testing
                 extensions: .init(), issuerPrivateKey: .init(stranger))
             let impostor = try IoTHubDeviceClient.fromX509Certificate(
                 X509Credential(certificatePEM: try strangerCertificate.serializeAsPEM().pemString, privateKeyPEM: stranger.pemRepresentation),
-                hostName: "localhost", deviceId: "x509-device", configuration: fixture.configuration())
+                hostName: "localhost", deviceId: "x509-device", configuration: fixture.configuration(over: transport))
             await #expect(throws: IoTHubError.self) { try await impostor.connect() }
             await impostor.shutdown()
         }
@@ -170,11 +171,11 @@ import Testing
         }
     }
 
-    @Test func aSASTokenClientUpdatesItsToken() async throws {
+    @Test(arguments: Transport.allCases) func aSASTokenClientUpdatesItsToken(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let key = try #require(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)
             let token = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600)
-            let client = try IoTHubDeviceClient.fromSASToken(token.string, configuration: fixture.configuration())
+            let client = try IoTHubDeviceClient.fromSASToken(token.string, configuration: fixture.configuration(over: transport))
             try await client.send(Message(payload: Data("one".utf8)))
             let fresh = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 1200)
             try await client.updateSASToken(fresh.string)
@@ -187,7 +188,7 @@ import Testing
             await #expect(throws: IoTHubError.self) { try await client.updateSASToken(expired.string) }
             await client.shutdown()
 
-            let keyClient = try fixture.client()
+            let keyClient = try fixture.client(over: transport)
             do {
                 try await keyClient.updateSASToken(fresh.string)
                 Issue.record("a key-based client accepted a token")

@@ -29,10 +29,10 @@ struct HubFixture {
     }
 
     /// Client options that reach this hub: its CA, its ports, quick retries.
-    func configuration(_ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }) -> DeviceClientConfiguration {
+    func configuration(over transport: Transport = .tcp, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }) -> DeviceClientConfiguration {
         var configuration = DeviceClientConfiguration(
             serverVerificationCertificate: localHub.caCertificatePEM, connectionRetryInterval: .milliseconds(200),
-            mqttPort: ports.mqtt, httpsPort: ports.https, operationTimeout: .seconds(10))
+            mqttPort: ports.mqtt, httpsPort: ports.https, operationTimeout: .seconds(10), websockets: transport == .webSocket)
         adjust(&configuration)
         return configuration
     }
@@ -41,10 +41,22 @@ struct HubFixture {
         try localHub.deviceConnectionString(deviceId: deviceId, moduleId: moduleId)
     }
 
-    func client(_ deviceId: String = "dev1", moduleId: String? = nil, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }) throws -> IoTHubDeviceClient {
+    func client(
+        _ deviceId: String = "dev1", moduleId: String? = nil, over transport: Transport = .tcp, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }
+    ) throws -> IoTHubDeviceClient {
         var logger = Logger(label: "device-test")
         logger.logLevel = .error
-        return try IoTHubDeviceClient.fromConnectionString(connectionString(deviceId, moduleId: moduleId), configuration: configuration(adjust), logger: logger)
+        return try IoTHubDeviceClient.fromConnectionString(
+            connectionString(deviceId, moduleId: moduleId), configuration: configuration(over: transport, adjust), logger: logger)
+    }
+
+    /// How the hub says `clientId` is connected now (nil: not connected).
+    func transport(of clientId: String = "dev1") -> Transport? {
+        switch hub.connections().first(where: { $0.clientId == clientId })?.transport {
+        case .tcp: .tcp
+        case .webSocket: .webSocket
+        case nil: nil
+        }
     }
 
     /// Telemetry the hub recorded, in order.
@@ -89,4 +101,13 @@ func sendInBackground(_ client: IoTHubDeviceClient, _ message: Message) -> Task<
             return error
         }
     }
+}
+
+/// How a test client reaches the hub: MQTT over TLS, or MQTT over WebSockets through the
+/// client's tunnel.
+enum Transport: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case tcp
+    case webSocket
+
+    var testDescription: String { rawValue }
 }

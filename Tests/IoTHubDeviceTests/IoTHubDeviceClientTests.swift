@@ -5,12 +5,13 @@ import IoTHubProtocol
 import Testing
 
 @Suite(.serialized, .timeLimit(.minutes(3))) struct IoTHubDeviceClientTests {
-    @Test func connectsSendsAndDisconnects() async throws {
+    @Test(arguments: Transport.allCases) func connectsSendsAndDisconnects(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             try await client.connect()
             #expect(client.isConnected)
             #expect(fixture.hub.isConnected(IdentityKey(deviceId: "dev1")))
+            #expect(fixture.transport() == transport, "the hub saw the connection arrive over \(transport)")
             try await client.send(Message(payload: Data("hello".utf8), messageId: "m1", contentType: "text/plain", properties: ["k": "v w"]))
             let record = try #require(fixture.telemetry.first)
             #expect(record.message.messageId == "m1")
@@ -23,9 +24,9 @@ import Testing
         }
     }
 
-    @Test func pipelinesManySendsConcurrently() async throws {
+    @Test(arguments: Transport.allCases) func pipelinesManySendsConcurrently(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<500 {
                     group.addTask { try await client.send(Message(payload: Data("\(index)".utf8), messageId: "m\(index)")) }
@@ -37,9 +38,9 @@ import Testing
         }
     }
 
-    @Test func twinGetAndReportedPatch() async throws {
+    @Test(arguments: Transport.allCases) func twinGetAndReportedPatch(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             _ = try fixture.hub.patchDesired(IdentityKey(deviceId: "dev1"), patch: ["fan": 1], tags: nil, replace: false, ifMatch: nil)
             let twin = try await client.twin()
             #expect(twin.desired.properties == ["fan": 1])
@@ -51,9 +52,9 @@ import Testing
         }
     }
 
-    @Test func desiredPatchesArrive() async throws {
+    @Test(arguments: Transport.allCases) func desiredPatchesArrive(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             let patches = client.desiredPropertiesPatches()
             #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil })
             _ = try fixture.hub.patchDesired(IdentityKey(deviceId: "dev1"), patch: ["mode": "eco"], tags: nil, replace: false, ifMatch: nil)
@@ -63,9 +64,9 @@ import Testing
         }
     }
 
-    @Test func methodsAreAnswered() async throws {
+    @Test(arguments: Transport.allCases) func methodsAreAnswered(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             let requests = client.methodRequests()
             #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.methodRequests] != nil })
             let responder = Task { () throws -> String? in
@@ -85,9 +86,9 @@ import Testing
         }
     }
 
-    @Test func cloudToDeviceMessagesArrive() async throws {
+    @Test(arguments: Transport.allCases) func cloudToDeviceMessagesArrive(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             let messages = client.messages()
             #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil })
             _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("c2d".utf8), messageId: "c1", properties: ["p": "1"]), timeToLive: nil)
@@ -100,10 +101,10 @@ import Testing
         }
     }
 
-    @Test func wrongKeyGivesCredentialErrorAndNoRetry() async throws {
+    @Test(arguments: Transport.allCases) func wrongKeyGivesCredentialErrorAndNoRetry(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let client = try IoTHubDeviceClient.fromSymmetricKey(
-                Data(repeating: 1, count: 32).base64EncodedString(), hostName: "localhost", deviceId: "dev1", configuration: fixture.configuration())
+                Data(repeating: 1, count: 32).base64EncodedString(), hostName: "localhost", deviceId: "dev1", configuration: fixture.configuration(over: transport))
             await #expect(throws: IoTHubError.self) { try await client.connect() }
             do {
                 try await client.connect()
@@ -115,9 +116,9 @@ import Testing
         }
     }
 
-    @Test func autoConnectOffGivesNoConnectionError() async throws {
+    @Test(arguments: Transport.allCases) func autoConnectOffGivesNoConnectionError(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client { $0.autoConnect = false }
+            let client = try fixture.client(over: transport) { $0.autoConnect = false }
             do {
                 try await client.send(Message(payload: Data("x".utf8)))
                 Issue.record("sent without a connection")
@@ -134,9 +135,9 @@ import Testing
         }
     }
 
-    @Test func aDroppedConnectionReconnectsAndLosesNoMessage() async throws {
+    @Test(arguments: Transport.allCases) func aDroppedConnectionReconnectsAndLosesNoMessage(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
-            let client = try fixture.client()
+            let client = try fixture.client(over: transport)
             try await client.connect()
             let total = 1000
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -156,6 +157,7 @@ import Testing
                 #expect(records.contains { $0.message.messageId == id && $0.redelivered }, "\(id) is duplicated without being a redelivery")
             }
             #expect(fixture.hub.state.withLockedValue { $0.lastConnectionId } >= 2, "the connection was dropped and made again")
+            #expect(fixture.transport() == transport)
             #expect(client.isConnected)
             await client.shutdown()
         }

@@ -1,0 +1,74 @@
+import Foundation
+import IoTHubProtocol
+import NIOSSL
+
+/// A directory only this user can enter (mode 0700), holding the tunnel's unix socket, so no
+/// other local user can connect to the tunnel in libmosquitto's place. Removed with this object.
+final class PrivateSocketDirectory: Sendable {
+    let path: String
+
+    /// The socket file inside the directory.
+    var socketPath: String { path + "/mqtt.sock" }
+
+    /// Creates `iothub-device-XXXXXX` under `$TMPDIR` (when its path is short enough for a unix
+    /// socket address) or `/tmp`.
+    init() throws(IoTHubError) {
+        var base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        while base.count > 1, base.hasSuffix("/") { base.removeLast() }
+        // sun_path holds 108 bytes: the template, "/mqtt.sock" and the terminator must fit.
+        if base.utf8.count > 70 { base = "/tmp" }
+        var template = Array((base + "/iothub-device-XXXXXX").utf8CString)
+        let created = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }
+        guard created != nil else {
+            throw .clientError("cannot create a private directory for the MQTT tunnel in \(base): \(String(cString: strerror(errno)))")
+        }
+        path = String(cString: template)
+        chmod(path, 0o700)
+    }
+
+    deinit {
+        unlink(socketPath)
+        rmdir(path)
+    }
+}
+
+extension NIOSSLContext {
+    /// The tunnel's TLS: TLS 1.2 or newer, the system's CAs plus `server_verification_cert`, the
+    /// `cipher` list and the device's X.509 identity: the settings of the direct (OpenSSL) path.
+    static func forTunnel(_ configuration: DeviceClientConfiguration, clientCertificate: X509Credential?) throws(IoTHubError) -> NIOSSLContext {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.certificateVerification = .fullVerification
+        do {
+            if let pem = configuration.serverVerificationCertificate, !pem.isEmpty {
+                tls.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMBytes(Array(pem.utf8)))]
+            }
+        } catch {
+            throw .valueError(field: "server_verification_cert", reason: "holds no readable PEM certificate")
+        }
+        if let cipher = configuration.cipher, !cipher.isEmpty { tls.cipherSuites = cipher }
+        if let clientCertificate {
+            do {
+                tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(clientCertificate.certificatePEM.utf8)).map { .certificate($0) }
+            } catch {
+                throw .valueError(field: "x509 certificate", reason: "holds no readable PEM certificate")
+            }
+            // A pass phrase callback is always given: without one BoringSSL would prompt on the
+            // terminal for an encrypted key.
+            let passPhrase = Array((clientCertificate.passPhrase ?? "").utf8)
+            do {
+                let key = try NIOSSLPrivateKey(bytes: Array(clientCertificate.privateKeyPEM.utf8), format: .pem) { (setter: ([UInt8]) -> Void) in
+                    setter(passPhrase)
+                }
+                tls.privateKey = .privateKey(key)
+            } catch {
+                throw .valueError(field: "x509 key", reason: "cannot be read (for the WebSocket or proxy tunnel)")
+            }
+        }
+        do {
+            return try NIOSSLContext(configuration: tls)
+        } catch {
+            throw .valueError(field: "cipher", reason: "the TLS settings were refused: \(error)")
+        }
+    }
+}
