@@ -104,6 +104,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("operation-timeout"), help: ArgumentHelp("Seconds to wait for the hub to answer a connect, twin or subscribe; default 60 [IOTHUB_OPERATION_TIMEOUT].", valueName: "seconds"))
     var operationTimeout: Int?
 
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp("MQTT over WebSockets on the HTTPS port (wss://…/$iothub/websocket) instead of port 8883, for networks that only let HTTPS out; default off (websockets) [IOTHUB_WEBSOCKETS=true]."))
+    var websockets: Bool?
+
+    @Option(help: ArgumentHelp("Send MQTT and file uploads through this proxy: http://host:port, socks4://host:port or socks5://host:port, optionally with 'user@' (proxy_options) [IOTHUB_PROXY]. A password goes in --proxy-password-file or IOTHUB_PROXY_PASSWORD, never on the command line.", valueName: "url"))
+    var proxy: String?
+
+    @Option(name: .customLong("proxy-password-file"), help: ArgumentHelp("File with the proxy user's password [IOTHUB_PROXY_PASSWORD holds the password itself].", valueName: "file"))
+    var proxyPasswordFile: String?
+
     // MARK: Local hub
 
     @Flag(name: .customLong("local-hub"), help: "Start a local IoT Hub in this process and connect to it as a registered device: no cloud account needed.")
@@ -176,7 +185,15 @@ struct ServeCommand: AsyncParsableCommand {
         let bridge = DeviceBridge(client: client, logger: logger)
         let application = SidecarServer.application(
             bridge: bridge, configuration: SidecarServerConfiguration(listen: settings.listen, apiToken: settings.apiToken), logger: logger,
-            onRunning: { address in logger.notice("serving the device client", metadata: ["address": "\(address)", "identity": "\(client.hostName)/\(client.deviceId)\(client.moduleId.map { "/" + $0 } ?? "")"]) })
+            onRunning: { address in
+                var metadata: Logger.Metadata = [
+                    "address": "\(address)", "identity": "\(client.hostName)/\(client.deviceId)\(client.moduleId.map { "/" + $0 } ?? "")",
+                    "transport": "\(client.configuration.websockets ? "mqtt-websockets" : "mqtt")",
+                ]
+                // The proxy's URL without its password.
+                if let proxy = client.configuration.proxyOptions { metadata["proxy"] = "\(proxy)" }
+                logger.notice("serving the device client", metadata: metadata)
+            })
         services.append(.init(service: bridge))
         services.append(.init(service: application))
         // Last, so it hears the shutdown first: long-polls and event streams end before the
@@ -304,6 +321,24 @@ struct Settings {
         if let count = try integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT") { configuration.maximumInflightMessages = count }
         if let seconds = try integer(command.operationTimeout, "IOTHUB_OPERATION_TIMEOUT") {
             configuration.operationTimeout = .seconds(seconds)
+        }
+        if let websockets = try boolean(command.websockets, "IOTHUB_WEBSOCKETS") { configuration.websockets = websockets }
+        if let url = value(command.proxy, "IOTHUB_PROXY") {
+            var proxy = try ProxyOptions(url: url)
+            if command.proxy != nil, proxy.password != nil {
+                throw CommandFailure("--proxy must not carry a password: put it in --proxy-password-file or IOTHUB_PROXY_PASSWORD")
+            }
+            if let file = command.proxyPasswordFile {
+                proxy.password = try read(file, what: "the proxy password").trimmingCharacters(in: .newlines)
+            } else if let password = environment["IOTHUB_PROXY_PASSWORD"], !password.isEmpty {
+                proxy.password = password
+            }
+            if proxy.password != nil, proxy.username == nil {
+                throw CommandFailure("a proxy password needs a user name in the proxy URL (\(proxy.kind.rawValue)://user@host:port)")
+            }
+            configuration.proxyOptions = proxy
+        } else if command.proxyPasswordFile != nil {
+            throw CommandFailure("--proxy-password-file needs --proxy")
         }
         // The sidecar reads the twin after every (re)connect itself (GET /twin/desired).
         configuration.ensureDesiredProperties = false

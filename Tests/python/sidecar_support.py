@@ -61,11 +61,13 @@ class Sidecar:
         self.port = free_port()
         self.listen = listen or "127.0.0.1:{}".format(self.port)
         self.hub_https_port = free_port()
+        self.hub_mqtt_port = free_port()
+        self.hub_blob_port = free_port()
         self.device = device
         args = [
             BINARY, "serve", "--local-hub", "--local-hub-data-dir", self.data_dir,
-            "--local-hub-mqtt-port", str(free_port()), "--local-hub-https-port", str(self.hub_https_port),
-            "--local-hub-blob-port", str(free_port()), "--local-hub-device", device,
+            "--local-hub-mqtt-port", str(self.hub_mqtt_port), "--local-hub-https-port", str(self.hub_https_port),
+            "--local-hub-blob-port", str(self.hub_blob_port), "--local-hub-device", device,
             "--listen", self.listen, "--connection-retry-interval", "1",
         ] + list(extra_args)
         environment = dict(os.environ)
