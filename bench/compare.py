@@ -274,6 +274,20 @@ time.sleep(600)
     results["cold_start_ms"] = statistics.median(starts)
 
 
+def transport_phase(results):
+    """POST /messages over MQTT/TLS and over MQTT/WebSockets (the tunnel), against LocalHub."""
+    data = os.path.join(WORK, "localhub")
+    for name, args in (("tls", []), ("wss", ["--websockets"])):
+        port = free_port()
+        sidecar, _ = start_sidecar(["--local-hub", "--local-hub-data-dir", data] + args, port)
+        try:
+            results["t_{}_seq".format(name)] = wrk(port, 1, 1, SINGLE)
+            results["t_{}_64".format(name)] = wrk(port, 64, 2, SINGLE)
+            results["t_{}_batch".format(name)] = wrk(port, 8, 2, BATCH)
+        finally:
+            stop(sidecar)
+
+
 def machine():
     cpu = "unknown CPU"
     with open("/proc/cpuinfo") as info:
@@ -334,6 +348,21 @@ def report(results):
         "Process start until `/readyz` answers 200, with the embedded LocalHub (its state already on disk), median of 5: "
         "**{:.0f} ms**.".format(results["cold_start_ms"]),
         "",
+        "## 6. Transports: MQTT over TLS vs MQTT over WebSockets (LocalHub)",
+        "",
+        "The same sidecar, `--websockets` or not. Over WebSockets every byte also passes the device client's "
+        "tunnel (libmosquitto → unix socket → NIO → WebSocket frame → TLS).",
+        "",
+        "| sidecar `POST /messages` | TLS msg/s | WebSockets msg/s | WebSockets ÷ TLS | p50 TLS | p50 WebSockets |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, key, factor in (("one at a time (wrk -c1)", "seq", 1), ("64 connections (wrk -t2 -c64)", "64", 1),
+                               ("batches of 100, 8 connections (wrk -t2 -c8)", "batch", 100)):
+        tls, wss = results["t_tls_" + key], results["t_wss_" + key]
+        lines.append("| {} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} |".format(
+            label, tls[0] * factor, wss[0] * factor, wss[0] / tls[0], tls[1], wss[1]))
+    lines += [
+        "",
         "## Against the targets of issue 7",
         "",
         "| target | measured | met |",
@@ -362,6 +391,7 @@ def main():
     certificates = make_certificates()
     mosquitto_phase(certificates, results)
     localhub_phase(results)
+    transport_phase(results)
     text = report(results)
     print(text)
     target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "PERFORMANCE.md")
