@@ -685,41 +685,48 @@ public final class IoTHubDeviceClient: Sendable {
     /// Sends a telemetry message (the seed's `send_message`) and returns when the hub has
     /// acknowledged it.
     public func send(_ message: Message) async throws(IoTHubError) {
-        try await send(message, onPublished: nil)
-    }
-
-    /// Sends messages in their order, pipelined: each is published as soon as the one before it
-    /// is on the wire, without waiting for its acknowledgement. Returns one result per message,
-    /// in order; each succeeds or fails on its own.
-    public func send(_ messages: [Message]) async -> [Result<Void, IoTHubError>] {
-        await withTaskGroup(of: (Int, Result<Void, IoTHubError>).self) { group in
-            var previous: PublishGate?
-            for (index, message) in messages.enumerated() {
-                let gate = PublishGate()
-                let after = previous
-                group.addTask {
-                    await after?.wait()
-                    do throws(IoTHubError) {
-                        try await self.send(message, onPublished: { gate.open() })
-                        return (index, .success(()))
-                    } catch {
-                        gate.open()
-                        return (index, .failure(error))
-                    }
-                }
-                previous = gate
-            }
-            var results = [Result<Void, IoTHubError>](repeating: .failure(.clientError("not sent")), count: messages.count)
-            for await (index, result) in group { results[index] = result }
-            return results
-        }
-    }
-
-    private func send(_ message: Message, onPublished: (@Sendable () -> Void)?) async throws(IoTHubError) {
         try message.validateSize()
         try await ensureConnection()
-        let topic = TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).name
-        try await publish(topic: topic, payload: message.payload, onPublished: onPublished)
+        try await publish(topic: TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).name, payload: message.payload)
+    }
+
+    /// Sends messages in their order, pipelined: all are handed to the MQTT connection one after
+    /// the other, without waiting for acknowledgements in between. Returns one result per
+    /// message, in order; each succeeds or fails on its own (a message over the size limit fails
+    /// alone, the others are still sent).
+    public func send(_ messages: [Message]) async -> [Result<Void, IoTHubError>] {
+        var results = [Result<Void, IoTHubError>?](repeating: nil, count: messages.count)
+        var pending: [(index: Int, topic: String, payload: Data)] = []
+        pending.reserveCapacity(messages.count)
+        for (index, message) in messages.enumerated() {
+            do throws(IoTHubError) {
+                try message.validateSize()
+                pending.append((index, TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).name, message.payload))
+            } catch {
+                results[index] = .failure(error)
+            }
+        }
+        while !pending.isEmpty {
+            do throws(IoTHubError) {
+                try await ensureConnection()
+                guard let mqtt = state.withLockedValue({ $0.mqtt }) else { throw .noConnectionError("the client is not connected") }
+                let outcomes = await mqtt.publish(batch: pending.map { ($0.topic, $0.payload) })
+                var refused: [(index: Int, topic: String, payload: Data)] = []
+                for (entry, outcome) in zip(pending, outcomes) {
+                    if case .failure(.noConnectionError) = outcome { refused.append(entry) } else { results[entry.index] = outcome }
+                }
+                pending = refused
+                // libmosquitto refuses new publishes while a connection is being replaced
+                // (renewal, reconnect): the rest go, in order, over the new connection.
+                if !pending.isEmpty, try await !waitUntilConnected() {
+                    throw .noConnectionError("the client is not connected")
+                }
+            } catch {
+                for entry in pending { results[entry.index] = .failure(error) }
+                pending = []
+            }
+        }
+        return results.map { $0 ?? .failure(.clientError("the message was not sent")) }
     }
 
     /// Sends a message to an output of this module (the seed's `send_message_to_output`).
@@ -731,13 +738,13 @@ public final class IoTHubDeviceClient: Sendable {
         try await send(message)
     }
 
-    private func publish(topic: String, payload: Data, onPublished: (@Sendable () -> Void)? = nil) async throws(IoTHubError) {
+    private func publish(topic: String, payload: Data) async throws(IoTHubError) {
         while true {
             guard let mqtt = state.withLockedValue({ $0.mqtt }) else {
                 throw .noConnectionError("the client is not connected")
             }
             do {
-                try await mqtt.publish(topic: topic, payload: payload, onPublished: onPublished)
+                try await mqtt.publish(topic: topic, payload: payload)
                 return
             } catch .noConnectionError(let detail) {
                 // libmosquitto refuses new publishes while a connection is being replaced
@@ -1036,30 +1043,4 @@ func withTimeout<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Senda
         return outcome
     }
     return try result.get()
-}
-
-/// Opens once; waiters before and after that go on. Orders pipelined publishes.
-final class PublishGate: Sendable {
-    private let state = NIOLockedValueBox<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    func open() {
-        let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-            guard !state.open else { return [] }
-            state.open = true
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLockedValue { state -> Bool in
-                if state.open { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if now { continuation.resume() }
-        }
-    }
 }

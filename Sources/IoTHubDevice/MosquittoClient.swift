@@ -29,7 +29,7 @@ enum MQTTEvent: Sendable {
 /// is serialised on `controlQueue`; the Swift state is behind `state`'s lock.
 final class MosquittoClient: @unchecked Sendable {
     private struct State {
-        var pendingPublishes: [Int32: CheckedContinuation<Void, any Error>] = [:]
+        var pendingPublishes: [Int32: PublishWaiter] = [:]
         var earlyAcknowledgements: Set<Int32> = []
         /// Publishes whose callers stopped waiting; their PUBACK, if it comes, is dropped so it
         /// cannot complete a later publish that reuses the message id.
@@ -174,9 +174,7 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Publishes at QoS 1 and returns when the PUBACK arrives. While the connection is down
     /// libmosquitto keeps the message and sends it after the next (re)connect.
-    /// - Parameter onPublished: called once libmosquitto has taken the message (it is then in
-    ///   order on the wire), before the wait for its PUBACK.
-    func publish(topic: String, payload: Data, onPublished: (@Sendable () -> Void)? = nil) async throws(IoTHubError) {
+    func publish(topic: String, payload: Data) async throws(IoTHubError) {
         let handle = self.handle
         let publishedMid = NIOLockedValueBox<Int32?>(nil)
         do {
@@ -190,10 +188,9 @@ final class MosquittoClient: @unchecked Sendable {
                         continuation.resume(throwing: Self.publishError(code))
                         return
                     }
-                    onPublished?()
                     let acknowledged = state.withLockedValue { state -> Bool in
                         if state.earlyAcknowledgements.remove(mid) != nil { return true }
-                        state.pendingPublishes[mid] = continuation
+                        state.pendingPublishes[mid] = .single(continuation)
                         return false
                     }
                     publishedMid.withLockedValue { $0 = mid }
@@ -210,6 +207,41 @@ final class MosquittoClient: @unchecked Sendable {
             throw error
         } catch {
             throw .clientError("\(error)")
+        }
+    }
+
+    /// Publishes every message in order at QoS 1, one libmosquitto call after the other on this
+    /// thread (no task or hop per message), and returns one result per message once each has
+    /// its PUBACK or has failed. After a message libmosquitto refuses, the rest are not handed
+    /// over (their order would break) and fail with the same error.
+    func publish(batch messages: [(topic: String, payload: Data)]) async -> [Result<Void, IoTHubError>] {
+        let handle = self.handle
+        let batch = PublishBatch(count: messages.count)
+        var published: [Int32] = []
+        published.reserveCapacity(messages.count)
+        for (index, message) in messages.enumerated() {
+            var mid: Int32 = 0
+            let code = message.payload.withUnsafeBytes { bytes in
+                mosquitto_publish(handle, &mid, message.topic, Int32(bytes.count), bytes.baseAddress, 1, false)
+            }
+            guard code == MOSQ_ERR_SUCCESS.rawValue else {
+                let error = Self.publishError(code)
+                for rest in index..<messages.count { batch.complete(rest, .failure(error)) }
+                break
+            }
+            let acknowledged = state.withLockedValue { state -> Bool in
+                if state.earlyAcknowledgements.remove(mid) != nil { return true }
+                state.pendingPublishes[mid] = .batch(batch, index: index)
+                return false
+            }
+            if acknowledged { batch.complete(index, .success(())) }
+            published.append(mid)
+        }
+        let mids = published
+        return await withTaskCancellationHandler {
+            await batch.results()
+        } onCancel: {
+            for mid in mids { self.stopWaiting(for: mid) }
         }
     }
 
@@ -274,7 +306,7 @@ final class MosquittoClient: @unchecked Sendable {
             state.earlySubscriptionAcknowledgements.removeAll()
             return (published, subscribed)
         }
-        published.forEach { $0.resume(throwing: error) }
+        published.forEach { $0.complete(.failure(error)) }
         subscribed.forEach { $0.resume(throwing: error) }
     }
 
@@ -286,19 +318,19 @@ final class MosquittoClient: @unchecked Sendable {
             if continuation != nil { state.abandoned.insert(mid) }
             return continuation
         }?
-            .resume(throwing: IoTHubError.operationCancelled("the caller stopped waiting for the hub's acknowledgement"))
+            .complete(.failure(.operationCancelled("the caller stopped waiting for the hub's acknowledgement")))
     }
 
     private func publishAcknowledged(mid: Int32) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
-            if let continuation = state.pendingPublishes.removeValue(forKey: mid) { return continuation }
+        let waiter = state.withLockedValue { state -> PublishWaiter? in
+            if let waiter = state.pendingPublishes.removeValue(forKey: mid) { return waiter }
             if state.abandoned.remove(mid) != nil { return nil }
             // The PUBACK beat the registration of its publish (possible: the network thread is
             // faster than the caller); the registration finds it here.
             state.earlyAcknowledgements.insert(mid)
             return nil
         }
-        continuation?.resume()
+        waiter?.complete(.success(()))
     }
 
     private func subscribeAcknowledged(mid: Int32, granted: [Int32]) {
@@ -323,5 +355,63 @@ final class MosquittoClient: @unchecked Sendable {
             return String(cString: strerror(errno))
         }
         return String(cString: mosquitto_strerror(code))
+    }
+}
+
+/// Who waits for a publish's PUBACK: one caller, or one entry of a batch.
+enum PublishWaiter: Sendable {
+    case single(CheckedContinuation<Void, any Error>)
+    case batch(PublishBatch, index: Int)
+
+    func complete(_ result: Result<Void, IoTHubError>) {
+        switch self {
+        case .single(let continuation):
+            switch result {
+            case .success: continuation.resume()
+            case .failure(let error): continuation.resume(throwing: error)
+            }
+        case .batch(let batch, let index):
+            batch.complete(index, result)
+        }
+    }
+}
+
+/// The outcomes of a batch of publishes, filled in as PUBACKs (or failures) arrive; its one
+/// waiter resumes when the last is in. The first outcome of an entry counts.
+final class PublishBatch: Sendable {
+    private struct State {
+        var results: [Result<Void, IoTHubError>?]
+        var remaining: Int
+        var waiter: CheckedContinuation<[Result<Void, IoTHubError>], Never>?
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    init(count: Int) {
+        state = NIOLockedValueBox(State(results: Array(repeating: nil, count: count), remaining: count))
+    }
+
+    func complete(_ index: Int, _ result: Result<Void, IoTHubError>) {
+        let finished = state.withLockedValue { state -> (CheckedContinuation<[Result<Void, IoTHubError>], Never>, [Result<Void, IoTHubError>])? in
+            guard state.results[index] == nil else { return nil }
+            state.results[index] = result
+            state.remaining -= 1
+            guard state.remaining == 0, let waiter = state.waiter else { return nil }
+            state.waiter = nil
+            return (waiter, state.results.map { $0 ?? .failure(.clientError("no outcome")) })
+        }
+        if let (waiter, results) = finished { waiter.resume(returning: results) }
+    }
+
+    /// Every entry's outcome, in order, once all are known.
+    func results() async -> [Result<Void, IoTHubError>] {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLockedValue { state -> [Result<Void, IoTHubError>]? in
+                guard state.remaining > 0 else { return state.results.map { $0 ?? .failure(.clientError("no outcome")) } }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
     }
 }

@@ -38,6 +38,25 @@ import Testing
         }
     }
 
+    @Test(arguments: Transport.allCases) func aBatchArrivesInOrderAndEachMessageHasItsOwnResult(over transport: Transport) async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client(over: transport)
+            var messages = (0..<300).map { Message(payload: Data("\($0)".utf8), messageId: "b\($0)") }
+            messages[150] = Message(payload: Data(count: Message.maximumSize + 1), messageId: "too-large")
+            let results = await client.send(messages)
+            #expect(results.count == 300)
+            for (index, result) in results.enumerated() {
+                switch result {
+                case .success: #expect(index != 150)
+                case .failure(let error): #expect(index == 150 && error.code == "ValueError", "\(index): \(error)")
+                }
+            }
+            let expected = (0..<300).filter { $0 != 150 }.map { "b\($0)" }
+            #expect(fixture.telemetry.compactMap(\.message.messageId) == expected)
+            await client.shutdown()
+        }
+    }
+
     @Test(arguments: Transport.allCases) func twinGetAndReportedPatch(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let client = try fixture.client(over: transport)
