@@ -436,6 +436,10 @@ extension SidecarAPI {
 
     /// `text` as a JSON string literal, quotes included.
     static func quoted(_ text: String) -> String {
+        // Most values (message ids, lock tokens) need no escaping: copy them in one piece.
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            return "\"" + text + "\""
+        }
         var result = "\""
         for scalar in text.unicodeScalars {
             switch scalar {
