@@ -456,25 +456,38 @@ public final class IoTHubDeviceClient: Sendable {
     }
 
     private func connectionLost() {
-        let error = IoTHubError.connectionDroppedError("the connection to the hub was lost")
-        let retry = state.withLockedValue { state -> Bool? in
+        var error = IoTHubError.connectionDroppedError("the connection to the hub was lost")
+        let lost = state.withLockedValue { state -> (retry: Bool, connectedFor: TimeInterval)? in
             guard state.phase == .connected else { return nil }
             state.subscribed = []
             state.renewalTask?.cancel()
             state.renewalTask = nil
-            return configuration.connectionRetry
+            return (configuration.connectionRetry, Date().timeIntervalSince(state.since))
         }
-        guard let retry else { return }
+        guard let (retry, connectedFor) = lost else { return }
+        // A connection the hub ends right after accepting it is usually taken over by another
+        // client with the same identity (IoT Hub closes the older one). Reconnecting at once
+        // would take it back, and both would trade the connection as fast as they can: wait the
+        // retry interval instead, and say why.
+        let shortLived = connectedFor < Self.shortLivedConnection
+        if shortLived {
+            error = .connectionDroppedError(
+                "the hub closed the connection \(Int(connectedFor * 1000)) ms after accepting it; is another client connected as \(MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId)?")
+            logger.warning("short-lived connection", metadata: ["error": "\(error)"])
+        }
         errorStreams.yield(error)
         if retry {
             transition(to: .reconnecting, reason: error)
-            startReconnecting(immediately: true)
+            startReconnecting(immediately: !shortLived)
         } else {
             transition(to: .disconnected, reason: error)
             state.withLockedValue { $0.mqtt }?.failPending(with: error, publishes: true)
             twinResponses.failAll(with: error)
         }
     }
+
+    /// A connection that ends sooner than this after its CONNACK is not reconnected at once.
+    static let shortLivedConnection: TimeInterval = 1
 
     private func startReconnecting(immediately: Bool) {
         let task = Task { [weak self] in

@@ -61,6 +61,27 @@ import Testing
         }
     }
 
+    @Test func twoClientsWithOneIdentityDoNotTradeTheConnectionInALoop() async throws {
+        try await HubFixture.with { fixture in
+            // The hub closes the older connection of a client id (takeover). Each client then
+            // waits the retry interval (200 ms here) before taking it back, instead of at once.
+            let older = try fixture.client()
+            let newer = try fixture.client()
+            let errors = older.backgroundErrors()
+            try await older.connect()
+            try await newer.connect()
+            let error = await first(of: errors, timeout: .seconds(5))
+            #expect("\(String(describing: error))".contains("is another client connected as dev1"), "\(String(describing: error))")
+            let before = fixture.hub.state.withLockedValue { $0.lastConnectionId }
+            try await Task.sleep(for: .seconds(2))
+            let connections = fixture.hub.state.withLockedValue { $0.lastConnectionId } - before
+            // Two clients each reconnecting at most every 200 ms: about 20 in 2 s, not thousands.
+            #expect(connections <= 30, "\(connections) connections in 2 s")
+            await older.shutdown()
+            await newer.shutdown()
+        }
+    }
+
     @Test func aMethodAnsweredAfterItsTimeoutIsDroppedByTheHub() async throws {
         try await HubFixture.with { fixture in
             let key = IdentityKey(deviceId: "dev1")
