@@ -121,13 +121,14 @@ final class MQTTTunnel: Sendable {
                     return leftover
                 }
             }
-            return steps.flatMapThrowing { leftover in
-                timeout.cancel()
+            let ready = steps.flatMapThrowing { leftover in
                 let relay = RelayHandler()
                 try channel.pipeline.syncOperations.addHandler(relay)
                 if !leftover.isEmpty { channel.pipeline.fireChannelRead(channel.allocator.buffer(bytes: leftover)) }
                 return NIOLoopBound(relay, eventLoop: eventLoop)
             }
+            ready.whenComplete { _ in timeout.cancel() }
+            return ready
         }
         let relay: NIOLoopBound<RelayHandler>
         do {
@@ -330,7 +331,9 @@ private final class WebSocketByteStream: ChannelDuplexHandler {
             let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .connectionClose:
-            sendClose(context: context, then: true)
+            // Answer the peer's close, then close the connection.
+            sendCloseFrame(context: context)
+            context.close(promise: nil)
         case .text:
             // MQTT is binary; a text frame means the peer is not speaking MQTT over WebSockets.
             var data = context.channel.allocator.buffer(capacity: 2)
@@ -349,23 +352,17 @@ private final class WebSocketByteStream: ChannelDuplexHandler {
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        if !closeSent, mode == .all, context.channel.isActive {
-            closeSent = true
-            var data = context.channel.allocator.buffer(capacity: 2)
-            data.write(webSocketErrorCode: .normalClosure)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)), promise: nil)
-        }
+        // Our side ends the connection (libmosquitto disconnected): say so in WebSocket terms first.
+        if mode == .all, context.channel.isActive { sendCloseFrame(context: context) }
         context.close(mode: mode, promise: promise)
     }
 
-    private func sendClose(context: ChannelHandlerContext, then closing: Bool) {
-        if !closeSent {
-            closeSent = true
-            var data = context.channel.allocator.buffer(capacity: 2)
-            data.write(webSocketErrorCode: .normalClosure)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)), promise: nil)
-        }
-        if closing { context.close(promise: nil) }
+    private func sendCloseFrame(context: ChannelHandlerContext) {
+        guard !closeSent else { return }
+        closeSent = true
+        var data = context.channel.allocator.buffer(capacity: 2)
+        data.write(webSocketErrorCode: .normalClosure)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)), promise: nil)
     }
 }
 

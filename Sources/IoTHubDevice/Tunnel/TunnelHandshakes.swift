@@ -200,10 +200,14 @@ struct SOCKS5Handshake: TunnelHandshake {
                 let user = Array((username ?? "").utf8)
                 let secret = Array((password ?? "").utf8)
                 return .send([1, UInt8(user.count)] + user + [UInt8(secret.count)] + secret)
-            case 0xFF where username == nil, 2:
-                throw TunnelFailure("the \(proxyName) requires authentication; give a user name and password")
+            case 0xFF, 2:
+                // 0xFF: none of the offered methods is acceptable; 2 without a user name to send.
+                throw TunnelFailure(
+                    username == nil
+                        ? "the \(proxyName) requires authentication; give a user name and password"
+                        : "the \(proxyName) accepts none of the offered authentication methods")
             default:
-                throw TunnelFailure("the \(proxyName) accepts none of the offered authentication methods (it chose \(method))")
+                throw TunnelFailure("the \(proxyName) chose authentication method \(method), which was not offered")
             }
         case .authentication:
             guard received.count >= 2 else { return .needMoreBytes }
