@@ -13,10 +13,6 @@ import pytest
 
 from sidecar_support import Sidecar, free_port
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("tinyproxy", "danted", "microsocks")),
-    reason="needs tinyproxy, dante-server and microsocks (scripts/setup installs them)")
-
 UNPRIVILEGED = ["User nobody", "Group nogroup"] if os.geteuid() == 0 else []
 
 
@@ -24,6 +20,8 @@ class Proxy:
     """A proxy server process on a loopback port, with its log."""
 
     def __init__(self, directory, name, command, port):
+        # Not skipped when missing: scripts/setup installs tinyproxy, dante-server and microsocks.
+        assert shutil.which(command[0]), "{} is not installed: run scripts/setup".format(command[0])
         self.port = port
         self.log_path = os.path.join(directory, name + ".log")
         self.log = open(self.log_path, "wb")
