@@ -323,7 +323,10 @@ struct SidecarAPI: Sendable {
         var members: [String: JSONValue] = [
             "identity": .object(identity), "state": .string(status.state.rawValue), "since": .string(Timestamp.string(status.since)),
             "newSasTokenRequired": .bool(bridge.isNewSASTokenRequired),
+            "transport": .string(client.configuration.websockets ? "mqtt-websockets" : "mqtt"),
         ]
+        // The proxy's description leaves its password out.
+        if let proxy = client.configuration.proxyOptions { members["proxy"] = .string("\(proxy)") }
         if let error = status.lastError { members["lastError"] = SidecarEvent.lastError(error) }
         if let expiry = status.tokenExpiry { members["tokenExpiry"] = .string(Timestamp.string(expiry)) }
         return Self.json(.object(members))

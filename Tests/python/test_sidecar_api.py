@@ -48,6 +48,7 @@ def test_health_readiness_and_status(sidecar):
     status = sidecar.get("/status").json()
     assert status["identity"] == {"hostName": "localhost", "deviceId": "sidecar-device", "authentication": "symmetricKey"}
     assert status["state"] == "connected"
+    assert status["transport"] == "mqtt" and "proxy" not in status
     assert status["newSasTokenRequired"] is False
     assert status["since"].endswith("Z") and status["tokenExpiry"].endswith("Z")
 

@@ -165,6 +165,9 @@ def test_everything_goes_through_the_proxy(tmp_path, name, start, url, password,
         sidecar = start_sidecar(args, password=password, password_file=password_file)
         try:
             assert transport_seen_by_hub(sidecar) == ("mqtt-websockets" if websockets else "mqtt")
+            status = sidecar.get("/status").json()
+            assert status["transport"] == ("mqtt-websockets" if websockets else "mqtt")
+            assert status["proxy"] == url.format(port=proxy.port), status
             send_and_upload(sidecar, "{}-{}".format(name, "wss" if websockets else "mqtt"))
             mqtt_port = sidecar.hub_https_port if websockets else sidecar.hub_mqtt_port
             assert proxy.saw_connection_to(mqtt_port), proxy.text()
