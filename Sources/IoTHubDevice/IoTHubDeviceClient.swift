@@ -251,10 +251,7 @@ public final class IoTHubDeviceClient: Sendable {
         }
         tasks.forEach { $0.cancel() }
         await mqtt?.disconnect()
-        state.withLockedValue { state in
-            defer { state.tunnel = nil }
-            return state.tunnel
-        }?.close()
+        closeTunnel()
         // A connection attempt still waiting for its CONNACK ends now, not at its timeout.
         resumeConnack(-1)
         let cancelled = IoTHubError.operationCancelled("the client disconnected")
@@ -324,10 +321,7 @@ public final class IoTHubDeviceClient: Sendable {
             endpoint = tunnelPlan.description
             // The previous attempt's tunnel goes first: the new one listens at the same path
             // (libmosquitto reconnects to the address it was given).
-            state.withLockedValue { state in
-                defer { state.tunnel = nil }
-                return state.tunnel
-            }?.close()
+            closeTunnel()
             do throws(IoTHubError) {
                 let tunnel = try await MQTTTunnel.open(tunnelPlan, socketPath: socketDirectory.socketPath)
                 state.withLockedValue { $0.tunnel = tunnel }
@@ -375,6 +369,14 @@ public final class IoTHubDeviceClient: Sendable {
             await mqtt.disconnect()
             return .failure(.connectionFailedError("the hub refused the connection (CONNACK \(returnCode))"))
         }
+    }
+
+    /// Closes the tunnel of the last connection attempt, if there is one.
+    private func closeTunnel() {
+        state.withLockedValue { state in
+            defer { state.tunnel = nil }
+            return state.tunnel
+        }?.close()
     }
 
     /// Installs the CONNACK waiter, runs `connect`, and waits for the CONNACK's return code

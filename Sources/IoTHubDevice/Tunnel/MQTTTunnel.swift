@@ -390,10 +390,6 @@ private final class RelayHandler: ChannelDuplexHandler {
         partner = nil
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        context.fireChannelActive()
-    }
-
     /// Called by the partner when it joins: deliver what waited.
     private func flushEarly() {
         guard let partner else { return }
