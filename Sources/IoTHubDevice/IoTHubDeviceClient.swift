@@ -355,6 +355,7 @@ public final class IoTHubDeviceClient: Sendable {
                 await mqtt.disconnect()
                 return .failure(.operationCancelled("the client was disconnected while connecting"))
             }
+            mqtt.openForPublishing()
             return .success(())
         case 4, 5:
             await mqtt.disconnect()
@@ -731,8 +732,8 @@ public final class IoTHubDeviceClient: Sendable {
                     if case .failure(.noConnectionError) = outcome { refused.append(entry) } else { results[entry.index] = outcome }
                 }
                 pending = refused
-                // libmosquitto refuses new publishes while a connection is being replaced
-                // (renewal, reconnect): the rest go, in order, over the new connection.
+                // Nothing is handed to libmosquitto while a connection is being made (renewal,
+                // reconnect): the rest go, in order, over the new connection.
                 if !pending.isEmpty, try await !waitUntilConnected() {
                     throw .noConnectionError("the client is not connected")
                 }
@@ -762,8 +763,8 @@ public final class IoTHubDeviceClient: Sendable {
                 try await mqtt.publish(topic: topic, payload: payload)
                 return
             } catch .noConnectionError(let detail) {
-                // libmosquitto refuses new publishes while a connection is being replaced
-                // (renewal, reconnect); wait for the new connection and hand it over then.
+                // Nothing is handed to libmosquitto while a connection is being made (renewal,
+                // reconnect); wait for the new connection and hand the message over then.
                 guard try await waitUntilConnected() else { throw .noConnectionError(detail) }
             }
         }

@@ -42,6 +42,17 @@ final class MosquittoClient: @unchecked Sendable {
         var disconnectRequested = false
     }
 
+    /// Whether publishes may be handed to libmosquitto: from an accepted CONNACK until the next
+    /// (re)connect begins. Two reasons: libmosquitto keeps a QoS 1 message it could not write
+    /// (no socket) and sends it again after a reconnect, but only if the message was queued
+    /// before that reconnect started (one queued while `mosquitto_reconnect` runs waits for a
+    /// PUBACK forever); and while its network thread is stopped, libmosquitto writes a publish
+    /// from the publishing thread, on the TLS session the reconnect is setting up. Publishes
+    /// take this lock around their libmosquitto call and a (re)connect closes the gate under it
+    /// first, so no publish overlaps a reconnect. The lock is never taken in a libmosquitto
+    /// callback (no lock-order cycle with libmosquitto's own mutexes).
+    private let publishGate = NIOLockedValueBox(false)
+
     private let handle: OpaquePointer
     /// Signalled by the network thread each time it sees the connection end.
     private let connectionEnded = DispatchSemaphore(value: 0)
@@ -118,6 +129,7 @@ final class MosquittoClient: @unchecked Sendable {
     func connect(host: String, port: Int, keepAlive: Int, username: String, password: String?, reconnect: Bool) async throws(IoTHubError) {
         let result: Int32 = await withCheckedContinuation { continuation in
             controlQueue.async { [self] in
+                publishGate.withLockedValue { $0 = false }
                 stopLoopOnControlQueue()
                 state.withLockedValue { $0.disconnectRequested = false }
                 mosquitto_username_pw_set(handle, username, password)
@@ -134,10 +146,16 @@ final class MosquittoClient: @unchecked Sendable {
         }
     }
 
+    /// Lets publishes through once the hub has accepted the connection (CONNACK 0).
+    func openForPublishing() {
+        publishGate.withLockedValue { $0 = true }
+    }
+
     /// Sends DISCONNECT (if connected) and stops the network thread.
     func disconnect() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             controlQueue.async { [self] in
+                publishGate.withLockedValue { $0 = false }
                 state.withLockedValue { $0.disconnectRequested = true }
                 while connectionEnded.wait(timeout: .now()) == .success {}
                 mosquitto_disconnect(handle)
@@ -172,20 +190,20 @@ final class MosquittoClient: @unchecked Sendable {
         if running { mosquitto_loop_stop(handle, false) }
     }
 
-    /// Publishes at QoS 1 and returns when the PUBACK arrives. While the connection is down
-    /// libmosquitto keeps the message and sends it after the next (re)connect.
+    /// Publishes at QoS 1 and returns when the PUBACK arrives. A message handed over while the
+    /// connection is down is kept by libmosquitto and sent after the next reconnect; while a
+    /// connection is being (re)made nothing is handed over and this throws `NoConnectionError`
+    /// (the message was not taken; the caller may send it again).
     func publish(topic: String, payload: Data) async throws(IoTHubError) {
-        let handle = self.handle
         let publishedMid = NIOLockedValueBox<Int32?>(nil)
         do {
             try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                    var mid: Int32 = 0
-                    let code = payload.withUnsafeBytes { bytes in
-                        mosquitto_publish(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, 1, false)
-                    }
-                    guard code == MOSQ_ERR_SUCCESS.rawValue else {
-                        continuation.resume(throwing: Self.publishError(code))
+                    let mid: Int32
+                    do throws(IoTHubError) {
+                        mid = try handOver(topic: topic, payload: payload)
+                    } catch {
+                        continuation.resume(throwing: error)
                         return
                     }
                     let acknowledged = state.withLockedValue { state -> Bool in
@@ -212,20 +230,17 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Publishes every message in order at QoS 1, one libmosquitto call after the other on this
     /// thread (no task or hop per message), and returns one result per message once each has
-    /// its PUBACK or has failed. After a message libmosquitto refuses, the rest are not handed
+    /// its PUBACK or has failed. After a message that is not taken, the rest are not handed
     /// over (their order would break) and fail with the same error.
     func publish(batch messages: [(topic: String, payload: Data)]) async -> [Result<Void, IoTHubError>] {
-        let handle = self.handle
         let batch = PublishBatch(count: messages.count)
         var published: [Int32] = []
         published.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
-            var mid: Int32 = 0
-            let code = message.payload.withUnsafeBytes { bytes in
-                mosquitto_publish(handle, &mid, message.topic, Int32(bytes.count), bytes.baseAddress, 1, false)
-            }
-            guard code == MOSQ_ERR_SUCCESS.rawValue else {
-                let error = Self.publishError(code)
+            let mid: Int32
+            do throws(IoTHubError) {
+                mid = try handOver(topic: message.topic, payload: message.payload)
+            } catch {
                 for rest in index..<messages.count { batch.complete(rest, .failure(error)) }
                 break
             }
@@ -243,6 +258,24 @@ final class MosquittoClient: @unchecked Sendable {
         } onCancel: {
             for mid in mids { self.stopWaiting(for: mid) }
         }
+    }
+
+    /// Hands one QoS 1 message to libmosquitto if publishing is open and returns its message id.
+    /// `MOSQ_ERR_NO_CONN` means taken: libmosquitto queued the message (it has no socket right
+    /// now) and sends it once the connection is made again.
+    private func handOver(topic: String, payload: Data) throws(IoTHubError) -> Int32 {
+        let handle = self.handle
+        return try publishGate.withLockedValue { open -> Result<Int32, IoTHubError> in
+            guard open else { return .failure(.noConnectionError("the connection to the hub is being made")) }
+            var mid: Int32 = 0
+            let code = payload.withUnsafeBytes { bytes in
+                mosquitto_publish(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, 1, false)
+            }
+            guard code == MOSQ_ERR_SUCCESS.rawValue || code == MOSQ_ERR_NO_CONN.rawValue else {
+                return .failure(Self.publishError(code))
+            }
+            return .success(mid)
+        }.get()
     }
 
     /// Subscribes and returns the granted QoS per filter (0x80 for a refusal). Cancelling the

@@ -192,7 +192,10 @@ class Sidecar:
         return reply.json()
 
     def telemetry_cursor(self):
-        return self.telemetry(after=0, timeout=0)["next"]
+        """The hub's latest telemetry sequence number: what arrives later comes after it."""
+        reply = self.hub("GET", "/local/status")
+        assert reply.status == 200, reply
+        return reply.json()["lastTelemetrySequenceNumber"]
 
 
 def drain(sidecar):
