@@ -7,21 +7,36 @@
 public enum PercentEncoding {
     /// Encodes `value` for use inside a topic, a property bag or a SAS resource URI.
     public static func encode(_ value: String) -> String {
-        let utf8 = value.utf8
         // Fast path: most keys and ids need no encoding at all.
-        if utf8.allSatisfy(isUnreserved) { return value }
-        var output: [UInt8] = []
-        output.reserveCapacity(utf8.count * 3)
-        for byte in utf8 {
-            if isUnreserved(byte) {
-                output.append(byte)
-            } else {
-                output.append(UInt8(ascii: "%"))
-                output.append(hexDigits[Int(byte >> 4)])
-                output.append(hexDigits[Int(byte & 0x0F)])
-            }
+        if value.utf8.allSatisfy(isUnreserved) { return value }
+        var output = ""
+        encode(value, appendingTo: &output)
+        return output
+    }
+
+    /// Appends the encoded form of `value` to `output` (no intermediate string for the parts
+    /// of a topic).
+    public static func encode(_ value: String, appendingTo output: inout String) {
+        let utf8 = value.utf8
+        if utf8.allSatisfy(isUnreserved) {
+            output += value
+            return
         }
-        return String(decoding: output, as: UTF8.self)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: utf8.count * 3) { buffer in
+            var count = 0
+            for byte in utf8 {
+                if isUnreserved(byte) {
+                    buffer[count] = byte
+                    count += 1
+                } else {
+                    buffer[count] = UInt8(ascii: "%")
+                    buffer[count + 1] = hexDigits[Int(byte >> 4)]
+                    buffer[count + 2] = hexDigits[Int(byte & 0x0F)]
+                    count += 3
+                }
+            }
+            output += String(decoding: UnsafeBufferPointer(rebasing: buffer[..<count]), as: UTF8.self)
+        }
     }
 
     /// Decodes `%XX` sequences. Like Python's `urllib.parse.unquote`, a `%` that is not followed

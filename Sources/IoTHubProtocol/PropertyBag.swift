@@ -48,15 +48,20 @@ public struct PropertyBag: Sendable, Hashable {
     /// The encoded form for a topic.
     public var encoded: String {
         var output = ""
+        encode(appendingTo: &output)
+        return output
+    }
+
+    /// Appends the encoded form to `output`.
+    public func encode(appendingTo output: inout String) {
         for (index, entry) in entries.enumerated() {
             if index > 0 { output += "&" }
-            output += PercentEncoding.encode(entry.key)
+            PercentEncoding.encode(entry.key, appendingTo: &output)
             if let value = entry.value {
                 output += "="
-                output += PercentEncoding.encode(value)
+                PercentEncoding.encode(value, appendingTo: &output)
             }
         }
-        return output
     }
 
     /// The value of the first entry named `key`.

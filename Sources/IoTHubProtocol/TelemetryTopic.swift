@@ -18,10 +18,16 @@ public struct TelemetryTopic: Sendable, Hashable {
 
     /// The topic name.
     public var name: String {
-        var topic = "devices/\(deviceId)/"
-        if let moduleId { topic += "modules/\(moduleId)/" }
-        topic += "messages/events/"
-        topic += properties.encoded
+        var topic = ""
+        topic.reserveCapacity(64 + deviceId.utf8.count + (moduleId?.utf8.count ?? 0) + properties.entries.count * 48)
+        topic += "devices/"
+        topic += deviceId
+        if let moduleId {
+            topic += "/modules/"
+            topic += moduleId
+        }
+        topic += "/messages/events/"
+        properties.encode(appendingTo: &topic)
         return topic
     }
 

@@ -46,7 +46,7 @@ enum MessageMapping {
             }
         }
         if message.contentType == nil { message.contentType = defaultContentType }
-        if message.messageId == nil { message.messageId = UUID().uuidString.lowercased() }
+        if message.messageId == nil { message.messageId = MessageIdentifiers.next() }
         return message
     }
 
@@ -56,33 +56,14 @@ enum MessageMapping {
         return try message(payload: payload, properties: pairs, isModule: isModule, defaultContentType: headers[.contentType])
     }
 
-    /// One entry of a batch envelope, decoded but not yet checked.
-    struct BatchEntry: Decodable, Sendable {
-        var body: String
-        var base64Encoded: Bool
-        var properties: [String: String]
-
-        enum CodingKeys: String, CodingKey {
-            case body, base64Encoded, properties
-        }
-
-        /// Optional members may be left out, but not given as `null`.
-        init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            body = try container.decode(String.self, forKey: .body)
-            base64Encoded = container.contains(.base64Encoded) ? try container.decode(Bool.self, forKey: .base64Encoded) : false
-            properties = container.contains(.properties) ? try container.decode([String: String].self, forKey: .properties) : [:]
-        }
-    }
-
     /// The messages of a batch envelope, each checked like a single message; any invalid
     /// entry rejects the whole batch (nothing is sent).
     static func batch(_ data: Data, isModule: Bool) throws(ProblemDetails) -> [Message] {
-        let entries: [BatchEntry]
-        do {
-            entries = try JSONDecoder().decode([BatchEntry].self, from: data)
+        let entries: [BatchEnvelopeParser.Entry]
+        do throws(BatchEnvelopeParser.Failure) {
+            entries = try BatchEnvelopeParser.entries(in: data)
         } catch {
-            throw .invalid("the batch is not a JSON array of {body, base64Encoded, properties}: \(Self.describe(error))")
+            throw .invalid("the batch is not a JSON array of {body, base64Encoded, properties}: \(error.reason)")
         }
         guard !entries.isEmpty else { throw .invalid("the batch is empty") }
         var messages: [Message] = []
@@ -95,9 +76,9 @@ enum MessageMapping {
                 }
                 payload = decoded
             } else {
-                payload = Data(entry.body.utf8)
+                payload = entry.body
             }
-            let pairs = entry.properties.sorted { $0.key < $1.key }.map { (name: $0.key, value: $0.value) }
+            let pairs = entry.properties
             for pair in pairs where !pair.name.lowercased().hasPrefix("iothub-") {
                 throw .invalid("entry \(index): \(pair.name) is not a message property", field: "[\(index)].properties.\(pair.name)")
             }
@@ -132,21 +113,5 @@ enum MessageMapping {
             add("iothub-app-" + key, value)
         }
         return fields
-    }
-
-    /// A one-line description of a decoding error, naming the member when there is one.
-    static func describe(_ error: any Error) -> String {
-        guard let error = error as? DecodingError else { return "not valid JSON" }
-        func path(_ context: DecodingError.Context) -> String {
-            let path = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-            return path.isEmpty ? "" : " at \(path)"
-        }
-        switch error {
-        case .dataCorrupted(let context): return context.codingPath.isEmpty ? "not valid JSON" : "invalid value\(path(context))"
-        case .keyNotFound(let key, let context): return "missing member \(key.stringValue)\(path(context))"
-        case .typeMismatch(_, let context): return "wrong type\(path(context))"
-        case .valueNotFound(_, let context): return "missing value\(path(context))"
-        @unknown default: return "not valid JSON"
-        }
     }
 }
