@@ -321,7 +321,8 @@ def report(results):
     lines = [
         "# Performance",
         "",
-        "Written by `bench/run` on {} ({}); all figures from one run. QoS 1, TLS 1.2, loopback. "
+        "Written by `bench/run` on {} ({}); all figures from one run. The sidecar is built as deploy/Dockerfile "
+        "builds it (release, Swift runtime linked statically). QoS 1, TLS 1.2, loopback. "
         "wrk runs {} s each; throughput rows are the median of {} runs. p50/p99 in milliseconds.".format(
             time.strftime("%Y-%m-%d"), machine(), SECONDS, REPEAT),
         "",
