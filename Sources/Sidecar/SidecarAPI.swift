@@ -432,9 +432,22 @@ extension SidecarAPI {
     /// The request's media type, lower-case, without parameters; nil without `Content-Type`.
     static func mediaType(of request: Request) -> String? {
         guard let value = request.headers[.contentType] else { return nil }
-        let type = value.utf8.prefix { $0 != UInt8(ascii: ";") }
-        let trimmed = type.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed().drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed()
-        return String(decoding: trimmed.map { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 + 32 : $0 }, as: UTF8.self)
+        return mediaType(ofContentType: value)
+    }
+
+    /// The media type of a `Content-Type` value: before any `;`, without surrounding blanks,
+    /// in lower case.
+    static func mediaType(ofContentType value: String) -> String {
+        let utf8 = value.utf8
+        let end = utf8.firstIndex(of: UInt8(ascii: ";")) ?? utf8.endIndex
+        let isBlank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        guard let first = utf8[..<end].firstIndex(where: { !isBlank($0) }), let last = utf8[..<end].lastIndex(where: { !isBlank($0) }) else {
+            return ""
+        }
+        let type = utf8[first...last]
+        // Usually already lower case: no copy byte by byte.
+        if !type.contains(where: { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) { return String(Substring(type)) }
+        return String(decoding: type.map { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) ? $0 + 32 : $0 }, as: UTF8.self)
     }
 
     /// `text` as a JSON string literal, quotes included.

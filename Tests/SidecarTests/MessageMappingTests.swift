@@ -77,6 +77,14 @@ import Testing
 }
 
 @Suite struct ServerPiecesTests {
+    @Test(arguments: [
+        ("application/json", "application/json"), ("Application/Vnd.Microsoft.IoTHub.JSON; charset=utf-8", "application/vnd.microsoft.iothub.json"),
+        (" \ttext/plain ;x=1", "text/plain"), ("", ""), ("  ; a=b", ""), ("a/b\t", "a/b"),
+    ])
+    func mediaTypes(contentType: String, expected: String) {
+        #expect(SidecarAPI.mediaType(ofContentType: contentType) == expected)
+    }
+
     @Test func listenAddresses() throws {
         #expect(try ListenAddress(parsing: "127.0.0.1:8080") == .tcp(host: "127.0.0.1", port: 8080))
         #expect(try ListenAddress(parsing: ":9000") == .tcp(host: "127.0.0.1", port: 9000))
