@@ -58,14 +58,9 @@ struct BatchEnvelopeParser {
     // MARK: The envelope
 
     private mutating func document() throws(Failure) -> [Entry] {
-        skipWhitespace()
-        guard peek() == UInt8(ascii: "[") else { throw fail("the document is not a JSON array") }
-        position += 1
+        guard consumeAfterWhitespace(UInt8(ascii: "[")) else { throw fail("the document is not a JSON array") }
         var entries: [Entry] = []
-        skipWhitespace()
-        if peek() == UInt8(ascii: "]") {
-            position += 1
-        } else {
+        if !consumeAfterWhitespace(UInt8(ascii: "]")) {
             while true {
                 entries.append(try entry(index: entries.count))
                 skipWhitespace()
@@ -80,9 +75,7 @@ struct BatchEnvelopeParser {
     }
 
     private mutating func entry(index: Int) throws(Failure) -> Entry {
-        skipWhitespace()
-        guard peek() == UInt8(ascii: "{") else { throw fail("entry \(index) is not an object") }
-        position += 1
+        guard consumeAfterWhitespace(UInt8(ascii: "{")) else { throw fail("entry \(index) is not an object") }
         var body: Data?
         var base64Encoded: Bool?
         var properties: [(name: String, value: String)]?
@@ -128,11 +121,7 @@ struct BatchEnvelopeParser {
     /// Reads the members of an object whose `{` is consumed, up to and including its `}`; calls
     /// `member` with each name, positioned at the value, which `member` must consume.
     private mutating func members(_ member: (inout BatchEnvelopeParser, [UInt8]) throws(Failure) -> Void) throws(Failure) {
-        skipWhitespace()
-        if peek() == UInt8(ascii: "}") {
-            position += 1
-            return
-        }
+        if consumeAfterWhitespace(UInt8(ascii: "}")) { return }
         while true {
             skipWhitespace()
             guard peek() == UInt8(ascii: "\"") else { throw fail("expected a member name") }
@@ -235,11 +224,7 @@ struct BatchEnvelopeParser {
             try members { (parser: inout BatchEnvelopeParser, _: [UInt8]) throws(Failure) in try parser.skipValue(depth: depth + 1) }
         case UInt8(ascii: "["):
             position += 1
-            skipWhitespace()
-            if peek() == UInt8(ascii: "]") {
-                position += 1
-                return
-            }
+            if consumeAfterWhitespace(UInt8(ascii: "]")) { return }
             while true {
                 skipWhitespace()
                 try skipValue(depth: depth + 1)
@@ -308,6 +293,14 @@ struct BatchEnvelopeParser {
         }
         if matches { position += count }
         return matches
+    }
+
+    /// Skips blanks, then consumes `byte` if it comes next.
+    private mutating func consumeAfterWhitespace(_ byte: UInt8) -> Bool {
+        skipWhitespace()
+        guard peek() == byte else { return false }
+        position += 1
+        return true
     }
 
     private mutating func skipWhitespace() {
