@@ -300,7 +300,8 @@ public final class IoTHubDeviceClient: Sendable {
                 } else {
                     mqtt = try MosquittoClient(
                         clientId: MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId,
-                        maximumInflight: configuration.maximumInflightMessages
+                        maximumInflight: configuration.maximumInflightMessages,
+                        acknowledgementTimeout: configuration.operationTimeout
                     ) { [weak self] event in self?.handle(event) }
                     // Through a tunnel, TLS is the tunnel's: libmosquitto speaks plain MQTT to it.
                     if tunnelPlan == nil { mqtt.useTLS(tls) }
@@ -699,7 +700,9 @@ public final class IoTHubDeviceClient: Sendable {
     // MARK: Telemetry and messages
 
     /// Sends a telemetry message (the seed's `send_message`) and returns when the hub has
-    /// acknowledged it.
+    /// acknowledged it. Throws `OperationTimeout` when no acknowledgement comes within the
+    /// operation timeout (the message then stays queued and may still reach the hub, e.g. after
+    /// a reconnect: not known to be delivered rather than not delivered).
     public func send(_ message: Message) async throws(IoTHubError) {
         try message.validateSize()
         try await ensureConnection()

@@ -26,10 +26,11 @@ enum MQTTEvent: Sendable {
 ///
 /// `@unchecked Sendable`: the handle is used concurrently only through libmosquitto's
 /// thread-safe entry points (publish, subscribe, disconnect in threaded mode); everything else
-/// is serialised on `controlQueue`; the Swift state is behind `state`'s lock.
+/// is serialised on `controlQueue`; the Swift state is behind `state`'s lock; `overdueSweep` is
+/// written only in `init`.
 final class MosquittoClient: @unchecked Sendable {
     private struct State {
-        var pendingPublishes: [Int32: PublishWaiter] = [:]
+        var pendingPublishes: [Int32: PendingPublish] = [:]
         var earlyAcknowledgements: Set<Int32> = []
         /// Publishes whose callers stopped waiting; their PUBACK, if it comes, is dropped so it
         /// cannot complete a later publish that reuses the message id.
@@ -61,6 +62,9 @@ final class MosquittoClient: @unchecked Sendable {
     private let state = NIOLockedValueBox(State())
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
     private let onEvent: @Sendable (MQTTEvent) -> Void
+    private let acknowledgementTimeout: Duration
+    /// Fails publishes whose PUBACK is overdue (written once, at the end of `init`).
+    private var overdueSweep: Task<Void, Never>?
     /// Keeps the TLS context alive as long as libmosquitto may use it.
     private var tlsContext: TLSContext?
 
@@ -69,9 +73,14 @@ final class MosquittoClient: @unchecked Sendable {
         return true
     }()
 
-    init(clientId: String, maximumInflight: Int, onEvent: @escaping @Sendable (MQTTEvent) -> Void) throws(IoTHubError) {
+    /// - Parameter acknowledgementTimeout: how long a publish waits for its PUBACK before it
+    ///   fails with `OperationTimeout` (the message stays with libmosquitto and may still arrive).
+    init(
+        clientId: String, maximumInflight: Int, acknowledgementTimeout: Duration, onEvent: @escaping @Sendable (MQTTEvent) -> Void
+    ) throws(IoTHubError) {
         _ = Self.libraryInitialized
         self.onEvent = onEvent
+        self.acknowledgementTimeout = acknowledgementTimeout
         guard let handle = mosquitto_new(clientId, false, nil) else {
             throw .clientError("libmosquitto could not create a client")
         }
@@ -106,9 +115,11 @@ final class MosquittoClient: @unchecked Sendable {
             let payload = message.payload.map { Data(bytes: $0, count: Int(message.payloadlen)) } ?? Data()
             client.onEvent(.message(topic: String(cString: topic), payload: payload))
         }
+        overdueSweep = startOverdueSweep()
     }
 
     deinit {
+        overdueSweep?.cancel()
         mosquitto_loop_stop(handle, true)
         mosquitto_destroy(handle)
     }
@@ -149,6 +160,31 @@ final class MosquittoClient: @unchecked Sendable {
     /// Lets publishes through once the hub has accepted the connection (CONNACK 0).
     func openForPublishing() {
         publishGate.withLockedValue { $0 = true }
+    }
+
+    /// Checks a few times per acknowledgement timeout (at most every second) for publishes
+    /// whose PUBACK is overdue and fails them.
+    private func startOverdueSweep() -> Task<Void, Never> {
+        let interval = min(max(acknowledgementTimeout / 4, .milliseconds(10)), .seconds(1))
+        return Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard let self else { return }
+                failOverduePublishes(now: .now)
+            }
+        }
+    }
+
+    private func failOverduePublishes(now: ContinuousClock.Instant) {
+        let overdue = state.withLockedValue { state -> [PublishWaiter] in
+            let mids = state.pendingPublishes.compactMap { $0.value.deadline < now ? $0.key : nil }
+            state.abandoned.formUnion(mids)
+            return mids.compactMap { state.pendingPublishes.removeValue(forKey: $0)?.waiter }
+        }
+        guard !overdue.isEmpty else { return }
+        let error = IoTHubError.operationTimeout(
+            "the hub did not acknowledge the message within \(acknowledgementTimeout); it is still queued and may yet arrive")
+        overdue.forEach { $0.complete(.failure(error)) }
     }
 
     /// Sends DISCONNECT (if connected) and stops the network thread.
@@ -193,9 +229,11 @@ final class MosquittoClient: @unchecked Sendable {
     /// Publishes at QoS 1 and returns when the PUBACK arrives. A message handed over while the
     /// connection is down is kept by libmosquitto and sent after the next reconnect; while a
     /// connection is being (re)made nothing is handed over and this throws `NoConnectionError`
-    /// (the message was not taken; the caller may send it again).
+    /// (the message was not taken; the caller may send it again). Without a PUBACK within the
+    /// acknowledgement timeout it throws `OperationTimeout`.
     func publish(topic: String, payload: Data) async throws(IoTHubError) {
         let publishedMid = NIOLockedValueBox<Int32?>(nil)
+        let deadline = ContinuousClock.now + acknowledgementTimeout
         do {
             try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -208,7 +246,7 @@ final class MosquittoClient: @unchecked Sendable {
                     }
                     let acknowledged = state.withLockedValue { state -> Bool in
                         if state.earlyAcknowledgements.remove(mid) != nil { return true }
-                        state.pendingPublishes[mid] = .single(continuation)
+                        state.pendingPublishes[mid] = PendingPublish(waiter: .single(continuation), deadline: deadline)
                         return false
                     }
                     publishedMid.withLockedValue { $0 = mid }
@@ -234,6 +272,7 @@ final class MosquittoClient: @unchecked Sendable {
     /// over (their order would break) and fail with the same error.
     func publish(batch messages: [(topic: String, payload: Data)]) async -> [Result<Void, IoTHubError>] {
         let batch = PublishBatch(count: messages.count)
+        let deadline = ContinuousClock.now + acknowledgementTimeout
         var published: [Int32] = []
         published.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
@@ -246,7 +285,7 @@ final class MosquittoClient: @unchecked Sendable {
             }
             let acknowledged = state.withLockedValue { state -> Bool in
                 if state.earlyAcknowledgements.remove(mid) != nil { return true }
-                state.pendingPublishes[mid] = .batch(batch, index: index)
+                state.pendingPublishes[mid] = PendingPublish(waiter: .batch(batch, index: index), deadline: deadline)
                 return false
             }
             if acknowledged { batch.complete(index, .success(())) }
@@ -328,7 +367,7 @@ final class MosquittoClient: @unchecked Sendable {
     /// Fails every operation still waiting (subscriptions always; publishes when `publishes`).
     func failPending(with error: IoTHubError, publishes: Bool) {
         let (published, subscribed) = state.withLockedValue { state in
-            let published = publishes ? Array(state.pendingPublishes.values) : []
+            let published = publishes ? state.pendingPublishes.values.map(\.waiter) : []
             if publishes {
                 state.abandoned.formUnion(state.pendingPublishes.keys)
                 state.pendingPublishes.removeAll()
@@ -347,16 +386,16 @@ final class MosquittoClient: @unchecked Sendable {
     /// still reach the hub: a cancelled send is "not known to be delivered", not "not delivered".
     private func stopWaiting(for mid: Int32) {
         state.withLockedValue { state in
-            let continuation = state.pendingPublishes.removeValue(forKey: mid)
-            if continuation != nil { state.abandoned.insert(mid) }
-            return continuation
+            let pending = state.pendingPublishes.removeValue(forKey: mid)
+            if pending != nil { state.abandoned.insert(mid) }
+            return pending?.waiter
         }?
             .complete(.failure(.operationCancelled("the caller stopped waiting for the hub's acknowledgement")))
     }
 
     private func publishAcknowledged(mid: Int32) {
         let waiter = state.withLockedValue { state -> PublishWaiter? in
-            if let waiter = state.pendingPublishes.removeValue(forKey: mid) { return waiter }
+            if let pending = state.pendingPublishes.removeValue(forKey: mid) { return pending.waiter }
             if state.abandoned.remove(mid) != nil { return nil }
             // The PUBACK beat the registration of its publish (possible: the network thread is
             // faster than the caller); the registration finds it here.
@@ -389,6 +428,12 @@ final class MosquittoClient: @unchecked Sendable {
         }
         return String(cString: mosquitto_strerror(code))
     }
+}
+
+/// A publish waiting for its PUBACK, and until when it waits.
+struct PendingPublish: Sendable {
+    var waiter: PublishWaiter
+    var deadline: ContinuousClock.Instant
 }
 
 /// Who waits for a publish's PUBACK: one caller, or one entry of a batch.

@@ -206,6 +206,38 @@ import Testing
     }
 }
 
+extension IoTHubDeviceClientTests {
+    /// A send never waits without bound: without a PUBACK within the operation timeout it fails
+    /// with OperationTimeout, single or in a batch, and the client goes on working.
+    @Test func aSendWithoutAcknowledgementFailsAfterTheOperationTimeout() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client { $0.operationTimeout = .seconds(1) }
+            try await client.connect()
+            fixture.hub.setFaults(Faults(acknowledgementDelayMilliseconds: 4000))
+            do {
+                try await client.send(Message(payload: Data("slow".utf8), messageId: "slow"))
+                Issue.record("a send without PUBACK succeeded")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "OperationTimeout", "\(error)")
+            }
+            let outcomes = await client.send([Message(payload: Data("a".utf8), messageId: "a"), Message(payload: Data("b".utf8), messageId: "b")])
+            #expect(outcomes.map { $0.failureCode ?? "ok" } == ["OperationTimeout", "OperationTimeout"])
+            // Only the acknowledgement was late: the hub has the messages.
+            #expect(Set(fixture.telemetry.compactMap(\.message.messageId)) == ["slow", "a", "b"])
+            fixture.hub.setFaults(Faults())
+            try await client.send(Message(payload: Data("on time".utf8), messageId: "on-time"))
+            #expect(client.isConnected)
+            await client.shutdown()
+        }
+    }
+}
+
+private extension Result where Failure == IoTHubError {
+    var failureCode: String? {
+        if case .failure(let error) = self { error.code } else { nil }
+    }
+}
+
 /// MQTT's at-least-once rule seen from the hub: a client sends a message once without the DUP
 /// flag; every later copy of it is a redelivery. A copy without DUP after another copy means the
 /// client sent the message anew (a duplicate it made itself).
