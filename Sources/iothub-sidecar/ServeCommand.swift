@@ -101,7 +101,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-inflight"), help: ArgumentHelp("Messages that may await the hub's acknowledgement at once; default 100 [IOTHUB_MAX_INFLIGHT].", valueName: "count"))
     var maximumInflightMessages: Int?
 
-    @Option(name: .customLong("operation-timeout"), help: ArgumentHelp("Seconds to wait for the hub to answer a connect, twin or subscribe; default 60 [IOTHUB_OPERATION_TIMEOUT].", valueName: "seconds"))
+    @Option(name: .customLong("operation-timeout"), help: ArgumentHelp("Seconds to wait for the hub to answer a connect, twin, subscribe or message acknowledgement; default 60 [IOTHUB_OPERATION_TIMEOUT].", valueName: "seconds"))
     var operationTimeout: Int?
 
     @Flag(inversion: .prefixedNo, help: ArgumentHelp("MQTT over WebSockets on the HTTPS port (wss://…/$iothub/websocket) instead of port 8883, for networks that only let HTTPS out; default off (websockets) [IOTHUB_WEBSOCKETS=true]."))
