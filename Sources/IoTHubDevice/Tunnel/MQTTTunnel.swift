@@ -220,12 +220,11 @@ private final class HandshakeHandler<Handshake: TunnelHandshake>: ChannelInbound
 
     private var handshake: Handshake
     private var received: [UInt8] = []
-    private let promise: EventLoopPromise<[UInt8]>
-    private var finished = false
+    private let outcome: HandshakeOutcome
 
     init(_ handshake: Handshake, promise: EventLoopPromise<[UInt8]>) {
         self.handshake = handshake
-        self.promise = promise
+        self.outcome = HandshakeOutcome(promise)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -234,7 +233,7 @@ private final class HandshakeHandler<Handshake: TunnelHandshake>: ChannelInbound
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !finished else { return context.fireChannelRead(data) }
+        guard !outcome.isSettled else { return context.fireChannelRead(data) }
         var buffer = unwrapInboundIn(data)
         received += buffer.readBytes(length: buffer.readableBytes) ?? []
         do {
@@ -245,33 +244,25 @@ private final class HandshakeHandler<Handshake: TunnelHandshake>: ChannelInbound
                 case .send(let bytes):
                     context.writeAndFlush(NIOAny(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
                 case .finished:
-                    finished = true
                     let leftover = received
                     received = []
                     context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-                    promise.succeed(leftover)
+                    outcome.succeed(leftover)
                     return
                 }
             }
         } catch {
-            fail(context: context, error)
+            outcome.fail(context: context, error)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(context: context, TunnelFailure("the connection closed during the handshake"))
+        outcome.fail(context: context, TunnelFailure("the connection closed during the handshake"))
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(context: context, error)
-    }
-
-    private func fail(context: ChannelHandlerContext, _ error: any Error) {
-        guard !finished else { return context.fireErrorCaught(error) }
-        finished = true
-        promise.fail(error)
-        context.close(promise: nil)
+        outcome.fail(context: context, error)
     }
 }
 
@@ -279,34 +270,50 @@ private final class HandshakeHandler<Handshake: TunnelHandshake>: ChannelInbound
 private final class TLSReadyHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
-    private let promise: EventLoopPromise<[UInt8]>
-    private var done = false
+    private let outcome: HandshakeOutcome
 
     init(promise: EventLoopPromise<[UInt8]>) {
-        self.promise = promise
+        self.outcome = HandshakeOutcome(promise)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case .handshakeCompleted = event as? TLSUserEvent, !done {
-            done = true
+        if case .handshakeCompleted = event as? TLSUserEvent, !outcome.isSettled {
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-            promise.succeed([])
+            outcome.succeed([])
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(context: context, TunnelFailure("the connection closed during the TLS handshake"))
+        outcome.fail(context: context, TunnelFailure("the connection closed during the TLS handshake"))
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(context: context, error)
+        outcome.fail(context: context, error)
+    }
+}
+
+/// The one outcome of a handshake step, settled once: by success (with the bytes that came
+/// after the handshake), or by the first failure, which also closes the channel. Later
+/// failures travel on down the pipeline. Used on the channel's event loop only.
+private final class HandshakeOutcome {
+    private let promise: EventLoopPromise<[UInt8]>
+    private(set) var isSettled = false
+
+    init(_ promise: EventLoopPromise<[UInt8]>) {
+        self.promise = promise
     }
 
-    private func fail(context: ChannelHandlerContext, _ error: any Error) {
-        guard !done else { return context.fireErrorCaught(error) }
-        done = true
+    func succeed(_ leftover: [UInt8]) {
+        guard !isSettled else { return }
+        isSettled = true
+        promise.succeed(leftover)
+    }
+
+    func fail(context: ChannelHandlerContext, _ error: any Error) {
+        guard !isSettled else { return context.fireErrorCaught(error) }
+        isSettled = true
         promise.fail(error)
         context.close(promise: nil)
     }
