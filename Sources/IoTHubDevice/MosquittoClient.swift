@@ -244,11 +244,7 @@ final class MosquittoClient: @unchecked Sendable {
                         continuation.resume(throwing: error)
                         return
                     }
-                    let acknowledged = state.withLockedValue { state -> Bool in
-                        if state.earlyAcknowledgements.remove(mid) != nil { return true }
-                        state.pendingPublishes[mid] = PendingPublish(waiter: .single(continuation), deadline: deadline)
-                        return false
-                    }
+                    let acknowledged = register(.single(continuation), for: mid, deadline: deadline)
                     publishedMid.withLockedValue { $0 = mid }
                     if acknowledged {
                         continuation.resume()
@@ -283,12 +279,7 @@ final class MosquittoClient: @unchecked Sendable {
                 for rest in index..<messages.count { batch.complete(rest, .failure(error)) }
                 break
             }
-            let acknowledged = state.withLockedValue { state -> Bool in
-                if state.earlyAcknowledgements.remove(mid) != nil { return true }
-                state.pendingPublishes[mid] = PendingPublish(waiter: .batch(batch, index: index), deadline: deadline)
-                return false
-            }
-            if acknowledged { batch.complete(index, .success(())) }
+            if register(.batch(batch, index: index), for: mid, deadline: deadline) { batch.complete(index, .success(())) }
             published.append(mid)
         }
         let mids = published
@@ -296,6 +287,16 @@ final class MosquittoClient: @unchecked Sendable {
             await batch.results()
         } onCancel: {
             for mid in mids { self.stopWaiting(for: mid) }
+        }
+    }
+
+    /// Makes `waiter` wait for the PUBACK of `mid`; returns true (and registers nothing) when that
+    /// PUBACK has already come.
+    private func register(_ waiter: PublishWaiter, for mid: Int32, deadline: ContinuousClock.Instant) -> Bool {
+        state.withLockedValue { state in
+            if state.earlyAcknowledgements.remove(mid) != nil { return true }
+            state.pendingPublishes[mid] = PendingPublish(waiter: waiter, deadline: deadline)
+            return false
         }
     }
 
@@ -461,6 +462,11 @@ final class PublishBatch: Sendable {
         var results: [Result<Void, IoTHubError>?]
         var remaining: Int
         var waiter: CheckedContinuation<[Result<Void, IoTHubError>], Never>?
+
+        /// Every entry's outcome (all are in once `remaining` is 0).
+        var outcomes: [Result<Void, IoTHubError>] {
+            results.map { $0 ?? .failure(.clientError("no outcome")) }
+        }
     }
 
     private let state: NIOLockedValueBox<State>
@@ -476,7 +482,7 @@ final class PublishBatch: Sendable {
             state.remaining -= 1
             guard state.remaining == 0, let waiter = state.waiter else { return nil }
             state.waiter = nil
-            return (waiter, state.results.map { $0 ?? .failure(.clientError("no outcome")) })
+            return (waiter, state.outcomes)
         }
         if let (waiter, results) = finished { waiter.resume(returning: results) }
     }
@@ -485,7 +491,7 @@ final class PublishBatch: Sendable {
     func results() async -> [Result<Void, IoTHubError>] {
         await withCheckedContinuation { continuation in
             let ready = state.withLockedValue { state -> [Result<Void, IoTHubError>]? in
-                guard state.remaining > 0 else { return state.results.map { $0 ?? .failure(.clientError("no outcome")) } }
+                guard state.remaining > 0 else { return state.outcomes }
                 state.waiter = continuation
                 return nil
             }

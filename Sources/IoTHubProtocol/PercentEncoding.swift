@@ -7,8 +7,6 @@
 public enum PercentEncoding {
     /// Encodes `value` for use inside a topic, a property bag or a SAS resource URI.
     public static func encode(_ value: String) -> String {
-        // Fast path: most keys and ids need no encoding at all.
-        if value.utf8.allSatisfy(isUnreserved) { return value }
         var output = ""
         encode(value, appendingTo: &output)
         return output
@@ -18,6 +16,7 @@ public enum PercentEncoding {
     /// of a topic).
     public static func encode(_ value: String, appendingTo output: inout String) {
         let utf8 = value.utf8
+        // Fast path: most keys and ids need no encoding at all.
         if utf8.allSatisfy(isUnreserved) {
             output += value
             return

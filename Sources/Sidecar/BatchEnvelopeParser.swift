@@ -10,17 +10,12 @@ import Foundation
 /// given as `null`; no member may be given twice.
 struct BatchEnvelopeParser {
     /// One entry as written in the envelope, not yet checked as a message.
-    struct Entry: Equatable, Sendable {
+    struct Entry: Sendable {
         /// The body's bytes: the UTF-8 of the JSON string (still base64 text when `base64Encoded`).
         var body: Data
         var base64Encoded: Bool
         /// The properties in document order.
         var properties: [(name: String, value: String)]
-
-        static func == (lhs: Entry, rhs: Entry) -> Bool {
-            lhs.body == rhs.body && lhs.base64Encoded == rhs.base64Encoded
-                && lhs.properties.map(\.name) == rhs.properties.map(\.name) && lhs.properties.map(\.value) == rhs.properties.map(\.value)
-        }
     }
 
     /// Why an envelope was refused, phrased for a problem's `detail`.

@@ -8,18 +8,24 @@ enum MessageMapping {
     /// The media type of IoT Hub's batch envelope.
     static let batchMediaType = "application/vnd.microsoft.iothub.json"
 
-    /// A message from `(name, value)` pairs with `iothub-*` names; other names are skipped.
+    /// A message from `(name, value)` pairs with `iothub-*` names.
     /// - Parameters:
     ///   - isModule: whether the sidecar's identity is a module (only modules have outputs).
     ///   - defaultContentType: the content type when no `iothub-contenttype` is given.
+    ///   - othersAreErrors: whether a name without `iothub-` is refused (a batch entry's
+    ///     properties) or skipped (request headers).
     static func message(
-        payload: Data, properties: some Sequence<(name: String, value: String)>, isModule: Bool, defaultContentType: String? = nil
+        payload: Data, properties: some Sequence<(name: String, value: String)>, isModule: Bool, defaultContentType: String? = nil,
+        othersAreErrors: Bool = false
     ) throws(ProblemDetails) -> Message {
         var message = Message(payload: payload)
         var seen = Set<String>()
         for (name, value) in properties {
             let lower = name.lowercased()
-            guard lower.hasPrefix("iothub-") else { continue }
+            guard lower.hasPrefix("iothub-") else {
+                if othersAreErrors { throw .invalid("\(name) is not a message property", field: name) }
+                continue
+            }
             guard seen.insert(lower.hasPrefix("iothub-app-") ? "iothub-app-" + name.dropFirst(11) : lower).inserted else {
                 throw .invalid("the property \(name) is given twice", field: name)
             }
@@ -78,15 +84,12 @@ enum MessageMapping {
             } else {
                 payload = entry.body
             }
-            let pairs = entry.properties
-            for pair in pairs where !pair.name.lowercased().hasPrefix("iothub-") {
-                throw .invalid("entry \(index): \(pair.name) is not a message property", field: "[\(index)].properties.\(pair.name)")
-            }
             do {
-                messages.append(try message(payload: payload, properties: pairs, isModule: isModule))
+                messages.append(try message(payload: payload, properties: entry.properties, isModule: isModule, othersAreErrors: true))
             } catch {
                 var problem = error
                 problem.detail = "entry \(index): " + problem.detail
+                problem.field = problem.field.map { "[\(index)].properties.\($0)" }
                 throw problem
             }
         }

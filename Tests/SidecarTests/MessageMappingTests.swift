@@ -62,6 +62,14 @@ import Testing
                     #"[{"body":"x","properties":{"colour":"red"}}]"#] {
             #expect(throws: ProblemDetails.self, "\(bad)") { try MessageMapping.batch(Data(bad.utf8), isModule: false) }
         }
+        // A refusal names the entry and where in it.
+        do {
+            _ = try MessageMapping.batch(Data(#"[{"body":"x"},{"body":"y","properties":{"iothub-colour":"red"}}]"#.utf8), isModule: false)
+            Issue.record("a batch with an unknown property was taken")
+        } catch {
+            #expect(error.detail.hasPrefix("entry 1: "), "\(error.detail)")
+            #expect(error.field == "[1].properties.iothub-colour")
+        }
     }
 
     @Test func receivedMessagesBecomeHeaders() {
