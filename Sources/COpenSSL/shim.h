@@ -20,6 +20,10 @@ static inline long iothub_ssl_ctx_add0_chain_cert(SSL_CTX *ctx, X509 *certificat
     return SSL_CTX_add0_chain_cert(ctx, certificate);
 }
 
+static inline void iothub_ssl_ctx_set_read_ahead(SSL_CTX *ctx, int yes) {
+    SSL_CTX_set_read_ahead(ctx, yes);
+}
+
 static inline long iothub_bio_get_mem_data(BIO *bio, char **data) {
     return BIO_get_mem_data(bio, data);
 }

@@ -16,8 +16,8 @@ enum MQTTEvent: Sendable {
 
 /// One libmosquitto client handle with its network thread.
 ///
-/// libmosquitto runs its own network thread (`mosquitto_loop_start`): publishes from any thread are
-/// queued and written by the network thread, callbacks run on that thread. The C callbacks
+/// A `MosquittoNetworkThread` drives the connection: publishes from any thread are queued and
+/// written by that thread, callbacks run on it. The C callbacks
 /// find this object through the `obj` pointer (unretained: the handle is destroyed in `deinit`,
 /// after its thread has stopped, so no callback can outlive the object). Callbacks only
 /// complete entries of the lock-protected pending tables or hand the event to `onEvent`.
@@ -25,9 +25,9 @@ enum MQTTEvent: Sendable {
 /// queue, never on Swift's cooperative pool.
 ///
 /// `@unchecked Sendable`: the handle is used concurrently only through libmosquitto's
-/// thread-safe entry points (publish, subscribe, disconnect in threaded mode); everything else
-/// is serialised on `controlQueue`; the Swift state is behind `state`'s lock; `overdueSweep` is
-/// written only in `init`.
+/// thread-safe entry points (publish, subscribe, disconnect in threaded mode) and by the network
+/// thread; everything else is serialised on `controlQueue`; the Swift state is behind `state`'s
+/// lock; `overdueSweep` is written only in `init`; `networkThread` is behind its own lock.
 final class MosquittoClient: @unchecked Sendable {
     private struct State {
         var pendingPublishes: [Int32: PendingPublish] = [:]
@@ -39,7 +39,6 @@ final class MosquittoClient: @unchecked Sendable {
         /// SUBACKs that arrived before their SUBSCRIBE call registered (the network thread can
         /// be faster than the caller).
         var earlySubscriptionAcknowledgements: [Int32: [Int32]] = [:]
-        var loopRunning = false
         var disconnectRequested = false
     }
 
@@ -60,6 +59,8 @@ final class MosquittoClient: @unchecked Sendable {
     /// How long a DISCONNECT may take to close the connection before the socket is shut down.
     private static let disconnectGrace: DispatchTimeInterval = .seconds(2)
     private let state = NIOLockedValueBox(State())
+    /// The thread of the current connection; nil before the first connect and once stopped.
+    private let networkThread = NIOLockedValueBox<MosquittoNetworkThread?>(nil)
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
     private let onEvent: @Sendable (MQTTEvent) -> Void
     private let acknowledgementTimeout: Duration
@@ -88,6 +89,8 @@ final class MosquittoClient: @unchecked Sendable {
         mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
         mosquitto_int_option(handle, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311)
         mosquitto_int_option(handle, MOSQ_OPT_TCP_NODELAY, 1)
+        // The client runs the network thread itself: publishing threads only queue packets.
+        mosquitto_threaded_set(handle, true)
         mosquitto_max_inflight_messages_set(handle, UInt32(max(1, min(maximumInflight, 65535))))
         mosquitto_connect_callback_set(handle) { _, object, returnCode in
             MosquittoClient.from(object)?.onEvent(.connected(returnCode: returnCode))
@@ -96,8 +99,8 @@ final class MosquittoClient: @unchecked Sendable {
             guard let client = MosquittoClient.from(object) else { return }
             let requested = client.state.withLockedValue { $0.disconnectRequested }
             if !requested, let handle {
-                // Stop libmosquitto's own reconnect loop: the client decides when and with which
-                // credentials to reconnect.
+                // Marks the session as ended: the client decides when and with which credentials
+                // to reconnect.
                 mosquitto_disconnect(handle)
             }
             client.connectionEnded.signal()
@@ -120,7 +123,7 @@ final class MosquittoClient: @unchecked Sendable {
 
     deinit {
         overdueSweep?.cancel()
-        mosquitto_loop_stop(handle, true)
+        networkThread.withLockedValue { $0 }?.stop()
         mosquitto_destroy(handle)
     }
 
@@ -138,23 +141,34 @@ final class MosquittoClient: @unchecked Sendable {
     /// Opens the TCP and TLS connection and sends CONNECT (the CONNACK arrives as an event),
     /// then starts the network thread. `reconnect` keeps the session's queued messages.
     func connect(host: String, port: Int, keepAlive: Int, username: String, password: String?, reconnect: Bool) async throws(IoTHubError) {
-        let result: Int32 = await withCheckedContinuation { continuation in
+        let result: Result<Void, IoTHubError> = await withCheckedContinuation { continuation in
             controlQueue.async { [self] in
                 publishGate.withLockedValue { $0 = false }
                 stopLoopOnControlQueue()
                 state.withLockedValue { $0.disconnectRequested = false }
                 mosquitto_username_pw_set(handle, username, password)
-                var code = reconnect ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
-                if code == MOSQ_ERR_SUCCESS.rawValue {
-                    code = mosquitto_loop_start(handle)
-                    if code == MOSQ_ERR_SUCCESS.rawValue { state.withLockedValue { $0.loopRunning = true } }
+                let code = reconnect ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
+                guard code == MOSQ_ERR_SUCCESS.rawValue else {
+                    continuation.resume(returning: .failure(.connectionFailedError("cannot connect to \(host):\(port): \(Self.describe(code))")))
+                    return
                 }
-                continuation.resume(returning: code)
+                do throws(IoTHubError) {
+                    let thread = try MosquittoNetworkThread(handle: handle)
+                    networkThread.withLockedValue { $0 = thread }
+                    // CONNECT is queued; the thread writes it.
+                    thread.wake()
+                    continuation.resume(returning: .success(()))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
             }
         }
-        guard result == MOSQ_ERR_SUCCESS.rawValue else {
-            throw .connectionFailedError("cannot connect to \(host):\(port): \(Self.describe(result))")
-        }
+        try result.get()
+    }
+
+    /// Makes the network thread write what was just queued.
+    private func wakeNetworkThread() {
+        networkThread.withLockedValue { $0 }?.wake()
     }
 
     /// Lets publishes through once the hub has accepted the connection (CONNACK 0).
@@ -195,7 +209,8 @@ final class MosquittoClient: @unchecked Sendable {
                 state.withLockedValue { $0.disconnectRequested = true }
                 while connectionEnded.wait(timeout: .now()) == .success {}
                 mosquitto_disconnect(handle)
-                if state.withLockedValue({ $0.loopRunning }), connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut {
+                wakeNetworkThread()
+                if networkThread.withLockedValue({ $0 }) != nil, connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut {
                     // The peer neither answered nor closed (a CONNECT still unanswered, a hub
                     // that hangs): end the connection here, so the network thread stops.
                     let socket = mosquitto_socket(handle)
@@ -207,8 +222,7 @@ final class MosquittoClient: @unchecked Sendable {
         }
     }
 
-    /// Stops libmosquitto's network thread after a drop (its own reconnect loop is already
-    /// stopped by the disconnect callback).
+    /// Stops the network thread (after a drop it has ended on its own; this joins it).
     func stopLoop() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             controlQueue.async { [self] in
@@ -219,11 +233,11 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func stopLoopOnControlQueue() {
-        let running = state.withLockedValue { state -> Bool in
-            defer { state.loopRunning = false }
-            return state.loopRunning
+        let thread = networkThread.withLockedValue { thread in
+            defer { thread = nil }
+            return thread
         }
-        if running { mosquitto_loop_stop(handle, false) }
+        thread?.stop()
     }
 
     /// Publishes at QoS 1 and returns when the PUBACK arrives. A message handed over while the
@@ -314,6 +328,8 @@ final class MosquittoClient: @unchecked Sendable {
             guard code == MOSQ_ERR_SUCCESS.rawValue || code == MOSQ_ERR_NO_CONN.rawValue else {
                 return .failure(Self.publishError(code))
             }
+            // One wake-up covers every packet queued before the thread runs again.
+            wakeNetworkThread()
             return .success(mid)
         }.get()
     }
@@ -338,6 +354,7 @@ final class MosquittoClient: @unchecked Sendable {
                         continuation.resume(throwing: Self.publishError(code))
                         return
                     }
+                    wakeNetworkThread()
                     let granted = state.withLockedValue { state -> [Int32]? in
                         if let granted = state.earlySubscriptionAcknowledgements.removeValue(forKey: mid) { return granted }
                         state.pendingSubscriptions[mid] = continuation

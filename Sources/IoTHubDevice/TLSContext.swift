@@ -27,6 +27,8 @@ final class TLSContext: @unchecked Sendable {
             throw .clientError("OpenSSL refused TLS 1.2 as the minimum version")
         }
         SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
+        // One read takes every record that has arrived (MosquittoNetworkThread drains them).
+        iothub_ssl_ctx_set_read_ahead(context, 1)
         if SSL_CTX_set_default_verify_paths(context) != 1 { ERR_clear_error() }
         if let trustedCertificatesPEM, !trustedCertificatesPEM.isEmpty {
             let certificates = try Self.readCertificates(trustedCertificatesPEM, what: "server_verification_cert")

@@ -91,6 +91,27 @@ func first<Element: Sendable>(of stream: AsyncStream<Element>, timeout: Duration
     }
 }
 
+/// The first `count` elements of a stream, or fewer if they do not all come within `timeout`.
+func firstElements<Element: Sendable>(_ count: Int, of stream: AsyncStream<Element>, timeout: Duration = .seconds(10)) async -> [Element] {
+    await withTaskGroup(of: [Element]?.self) { group in
+        group.addTask {
+            var elements: [Element] = []
+            for await element in stream {
+                elements.append(element)
+                if elements.count == count { break }
+            }
+            return elements
+        }
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            return nil
+        }
+        let result = await group.next() ?? nil
+        group.cancelAll()
+        return result ?? []
+    }
+}
+
 /// Sends on a task of its own; the task's value is the error the send ended with, if any.
 func sendInBackground(_ client: IoTHubDeviceClient, _ message: Message) -> Task<IoTHubError?, Never> {
     Task {

@@ -120,6 +120,38 @@ import Testing
         }
     }
 
+    /// Messages the hub sends in quick succession reach the device in fewer reads than packets
+    /// (several TLS records per read). Each must be handed out, not left in the TLS layer's
+    /// buffer until the next bytes arrive (the keep-alive, a minute later).
+    @Test(arguments: Transport.allCases) func cloudToDeviceMessagesSentInQuickSuccessionAllArrive(over transport: Transport) async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client(over: transport) { $0.keepAlive = 60 }
+            let messages = client.messages()
+            #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil })
+            let ids = (0..<40).map { "burst-\($0)" }
+            for id in ids {
+                _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data(id.utf8), messageId: id), timeToLive: nil)
+            }
+            let received = await firstElements(ids.count, of: messages)
+            #expect(received.map(\.messageId) == ids)
+            await client.shutdown()
+        }
+    }
+
+    /// A message larger than one TLS record (16 KiB) reaches the device in pieces.
+    @Test(arguments: Transport.allCases) func aCloudToDeviceMessageOfSeveralTLSRecordsArrivesWhole(over transport: Transport) async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client(over: transport)
+            let messages = client.messages()
+            #expect(await HubFixture.eventually { fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil })
+            let payload = Data((0..<60_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 8) })
+            _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: payload, messageId: "large"), timeToLive: nil)
+            let message = try #require(await first(of: messages))
+            #expect(message.payload == payload)
+            await client.shutdown()
+        }
+    }
+
     @Test(arguments: Transport.allCases) func wrongKeyGivesCredentialErrorAndNoRetry(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let client = try IoTHubDeviceClient.fromSymmetricKey(
