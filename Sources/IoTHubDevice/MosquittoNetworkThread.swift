@@ -93,6 +93,8 @@ final class MosquittoNetworkThread: @unchecked Sendable {
             pollfd(fd: -1, events: 0, revents: 0),
             pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0),
         ]
+        // The tunnel hands libmosquitto a unix socket, which has no segments to hold back.
+        let corks = Self.isTCP(mosquitto_socket(handle))
         while !stopRequested.load(ordering: .acquiring) {
             let socket = mosquitto_socket(handle)
             guard socket >= 0 else { return }
@@ -110,18 +112,25 @@ final class MosquittoNetworkThread: @unchecked Sendable {
             if mosquitto_want_write(handle) {
                 // Everything queued goes out as few TCP segments as possible: libmosquitto writes
                 // each packet (one TLS record each) with its own send.
-                setCork(socket, true)
+                if corks { setCork(socket, true) }
                 // libmosquitto tests `errno` for EAGAIN after a call that may not have touched it.
                 errno = 0
                 let written = mosquitto_loop_write(handle, 1) == MOSQ_ERR_SUCCESS.rawValue
-                setCork(socket, false)
+                if corks { setCork(socket, false) }
                 guard written else { continue }
             }
             _ = mosquitto_loop_misc(handle)
         }
     }
 
-    /// Holds back (or releases) partial TCP segments; no effect on the tunnel's unix socket.
+    private static func isTCP(_ socket: Int32) -> Bool {
+        var domain: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(socket, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 else { return false }
+        return domain == AF_INET || domain == AF_INET6
+    }
+
+    /// Holds back (or releases) partial TCP segments.
     private func setCork(_ socket: Int32, _ on: Bool) {
         var value: Int32 = on ? 1 : 0
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
