@@ -182,7 +182,7 @@ public final class IoTHubDeviceClient: Sendable {
     }
 
     /// A client dropped without `shutdown` still closes its connection: on another task, so
-    /// libmosquitto's network thread is never asked to join itself.
+    /// the MQTT network thread is never asked to wait for itself.
     deinit {
         let leftovers = state.withLockedValue { state in
             [state.reconnectTask, state.renewalTask, state.tokenSignalTask].forEach { $0?.cancel() }
