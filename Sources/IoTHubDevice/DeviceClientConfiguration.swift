@@ -16,7 +16,7 @@ public struct DeviceClientConfiguration: Sendable {
     public var productInfo: String
     /// `sastoken_ttl`: lifetime in seconds of the tokens the client signs itself.
     public var sasTokenTimeToLive: Int
-    /// `keep_alive`: MQTT keep-alive in seconds (1–1740).
+    /// `keep_alive`: MQTT keep-alive in seconds (5–1740: libmosquitto's minimum, IoT Hub's maximum).
     public var keepAlive: Int
     /// `auto_connect`: operations connect first when the client is not connected.
     public var autoConnect: Bool
@@ -73,8 +73,8 @@ public struct DeviceClientConfiguration: Sendable {
 
     /// Checks every value; the client calls it at creation.
     public func validate() throws(IoTHubError) {
-        guard (1...1740).contains(keepAlive) else {
-            throw .valueError(field: "keep_alive", reason: "must be from 1 to 1740 seconds")
+        guard (5...1740).contains(keepAlive) else {
+            throw .valueError(field: "keep_alive", reason: "must be from 5 (the MQTT library's minimum) to 1740 seconds (IoT Hub's maximum)")
         }
         guard sasTokenTimeToLive > 0 else {
             throw .valueError(field: "sastoken_ttl", reason: "must be a positive number of seconds")

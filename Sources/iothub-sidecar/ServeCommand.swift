@@ -80,7 +80,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("sastoken-ttl"), help: ArgumentHelp("Lifetime in seconds of the SAS tokens signed with a key; default 3600 (sastoken_ttl) [IOTHUB_SASTOKEN_TTL].", valueName: "seconds"))
     var sasTokenTimeToLive: Int?
 
-    @Option(name: .customLong("keep-alive"), help: ArgumentHelp("MQTT keep-alive in seconds, 1 to 1740; default 60 (keep_alive) [IOTHUB_KEEP_ALIVE].", valueName: "seconds"))
+    @Option(name: .customLong("keep-alive"), help: ArgumentHelp("MQTT keep-alive in seconds, 5 to 1740; default 60 (keep_alive) [IOTHUB_KEEP_ALIVE].", valueName: "seconds"))
     var keepAlive: Int?
 
     @Option(name: .customLong("auto-connect"), help: ArgumentHelp("Connect when an operation needs it: true or false; default true (auto_connect) [IOTHUB_AUTO_CONNECT].", valueName: "bool"))

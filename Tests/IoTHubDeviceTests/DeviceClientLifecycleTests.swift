@@ -253,12 +253,29 @@ import Testing
         }
     }
 
+    /// The network thread sends PINGREQs while nothing else is sent: the hub, which drops a
+    /// client silent for 1.5 keep-alive periods, keeps the connection.
+    @Test(arguments: Transport.allCases) func anIdleConnectionIsKeptAliveByPings(over transport: Transport) async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client(over: transport) { $0.keepAlive = 5 }
+            try await client.connect()
+            let connectedSince = client.status.since
+            try await Task.sleep(for: .seconds(9))
+            #expect(client.status.state == .connected)
+            #expect(client.status.since == connectedSince, "the connection was made again: the hub dropped an idle client")
+            try await client.send(Message(payload: Data("after a quiet spell".utf8)))
+            await client.shutdown()
+        }
+    }
+
     @Test func invalidArgumentsFailAtCreation() throws {
         let key = Data(repeating: 5, count: 32).base64EncodedString()
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d") }
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d;x509=true") }
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey("not base64", hostName: "h", deviceId: "d") }
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 0)) }
+        // libmosquitto refuses a keep-alive under 5 s at connect; the client says so at creation.
+        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 4)) }
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 1741)) }
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(cipher: "NOT-A-CIPHER")) }
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(serverVerificationCertificate: "junk")) }
