@@ -76,22 +76,11 @@ struct HubFixture {
 
 /// The first element of a stream, or nil after `timeout`.
 func first<Element: Sendable>(of stream: AsyncStream<Element>, timeout: Duration = .seconds(10)) async -> Element? {
-    await withTaskGroup(of: Element?.self) { group in
-        group.addTask {
-            for await element in stream { return element }
-            return nil
-        }
-        group.addTask {
-            try? await Task.sleep(for: timeout)
-            return nil
-        }
-        let result = await group.next() ?? nil
-        group.cancelAll()
-        return result
-    }
+    await firstElements(1, of: stream, timeout: timeout).first
 }
 
-/// The first `count` elements of a stream, or fewer if they do not all come within `timeout`.
+/// The first `count` elements of a stream; fewer if it ends first, none if they do not all come
+/// within `timeout`.
 func firstElements<Element: Sendable>(_ count: Int, of stream: AsyncStream<Element>, timeout: Duration = .seconds(10)) async -> [Element] {
     await withTaskGroup(of: [Element]?.self) { group in
         group.addTask {
