@@ -17,7 +17,8 @@ import Synchronization
 /// - reads with OpenSSL's read-ahead (set on the `SSL_CTX` by `TLSContext`), so one `read`
 ///   takes every record that has arrived, and keeps reading while OpenSSL still holds a
 ///   complete record (`SSL_has_pending`), which `select`/`poll` cannot see;
-/// - writes everything queued in one pass, then runs libmosquitto's keep-alive check.
+/// - writes everything queued in one pass with the TCP socket corked (few segments instead of
+///   one per packet), then runs libmosquitto's keep-alive check.
 ///
 /// libmosquitto is told it is driven by an external thread (`mosquitto_threaded_set`), so no
 /// publishing thread ever writes to the socket itself. The thread ends when the connection
@@ -77,13 +78,15 @@ final class MosquittoNetworkThread: @unchecked Sendable {
     }
 
     /// Asks the thread to end and waits until it has (at most one poll turn); called on the
-    /// thread itself (from a callback), it only asks.
+    /// thread itself (from a callback), it only asks. Any number of calls may wait.
     func stop() {
         stopRequested.store(true, ordering: .releasing)
         var byte: UInt8 = 1
         _ = Glibc.write(wakeWriteDescriptor, &byte, 1)
         guard pthread_equal(pthread_self(), runningThread.load(ordering: .acquiring)) == 0 else { return }
         finished.wait()
+        // Passed on, so that the next caller does not wait for a thread that has ended.
+        finished.signal()
     }
 
     private func run() {
