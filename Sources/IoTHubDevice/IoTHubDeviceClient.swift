@@ -39,6 +39,9 @@ public final class IoTHubDeviceClient: Sendable {
         var renewalTask: Task<Void, Never>?
         var tokenSignalTask: Task<Void, Never>?
         var connackWaiter: (id: Int, continuation: CheckedContinuation<Int32, Never>)?
+        /// Why the connection ended before its CONNACK, when the transport could tell (a failed
+        /// TLS handshake); read by the connection attempt that was waiting.
+        var connectionEndReason: String?
         var lastAttemptId = 0
         var enabled: Set<Feature> = []
         var subscribed: Set<Feature> = []
@@ -363,7 +366,11 @@ public final class IoTHubDeviceClient: Sendable {
             return .failure(.credentialError("the hub refused the credentials of \(MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId) (CONNACK \(returnCode))"))
         case -1:
             await mqtt.stopLoop()
-            return .failure(.connectionFailedError("the connection to \(endpoint) closed before the hub answered CONNECT"))
+            let reason = state.withLockedValue { state in
+                defer { state.connectionEndReason = nil }
+                return state.connectionEndReason
+            }
+            return .failure(.connectionFailedError(reason.map { "cannot connect to \(endpoint): \($0)" } ?? "the connection to \(endpoint) closed before the hub answered CONNECT"))
         case -2:
             await mqtt.disconnect()
             return .failure(.operationTimeout("no CONNACK from \(endpoint) within \(configuration.operationTimeout)"))
@@ -447,8 +454,11 @@ public final class IoTHubDeviceClient: Sendable {
         switch event {
         case .connected(let returnCode):
             resumeConnack(returnCode)
-        case .disconnected(let requested):
-            let waiting = state.withLockedValue { $0.connackWaiter != nil }
+        case .disconnected(let requested, let reason):
+            let waiting = state.withLockedValue { state -> Bool in
+                if state.connackWaiter != nil, let reason { state.connectionEndReason = reason }
+                return state.connackWaiter != nil
+            }
             if waiting {
                 resumeConnack(-1)
             } else if !requested {

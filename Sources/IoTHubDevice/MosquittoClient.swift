@@ -8,8 +8,9 @@ import NIOConcurrencyHelpers
 enum MQTTEvent: Sendable {
     /// CONNACK with its return code (0 accepted).
     case connected(returnCode: Int32)
-    /// The connection ended; `requested` when we asked for it.
-    case disconnected(requested: Bool)
+    /// The connection ended; `requested` when we asked for it; `reason` when it is known
+    /// (a failed TLS handshake).
+    case disconnected(requested: Bool, reason: String? = nil)
     /// A message from the hub.
     case message(topic: String, payload: Data)
 }
@@ -40,6 +41,9 @@ final class MosquittoClient: @unchecked Sendable {
         /// be faster than the caller).
         var earlySubscriptionAcknowledgements: [Int32: [Int32]] = [:]
         var disconnectRequested = false
+        /// Whether the end of the current connection has been reported (by libmosquitto's
+        /// disconnect callback or by the network thread).
+        var connectionEndReported = false
     }
 
     /// Whether publishes may be handed to libmosquitto: from an accepted CONNACK until the next
@@ -97,7 +101,10 @@ final class MosquittoClient: @unchecked Sendable {
         }
         mosquitto_disconnect_callback_set(handle) { handle, object, _ in
             guard let client = MosquittoClient.from(object) else { return }
-            let requested = client.state.withLockedValue { $0.disconnectRequested }
+            let requested = client.state.withLockedValue { state in
+                state.connectionEndReported = true
+                return state.disconnectRequested
+            }
             if !requested, let handle {
                 // Marks the session as ended: the client decides when and with which credentials
                 // to reconnect.
@@ -145,7 +152,10 @@ final class MosquittoClient: @unchecked Sendable {
             controlQueue.async { [self] in
                 publishGate.withLockedValue { $0 = false }
                 stopLoopOnControlQueue()
-                state.withLockedValue { $0.disconnectRequested = false }
+                state.withLockedValue { state in
+                    state.disconnectRequested = false
+                    state.connectionEndReported = false
+                }
                 mosquitto_username_pw_set(handle, username, password)
                 let code = reconnect ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
                 guard code == MOSQ_ERR_SUCCESS.rawValue else {
@@ -153,7 +163,9 @@ final class MosquittoClient: @unchecked Sendable {
                     return
                 }
                 do throws(IoTHubError) {
-                    let thread = try MosquittoNetworkThread(handle: handle)
+                    let thread = try MosquittoNetworkThread(handle: handle) { [weak self] failure in
+                        self?.networkThreadEnded(failure: failure)
+                    }
                     networkThread.withLockedValue { $0 = thread }
                     // CONNECT is queued; the thread writes it.
                     thread.wake()
@@ -164,6 +176,26 @@ final class MosquittoClient: @unchecked Sendable {
             }
         }
         try result.get()
+    }
+
+    /// The network thread ended with the connection. libmosquitto has called the disconnect
+    /// callback for most endings; a failed TLS handshake it only closes, and without this the
+    /// client would wait the whole operation timeout for a CONNACK that cannot come.
+    private func networkThreadEnded(failure: Int32) {
+        let requested = state.withLockedValue { state -> Bool? in
+            guard !state.connectionEndReported else { return nil }
+            state.connectionEndReported = true
+            return state.disconnectRequested
+        }
+        guard let requested else { return }
+        let reason: String? =
+            switch failure {
+            case MOSQ_ERR_SUCCESS.rawValue: nil
+            case MOSQ_ERR_TLS.rawValue: networkThread.withLockedValue { $0 }?.describeTLSFailure() ?? "the TLS handshake failed"
+            default: Self.describe(failure)
+            }
+        connectionEnded.signal()
+        onEvent(.disconnected(requested: requested, reason: reason))
     }
 
     /// Makes the network thread write what was just queued.

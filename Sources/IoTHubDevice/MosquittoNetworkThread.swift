@@ -42,10 +42,15 @@ final class MosquittoNetworkThread: @unchecked Sendable {
     /// The longest the thread sleeps without a wake-up: libmosquitto's keep-alive check (PINGREQ,
     /// a missing PINGRESP) runs at least this often.
     private static let pollTimeoutMilliseconds: Int32 = 1000
+    /// Told, on the thread, why the connection ended when the thread ends with it (not after
+    /// `stop()`): libmosquitto's code of the call that failed (`MOSQ_ERR_SUCCESS` if none did).
+    private let onConnectionEnded: @Sendable (Int32) -> Void
 
     /// Starts the thread for `handle`, which must be connected (`mosquitto_connect` or
-    /// `mosquitto_reconnect` returned success).
-    init(handle: OpaquePointer) throws(IoTHubError) {
+    /// `mosquitto_reconnect` returned success). `onConnectionEnded` hears when the connection
+    /// ends: libmosquitto calls its disconnect callback for most endings, but not when the TLS
+    /// handshake fails (it only closes the socket).
+    init(handle: OpaquePointer, onConnectionEnded: @escaping @Sendable (Int32) -> Void) throws(IoTHubError) {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else {
             throw .clientError("cannot create the MQTT network thread's wake-up pipe: \(String(cString: strerror(errno)))")
@@ -55,6 +60,7 @@ final class MosquittoNetworkThread: @unchecked Sendable {
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
         }
         self.handle = handle
+        self.onConnectionEnded = onConnectionEnded
         self.wakeDescriptor = ends[0]
         self.wakeWriteDescriptor = ends[1]
         let thread = Thread { [self] in
@@ -98,12 +104,24 @@ final class MosquittoNetworkThread: @unchecked Sendable {
         ]
         // The tunnel hands libmosquitto a unix socket, which has no segments to hold back.
         let corks = Self.isTCP(mosquitto_socket(handle))
+        var failure = MOSQ_ERR_SUCCESS.rawValue
         while !stopRequested.load(ordering: .acquiring) {
             let socket = mosquitto_socket(handle)
-            guard socket >= 0 else { return }
+            guard socket >= 0 else {
+                onConnectionEnded(failure)
+                return
+            }
             descriptors[0] = pollfd(fd: socket, events: Int16(POLLIN) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0)
             descriptors[1].revents = 0
-            if poll(&descriptors, 2, Self.pollTimeoutMilliseconds) < 0, errno != EINTR { return }
+            if poll(&descriptors, 2, Self.pollTimeoutMilliseconds) < 0 {
+                guard errno != EINTR else { continue }
+                // The thread cannot wait on the socket any more (not seen happen): end the
+                // connection, so the client sees a drop and reconnects instead of keeping a
+                // connection nobody serves. libmosquitto reports it on the next read.
+                _ = Glibc.shutdown(socket, Int32(SHUT_RDWR))
+                failure = readAvailable()
+                continue
+            }
             if descriptors[1].revents != 0 {
                 // Wake-ups are coalesced, so a few bytes at most are waiting.
                 var bytes: (UInt64, UInt64) = (0, 0)
@@ -111,18 +129,21 @@ final class MosquittoNetworkThread: @unchecked Sendable {
                 // Cleared before writing: a packet queued from now on sends its own wake-up.
                 wakePending.store(false, ordering: .releasing)
             }
-            if descriptors[0].revents != 0, !readAvailable() { continue }
+            if descriptors[0].revents != 0 {
+                failure = readAvailable()
+                guard failure == MOSQ_ERR_SUCCESS.rawValue else { continue }
+            }
             if mosquitto_want_write(handle) {
                 // Everything queued goes out as few TCP segments as possible: libmosquitto writes
                 // each packet (one TLS record each) with its own send.
                 if corks { setCork(socket, true) }
                 // libmosquitto tests `errno` for EAGAIN after a call that may not have touched it.
                 errno = 0
-                let written = mosquitto_loop_write(handle, 1) == MOSQ_ERR_SUCCESS.rawValue
+                failure = mosquitto_loop_write(handle, 1)
                 if corks { setCork(socket, false) }
-                guard written else { continue }
+                guard failure == MOSQ_ERR_SUCCESS.rawValue else { continue }
             }
-            _ = mosquitto_loop_misc(handle)
+            failure = mosquitto_loop_misc(handle)
         }
     }
 
@@ -139,15 +160,25 @@ final class MosquittoNetworkThread: @unchecked Sendable {
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    /// Reads every packet that has arrived; false when the connection ended (libmosquitto has
-    /// closed the socket and called the disconnect callback).
-    private func readAvailable() -> Bool {
+    /// Reads every packet that has arrived; libmosquitto's code of a failure (the connection
+    /// ended: libmosquitto has closed the socket), else `MOSQ_ERR_SUCCESS`.
+    private func readAvailable() -> Int32 {
         repeat {
             // libmosquitto tests `errno` for EAGAIN after calls that may not have touched it.
             errno = 0
-            guard mosquitto_loop_read(handle, 1) == MOSQ_ERR_SUCCESS.rawValue else { return false }
+            let code = mosquitto_loop_read(handle, 1)
+            guard code == MOSQ_ERR_SUCCESS.rawValue else { return code }
         } while holdsUnreadRecord()
-        return true
+        return MOSQ_ERR_SUCCESS.rawValue
+    }
+
+    /// What went wrong in a TLS handshake that libmosquitto gave up: the server's certificate
+    /// (OpenSSL's verification result), else the handshake itself.
+    func describeTLSFailure() -> String {
+        guard let ssl = mosquitto_ssl_get(handle).map(OpaquePointer.init) else { return "the TLS handshake failed" }
+        let result = SSL_get_verify_result(ssl)
+        guard result != X509_V_OK, let text = X509_verify_cert_error_string(result) else { return "the TLS handshake failed" }
+        return "the hub's TLS certificate was not accepted: \(String(cString: text))"
     }
 
     /// Whether OpenSSL holds a received record not handed out yet (read-ahead took more than

@@ -268,6 +268,26 @@ import Testing
         }
     }
 
+    /// A hub whose certificate is not trusted fails the connect with a ConnectionFailedError that
+    /// says so, not with an OperationTimeout once the CONNACK wait is over (libmosquitto closes
+    /// the socket after a failed handshake without calling its disconnect callback).
+    @Test(arguments: Transport.allCases) func anUntrustedHubCertificateFailsTheConnectWithTheReason(over transport: Transport) async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client(over: transport) {
+                $0.serverVerificationCertificate = nil
+                $0.operationTimeout = .seconds(60)
+            }
+            do {
+                try await client.connect()
+                Issue.record("connected to a hub whose certificate is not trusted")
+            } catch {
+                #expect((error as? IoTHubError)?.code == "ConnectionFailedError", "\(error)")
+                #expect("\(error)".lowercased().contains("certificate"), "\(error)")
+            }
+            await client.shutdown()
+        }
+    }
+
     @Test func invalidArgumentsFailAtCreation() throws {
         let key = Data(repeating: 5, count: 32).base64EncodedString()
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d") }
