@@ -28,4 +28,17 @@ static inline long iothub_bio_get_mem_data(BIO *bio, char **data) {
     return BIO_get_mem_data(bio, data);
 }
 
+// STACK_OF(X509) is handled through macros in OpenSSL 3.
+static inline STACK_OF(X509) *iothub_sk_x509_new_null(void) {
+    return sk_X509_new_null();
+}
+
+static inline int iothub_sk_x509_push(STACK_OF(X509) *stack, X509 *certificate) {
+    return sk_X509_push(stack, certificate);
+}
+
+static inline void iothub_sk_x509_pop_free(STACK_OF(X509) *stack) {
+    sk_X509_pop_free(stack, X509_free);
+}
+
 #endif

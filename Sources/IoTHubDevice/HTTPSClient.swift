@@ -3,8 +3,10 @@ import Dispatch
 import Foundation
 import IoTHubProtocol
 
-/// Outbound HTTPS with libcurl, for the hub's file-upload endpoints: TLS verification always
-/// on, the extra trusted CAs and the X.509 client identity of the device. Each transfer runs on
+/// Outbound HTTPS with libcurl, for the hub's file-upload endpoints and blob storage: the
+/// client's ``TLSPolicy`` (TLS 1.2 or newer, the system's CAs plus the extra ones, the cipher
+/// list, the X.509 client identity of the device), with the certificate checked against the
+/// host of each URL, never against the address connected to (a proxy's). Each transfer runs on
 /// a private queue (libcurl's easy interface blocks), never on Swift's cooperative pool.
 struct HTTPSClient: Sendable {
     struct Response: Sendable {
@@ -14,8 +16,9 @@ struct HTTPSClient: Sendable {
         var retryAfterSeconds: Int? = nil
     }
 
-    var trustedCertificatesPEM: String?
-    var clientCertificate: X509Credential?
+    /// Trust, cipher list and client certificate; its `peer` is not used: each URL names its
+    /// own host (the hub's, or blob storage's).
+    var policy: TLSPolicy
     /// Every request goes through this proxy; without one, no proxy is used (not even one named
     /// by `https_proxy` in the environment: the client's configuration decides).
     var proxy: ProxyOptions?
@@ -103,6 +106,7 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, Int(CURL_SSLVERSION_TLSv1_2))
+        if let cipherList = policy.cipherList { _ = iothub_curl_setopt_string(handle, CURLOPT_SSL_CIPHER_LIST, cipherList) }
         _ = iothub_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
         if let proxy {
             // socks5h: the proxy resolves the host name, as on the MQTT path.
@@ -156,17 +160,19 @@ struct HTTPSClient: Sendable {
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
         _ = iothub_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer)
         // libcurl copies the PEM blobs (CURL_BLOB_COPY) when they are set.
+        let clientCertificate = policy.clientCertificate
         let result: CURLcode = withBlobs(
-            ca: trustedCertificatesPEM.flatMap { $0.isEmpty ? nil : Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
+            ca: policy.extraTrustedCertificatesPEM.map { Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
             key: clientCertificate.map { Data($0.privateKeyPEM.utf8) }, handle: handle)
         guard result == CURLE_OK else {
             let detail = String(cString: errorBuffer)
             var message = detail.isEmpty ? String(cString: curl_easy_strerror(result)) : detail
             if let proxy { message += " (through the \(proxy.name))" }
             switch result {
-            case CURLE_COULDNT_RESOLVE_PROXY, CURLE_PROXY, CURLE_RECV_ERROR where proxy != nil:
+            case CURLE_RECV_ERROR where proxy != nil:
+                // A proxy that closes the tunnel: the hub was not reached.
                 return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
-            case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
+            case CURLE_COULDNT_RESOLVE_PROXY, CURLE_PROXY, CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
                 return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
             case CURLE_ABORTED_BY_CALLBACK:
                 return .failure(.operationCancelled("the upload was aborted"))
@@ -195,7 +201,7 @@ struct HTTPSClient: Sendable {
                 return body()
             }
         }
-        if let passPhrase = clientCertificate?.passPhrase {
+        if let passPhrase = policy.clientCertificate?.passPhrase {
             _ = iothub_curl_setopt_string(handle, CURLOPT_KEYPASSWD, passPhrase)
         }
         return with(ca, CURLOPT_CAINFO_BLOB) {

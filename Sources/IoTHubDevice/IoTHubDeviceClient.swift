@@ -87,14 +87,12 @@ public final class IoTHubDeviceClient: Sendable {
         }
         var clientCertificate: X509Credential?
         if case .x509(let x509) = credential { clientCertificate = x509 }
-        self.tls = try TLSContext(
-            host: configuration.gatewayHostName ?? hostName, trustedCertificatesPEM: configuration.serverVerificationCertificate,
-            cipherList: configuration.cipher, clientCertificate: clientCertificate)
+        let policy = TLSPolicy(configuration: configuration, hostName: hostName, clientCertificate: clientCertificate)
+        self.tls = try TLSContext(policy: policy)
         if configuration.websockets || configuration.proxyOptions != nil {
             tunnelPlan = TunnelPlan(
                 host: configuration.gatewayHostName ?? hostName, port: configuration.websockets ? configuration.httpsPort : configuration.mqttPort,
-                webSocket: configuration.websockets, proxy: configuration.proxyOptions,
-                tls: try NIOSSLContext.forTunnel(configuration, clientCertificate: clientCertificate),
+                webSocket: configuration.websockets, proxy: configuration.proxyOptions, tls: try NIOSSLContext.forTunnel(policy), verifier: tls,
                 userAgent: UserAgent.string + configuration.productInfo, timeout: min(configuration.operationTimeout, .seconds(30)))
             socketDirectory = try PrivateSocketDirectory()
         } else {
@@ -301,13 +299,12 @@ public final class IoTHubDeviceClient: Sendable {
                 if let existing = state.mqtt {
                     mqtt = existing
                 } else {
+                    // Through a tunnel, TLS is the tunnel's: libmosquitto speaks plain MQTT to it.
                     mqtt = try MosquittoClient(
                         clientId: MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId,
-                        maximumInflight: configuration.maximumInflightMessages,
+                        tls: tunnelPlan == nil ? tls : nil, maximumInflight: configuration.maximumInflightMessages,
                         acknowledgementTimeout: configuration.operationTimeout
                     ) { [weak self] event in self?.handle(event) }
-                    // Through a tunnel, TLS is the tunnel's: libmosquitto speaks plain MQTT to it.
-                    if tunnelPlan == nil { mqtt.useTLS(tls) }
                     state.mqtt = mqtt
                 }
                 let secret = try self.password(for: &state)
@@ -975,8 +972,10 @@ public final class IoTHubDeviceClient: Sendable {
         let info = try await storageInfo(forBlob: blobName)
         var headers = ["x-ms-blob-type": "BlockBlob", "x-ms-version": "2018-03-28"]
         if let contentType { headers["Content-Type"] = contentType }
-        let client = HTTPSClient(
-            trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: nil, proxy: configuration.proxyOptions, timeoutSeconds: 3600)
+        // Blob storage is another host, and the device's certificate is not for it.
+        var storagePolicy = tls.policy
+        storagePolicy.clientCertificate = nil
+        let client = HTTPSClient(policy: storagePolicy, proxy: configuration.proxyOptions, timeoutSeconds: 3600)
         let outcome: Result<HTTPSClient.Response, IoTHubError>
         do throws(IoTHubError) {
             outcome = .success(try await client.send(method: "PUT", url: info.blobURL, headers: headers, length: length, streaming: body))
@@ -1025,11 +1024,11 @@ public final class IoTHubDeviceClient: Sendable {
         case .x509(let x509):
             clientCertificate = x509
         }
-        let host = configuration.gatewayHostName ?? hostName
-        let port = configuration.httpsPort == 443 ? "" : ":\(configuration.httpsPort)"
-        let url = "https://\(host)\(port)/devices/\(PercentEncoding.encode(deviceId))/\(path)?api-version=\(MQTTIdentity.apiVersion)"
-        let client = HTTPSClient(
-            trustedCertificatesPEM: configuration.serverVerificationCertificate, clientCertificate: clientCertificate, proxy: configuration.proxyOptions)
+        let authority = hostAndPort(configuration.gatewayHostName ?? hostName, configuration.httpsPort)
+        let url = "https://\(authority)/devices/\(PercentEncoding.encode(deviceId))/\(path)?api-version=\(MQTTIdentity.apiVersion)"
+        var policy = tls.policy
+        policy.clientCertificate = clientCertificate
+        let client = HTTPSClient(policy: policy, proxy: configuration.proxyOptions)
         return try await client.send(method: "POST", url: url, headers: headers, body: body)
     }
 

@@ -70,8 +70,9 @@ final class MosquittoClient: @unchecked Sendable {
     private let acknowledgementTimeout: Duration
     /// Fails publishes whose PUBACK is overdue (written once, at the end of `init`).
     private var overdueSweep: Task<Void, Never>?
-    /// Keeps the TLS context alive as long as libmosquitto may use it.
-    private var tlsContext: TLSContext?
+    /// The TLS context libmosquitto uses (nil: plain MQTT, to the tunnel); kept alive as long as
+    /// libmosquitto may use it.
+    private let tlsContext: TLSContext?
 
     static let libraryInitialized: Bool = {
         mosquitto_lib_init()
@@ -81,10 +82,11 @@ final class MosquittoClient: @unchecked Sendable {
     /// - Parameter acknowledgementTimeout: how long a publish waits for its PUBACK before it
     ///   fails with `OperationTimeout` (the message stays with libmosquitto and may still arrive).
     init(
-        clientId: String, maximumInflight: Int, acknowledgementTimeout: Duration, onEvent: @escaping @Sendable (MQTTEvent) -> Void
+        clientId: String, tls: TLSContext?, maximumInflight: Int, acknowledgementTimeout: Duration, onEvent: @escaping @Sendable (MQTTEvent) -> Void
     ) throws(IoTHubError) {
         _ = Self.libraryInitialized
         self.onEvent = onEvent
+        self.tlsContext = tls
         self.acknowledgementTimeout = acknowledgementTimeout
         guard let handle = mosquitto_new(clientId, false, nil) else {
             throw .clientError("libmosquitto could not create a client")
@@ -125,6 +127,11 @@ final class MosquittoClient: @unchecked Sendable {
             let payload = message.payload.map { Data(bytes: $0, count: Int(message.payloadlen)) } ?? Data()
             client.onEvent(.message(topic: String(cString: topic), payload: payload))
         }
+        if let tls {
+            // libmosquitto applies none of its own defaults to a context it is given.
+            mosquitto_int_option(handle, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)
+            mosquitto_void_option(handle, MOSQ_OPT_SSL_CTX, UnsafeMutableRawPointer(tls.pointer))
+        }
         overdueSweep = startOverdueSweep()
     }
 
@@ -136,13 +143,6 @@ final class MosquittoClient: @unchecked Sendable {
 
     private static func from(_ object: UnsafeMutableRawPointer?) -> MosquittoClient? {
         object.map { Unmanaged<MosquittoClient>.fromOpaque($0).takeUnretainedValue() }
-    }
-
-    /// Uses `context` for TLS (libmosquitto applies none of its own defaults to it).
-    func useTLS(_ context: TLSContext) {
-        tlsContext = context
-        mosquitto_int_option(handle, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)
-        mosquitto_void_option(handle, MOSQ_OPT_SSL_CTX, UnsafeMutableRawPointer(context.pointer))
     }
 
     /// Opens the TCP and TLS connection and sends CONNECT (the CONNACK arrives as an event),
@@ -157,9 +157,12 @@ final class MosquittoClient: @unchecked Sendable {
                     state.connectionEndReported = false
                 }
                 mosquitto_username_pw_set(handle, username, password)
+                tlsContext?.clearRejection()
                 let code = reconnect ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
                 guard code == MOSQ_ERR_SUCCESS.rawValue else {
-                    continuation.resume(returning: .failure(.connectionFailedError("cannot connect to \(host):\(port): \(Self.describe(code))")))
+                    // The handshake may end within the connect call (a quick server).
+                    let reason = code == MOSQ_ERR_TLS.rawValue ? tlsContext?.describeHandshakeFailure() ?? Self.describe(code) : Self.describe(code)
+                    continuation.resume(returning: .failure(.connectionFailedError("cannot connect to \(hostAndPort(host, port)): \(reason)")))
                     return
                 }
                 do throws(IoTHubError) {
@@ -191,7 +194,7 @@ final class MosquittoClient: @unchecked Sendable {
         let reason: String? =
             switch failure {
             case MOSQ_ERR_SUCCESS.rawValue: nil
-            case MOSQ_ERR_TLS.rawValue: networkThread.withLockedValue { $0 }?.describeTLSFailure() ?? "the TLS handshake failed"
+            case MOSQ_ERR_TLS.rawValue: tlsContext?.describeHandshakeFailure() ?? "the TLS handshake failed"
             default: Self.describe(failure)
             }
         connectionEnded.signal()

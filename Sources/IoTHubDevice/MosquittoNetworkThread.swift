@@ -172,15 +172,6 @@ final class MosquittoNetworkThread: @unchecked Sendable {
         return MOSQ_ERR_SUCCESS.rawValue
     }
 
-    /// What went wrong in a TLS handshake that libmosquitto gave up: the server's certificate
-    /// (OpenSSL's verification result), else the handshake itself.
-    func describeTLSFailure() -> String {
-        guard let ssl = mosquitto_ssl_get(handle).map(OpaquePointer.init) else { return "the TLS handshake failed" }
-        let result = SSL_get_verify_result(ssl)
-        guard result != X509_V_OK, let text = X509_verify_cert_error_string(result) else { return "the TLS handshake failed" }
-        return "the hub's TLS certificate was not accepted: \(String(cString: text))"
-    }
-
     /// Whether OpenSSL holds a received record not handed out yet (read-ahead took more than
     /// one off the socket; libmosquitto reads a bounded number of packets per call). Not when
     /// its last read wanted more bytes from the socket: then it holds at most the start of a

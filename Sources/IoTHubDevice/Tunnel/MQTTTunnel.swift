@@ -18,6 +18,10 @@ struct TunnelPlan: Sendable {
     var proxy: ProxyOptions?
     /// TLS to the hub, with the same trusted CAs, ciphers and client certificate as the direct path.
     var tls: NIOSSLContext
+    /// Verifies the hub's certificate chain and name by the client's ``TLSPolicy``, with
+    /// OpenSSL, the way the direct path's handshake does (NIOSSL's own check would accept a
+    /// certificate naming the connected address, which through a proxy is the proxy's).
+    var verifier: TLSContext
     var userAgent: String
     /// Bound on opening the tunnel: TCP, proxy negotiation, TLS and the WebSocket upgrade.
     var timeout: Duration
@@ -100,10 +104,15 @@ final class MQTTTunnel: Sendable {
                 // The proxy (if any) now relays to the hub: TLS from here on.
                 let ready = eventLoop.makePromise(of: [UInt8].self)
                 do {
-                    let serverName = IPAddressLiteral.ipv4(plan.host) == nil && IPAddressLiteral.ipv6(plan.host) == nil ? plan.host : nil
-                    let tls = try NIOSSLClientHandler(context: plan.tls, serverHostname: serverName)
+                    let rejection = NIOLockedValueBox<String?>(nil)
+                    let verifier = plan.verifier
+                    let tls = try NIOSSLClientHandler(context: plan.tls, serverHostname: verifier.policy.peer.serverNameIndication) { chain, verdict in
+                        let reason = verifier.rejectionReason(forServerChain: chain.compactMap { try? $0.toDERBytes() })
+                        rejection.withLockedValue { $0 = reason }
+                        verdict.succeed(reason == nil ? .certificateVerified : .failed)
+                    }
                     try channel.pipeline.syncOperations.addHandler(tls)
-                    try channel.pipeline.syncOperations.addHandler(TLSReadyHandler(promise: ready))
+                    try channel.pipeline.syncOperations.addHandler(TLSReadyHandler(rejection: rejection, promise: ready))
                     if !leftover.isEmpty { channel.pipeline.fireChannelRead(channel.allocator.buffer(bytes: leftover)) }
                 } catch {
                     ready.fail(TunnelFailure("TLS could not start: \(error)"))
@@ -271,8 +280,11 @@ private final class TLSReadyHandler: ChannelInboundHandler, RemovableChannelHand
     typealias InboundIn = ByteBuffer
 
     private let outcome: HandshakeOutcome
+    /// Why the certificate verification refused the hub's certificate, if it did.
+    private let rejection: NIOLockedValueBox<String?>
 
-    init(promise: EventLoopPromise<[UInt8]>) {
+    init(rejection: NIOLockedValueBox<String?>, promise: EventLoopPromise<[UInt8]>) {
+        self.rejection = rejection
         self.outcome = HandshakeOutcome(promise)
     }
 
@@ -290,7 +302,11 @@ private final class TLSReadyHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        outcome.fail(context: context, error)
+        if let reason = rejection.withLockedValue({ $0 }) {
+            outcome.fail(context: context, TunnelFailure("the hub's TLS certificate was not accepted: \(reason)"))
+        } else {
+            outcome.fail(context: context, error)
+        }
     }
 }
 
