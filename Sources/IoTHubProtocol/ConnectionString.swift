@@ -60,20 +60,21 @@ public struct ConnectionString: Sendable, Hashable {
         // A trailing ';' is common when strings are pasted; tolerate exactly that one.
         var segments = trimmed.split(separator: ";", omittingEmptySubsequences: false)
         if segments.count > 1, segments.last?.isEmpty == true { segments.removeLast() }
-        for segment in segments {
+        // Errors name segments by position and keys only once they are known: a key pasted
+        // into the wrong place must never be repeated back (in a terminal, a log, an HTTP answer).
+        for (index, segment) in segments.enumerated() {
+            let position = "segment \(index + 1) of \(segments.count)"
             guard let equals = segment.firstIndex(of: "=") else {
                 throw .valueError(
                     field: "connection string",
-                    reason: segment.isEmpty
-                        ? "has an empty segment (two ';' in a row)"
-                        : "has a segment '\(Self.safeSegmentName(segment))' that is not of the form Key=Value")
+                    reason: segment.isEmpty ? "has an empty \(position) (two ';' in a row)" : "has a \(position) that is not of the form Key=Value")
             }
             let key = String(segment[..<equals])
             let value = String(segment[segment.index(after: equals)...])
             guard Self.knownKeys.contains(key) else {
                 let hint = Self.knownKeys.first { $0.lowercased() == key.lowercased() }
-                    .map { " (did you mean '\($0)'?)" } ?? ""
-                throw .valueError(field: key, reason: "is not a connection-string key\(hint)")
+                    .map { " (keys are case-sensitive: did you mean '\($0)'?)" } ?? " (known keys: \(Self.knownKeys.joined(separator: ", ")))"
+                throw .valueError(field: "connection string", reason: "has an unknown key in \(position)\(hint)")
             }
             guard values[key] == nil else {
                 throw .valueError(field: key, reason: "is given more than once")
@@ -196,11 +197,7 @@ public struct ConnectionString: Sendable, Hashable {
         return padding <= 2
     }
 
-    /// The key part of a malformed segment, so an error message never echoes a secret value.
-    private static func safeSegmentName(_ segment: Substring) -> String {
-        segment.count <= 24 ? String(segment) : String(segment.prefix(12)) + "…"
-    }
-
+    /// The reason of a SAS token error, without the field name the token parser gives it.
     private static func reason(of error: IoTHubError) -> String {
         if case .valueError(_, let reason) = error { return reason }
         return error.description

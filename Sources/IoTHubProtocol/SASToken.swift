@@ -85,15 +85,18 @@ public struct SASToken: Sendable, Hashable {
                 field: "SAS token", reason: "does not start with 'SharedAccessSignature '")
         }
         var fields: [String: String] = [:]
-        for field in text.dropFirst(prefix.count).split(separator: "&", omittingEmptySubsequences: false) {
+        // Errors name fields by position, or by name when it is one of the four: a signature
+        // must never be repeated back (in a terminal, a log, an HTTP answer).
+        let parts = text.dropFirst(prefix.count).split(separator: "&", omittingEmptySubsequences: false)
+        for (index, field) in parts.enumerated() {
+            let position = "field \(index + 1) of \(parts.count)"
             guard let equals = field.firstIndex(of: "=") else {
-                throw .valueError(field: "SAS token", reason: "has a field without '=': '\(field)'")
+                throw .valueError(field: "SAS token", reason: "has a \(position) without '=' (fields are name=value, joined by '&')")
             }
             let name = field[..<equals].trimmingCharacters(in: .whitespaces)
             let value = field[field.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             guard ["sr", "sig", "se", "skn"].contains(name) else {
-                throw .valueError(
-                    field: "SAS token", reason: "has an unexpected field '\(name)' (allowed: sr, sig, se, skn)")
+                throw .valueError(field: "SAS token", reason: "has an unknown name in \(position) (allowed: sr, sig, se, skn)")
             }
             guard fields[name] == nil else {
                 throw .valueError(field: "SAS token", reason: "gives the field '\(name)' twice")

@@ -78,8 +78,8 @@ import Testing
         ("HostName=h;DeviceId=d;DeviceId=e;SharedAccessKey=\(key)", "DeviceId", "more than once"),
         ("HostName=;DeviceId=d;SharedAccessKey=\(key)", "HostName", "empty value"),
         ("HostName=h;DeviceId=d;SharedAccessKey=", "SharedAccessKey", "empty value"),
-        ("HostName=h;DeviceId=d;Password=p", "Password", "not a connection-string key"),
-        ("hostname=h;DeviceId=d;SharedAccessKey=\(key)", "hostname", "did you mean 'HostName'"),
+        ("HostName=h;DeviceId=d;Password=p", "connection string", "unknown key in segment 3 of 3 (known keys: HostName"),
+        ("hostname=h;DeviceId=d;SharedAccessKey=\(key)", "connection string", "did you mean 'HostName'"),
         ("HostName=h;DeviceId=d;SharedAccessKey=\(key);SharedAccessSignature=SharedAccessSignature sr=a&sig=b&se=1",
          "SharedAccessSignature", "cannot be combined with SharedAccessKey"),
         ("HostName=h;DeviceId=d;SharedAccessKey=\(key);x509=true", "x509", "SharedAccessKey"),
@@ -94,8 +94,8 @@ import Testing
         ("HostName=h;DeviceId=d;SharedAccessKeyName=owner;SharedAccessKey=\(key)",
          "SharedAccessKeyName", "cannot be combined with DeviceId"),
         ("HostName=h;SharedAccessKeyName=owner", "SharedAccessKey", "policy string needs its key"),
-        ("HostName=h;;DeviceId=d;SharedAccessKey=\(key)", "connection string", "empty segment"),
-        ("HostName=h;DeviceId;SharedAccessKey=\(key)", "connection string", "'DeviceId' that is not of the form"),
+        ("HostName=h;;DeviceId=d;SharedAccessKey=\(key)", "connection string", "empty segment 2 of 4"),
+        ("HostName=h;DeviceId;SharedAccessKey=\(key)", "connection string", "segment 2 of 3 that is not of the form"),
     ]
 
     @Test(arguments: invalid)

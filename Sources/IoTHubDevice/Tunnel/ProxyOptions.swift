@@ -42,7 +42,8 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
 
     /// Reads `http://[user[:password]@]host[:port]`, `socks4://…` or `socks5://…` (also
     /// `socks5h://`, which means the same here: the proxy always resolves the hub's name).
-    /// User name and password may be percent-encoded; the port defaults to 1080.
+    /// User name and password may be percent-encoded; the port defaults to 1080. Errors never
+    /// repeat a part of the URL: a password in the wrong place must not reach a log.
     public init(url text: String) throws(IoTHubError) {
         guard let schemeEnd = text.range(of: "://") else {
             throw .valueError(field: "proxy", reason: "must be a URL such as http://proxy.example:3128 or socks5://10.0.0.1:1080")
@@ -53,7 +54,7 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
         case "socks4", "socks4a": kind = .socks4
         case "socks5", "socks5h": kind = .socks5
         default:
-            throw .valueError(field: "proxy", reason: "the scheme '\(scheme)' is not one of http, socks4, socks5")
+            throw .valueError(field: "proxy", reason: "the scheme is not one of http, socks4, socks5")
         }
         var rest = text[schemeEnd.upperBound...]
         if rest.hasSuffix("/") { rest = rest.dropLast() }
@@ -92,7 +93,7 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
         address = String(host)
         if let portText {
             guard let number = Int(portText), (1...65535).contains(number) else {
-                throw .valueError(field: "proxy", reason: "the port '\(portText)' is not from 1 to 65535")
+                throw .valueError(field: "proxy", reason: "the port is not a number from 1 to 65535")
             }
             port = number
         } else {
