@@ -161,9 +161,13 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer)
         // libcurl copies the PEM blobs (CURL_BLOB_COPY) when they are set.
         let clientCertificate = policy.clientCertificate
-        let result: CURLcode = withBlobs(
-            ca: policy.extraTrustedCertificatesPEM.map { Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
-            key: clientCertificate.map { Data($0.privateKeyPEM.utf8) }, handle: handle)
+        // libcurl holds `sink` unretained (write and read callbacks): it lives until the
+        // transfer is over, whatever the optimiser makes of its last use.
+        let result: CURLcode = withExtendedLifetime(sink) {
+            withBlobs(
+                ca: policy.extraTrustedCertificatesPEM.map { Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
+                key: clientCertificate.map { Data($0.privateKeyPEM.utf8) }, handle: handle)
+        }
         guard result == CURLE_OK else {
             let detail = String(cString: errorBuffer)
             var message = detail.isEmpty ? String(cString: curl_easy_strerror(result)) : detail
