@@ -221,7 +221,7 @@ public final class IoTHubDeviceClient: Sendable {
         let task: Task<Result<Void, IoTHubError>, Never>? = try state.withLock { state throws(IoTHubError) in
             if let existing = state.connecting { return existing }
             switch state.phase {
-            case .shutdown: throw .clientError("the client has been shut down")
+            case .shutdown: throw Self.shutDownError
             case .connected: return nil
             case .connecting, .reconnecting, .disconnected: break
             }
@@ -261,8 +261,8 @@ public final class IoTHubDeviceClient: Sendable {
         transition(to: .disconnected, reason: nil, unless: .shutdown)
     }
 
-    /// Disconnects for good (the seed's `shutdown`): afterwards every call throws `ClientError`
-    /// and every stream ends.
+    /// Disconnects for good (the seed's `shutdown`): afterwards every operation throws
+    /// `ClientError`, every stream ends, and `disconnect` does nothing.
     public func shutdown() async {
         await disconnect()
         state.withLockedValue { state in
@@ -274,6 +274,17 @@ public final class IoTHubDeviceClient: Sendable {
             broadcaster.finish()
         }
     }
+
+    /// Throws `ClientError` once the client has been shut down: the first check of every operation.
+    private func checkNotShutDown() throws(IoTHubError) {
+        try state.withLock { state throws(IoTHubError) in try Self.checkNotShutDown(state) }
+    }
+
+    private static func checkNotShutDown(_ state: State) throws(IoTHubError) {
+        if state.phase == .shutdown { throw shutDownError }
+    }
+
+    private static let shutDownError = IoTHubError.clientError("the client has been shut down")
 
     /// One connection attempt: TCP, TLS, CONNECT, CONNACK; then subscriptions and follow-ups.
     private func establish(reconnect: Bool) async -> Result<Void, IoTHubError> {
@@ -293,7 +304,7 @@ public final class IoTHubDeviceClient: Sendable {
         let prepared: (MosquittoClient, String?, Bool)
         do throws(IoTHubError) {
             prepared = try state.withLock { state throws(IoTHubError) -> (MosquittoClient, String?, Bool) in
-                guard state.phase != .shutdown else { throw .clientError("the client has been shut down") }
+                try Self.checkNotShutDown(state)
                 let reusing = state.mqtt != nil
                 let mqtt: MosquittoClient
                 if let existing = state.mqtt {
@@ -595,7 +606,7 @@ public final class IoTHubDeviceClient: Sendable {
         case .connected, .reconnecting:
             return
         case .shutdown:
-            throw .clientError("the client has been shut down")
+            throw Self.shutDownError
         case .connecting:
             try await connect()
         case .disconnected:
@@ -711,6 +722,7 @@ public final class IoTHubDeviceClient: Sendable {
     /// operation timeout (the message then stays queued and may still reach the hub, e.g. after
     /// a reconnect: not known to be delivered rather than not delivered).
     public func send(_ message: Message) async throws(IoTHubError) {
+        try checkNotShutDown()
         try message.validateSize()
         try await ensureConnection()
         try await publish(topic: TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).name, payload: message.payload)
@@ -721,6 +733,11 @@ public final class IoTHubDeviceClient: Sendable {
     /// message, in order; each succeeds or fails on its own (a message over the size limit fails
     /// alone, the others are still sent).
     public func send(_ messages: [Message]) async -> [Result<Void, IoTHubError>] {
+        do throws(IoTHubError) {
+            try checkNotShutDown()
+        } catch {
+            return messages.map { _ in .failure(error) }
+        }
         var results = [Result<Void, IoTHubError>?](repeating: nil, count: messages.count)
         var pending: [(index: Int, topic: String, payload: Data)] = []
         pending.reserveCapacity(messages.count)
@@ -757,6 +774,7 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// Sends a message to an output of this module (the seed's `send_message_to_output`).
     public func send(_ message: Message, toOutput output: String) async throws(IoTHubError) {
+        try checkNotShutDown()
         guard moduleId != nil else { throw .clientError("outputs belong to modules; this is a device client") }
         guard !output.isEmpty else { throw .valueError(field: "output_name", reason: "is empty") }
         var message = message
@@ -818,6 +836,7 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// Answers a method request (the seed's `send_method_response`).
     public func respond(_ response: MethodResponse) async throws(IoTHubError) {
+        try checkNotShutDown()
         if !response.payload.isEmpty { _ = try JSONValue(parsing: response.payload) }
         try await ensureConnection()
         try await publish(topic: response.topic.name, payload: response.payload.isEmpty ? Data("null".utf8) : response.payload)
@@ -851,6 +870,7 @@ public final class IoTHubDeviceClient: Sendable {
     }
 
     private func twinRequest(_ operation: TwinRequestTopic.Operation, payload: Data) async throws(IoTHubError) -> (status: Int, version: Int?, payload: Data) {
+        try checkNotShutDown()
         try await ensureConnection()
         try await ensureSubscribed([.twinResponses])
         let requestId = RequestID.make()
@@ -908,6 +928,7 @@ public final class IoTHubDeviceClient: Sendable {
     /// Replaces a user-supplied SAS token (the seed's `update_sastoken`) and reconnects with it
     /// if connected.
     public func updateSASToken(_ text: String) async throws(IoTHubError) {
+        try checkNotShutDown()
         let token = try SASToken(parsing: text)
         try state.withLock { state throws(IoTHubError) in
             guard case .sasToken = state.credential else {
@@ -941,6 +962,7 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// Asks the hub where to upload a file (the seed's `get_storage_info_for_blob`).
     public func storageInfo(forBlob blobName: String) async throws(IoTHubError) -> StorageInfo {
+        try checkNotShutDown()
         guard !blobName.isEmpty else { throw .valueError(field: "blob_name", reason: "is empty") }
         let body = JSONValue.object(["blobName": .string(blobName)]).encoded()
         let response = try await fileUploadRequest(path: "files", body: body)
@@ -954,6 +976,7 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// Tells the hub how an upload ended (the seed's `notify_blob_upload_status`).
     public func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String) async throws(IoTHubError) {
+        try checkNotShutDown()
         let body = JSONValue.object([
             "correlationId": .string(correlationId), "isSuccess": .bool(isSuccess), "statusCode": .integer(Int64(statusCode)),
             "statusDescription": .string(statusDescription),
@@ -969,6 +992,7 @@ public final class IoTHubDeviceClient: Sendable {
     public func uploadBlob<Body: AsyncSequence>(
         named blobName: String, length: Int, contentType: String? = nil, body: Body
     ) async throws -> BlobUploadResult where Body.Element == Data {
+        try checkNotShutDown()
         let info = try await storageInfo(forBlob: blobName)
         var headers = ["x-ms-blob-type": "BlockBlob", "x-ms-version": "2018-03-28"]
         if let contentType { headers["Content-Type"] = contentType }

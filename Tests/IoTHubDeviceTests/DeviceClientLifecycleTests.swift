@@ -253,6 +253,44 @@ import Testing
         }
     }
 
+    /// After `shutdown` every operation throws `ClientError`, as the Python SDK's do.
+    @Test func everyOperationThrowsClientErrorAfterShutdown() async throws {
+        try await HubFixture.with { fixture in
+            let key = try #require(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)
+            let token = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600)
+            let client = try IoTHubDeviceClient.fromSASToken(token.string, configuration: fixture.configuration())
+            try await client.connect()
+            let info = try await client.storageInfo(forBlob: "before-shutdown.txt")
+            await client.shutdown()
+            let shutDown = IoTHubError.clientError("the client has been shut down")
+            func expectShutDown(_ operation: String, _ body: () async throws -> Void) async {
+                do {
+                    try await body()
+                    Issue.record("\(operation) worked after shutdown")
+                } catch {
+                    #expect(error as? IoTHubError == shutDown, "\(operation): \(error)")
+                }
+            }
+            await expectShutDown("connect") { try await client.connect() }
+            await expectShutDown("send") { try await client.send(Message(payload: Data("x".utf8))) }
+            await expectShutDown("send to an output") { try await client.send(Message(), toOutput: "out") }
+            await expectShutDown("send a batch") { try await client.send([Message(), Message(payload: Data(count: Message.maximumSize + 1))]).forEach { try $0.get() } }
+            await expectShutDown("respond") { try await client.respond(MethodResponse(requestId: "1", status: 200)) }
+            await expectShutDown("twin") { _ = try await client.twin() }
+            await expectShutDown("updateReportedProperties") { try await client.updateReportedProperties(["a": .integer(1)]) }
+            await expectShutDown("storageInfo") { _ = try await client.storageInfo(forBlob: "after-shutdown.txt") }
+            await expectShutDown("notifyBlobUploadStatus") {
+                try await client.notifyBlobUploadStatus(correlationId: info.correlationId, isSuccess: true, statusCode: 201, statusDescription: "")
+            }
+            await expectShutDown("uploadBlob") {
+                _ = try await client.uploadBlob(named: "after-shutdown.txt", length: 1, body: AsyncStream { $0.yield(Data("x".utf8)); $0.finish() })
+            }
+            let fresh = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 1200)
+            await expectShutDown("updateSASToken") { try await client.updateSASToken(fresh.string) }
+            #expect(fixture.hub.fileUploadNotifications.read(after: 0, limit: 10).entries.isEmpty)
+        }
+    }
+
     /// The network thread sends PINGREQs while nothing else is sent: the hub, which drops a
     /// client silent for 1.5 keep-alive periods, keeps the connection.
     @Test(arguments: Transport.allCases) func anIdleConnectionIsKeptAliveByPings(over transport: Transport) async throws {
