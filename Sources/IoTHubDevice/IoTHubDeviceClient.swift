@@ -960,10 +960,11 @@ public final class IoTHubDeviceClient: Sendable {
 
     // MARK: File upload
 
-    /// Asks the hub where to upload a file (the seed's `get_storage_info_for_blob`).
+    /// Asks the hub where to upload a file (the seed's `get_storage_info_for_blob`). A name
+    /// blob storage would not read as written (``BlobName/validate(_:)``) is refused first.
     public func storageInfo(forBlob blobName: String) async throws(IoTHubError) -> StorageInfo {
         try checkNotShutDown()
-        guard !blobName.isEmpty else { throw .valueError(field: "blob_name", reason: "is empty") }
+        try BlobName.validate(blobName)
         let body = JSONValue.object(["blobName": .string(blobName)]).encoded()
         let response = try await fileUploadRequest(path: "files", body: body)
         guard response.status == 200 else { throw Self.httpError(response) }

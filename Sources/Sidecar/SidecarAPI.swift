@@ -304,9 +304,15 @@ struct SidecarAPI: Sendable {
         guard !bridge.isModule else { throw .notForThisIdentity("file upload is for device identities, not modules") }
     }
 
+    /// The device client's own check (``BlobName/validate(_:)``), made here before anything else
+    /// happens (for an upload, before its body is read) and reported under this API's name for
+    /// the field.
     private static func checkBlobName(_ name: String) throws(ProblemDetails) {
-        guard !name.isEmpty, name.count <= 1024, !name.hasPrefix("/") else {
-            throw .invalid("blobName must be 1 to 1024 characters and not start with /", field: "blobName")
+        do throws(IoTHubError) {
+            try BlobName.validate(name)
+        } catch {
+            guard case .valueError(_, let reason) = error else { throw .invalid(SidecarEvent.message(of: error), field: "blobName") }
+            throw .invalid("blobName \(reason)", field: "blobName")
         }
     }
 

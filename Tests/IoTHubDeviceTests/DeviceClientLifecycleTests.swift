@@ -253,6 +253,28 @@ import Testing
         }
     }
 
+    @Test func aBlobNameStorageWouldMisreadIsRefusedBeforeTheHubIsAsked() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            for name in ["../../x", "a/./b", "a//b", "%2e%2e/x"] {
+                do {
+                    _ = try await client.storageInfo(forBlob: name)
+                    Issue.record("\(name) was passed on")
+                } catch {
+                    #expect((error as? IoTHubError)?.code == "ValueError", "\(name): \(error)")
+                }
+                do {
+                    _ = try await client.uploadBlob(named: name, length: 1, body: AsyncStream { $0.yield(Data("x".utf8)); $0.finish() })
+                    Issue.record("\(name) was uploaded")
+                } catch {
+                    #expect((error as? IoTHubError)?.code == "ValueError", "\(name): \(error)")
+                }
+            }
+            #expect(fixture.hub.state.withLockedValue { $0.fileUploads.isEmpty })
+            await client.shutdown()
+        }
+    }
+
     /// After `shutdown` every operation throws `ClientError`, as the Python SDK's do.
     @Test func everyOperationThrowsClientErrorAfterShutdown() async throws {
         try await HubFixture.with { fixture in

@@ -550,3 +550,36 @@ def test_a_large_batch_arrives_complete_and_in_order(sidecar):
         received += [message["bodyText"] for message in page["messages"]]
         cursor = page["next"]
     assert received == ["n{}".format(index) for index in range(500)]
+
+
+# ---------------------------------------------------------------- input checks
+
+def blob_names_refused():
+    """Blob names Azure storage would misread (dot segments, empty segments, a backslash, a
+    trailing dot, control characters), as sent and percent-encoded."""
+    return ["../../x", "a/../b", "..", "./x", "a/./b", ".", "a//b", "x/", "a\\b", "x.", "a\x01b", "a\x7fb",
+            "%2e%2e/x", "a/%2E%2e/b", "%2E/x", "/x", "x" * 1025]
+
+
+@pytest.mark.parametrize("name", blob_names_refused())
+def test_storage_info_refuses_a_blob_name_storage_would_misread(sidecar, name):
+    document = problem(sidecar.post("/blob/sas", body={"blobName": name}), 400, "ValueError")
+    assert document["field"] == "blobName", document
+
+
+@pytest.mark.parametrize("path", [
+    "..%2F..%2Fx", "a%2F..%2Fb", "%2e%2e%2Fx", "a/%2e%2e/b", "%2E/x", "a%2F%2Fb", "x%2F", "a%5Cb", "x.", "a%01b",
+    "a%2F%252e%252e%2Fb",
+])
+def test_upload_refuses_a_blob_name_storage_would_misread(sidecar, path):
+    before = sidecar.hub("GET", "/local/file-uploads").body
+    document = problem(sidecar.request("PUT", "/blob/" + path, body=b"x", headers={"Content-Type": "application/octet-stream"}), 400, "ValueError")
+    assert document["field"] == "blobName", document
+    assert sidecar.hub("GET", "/local/file-uploads").body == before  # the hub was not asked
+
+
+def test_blob_names_with_dots_inside_segments_are_fine(sidecar):
+    for name in ["a..b/c.txt", ".hidden/x", "v1.2/..data", "x/y..z"]:
+        reply = sidecar.post("/blob/sas", body={"blobName": name})
+        assert reply.status == 200, (name, reply)
+        assert reply.json()["blobName"] == "sidecar-device/" + name
