@@ -723,9 +723,16 @@ public final class IoTHubDeviceClient: Sendable {
     /// a reconnect: not known to be delivered rather than not delivered).
     public func send(_ message: Message) async throws(IoTHubError) {
         try checkNotShutDown()
-        try message.validateSize()
+        let topic = try telemetryTopic(for: message)
         try await ensureConnection()
-        try await publish(topic: TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).name, payload: message.payload)
+        try await publish(topic: topic, payload: message.payload)
+    }
+
+    /// The topic to send `message` on, once it passed the checks made before anything is sent:
+    /// its size (IoT Hub's limit) and its topic's length (MQTT's).
+    private func telemetryTopic(for message: Message) throws(IoTHubError) -> String {
+        try message.validateSize()
+        return try TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).validatedName()
     }
 
     /// Sends messages in their order, pipelined: all are handed to the MQTT connection one after
@@ -743,8 +750,7 @@ public final class IoTHubDeviceClient: Sendable {
         pending.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
             do throws(IoTHubError) {
-                try message.validateSize()
-                pending.append((index, TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).name, message.payload))
+                pending.append((index, try telemetryTopic(for: message), message.payload))
             } catch {
                 results[index] = .failure(error)
             }

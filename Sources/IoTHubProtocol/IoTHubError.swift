@@ -26,6 +26,9 @@ public enum IoTHubError: Error, Sendable, Hashable {
     case valueError(field: String?, reason: String)
     /// A message is larger than IoT Hub accepts (the Python SDK raises `ValueError` for it).
     case messageTooLarge(size: Int, limit: Int)
+    /// A message's properties make its MQTT topic longer than MQTT can carry (`length` and
+    /// `limit` in UTF-8 bytes), although the message is within ``messageTooLarge(size:limit:)``.
+    case topicTooLong(length: Int, limit: Int)
 
     /// The name of the Python SDK's exception class for this error.
     public var code: String {
@@ -38,7 +41,7 @@ public enum IoTHubError: Error, Sendable, Hashable {
         case .operationCancelled: "OperationCancelled"
         case .serviceError: "ServiceError"
         case .clientError: "ClientError"
-        case .valueError, .messageTooLarge: "ValueError"
+        case .valueError, .messageTooLarge, .topicTooLong: "ValueError"
         }
     }
 
@@ -51,7 +54,7 @@ public enum IoTHubError: Error, Sendable, Hashable {
         case .serviceError(let status, _, _):
             status == 429 || status >= 500
         case .credentialError, .noConnectionError, .operationCancelled, .clientError, .valueError,
-            .messageTooLarge:
+            .messageTooLarge, .topicTooLong:
             false
         }
     }
@@ -73,6 +76,8 @@ extension IoTHubError: CustomStringConvertible {
             return "\(code): \(reason)"
         case .messageTooLarge(let size, let limit):
             return "\(code): the message is \(size) bytes; IoT Hub accepts at most \(limit)"
+        case .topicTooLong(let length, let limit):
+            return "\(code): the message's properties make an MQTT topic of \(length) bytes; at most \(limit) fit"
         }
     }
 }

@@ -1,6 +1,9 @@
 /// A device-to-cloud telemetry topic: `devices/{d}/messages/events/{bag}`, or for a module
 /// `devices/{d}/modules/{m}/messages/events/{bag}`.
 public struct TelemetryTopic: Sendable, Hashable {
+    /// The longest topic MQTT can carry: a topic goes with a 16-bit length of its UTF-8 bytes.
+    public static let maximumNameLength = 65_535
+
     public var deviceId: String
     public var moduleId: String?
     public var properties: PropertyBag
@@ -29,6 +32,16 @@ public struct TelemetryTopic: Sendable, Hashable {
         topic += "/messages/events/"
         properties.encode(appendingTo: &topic)
         return topic
+    }
+
+    /// ``name``, or ``IoTHubError/topicTooLong(length:limit:)`` when the properties make it
+    /// longer than ``maximumNameLength`` (a message within IoT Hub's size limit can: each
+    /// property byte outside `A–Z a–z 0–9 - . _ ~` takes three bytes on the topic).
+    public func validatedName() throws(IoTHubError) -> String {
+        let name = self.name
+        let length = name.utf8.count
+        guard length <= Self.maximumNameLength else { throw .topicTooLong(length: length, limit: Self.maximumNameLength) }
+        return name
     }
 
     /// Parses a telemetry topic; nil for any other topic. The trailing `/` and the bag may be

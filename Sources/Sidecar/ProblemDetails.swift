@@ -90,7 +90,7 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
             self.init(status: 500, code: error.code, detail: detail)
         case .valueError(let field, _):
             self.init(status: 400, code: error.code, detail: detail, field: field)
-        case .messageTooLarge:
+        case .messageTooLarge, .topicTooLong:
             self.init(status: 413, code: error.code, detail: detail)
         }
     }

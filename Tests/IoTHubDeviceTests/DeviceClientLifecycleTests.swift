@@ -120,6 +120,23 @@ import Testing
         }
     }
 
+    /// A property of 65,510 bytes is within IoT Hub's size limit but makes a topic longer
+    /// than MQTT carries: refused before sending, for a single message and in a batch.
+    @Test func theTopicLengthIsCheckedBeforeSending() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            let tooLong = Message(payload: Data("x".utf8), properties: ["big": String(repeating: "v", count: 65_510)])
+            await #expect(throws: IoTHubError.topicTooLong(length: TelemetryTopic(deviceId: "dev1", message: tooLong).name.utf8.count, limit: 65_535)) {
+                try await client.send(tooLong)
+            }
+            let results = await client.send([Message(payload: Data("before".utf8)), tooLong, Message(payload: Data("after".utf8))])
+            #expect(results.map { (try? $0.get()) != nil } == [true, false, true])
+            if case .failure(let error) = results[1] { #expect(error.code == "ValueError" && "\(error)".contains("at most 65535 fit"), "\(error)") }
+            #expect(fixture.telemetry.map(\.message.payload) == [Data("before".utf8), Data("after".utf8)])
+            await client.shutdown()
+        }
+    }
+
     @Test(arguments: Transport.allCases) func aGatewayHostNameIsConnectedToWhileTokensNameTheHub(over transport: Transport) async throws {
         var logger = Logger(label: "gateway-test")
         logger.logLevel = .error

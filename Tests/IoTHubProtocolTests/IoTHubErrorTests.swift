@@ -15,6 +15,7 @@ import Testing
         (.clientError("x"), "ClientError", false),
         (.valueError(field: "k", reason: "r"), "ValueError", false),
         (.messageTooLarge(size: 2, limit: 1), "ValueError", false),
+        (.topicTooLong(length: 2, limit: 1), "ValueError", false),
     ]
 
     @Test(arguments: codes)
@@ -30,5 +31,6 @@ import Testing
         #expect(IoTHubError.valueError(field: "HostName", reason: "is missing").description == "ValueError: HostName is missing")
         #expect(IoTHubError.valueError(field: nil, reason: "bad").description == "ValueError: bad")
         #expect(IoTHubError.messageTooLarge(size: 300_000, limit: 262_144).description == "ValueError: the message is 300000 bytes; IoT Hub accepts at most 262144")
+        #expect(IoTHubError.topicTooLong(length: 65_600, limit: 65_535).description == "ValueError: the message's properties make an MQTT topic of 65600 bytes; at most 65535 fit")
     }
 }

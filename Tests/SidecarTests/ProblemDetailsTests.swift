@@ -18,6 +18,7 @@ import Testing
         (.clientError("bug"), 500, nil),
         (.valueError(field: "body", reason: "is not valid JSON"), 400, nil),
         (.messageTooLarge(size: 300_000, limit: 262_144), 413, nil),
+        (.topicTooLong(length: 65_600, limit: 65_535), 413, nil),
     ]
 
     @Test(arguments: table)

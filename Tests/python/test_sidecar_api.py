@@ -583,3 +583,18 @@ def test_blob_names_with_dots_inside_segments_are_fine(sidecar):
         reply = sidecar.post("/blob/sas", body={"blobName": name})
         assert reply.status == 200, (name, reply)
         assert reply.json()["blobName"] == "sidecar-device/" + name
+
+
+def test_a_property_too_long_for_an_mqtt_topic_is_refused(sidecar):
+    cursor = sidecar.telemetry_cursor()
+    document = problem(sidecar.post("/messages", body=b"x", headers={"iothub-app-big": "v" * 65_500}), 413, "ValueError")
+    assert re.search(r"the message's properties make an MQTT topic of \d+ bytes; at most 65535 fit", document["detail"]), document
+    batch = [{"body": "before"}, {"body": "x", "properties": {"iothub-app-big": "v" * 65_500}}, {"body": "after"}]
+    reply = sidecar.post("/messages", body=json.dumps(batch).encode(), headers={"Content-Type": "application/vnd.microsoft.iothub.json"})
+    assert reply.status == 200, reply
+    results = reply.json()["results"]
+    assert [result["status"] for result in results] == [200, 413, 200], results
+    assert results[1]["error"]["code"] == "ValueError" and "at most 65535 fit" in results[1]["error"]["detail"]
+    assert [message["bodyText"] for message in sidecar.telemetry(after=cursor)["messages"]] == ["before", "after"]
+    # Just below the limit still goes.
+    assert sidecar.post("/messages", body=b"x", headers={"iothub-app-big": "v" * 65_300}).status == 200
