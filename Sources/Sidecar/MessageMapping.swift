@@ -58,8 +58,23 @@ enum MessageMapping {
 
     /// A single message from a `POST /messages` request: the body and its headers.
     static func message(payload: Data, headers: HTTPFields, isModule: Bool) throws(ProblemDetails) -> Message {
+        for field in headers where field.name == .contentType || field.name.canonicalName.hasPrefix("iothub-") {
+            try requireUTF8(field)
+        }
         let pairs = headers.lazy.map { (name: $0.name.rawName, value: $0.value) }
         return try message(payload: payload, properties: pairs, isModule: isModule, defaultContentType: headers[.contentType])
+    }
+
+    /// Refuses a header value that was not valid UTF-8. The HTTP server hands header values on
+    /// as text, with every byte sequence that is not UTF-8 already replaced by U+FFFD: a value
+    /// holding U+FFFD is refused, so that a replacement is never sent as if the client had
+    /// written it (U+FFFD itself can be sent in a batch, whose JSON is read byte by byte).
+    static func requireUTF8(_ field: HTTPField) throws(ProblemDetails) {
+        // U+FFFD is EF BF BD in UTF-8: values without 0xEF (nearly all) are done in one pass.
+        let value = field.value
+        guard value.utf8.contains(0xEF), value.unicodeScalars.contains("\u{FFFD}") else { return }
+        let name = field.name.rawName
+        throw .invalid("the value of \(name) is not valid UTF-8 (U+FFFD is refused too: it stands for bytes that were not)", field: name)
     }
 
     /// The messages of a batch envelope, each checked like a single message; any invalid

@@ -46,6 +46,30 @@ import Testing
         }
     }
 
+    /// The HTTP server replaced bytes that were not UTF-8 with U+FFFD before the sidecar sees
+    /// the headers: such a value is refused, naming the header, not sent altered.
+    @Test(arguments: ["iothub-messageid", "iothub-correlationid", "iothub-contenttype", "iothub-app-Colour", "Content-Type"])
+    func aHeaderValueWithAReplacementCharacterIsRefused(_ name: String) {
+        do {
+            _ = try MessageMapping.message(payload: Data(), headers: Self.fields([(name, "id-\u{FFFD}")]), isModule: false)
+            Issue.record("a replaced byte was sent in \(name)")
+        } catch {
+            #expect(error.code == "ValueError")
+            #expect(error.field == name)
+            #expect(error.detail.contains("not valid UTF-8"), "\(error.detail)")
+        }
+    }
+
+    @Test func otherHeadersAndTextOutsideASCIIAreLeftAlone() throws {
+        let headers = Self.fields([("iothub-app-city", "Zürich"), ("X-Other", "\u{FFFD}"), ("iothub-messageid", "€-1")])
+        let message = try MessageMapping.message(payload: Data(), headers: headers, isModule: false)
+        #expect(message.properties == ["city": "Zürich"])
+        #expect(message.messageId == "€-1")
+        // In a batch the JSON is read byte by byte: U+FFFD there is what the client wrote.
+        let batch = try MessageMapping.batch(Data(#"[{"body":"x","properties":{"iothub-app-c":"\ufffd"}}]"#.utf8), isModule: false)
+        #expect(batch[0].properties == ["c": "\u{FFFD}"])
+    }
+
     @Test func modulesMayNameAnOutput() throws {
         let message = try MessageMapping.message(payload: Data(), headers: Self.fields([("iothub-outputname", "alerts")]), isModule: true)
         #expect(message.outputName == "alerts")

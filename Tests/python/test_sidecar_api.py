@@ -598,3 +598,52 @@ def test_a_property_too_long_for_an_mqtt_topic_is_refused(sidecar):
     assert [message["bodyText"] for message in sidecar.telemetry(after=cursor)["messages"]] == ["before", "after"]
     # Just below the limit still goes.
     assert sidecar.post("/messages", body=b"x", headers={"iothub-app-big": "v" * 65_300}).status == 200
+
+
+def raw_request(sidecar, head, body=b""):
+    """Sends `head` (request line and headers, bytes as they are) and `body`; returns the status and JSON body."""
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=30) as raw:
+        raw.sendall(head + b"Host: x\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while True:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head_text, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head_text.split(b" ")[1]), (json.loads(payload) if payload else None)
+
+
+@pytest.mark.parametrize("name", [b"iothub-messageid", b"iothub-correlationid", b"iothub-userid", b"iothub-contenttype",
+                                  b"iothub-contentencoding", b"iothub-expiry", b"iothub-app-colour", b"Content-Type"])
+@pytest.mark.parametrize("value", [b"id-\xff", b"\xc3\x28", b"ok\xed\xa0\x80"])
+def test_header_values_that_are_not_utf8_are_refused(sidecar, name, value):
+    cursor = sidecar.telemetry_cursor()
+    status, document = raw_request(sidecar, b"POST /messages HTTP/1.1\r\n" + name + b": " + value + b"\r\n", b"x")
+    assert status == 400 and document["code"] == "ValueError", document
+    assert document["field"].lower() == name.decode().lower(), document
+    assert "UTF-8" in document["detail"], document
+    assert sidecar.telemetry(after=cursor, timeout=0)["messages"] == []
+
+
+def test_header_values_in_utf8_arrive_unchanged(sidecar):
+    cursor = sidecar.telemetry_cursor()
+    status, document = raw_request(sidecar, "POST /messages HTTP/1.1\r\niothub-app-city: Zürich\r\niothub-messageid: grüße\r\n".encode(), b"x")
+    assert status == 200, document
+    message = sidecar.telemetry(after=cursor)["messages"][0]
+    assert message["properties"] == {"city": "Zürich"} and message["messageId"] == "grüße"
+
+
+@pytest.mark.parametrize("entry", [
+    b'{"body":"x","properties":{"iothub-app-c":"\xff"}}',
+    b'{"body":"x","properties":{"iothub-messageid":"id-\xc3\x28"}}',
+    b'{"body":"x","properties":{"iothub-app-\xff":"v"}}',
+    b'{"body":"\xed\xa0\x80"}',
+])
+def test_batch_strings_that_are_not_utf8_are_refused(sidecar, entry):
+    cursor = sidecar.telemetry_cursor()
+    status, document = raw_request(
+        sidecar, b"POST /messages HTTP/1.1\r\nContent-Type: application/vnd.microsoft.iothub.json\r\n", b'[{"body":"fine"},' + entry + b"]")
+    assert status == 400 and document["code"] == "ValueError", document
+    assert "UTF-8" in document["detail"], document
+    assert sidecar.telemetry(after=cursor, timeout=0)["messages"] == []
