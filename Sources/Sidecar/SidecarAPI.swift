@@ -201,9 +201,7 @@ struct SidecarAPI: Sendable {
         guard case .object(let members) = try Self.parseJSON(body) else {
             throw ProblemDetails.invalid("the answer must be a JSON object {status, payload}")
         }
-        guard case .integer(let status)? = members["status"], let status32 = Int32(exactly: status) else {
-            throw ProblemDetails.invalid("status must be an integer", field: "status")
-        }
+        let status32 = try Self.int32Member(members, "status")
         do {
             try bridge.methods.claimAnswer(for: requestId)
         } catch .expired {
@@ -249,9 +247,7 @@ struct SidecarAPI: Sendable {
         guard case .bool(let isSuccess)? = members["isSuccess"] else {
             throw ProblemDetails.invalid("isSuccess must be true or false", field: "isSuccess")
         }
-        guard case .integer(let statusCode)? = members["statusCode"], let code = Int32(exactly: statusCode) else {
-            throw ProblemDetails.invalid("statusCode must be an integer", field: "statusCode")
-        }
+        let code = try Self.int32Member(members, "statusCode")
         guard case .string(let description)? = members["statusDescription"] else {
             throw ProblemDetails.invalid("statusDescription must be a string", field: "statusDescription")
         }
@@ -513,6 +509,14 @@ extension SidecarAPI {
     /// The `timeout` query parameter: 0–55 seconds, 30 by default.
     static func timeout(_ request: Request) throws(ProblemDetails) -> Int {
         try integerQuery(request, "timeout", default: 30, range: 0...maximumTimeout)
+    }
+
+    /// The member `name` of a JSON body, which must be a 32-bit integer (as the contract says).
+    static func int32Member(_ members: [String: JSONValue], _ name: String) throws(ProblemDetails) -> Int32 {
+        guard case .integer(let value)? = members[name], let value32 = Int32(exactly: value) else {
+            throw .invalid("\(name) must be an integer from \(Int32.min) to \(Int32.max)", field: name)
+        }
+        return value32
     }
 
     static func integerQuery(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws(ProblemDetails) -> Int {

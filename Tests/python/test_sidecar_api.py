@@ -647,3 +647,41 @@ def test_batch_strings_that_are_not_utf8_are_refused(sidecar, entry):
     assert status == 400 and document["code"] == "ValueError", document
     assert "UTF-8" in document["detail"], document
     assert sidecar.telemetry(after=cursor, timeout=0)["messages"] == []
+
+
+def integer_bounds(document):
+    """(name, minimum, maximum, how to send a value) of every integer the server checks."""
+    parameters = document["components"]["parameters"]
+    since = next(parameter for parameter in document["paths"]["/twin/desired"]["get"]["parameters"] if parameter.get("name") == "since")
+    schemas = document["components"]["schemas"]
+    return [
+        # since=0 answers at once, whatever the timeout.
+        ("timeout", parameters["Timeout"]["schema"], lambda sidecar, value: sidecar.get("/twin/desired?since=0&timeout={}".format(value))),
+        ("since", since["schema"], lambda sidecar, value: sidecar.get("/twin/desired?timeout=0&since={}".format(value))),
+        ("status", schemas["MethodResponse"]["properties"]["status"],
+         lambda sidecar, value: sidecar.post("/methods/no-such-request/response", body={"status": value})),
+        ("statusCode", schemas["BlobUploadNotification"]["properties"]["statusCode"],
+         lambda sidecar, value: sidecar.post("/blob/notifications", body={"correlationId": "no-such-upload", "isSuccess": True, "statusCode": value, "statusDescription": ""})),
+    ]
+
+
+def test_integer_bounds_are_in_the_contract_and_in_the_errors(sidecar):
+    with open(SPEC_PATH) as spec:
+        document = yaml.safe_load(spec)
+    expected = {"timeout": (0, 55), "since": (0, 2**31 - 1), "status": (-2**31, 2**31 - 1), "statusCode": (-2**31, 2**31 - 1)}
+    for name, schema, send in integer_bounds(document):
+        assert schema["type"] == "integer"
+        assert (schema.get("minimum"), schema.get("maximum")) == expected[name], (name, schema)
+        low, high = expected[name]
+        for value in (low - 1, high + 1, 2**60, -2**60):
+            refused = problem(send(sidecar, value), 400, "ValueError")
+            assert refused["field"] == name, refused
+            assert refused["detail"] == "{} must be an integer from {} to {}".format(name, low, high), refused
+        for value in (low, high):
+            reply = send(sidecar, value)
+            assert not (reply.status == 400 and reply.json().get("field") == name), (name, value, reply)
+
+
+def test_the_served_contract_and_its_copy_are_identical():
+    with open(SPEC_PATH, "rb") as spec, open(os.path.join(os.path.dirname(SPEC_PATH), "..", "Sources", "Sidecar", "Resources", "sidecar.yaml"), "rb") as copy:
+        assert spec.read() == copy.read()
