@@ -49,6 +49,8 @@ public final class IoTHubDeviceClient: Sendable {
         var tokenExpiry: Date?
         /// The WebSocket or proxy tunnel of the current connection attempt.
         var tunnel: MQTTTunnel?
+        /// Connection attempts made while reconnecting (see ``reconnectionAttempts``).
+        var reconnectionAttempts = 0
     }
 
     private let state: NIOLockedValueBox<State>
@@ -201,6 +203,13 @@ public final class IoTHubDeviceClient: Sendable {
         state.withLockedValue { $0.phase == .connected }
     }
 
+    /// How many connection attempts the client has made while reconnecting — after losing the
+    /// connection, or to renew its credentials — failed ones included. Each reconnection
+    /// (`reconnecting`, then `connected`) takes one or more of them.
+    public var reconnectionAttempts: Int {
+        state.withLockedValue { $0.reconnectionAttempts }
+    }
+
     /// The connection state, its time, the last error and the token expiry, for status reports.
     public var status: (state: ConnectionState, since: Date, lastError: IoTHubError?, tokenExpiry: Date?, credential: String) {
         state.withLockedValue { state in
@@ -305,6 +314,7 @@ public final class IoTHubDeviceClient: Sendable {
         do throws(IoTHubError) {
             prepared = try state.withLock { state throws(IoTHubError) -> (MosquittoClient, String?, Bool) in
                 try Self.checkNotShutDown(state)
+                if state.phase == .reconnecting { state.reconnectionAttempts += 1 }
                 let reusing = state.mqtt != nil
                 let mqtt: MosquittoClient
                 if let existing = state.mqtt {

@@ -21,6 +21,8 @@ public final class DeviceBridge: Service, Sendable {
     let logger: Logger
     private let draining = DrainSignal()
     private let newTokenRequired = NIOLockedValueBox(false)
+    /// The state of the last connection state change seen, to tell reconnections.
+    private let lastConnectionState = NIOLockedValueBox<ConnectionState?>(nil)
 
     /// - Parameters:
     ///   - client: a client created but not yet connected.
@@ -123,7 +125,13 @@ public final class DeviceBridge: Service, Sendable {
     private func changed(_ change: ConnectionStateChange) {
         metrics.increment(.stateChanges, labels: [("state", change.state.rawValue)])
         metrics.set(.connected, to: change.state == .connected ? 1 : 0)
-        if change.state == .reconnecting { metrics.increment(.reconnects) }
+        // The client reports `reconnecting` again for every attempt: a reconnection is the
+        // step from `reconnecting` to `connected`.
+        let previous = lastConnectionState.withLockedValue { last in
+            defer { last = change.state }
+            return last
+        }
+        if change.state == .connected, previous == .reconnecting { metrics.increment(.reconnects) }
         events.yield(.connection(change))
         var metadata: Logger.Metadata = ["state": "\(change.state.rawValue)"]
         if let reason = change.reason { metadata["reason"] = "\(reason)" }

@@ -414,6 +414,7 @@ struct SidecarAPI: Sendable {
         metrics.set(.inboxDropped, to: Double(depth.dropped))
         metrics.set(.pendingMethodRequests, to: Double(bridge.methods.pending))
         metrics.set(.connected, to: bridge.client.isConnected ? 1 : 0)
+        metrics.set(.reconnectAttempts, to: Double(bridge.client.reconnectionAttempts))
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.exposition())))

@@ -13,7 +13,12 @@ final class SidecarMetrics: Sendable {
         static let httpRequests = Family(name: "iothub_sidecar_http_requests_total", type: "counter", help: "HTTP requests answered, by method, route and status.")
         static let connected = Family(name: "iothub_sidecar_connected", type: "gauge", help: "1 while connected to the hub, else 0.")
         static let stateChanges = Family(name: "iothub_sidecar_connection_state_changes_total", type: "counter", help: "Changes of connection state, by state.")
-        static let reconnects = Family(name: "iothub_sidecar_reconnects_total", type: "counter", help: "Times the connection was lost and the client reconnected.")
+        static let reconnects = Family(
+            name: "iothub_sidecar_reconnects_total", type: "counter",
+            help: "Reconnections: times the client was connected again after losing the connection or renewing its credentials.")
+        static let reconnectAttempts = Family(
+            name: "iothub_sidecar_reconnect_attempts_total", type: "counter",
+            help: "Connection attempts made while reconnecting, failed ones included (one reconnection takes one or more).")
         static let messagesSent = Family(name: "iothub_sidecar_messages_sent_total", type: "counter", help: "Telemetry messages the hub acknowledged.")
         static let sendFailures = Family(name: "iothub_sidecar_message_send_failures_total", type: "counter", help: "Telemetry messages that failed, by code.")
         static let messagesReceived = Family(name: "iothub_sidecar_messages_received_total", type: "counter", help: "Cloud-to-device messages received.")
@@ -26,7 +31,7 @@ final class SidecarMetrics: Sendable {
 
         /// The order families are rendered in.
         static let all: [Family] = [
-            .httpRequests, .connected, .stateChanges, .reconnects, .messagesSent, .sendFailures, .messagesReceived, .inboxMessages, .inboxDropped,
+            .httpRequests, .connected, .stateChanges, .reconnects, .reconnectAttempts, .messagesSent, .sendFailures, .messagesReceived, .inboxMessages, .inboxDropped,
             .methodRequests, .pendingMethodRequests, .desiredPatches, .backgroundErrors,
         ]
     }

@@ -450,4 +450,22 @@ import Testing
             #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
         }
     }
+
+    /// Every attempt made while reconnecting is counted, refused ones too; the first connect is not.
+    @Test func reconnectionAttemptsAreCounted() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client { $0.connectionRetryInterval = .milliseconds(200) }
+            try await client.connect()
+            #expect(client.reconnectionAttempts == 0)
+            _ = fixture.hub.dropConnection(of: key)
+            #expect(await HubFixture.eventually { client.reconnectionAttempts == 1 && client.isConnected })
+            // Refused for a while: more attempts for the next reconnection.
+            fixture.hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(0.7)))
+            _ = fixture.hub.dropConnection(of: key)
+            #expect(await HubFixture.eventually { client.isConnected && client.reconnectionAttempts >= 3 })
+            #expect(client.reconnectionAttempts >= 3, "\(client.reconnectionAttempts) attempts")
+            await client.shutdown()
+        }
+    }
 }

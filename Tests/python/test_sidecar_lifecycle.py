@@ -2,6 +2,8 @@
 token is replaced, graceful shutdown with requests in flight, and startup failures."""
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -274,3 +276,52 @@ def test_module_identity():
             assert sidecar.wait(30) == 0
     finally:
         hub.stop()
+
+
+def metric(sidecar, name):
+    found = re.search(r"^{} (\d+)$".format(re.escape(name)), sidecar.get("/metrics").body.decode(), re.M)
+    assert found, name
+    return int(found.group(1))
+
+
+def drop_and_wait_for_reconnection(sidecar, timeout=30):
+    """Drops the sidecar's MQTT connection at the hub and waits until it is connected again."""
+    lost_before = metric_with_label(sidecar, "iothub_sidecar_connection_state_changes_total", 'state="reconnecting"')
+    assert sidecar.hub("POST", "/local/devices/{}/disconnect".format(sidecar.device)).status in (200, 202, 204)
+    deadline = time.time() + timeout
+    while metric_with_label(sidecar, "iothub_sidecar_connection_state_changes_total", 'state="reconnecting"') == lost_before:
+        assert time.time() < deadline, "the drop was not noticed"
+        time.sleep(0.05)
+    while sidecar.get("/status").json()["state"] != "connected":
+        assert time.time() < deadline, "no reconnection within {} s".format(timeout)
+        time.sleep(0.05)
+
+
+def metric_with_label(sidecar, name, label):
+    found = re.search(r"^{}\{{{}\}} (\d+)$".format(re.escape(name), re.escape(label)), sidecar.get("/metrics").body.decode(), re.M)
+    return int(found.group(1)) if found else 0
+
+
+def test_reconnections_and_reconnection_attempts_are_counted_apart():
+    sidecar = Sidecar().wait_ready()
+    try:
+        assert metric(sidecar, "iothub_sidecar_reconnects_total") == 0
+        assert metric(sidecar, "iothub_sidecar_reconnect_attempts_total") == 0
+        for count in range(1, 4):
+            drop_and_wait_for_reconnection(sidecar)
+            assert metric(sidecar, "iothub_sidecar_reconnects_total") == count
+            assert metric(sidecar, "iothub_sidecar_reconnect_attempts_total") >= count
+        # The hub refuses connections for a while: several attempts, one reconnection.
+        attempts_before = metric(sidecar, "iothub_sidecar_reconnect_attempts_total")
+        assert sidecar.hub("PUT", "/local/faults", body={"refuseConnectionsSeconds": 3}).status == 200
+        drop_and_wait_for_reconnection(sidecar)
+        assert metric(sidecar, "iothub_sidecar_reconnects_total") == 4
+        assert metric(sidecar, "iothub_sidecar_reconnect_attempts_total") >= attempts_before + 2
+        assert metric(sidecar, "iothub_sidecar_reconnect_attempts_total") > metric(sidecar, "iothub_sidecar_reconnects_total")
+        text = sidecar.get("/metrics").body.decode()
+        assert "# TYPE iothub_sidecar_reconnect_attempts_total counter" in text
+    finally:
+        sidecar.hub("DELETE", "/local/faults")
+        status = sidecar.stop()
+        shutil.rmtree(sidecar.data_dir, ignore_errors=True)
+        assert status == 0
