@@ -28,11 +28,14 @@ struct ServeCommand: AsyncParsableCommand {
 
     // MARK: Listener
 
-    @Option(help: ArgumentHelp("Where to serve HTTP: HOST:PORT or unix:/path/to.sock [IOTHUB_SIDECAR_LISTEN]. Default 127.0.0.1:8080.", valueName: "address"))
+    @Option(help: ArgumentHelp("Where to serve HTTP: HOST:PORT or unix:/path/to.sock [IOTHUB_SIDECAR_LISTEN]. Default 127.0.0.1:8080. An address other machines can reach (not 127.x.x.x, ::1, localhost or a unix socket) needs --api-token-file or --allow-unauthenticated.", valueName: "address"))
     var listen: String?
 
     @Option(name: .customLong("api-token-file"), help: ArgumentHelp("File holding a token every request must send as 'Authorization: Bearer <token>' (/healthz and /readyz exempt) [IOTHUB_SIDECAR_API_TOKEN_FILE].", valueName: "file"))
     var apiTokenFile: String?
+
+    @Flag(name: .customLong("allow-unauthenticated"), help: ArgumentHelp("Serve on an address other machines can reach without an API token: whoever reaches it acts as the device [IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true]."))
+    var allowUnauthenticated = false
 
     // MARK: Identity
 
@@ -295,6 +298,11 @@ struct Settings {
             let token = try read(file, what: "the API token").trimmingCharacters(in: .whitespacesAndNewlines)
             guard !token.isEmpty else { throw CommandFailure("the API token file \(file) is empty") }
             apiToken = token
+        }
+        let allowUnauthenticated = try boolean(command.allowUnauthenticated ? true : nil, "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED") ?? false
+        if apiToken == nil, !allowUnauthenticated, !listen.isLoopbackOnly {
+            throw CommandFailure(
+                "\(listen) can be reached from other machines, and without an API token whoever reaches it acts as the device: give --api-token-file (IOTHUB_SIDECAR_API_TOKEN_FILE), or accept that with --allow-unauthenticated (IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true)")
         }
         let levelText = value(command.logLevel, "IOTHUB_SIDECAR_LOG_LEVEL") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else {

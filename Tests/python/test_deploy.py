@@ -11,7 +11,7 @@ import tempfile
 import pytest
 import yaml
 
-from sidecar_support import BINARY
+from sidecar_support import BINARY, free_port
 
 DEPLOY = os.path.join(os.path.dirname(__file__), "..", "..", "deploy")
 
@@ -87,3 +87,29 @@ def test_dockerfile_packages_exist_in_debian():
         run = subprocess.run(["apt-cache", "show", "--no-all-versions", package], capture_output=True, text=True)
         assert run.returncode == 0 and "Package: " + package in run.stdout, package
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+
+
+def test_the_image_settings_start_the_sidecar():
+    """The image listens on 0.0.0.0 without an API token: its environment must allow that, or
+    the container stops at once (run here with a free port instead of 8080)."""
+    env = {}
+    for line in re.findall(r"^ENV (.*)$", read("Dockerfile"), re.M):
+        env.update(pair.split("=", 1) for pair in line.split())
+    assert env["IOTHUB_SIDECAR_LISTEN"].startswith("0.0.0.0:")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("IOTHUB_")}
+    environment.update(env)
+    environment["IOTHUB_SIDECAR_LISTEN"] = "0.0.0.0:{}".format(free_port())
+    data_dir = tempfile.mkdtemp(prefix="sidecar-image-")
+    ports = [str(free_port()) for _ in range(3)]
+    process = subprocess.Popen(
+        [BINARY, "serve", "--local-hub", "--local-hub-data-dir", data_dir, "--local-hub-mqtt-port", ports[0],
+         "--local-hub-https-port", ports[1], "--local-hub-blob-port", ports[2]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(3)
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert b"can be reached from other machines" not in stderr, stderr

@@ -140,7 +140,8 @@ def test_help_explains_every_option():
     for option in ["--listen", "--api-token-file", "--connection-string-file", "--sas-token-file", "--key-file",
                    "--x509-cert-file", "--server-verification-cert", "--gateway-hostname", "--cipher", "--product-info",
                    "--sastoken-ttl", "--keep-alive", "--auto-connect", "--connection-retry", "--connection-retry-interval",
-                   "--local-hub", "--local-hub-data-dir", "IOTHUB_DEVICE_CONNECTION_STRING"]:
+                   "--local-hub", "--local-hub-data-dir", "IOTHUB_DEVICE_CONNECTION_STRING", "--allow-unauthenticated",
+                   "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED"]:
         assert option in run.stdout, option
 
 
@@ -276,6 +277,68 @@ def test_module_identity():
             assert sidecar.wait(30) == 0
     finally:
         hub.stop()
+
+
+def start_briefly(args, env=None, timeout=15):
+    """Starts `iothub-sidecar` with a local hub on free ports; returns (exit status or None if it
+    is still running after `timeout` seconds, its standard error). A running process is stopped."""
+    data_dir = tempfile.mkdtemp(prefix="sidecar-listen-")
+    environment = dict(os.environ)
+    environment.pop("IOTHUB_DEVICE_CONNECTION_STRING", None)
+    environment.update(env or {})
+    command = [BINARY, "serve", "--local-hub", "--local-hub-data-dir", data_dir, "--local-hub-mqtt-port", str(free_port()),
+               "--local-hub-https-port", str(free_port()), "--local-hub-blob-port", str(free_port())] + args
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stderr.decode()
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        return None, stderr.decode()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("listen, env", [
+    ("0.0.0.0:0", {}), ("[::]:0", {}), ("192.0.2.10:0", {}), ("sidecar.example:0", {}), ("[::ffff:192.0.2.10]:0", {}),
+    (None, {"IOTHUB_SIDECAR_LISTEN": "0.0.0.0:0"}),
+    ("0.0.0.0:0", {"IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED": "false"}),
+])
+def test_serving_beyond_loopback_without_a_token_is_refused(listen, env):
+    status, stderr = start_briefly(["--listen", listen] if listen else [], env)
+    assert status == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "--api-token-file" in lines[0] and "--allow-unauthenticated" in lines[0], stderr
+    assert "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED" in lines[0], stderr
+
+
+@pytest.mark.parametrize("how", ["token", "flag", "variable"])
+def test_serving_beyond_loopback_with_a_token_or_the_flag_starts(tmp_path, how):
+    extra, env = [], {}
+    if how == "token":
+        token_file = tmp_path / "token"
+        token_file.write_text("wide-token\n")
+        extra = ["--api-token-file", str(token_file)]
+    elif how == "flag":
+        extra = ["--allow-unauthenticated"]
+    else:
+        env = {"IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED": "true"}
+    sidecar = Sidecar(listen="0.0.0.0:{}".format(free_port()), extra_args=extra, env=env)
+    try:
+        sidecar.wait_ready()
+        assert sidecar.get("/healthz").status == 200
+    finally:
+        status = sidecar.stop()
+        shutil.rmtree(sidecar.data_dir, ignore_errors=True)
+        assert status == 0
+
+
+def test_loopback_and_unix_sockets_need_no_token(tmp_path):
+    for listen in ["127.0.0.2:{}".format(free_port()), "localhost:{}".format(free_port()), "unix:" + str(tmp_path / "s.sock")]:
+        status, stderr = start_briefly(["--listen", listen], timeout=3)
+        assert status is None, (listen, stderr)  # still running: it started
 
 
 def metric(sidecar, name):
