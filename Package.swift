@@ -49,6 +49,13 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]
         ),
 
+        // MARK: Concurrency building blocks every module shares: signals, replies by key, timeouts.
+        .target(
+            name: "AsyncPrimitives",
+            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Pure IoT Hub protocol: no transport, no NIO.
         .target(
             name: "IoTHubProtocol",
@@ -60,7 +67,7 @@ let package = Package(
         .target(
             name: "IoTHubDevice",
             dependencies: [
-                "IoTHubProtocol", "CMosquitto", "CCurl", "COpenSSL",
+                "AsyncPrimitives", "IoTHubProtocol", "CMosquitto", "CCurl", "COpenSSL",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 // The tunnel for MQTT over WebSockets and through proxies.
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -77,6 +84,7 @@ let package = Package(
         .target(
             name: "LocalHub",
             dependencies: [
+                "AsyncPrimitives",
                 "IoTHubProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -97,6 +105,7 @@ let package = Package(
         .target(
             name: "Sidecar",
             dependencies: [
+                "AsyncPrimitives",
                 "IoTHubProtocol",
                 "IoTHubDevice",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -126,6 +135,11 @@ let package = Package(
         ),
 
         // MARK: Tests
+        .testTarget(
+            name: "AsyncPrimitivesTests",
+            dependencies: ["AsyncPrimitives"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "IoTHubProtocolTests",
             dependencies: [

@@ -1,3 +1,4 @@
+import AsyncPrimitives
 public import Foundation
 public import IoTHubProtocol
 public import Logging
@@ -59,7 +60,7 @@ public final class IoTHubDeviceClient: Sendable {
     private let tunnelPlan: TunnelPlan?
     private let socketDirectory: PrivateSocketDirectory?
     private let logger: Logger
-    private let twinResponses = PendingResponses<(status: Int, version: Int?, payload: Data)>()
+    private let twinResponses = PendingReplies<String, TwinReply, IoTHubError>(keepingEarlyReplies: false)
     private let messageStreams = Broadcaster<Message>()
     private let methodStreams = Broadcaster<MethodRequest>()
     private let desiredStreams = Broadcaster<JSONValue>()
@@ -688,8 +689,10 @@ public final class IoTHubDeviceClient: Sendable {
             return (state.mqtt, features.filter { !state.subscribed.contains($0) })
         }
         guard let mqtt, !missing.isEmpty else { return }
-        let granted = try await withTimeout(configuration.operationTimeout) { () async throws(IoTHubError) -> [Int32] in
-            try await mqtt.subscribe(missing.map(self.filter(for:)))
+        let timeout = configuration.operationTimeout
+        let filters = missing.map(filter(for:))
+        let granted = try await withTimeout(timeout, timeoutError: { .operationTimeout("no SUBACK from the hub within \(timeout)") }) { () async throws(IoTHubError) -> [Int32] in
+            try await mqtt.subscribe(filters)
         }
         let refused = zip(missing, granted).filter { $0.1 == 0x80 }.map { filter(for: $0.0) }
         guard refused.isEmpty else { throw .serviceError(status: 403, message: "the hub refused the subscription to \(refused.joined(separator: ", "))") }
@@ -885,18 +888,26 @@ public final class IoTHubDeviceClient: Sendable {
         return stream
     }
 
-    private func twinRequest(_ operation: TwinRequestTopic.Operation, payload: Data) async throws(IoTHubError) -> (status: Int, version: Int?, payload: Data) {
+    private func twinRequest(_ operation: TwinRequestTopic.Operation, payload: Data) async throws(IoTHubError) -> TwinReply {
         try checkNotShutDown()
         try await ensureConnection()
         try await ensureSubscribed([.twinResponses])
         let requestId = RequestID.make()
-        let topic = TwinRequestTopic(operation, requestId: requestId).name
-        return try await twinResponses.wait(for: requestId, timeout: configuration.operationTimeout) { () async throws(IoTHubError) in
-            try await self.publish(topic: topic, payload: payload)
+        // Announced before the request goes out: the answer may come before the wait.
+        twinResponses.expect(requestId)
+        do {
+            try await publish(topic: TwinRequestTopic(operation, requestId: requestId).name, payload: payload)
+        } catch {
+            twinResponses.forget(requestId)
+            throw error
+        }
+        let timeout = configuration.operationTimeout
+        return try await withTimeout(timeout, timeoutError: { .operationTimeout("no answer from the hub within \(timeout)") }) { () async throws(IoTHubError) in
+            try await self.twinResponses.reply(to: requestId) { .operationCancelled("the caller stopped waiting") }
         }
     }
 
-    private static func twinError(_ response: (status: Int, version: Int?, payload: Data)) -> IoTHubError {
+    private static func twinError(_ response: TwinReply) -> IoTHubError {
         .serviceError(status: response.status, message: String(decoding: response.payload, as: UTF8.self))
     }
 
@@ -920,7 +931,7 @@ public final class IoTHubDeviceClient: Sendable {
 
     private func route(topic: String, payload: Data) {
         if let response = TwinResponseTopic(parsing: topic) {
-            twinResponses.complete(response.requestId, with: (response.status, response.version, payload))
+            twinResponses.complete(response.requestId, with: .success(TwinReply(status: response.status, version: response.version, payload: payload)))
         } else if let request = MethodRequest(topic: topic, payload: payload) {
             methodStreams.yield(request)
         } else if let patch = DesiredPropertiesPatchTopic(parsing: topic) {
@@ -1087,29 +1098,9 @@ private protocol FinishableBroadcaster {
 
 extension Broadcaster: FinishableBroadcaster {}
 
-/// Runs `operation`, failing with `OperationTimeout` if it takes longer than `timeout`.
-func withTimeout<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Sendable () async throws(IoTHubError) -> T) async throws(IoTHubError) -> T {
-    let result: Result<T, IoTHubError> = await withTaskGroup(of: Result<T, IoTHubError>?.self) { group in
-        group.addTask {
-            do throws(IoTHubError) {
-                return .success(try await operation())
-            } catch {
-                return .failure(error)
-            }
-        }
-        group.addTask {
-            try? await Task.sleep(for: timeout)
-            return Task.isCancelled ? nil : .failure(.operationTimeout("no answer from the hub within \(timeout)"))
-        }
-        var outcome: Result<T, IoTHubError> = .failure(.operationCancelled("cancelled"))
-        for await item in group {
-            if let item {
-                outcome = item
-                break
-            }
-        }
-        group.cancelAll()
-        return outcome
-    }
-    return try result.get()
+/// The hub's answer to a twin request.
+struct TwinReply: Sendable {
+    var status: Int
+    var version: Int?
+    var payload: Data
 }

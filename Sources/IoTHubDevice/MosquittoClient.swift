@@ -1,3 +1,4 @@
+import AsyncPrimitives
 internal import CMosquitto
 import Dispatch
 import Foundation
@@ -31,15 +32,6 @@ enum MQTTEvent: Sendable {
 /// lock; `overdueSweep` is written only in `init`; `networkThread` is behind its own lock.
 final class MosquittoClient: @unchecked Sendable {
     private struct State {
-        var pendingPublishes: [Int32: PendingPublish] = [:]
-        var earlyAcknowledgements: Set<Int32> = []
-        /// Publishes whose callers stopped waiting; their PUBACK, if it comes, is dropped so it
-        /// cannot complete a later publish that reuses the message id.
-        var abandoned: Set<Int32> = []
-        var pendingSubscriptions: [Int32: CheckedContinuation<[Int32], any Error>] = [:]
-        /// SUBACKs that arrived before their SUBSCRIBE call registered (the network thread can
-        /// be faster than the caller).
-        var earlySubscriptionAcknowledgements: [Int32: [Int32]] = [:]
         var disconnectRequested = false
         /// Whether the end of the current connection has been reported (by libmosquitto's
         /// disconnect callback or by the network thread).
@@ -63,6 +55,11 @@ final class MosquittoClient: @unchecked Sendable {
     /// How long a DISCONNECT may take to close the connection before the socket is shut down.
     private static let disconnectGrace: DispatchTimeInterval = .seconds(2)
     private let state = NIOLockedValueBox(State())
+    /// Publishes waiting for their PUBACK and subscriptions for their SUBACK, by packet id. A
+    /// packet id is known only once libmosquitto has taken the packet, and the network thread
+    /// may read the acknowledgement before the caller registers: early ones are kept.
+    private let publishAcknowledgements = PendingReplies<Int32, Void, IoTHubError>(keepingEarlyReplies: true)
+    private let subscribeAcknowledgements = PendingReplies<Int32, [Int32], IoTHubError>(keepingEarlyReplies: true)
     /// The thread of the current connection; nil before the first connect and once stopped.
     private let networkThread = NIOLockedValueBox<MosquittoNetworkThread?>(nil)
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
@@ -225,15 +222,9 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func failOverduePublishes(now: ContinuousClock.Instant) {
-        let overdue = state.withLockedValue { state -> [PublishWaiter] in
-            let mids = state.pendingPublishes.compactMap { $0.value.deadline < now ? $0.key : nil }
-            state.abandoned.formUnion(mids)
-            return mids.compactMap { state.pendingPublishes.removeValue(forKey: $0)?.waiter }
-        }
-        guard !overdue.isEmpty else { return }
-        let error = IoTHubError.operationTimeout(
-            "the hub did not acknowledge the message within \(acknowledgementTimeout); it is still queued and may yet arrive")
-        overdue.forEach { $0.complete(.failure(error)) }
+        publishAcknowledgements.failOverdue(
+            now: now,
+            with: .operationTimeout("the hub did not acknowledge the message within \(acknowledgementTimeout); it is still queued and may yet arrive"))
     }
 
     /// Sends DISCONNECT (if connected) and stops the network thread.
@@ -281,33 +272,10 @@ final class MosquittoClient: @unchecked Sendable {
     /// (the message was not taken; the caller may send it again). Without a PUBACK within the
     /// acknowledgement timeout it throws `OperationTimeout`.
     func publish(topic: String, payload: Data) async throws(IoTHubError) {
-        let publishedMid = NIOLockedValueBox<Int32?>(nil)
         let deadline = ContinuousClock.now + acknowledgementTimeout
-        do {
-            try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                    let mid: Int32
-                    do throws(IoTHubError) {
-                        mid = try handOver(topic: topic, payload: payload)
-                    } catch {
-                        continuation.resume(throwing: error)
-                        return
-                    }
-                    let acknowledged = register(.single(continuation), for: mid, deadline: deadline)
-                    publishedMid.withLockedValue { $0 = mid }
-                    if acknowledged {
-                        continuation.resume()
-                    } else if Task.isCancelled {
-                        stopWaiting(for: mid)
-                    }
-                }
-            } onCancel: {
-                if let mid = publishedMid.withLockedValue({ $0 }) { self.stopWaiting(for: mid) }
-            }
-        } catch let error as IoTHubError {
-            throw error
-        } catch {
-            throw .clientError("\(error)")
+        let mid = try handOver(topic: topic, payload: payload)
+        try await publishAcknowledgements.reply(to: mid, deadline: deadline) {
+            .operationCancelled("the caller stopped waiting for the hub's acknowledgement")
         }
     }
 
@@ -328,24 +296,19 @@ final class MosquittoClient: @unchecked Sendable {
                 for rest in index..<messages.count { batch.complete(rest, .failure(error)) }
                 break
             }
-            if register(.batch(batch, index: index), for: mid, deadline: deadline) { batch.complete(index, .success(())) }
+            if let early = publishAcknowledgements.register(mid, deadline: deadline, waiter: { batch.complete(index, $0) }) {
+                batch.complete(index, early)
+            }
             published.append(mid)
         }
         let mids = published
         return await withTaskCancellationHandler {
             await batch.results()
         } onCancel: {
-            for mid in mids { self.stopWaiting(for: mid) }
-        }
-    }
-
-    /// Makes `waiter` wait for the PUBACK of `mid`; returns true (and registers nothing) when that
-    /// PUBACK has already come.
-    private func register(_ waiter: PublishWaiter, for mid: Int32, deadline: ContinuousClock.Instant) -> Bool {
-        state.withLockedValue { state in
-            if state.earlyAcknowledgements.remove(mid) != nil { return true }
-            state.pendingPublishes[mid] = PendingPublish(waiter: waiter, deadline: deadline)
-            return false
+            // A cancelled send is "not known to be delivered", not "not delivered": the messages
+            // stay with libmosquitto and may still reach the hub.
+            let cancelled = IoTHubError.operationCancelled("the caller stopped waiting for the hub's acknowledgement")
+            for mid in mids { self.publishAcknowledgements.abandon(mid, with: cancelled) }
         }
     }
 
@@ -372,99 +335,34 @@ final class MosquittoClient: @unchecked Sendable {
     /// Subscribes and returns the granted QoS per filter (0x80 for a refusal). Cancelling the
     /// caller ends the wait.
     func subscribe(_ filters: [String]) async throws(IoTHubError) -> [Int32] {
-        let handle = self.handle
-        let subscribedMid = NIOLockedValueBox<Int32?>(nil)
-        do {
-            return try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Int32], any Error>) in
-                    var mid: Int32 = 0
-                    let pointers = filters.map { strdup($0) }
-                    defer { pointers.forEach { free($0) } }
-                    let code = pointers.withUnsafeBufferPointer { buffer in
-                        buffer.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { rebound in
-                            mosquitto_subscribe_multiple(handle, &mid, Int32(filters.count), rebound.baseAddress, 1, 0, nil)
-                        }
-                    }
-                    guard code == MOSQ_ERR_SUCCESS.rawValue else {
-                        continuation.resume(throwing: Self.publishError(code))
-                        return
-                    }
-                    wakeNetworkThread()
-                    let granted = state.withLockedValue { state -> [Int32]? in
-                        if let granted = state.earlySubscriptionAcknowledgements.removeValue(forKey: mid) { return granted }
-                        state.pendingSubscriptions[mid] = continuation
-                        return nil
-                    }
-                    subscribedMid.withLockedValue { $0 = mid }
-                    if let granted {
-                        continuation.resume(returning: granted)
-                    } else if Task.isCancelled {
-                        stopWaitingForSubscription(mid)
-                    }
-                }
-            } onCancel: {
-                if let mid = subscribedMid.withLockedValue({ $0 }) { self.stopWaitingForSubscription(mid) }
+        var mid: Int32 = 0
+        let pointers = filters.map { strdup($0) }
+        defer { pointers.forEach { free($0) } }
+        let code = pointers.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { rebound in
+                mosquitto_subscribe_multiple(handle, &mid, Int32(filters.count), rebound.baseAddress, 1, 0, nil)
             }
-        } catch let error as IoTHubError {
-            throw error
-        } catch {
-            throw .clientError("\(error)")
         }
-    }
-
-    private func stopWaitingForSubscription(_ mid: Int32) {
-        state.withLockedValue { $0.pendingSubscriptions.removeValue(forKey: mid) }?
-            .resume(throwing: IoTHubError.operationCancelled("the caller stopped waiting for the hub's SUBACK"))
+        guard code == MOSQ_ERR_SUCCESS.rawValue else { throw Self.publishError(code) }
+        wakeNetworkThread()
+        return try await subscribeAcknowledgements.reply(to: mid) {
+            .operationCancelled("the caller stopped waiting for the hub's SUBACK")
+        }
     }
 
     /// Fails every operation still waiting (subscriptions always; publishes when `publishes`).
+    /// A publish's PUBACK that still comes (after a reconnect) is dropped.
     func failPending(with error: IoTHubError, publishes: Bool) {
-        let (published, subscribed) = state.withLockedValue { state in
-            let published = publishes ? state.pendingPublishes.values.map(\.waiter) : []
-            if publishes {
-                state.abandoned.formUnion(state.pendingPublishes.keys)
-                state.pendingPublishes.removeAll()
-                state.earlyAcknowledgements.removeAll()
-            }
-            let subscribed = Array(state.pendingSubscriptions.values)
-            state.pendingSubscriptions.removeAll()
-            state.earlySubscriptionAcknowledgements.removeAll()
-            return (published, subscribed)
-        }
-        published.forEach { $0.complete(.failure(error)) }
-        subscribed.forEach { $0.resume(throwing: error) }
-    }
-
-    /// Ends the wait of a cancelled publish. The message itself stays with libmosquitto and may
-    /// still reach the hub: a cancelled send is "not known to be delivered", not "not delivered".
-    private func stopWaiting(for mid: Int32) {
-        state.withLockedValue { state in
-            let pending = state.pendingPublishes.removeValue(forKey: mid)
-            if pending != nil { state.abandoned.insert(mid) }
-            return pending?.waiter
-        }?
-            .complete(.failure(.operationCancelled("the caller stopped waiting for the hub's acknowledgement")))
+        if publishes { publishAcknowledgements.failAll(with: error) }
+        subscribeAcknowledgements.failAll(with: error)
     }
 
     private func publishAcknowledged(mid: Int32) {
-        let waiter = state.withLockedValue { state -> PublishWaiter? in
-            if let pending = state.pendingPublishes.removeValue(forKey: mid) { return pending.waiter }
-            if state.abandoned.remove(mid) != nil { return nil }
-            // The PUBACK beat the registration of its publish (possible: the network thread is
-            // faster than the caller); the registration finds it here.
-            state.earlyAcknowledgements.insert(mid)
-            return nil
-        }
-        waiter?.complete(.success(()))
+        publishAcknowledgements.complete(mid, with: .success(()))
     }
 
     private func subscribeAcknowledged(mid: Int32, granted: [Int32]) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<[Int32], any Error>? in
-            if let continuation = state.pendingSubscriptions.removeValue(forKey: mid) { return continuation }
-            state.earlySubscriptionAcknowledgements[mid] = granted
-            return nil
-        }
-        continuation?.resume(returning: granted)
+        subscribeAcknowledgements.complete(mid, with: .success(granted))
     }
 
     private static func publishError(_ code: Int32) -> IoTHubError {
@@ -480,30 +378,6 @@ final class MosquittoClient: @unchecked Sendable {
             return String(cString: strerror(errno))
         }
         return String(cString: mosquitto_strerror(code))
-    }
-}
-
-/// A publish waiting for its PUBACK, and until when it waits.
-struct PendingPublish: Sendable {
-    var waiter: PublishWaiter
-    var deadline: ContinuousClock.Instant
-}
-
-/// Who waits for a publish's PUBACK: one caller, or one entry of a batch.
-enum PublishWaiter: Sendable {
-    case single(CheckedContinuation<Void, any Error>)
-    case batch(PublishBatch, index: Int)
-
-    func complete(_ result: Result<Void, IoTHubError>) {
-        switch self {
-        case .single(let continuation):
-            switch result {
-            case .success: continuation.resume()
-            case .failure(let error): continuation.resume(throwing: error)
-            }
-        case .batch(let batch, let index):
-            batch.complete(index, result)
-        }
     }
 }
 

@@ -1,3 +1,4 @@
+import AsyncPrimitives
 import Foundation
 public import IoTHubDevice
 import IoTHubProtocol
