@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import NIOConcurrencyHelpers
 
 /// Certificates and keys as users have them, made by the `openssl` command: RSA-2048 and
 /// RSA-4096, PKCS#8 and traditional keys, encrypted keys, bundles of several certificates, and
@@ -23,7 +25,26 @@ struct RealWorldCertificates: Sendable {
     /// The system's CA bundle (Debian's ca-certificates), the largest input a user gives.
     let systemBundle: String
 
-    static let shared: Result<RealWorldCertificates, OpenSSLCommandFailure> = Result { () throws(OpenSSLCommandFailure) in try make() }
+    private static let made = NIOLockedValueBox<Result<RealWorldCertificates, OpenSSLCommandFailure>?>(nil)
+
+    /// The certificates, made on first use. Making RSA keys takes seconds of `openssl`: it runs
+    /// on a Dispatch thread, never blocking a thread of Swift's cooperative pool (other tests'
+    /// tasks run there).
+    static func shared() async throws(OpenSSLCommandFailure) -> RealWorldCertificates {
+        if let made = made.withLockedValue({ $0 }) { return try made.get() }
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<RealWorldCertificates, OpenSSLCommandFailure>, Never>) in
+            DispatchQueue.global().async {
+                let result = made.withLockedValue { made in
+                    if let made { return made }
+                    let result = Result { () throws(OpenSSLCommandFailure) in try make() }
+                    made = result
+                    return result
+                }
+                continuation.resume(returning: result)
+            }
+        }
+        return try result.get()
+    }
 
     private static func make() throws(OpenSSLCommandFailure) -> RealWorldCertificates {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("iothub-rsa-\(UUID().uuidString)").path
