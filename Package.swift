@@ -56,6 +56,13 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: Durable storage: an append-only log of checksummed frames with group commit.
+        .target(
+            name: "DurableLog",
+            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Pure IoT Hub protocol: no transport, no NIO.
         .target(
             name: "IoTHubProtocol",
@@ -135,6 +142,11 @@ let package = Package(
         ),
 
         // MARK: Tests
+        .testTarget(
+            name: "DurableLogTests",
+            dependencies: ["DurableLog"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "AsyncPrimitivesTests",
             dependencies: ["AsyncPrimitives"],
