@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "IoTHubProtocol", targets: ["IoTHubProtocol"]),
         .library(name: "LocalHub", targets: ["LocalHub"]),
         .library(name: "IoTHubDevice", targets: ["IoTHubDevice"]),
+        .library(name: "DurableLog", targets: ["DurableLog"]),
         .executable(name: "iothub-sidecar", targets: ["iothub-sidecar"]),
     ],
     dependencies: [
@@ -74,7 +75,7 @@ let package = Package(
         .target(
             name: "IoTHubDevice",
             dependencies: [
-                "AsyncPrimitives", "IoTHubProtocol", "CMosquitto", "CCurl", "COpenSSL",
+                "AsyncPrimitives", "DurableLog", "IoTHubProtocol", "CMosquitto", "CCurl", "COpenSSL",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 // The tunnel for MQTT over WebSockets and through proxies.
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -743,7 +743,7 @@ public final class IoTHubDeviceClient: Sendable {
 
     /// The topic to send `message` on, once it passed the checks made before anything is sent:
     /// its size (IoT Hub's limit) and its topic's length (MQTT's).
-    private func telemetryTopic(for message: Message) throws(IoTHubError) -> String {
+    func telemetryTopic(for message: Message) throws(IoTHubError) -> String {
         try message.validateSize()
         return try TelemetryTopic(deviceId: deviceId, moduleId: moduleId, message: message).validatedName()
     }

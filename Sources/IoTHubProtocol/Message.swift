@@ -156,3 +156,13 @@ public struct Message: Sendable, Hashable {
         lhs.unicodeScalars.lexicographicallyPrecedes(rhs.unicodeScalars)
     }
 }
+
+extension Message {
+    /// ``expiryTimeUTC`` as a date (ISO 8601, with or without fractional seconds); nil when it
+    /// is absent or not such a time.
+    public var expiryDate: Date? {
+        guard let text = expiryTimeUTC else { return nil }
+        if let date = try? Date(text, strategy: .iso8601) { return date }
+        return try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+}

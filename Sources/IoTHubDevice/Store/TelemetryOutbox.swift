@@ -1,0 +1,520 @@
+import AsyncPrimitives
+import Dispatch
+import DurableLog
+public import Foundation
+public import IoTHubProtocol
+public import Logging
+import NIOConcurrencyHelpers
+
+/// How a telemetry outbox keeps what it accepted.
+public struct OutboxConfiguration: Sendable {
+    /// What a full outbox does with a new message.
+    public enum WhenFull: String, Sendable, CaseIterable {
+        /// Refuses it (``OutboxError/full(bytes:limit:)``): what was accepted stays.
+        case rejectNew = "reject-new"
+        /// Drops the oldest messages not yet handed to the hub, as many as it takes (counted).
+        case dropOldest = "drop-oldest"
+    }
+
+    /// Where the outbox's files live (created, mode 0700).
+    public var directory: String
+    /// The most bytes of messages waiting (their stored size); disk use stays within this plus
+    /// one segment file.
+    public var maximumBytes: Int
+    public var whenFull: WhenFull
+    /// How long a message may wait; a message's own `expiryTimeUTC`, when earlier, wins. An
+    /// expired message is dropped (counted), never sent.
+    public var timeToLive: Duration
+    /// The most messages per second sent while draining a backlog (nil: as fast as the hub
+    /// acknowledges), so that a long outage does not end in the hub's throttling.
+    public var drainRate: Int?
+
+    public init(
+        directory: String, maximumBytes: Int = 256 << 20, whenFull: WhenFull = .rejectNew, timeToLive: Duration = .seconds(7200),
+        drainRate: Int? = nil
+    ) {
+        self.directory = directory
+        self.maximumBytes = maximumBytes
+        self.whenFull = whenFull
+        self.timeToLive = timeToLive
+        self.drainRate = drainRate
+    }
+}
+
+/// Why the outbox did not take messages.
+public enum OutboxError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The outbox holds its maximum (with ``OutboxConfiguration/WhenFull/rejectNew``).
+    case full(bytes: Int, limit: Int)
+    /// The file system is full.
+    case noSpace(String)
+    /// A message would be refused by the hub (too large, a topic too long): nothing was taken.
+    case invalid(index: Int, IoTHubError)
+    /// Writing failed otherwise, or the outbox is closed.
+    case storageFailed(String)
+
+    public var description: String {
+        switch self {
+        case .full(let bytes, let limit): "the outbox is full: \(bytes) bytes wait, the limit is \(limit)"
+        case .noSpace(let detail): "no space left for the outbox: \(detail)"
+        case .invalid(let index, let error): "message \(index): \(error)"
+        case .storageFailed(let detail): "the outbox could not store the messages: \(detail)"
+        }
+    }
+}
+
+/// The outbox's figures.
+public struct OutboxStatus: Sendable, Equatable {
+    /// Messages waiting or on their way to the hub, and their stored bytes.
+    public var messages: Int
+    public var bytes: Int
+    public var maximumBytes: Int
+    /// When the oldest waiting message was accepted.
+    public var oldestAcceptedAt: Date?
+    /// Since the outbox was opened: messages the hub acknowledged, that expired, that were
+    /// dropped to make room, and that were refused because the outbox was full.
+    public var delivered: Int
+    public var expired: Int
+    public var dropped: Int
+    public var rejected: Int
+    /// Whether a new message would now be refused or would push out an old one.
+    public var isFull: Bool
+    /// What opening found: unreadable spans moved to quarantine, bytes of a torn write cut off.
+    public var quarantinedSpans: Int
+    public var truncatedBytes: Int
+}
+
+/// What the outbox tells listeners.
+public enum OutboxEvent: Sendable, Equatable {
+    /// It became full.
+    case full
+    /// Its last message was delivered (or expired, or dropped).
+    case emptied
+    /// Messages were dropped to make room.
+    case dropped(count: Int)
+    /// Messages expired before they could be sent.
+    case expired(count: Int)
+}
+
+/// A durable telemetry outbox: ``accept(_:)`` returns once messages are on disk (synced), and
+/// ``run()`` delivers them to the hub through a device client, in the order accepted, at least
+/// once: a message is sent again only after a crash or a dropped connection, with its message id,
+/// so that the cloud can tell the copy. Bounded in bytes, with a time to live; survives `kill -9`
+/// and power loss. See docs/ARCHITECTURE.md, "Store and forward".
+public final class TelemetryOutbox: Sendable {
+    public let configuration: OutboxConfiguration
+    private let client: IoTHubDeviceClient
+    private let log: DurableLog
+    private let logger: Logger
+    /// Reads of the log and the cursors that go with them happen here, one at a time.
+    private let io = DispatchQueue(label: "iothub-outbox-io")
+    private let state: NIOLockedValueBox<State>
+    private let arrivals = ChangeSignal()
+    private let broadcaster = Broadcaster<OutboxEvent>(bufferingPolicy: .bufferingNewest(64))
+
+    private struct State {
+        var messages = 0
+        var bytes = 0
+        /// Bytes promised to appends under way.
+        var reserved = 0
+        var delivered = 0
+        var expired = 0
+        var dropped = 0
+        var rejected = 0
+        /// Frames up to here were handed to the delivery loop.
+        var readThrough: UInt64
+        /// Frames up to here were dropped to make room (those after `readThrough` are skipped).
+        var droppedThrough: UInt64
+        var isFull = false
+        /// A drop episode: logged once, until the outbox is no longer full.
+        var dropping = false
+        var closed = false
+    }
+
+    /// Opens (or creates) the outbox in `configuration.directory` for `client`'s identity,
+    /// recovering what a crash left.
+    public init(client: IoTHubDeviceClient, configuration: OutboxConfiguration, logger: Logger = Logger(label: "iothub-outbox")) throws(OutboxError) {
+        guard configuration.maximumBytes > 0 else { throw .storageFailed("the outbox's maximum size must be positive") }
+        self.client = client
+        self.configuration = configuration
+        self.logger = logger
+        let segmentSize = min(max(configuration.maximumBytes / 16, 64 << 10), 16 << 20)
+        do {
+            log = try DurableLog(directory: configuration.directory, options: .init(segmentSize: segmentSize))
+        } catch {
+            throw .storageFailed("\(error)")
+        }
+        var initial = State(readThrough: log.discardedThrough, droppedThrough: log.discardedThrough)
+        // What waits: every frame after the watermark (read in pieces, nothing kept).
+        var cursor = log.discardedThrough
+        while let page = try? log.read(after: cursor, maximumBytes: 1 << 20), let last = page.last {
+            for frame in page {
+                if let count = OutboxFrame.messageCount(frame.payload) {
+                    initial.messages += count
+                    initial.bytes += OutboxFrame.storedSize(frame.payload)
+                }
+            }
+            cursor = last.sequence
+        }
+        state = NIOLockedValueBox(initial)
+        let recovery = log.recovery
+        if !recovery.isClean {
+            logger.warning(
+                "the outbox was repaired on opening", metadata: ["truncatedBytes": "\(recovery.truncatedBytes)", "quarantined": "\(recovery.quarantined.map(\.path))"])
+        }
+    }
+
+    deinit {
+        log.shutdown()
+    }
+
+    // MARK: Accepting
+
+    /// Stores `messages` durably, all or none, in their order, and returns their message ids
+    /// (a message without one gets one). Throws ``OutboxError/invalid(index:_:)`` for a message
+    /// the hub would refuse, ``OutboxError/full(bytes:limit:)`` when there is no room (with
+    /// ``OutboxConfiguration/WhenFull/rejectNew``), ``OutboxError/noSpace(_:)`` when the disk is full.
+    public func accept(_ messages: [Message]) async throws(OutboxError) -> [String] {
+        var messages = messages
+        let acceptedAt = Date()
+        let ttlDeadline = acceptedAt.addingTimeInterval(Self.seconds(configuration.timeToLive))
+        var entries: [(deadline: Date, message: Message)] = []
+        entries.reserveCapacity(messages.count)
+        for index in messages.indices {
+            do throws(IoTHubError) {
+                try client.checkSendable(messages[index])
+            } catch {
+                throw .invalid(index: index, error)
+            }
+            if messages[index].messageId == nil { messages[index].messageId = UUID().uuidString.lowercased() }
+            let expiry = messages[index].expiryDate
+            entries.append((min(ttlDeadline, expiry ?? ttlDeadline), messages[index]))
+        }
+        let frame = OutboxFrame.encode(entries, acceptedAt: acceptedAt)
+        let size = OutboxFrame.storedSize(frame)
+        try await reserve(size)
+        do {
+            _ = try await log.append([frame])
+        } catch {
+            state.withLockedValue { $0.reserved -= size }
+            if case .writeFailed(let detail, noSpace: true) = error {
+                state.withLockedValue { $0.rejected += messages.count }
+                throw .noSpace(detail)
+            }
+            throw .storageFailed("\(error)")
+        }
+        state.withLockedValue { state in
+            state.reserved -= size
+            state.messages += messages.count
+            state.bytes += size
+        }
+        arrivals.signal()
+        return messages.map { $0.messageId ?? "" }
+    }
+
+    /// Makes room for `size` bytes: reserves them, or drops old messages, or refuses.
+    private func reserve(_ size: Int) async throws(OutboxError) {
+        let limit = configuration.maximumBytes
+        let outcome = state.withLockedValue { state -> (fits: Bool, becameFull: Bool) in
+            guard state.bytes + state.reserved + size > limit else {
+                state.reserved += size
+                return (true, false)
+            }
+            let becameFull = !state.isFull
+            state.isFull = true
+            return (false, becameFull)
+        }
+        if outcome.fits { return }
+        if outcome.becameFull { broadcaster.yield(.full) }
+        switch configuration.whenFull {
+        case .rejectNew:
+            let bytes = state.withLockedValue { state in
+                state.rejected += 1
+                return state.bytes
+            }
+            throw .full(bytes: bytes, limit: limit)
+        case .dropOldest:
+            let dropped = await dropOldest(toFit: size)
+            if dropped > 0 {
+                broadcaster.yield(.dropped(count: dropped))
+                let first = state.withLockedValue { state in
+                    defer { state.dropping = true }
+                    return !state.dropping
+                }
+                if first { logger.warning("the outbox is full: dropping its oldest messages to make room", metadata: ["limit": "\(limit)"]) }
+            }
+            // What is on its way to the hub cannot be dropped: over the limit until it is delivered.
+            state.withLockedValue { $0.reserved += size }
+        }
+    }
+
+    /// Drops the oldest messages the delivery loop has not taken until `size` more bytes fit;
+    /// returns how many it dropped.
+    private func dropOldest(toFit size: Int) async -> Int {
+        let limit = configuration.maximumBytes
+        return await onIO { [self] in
+            var count = 0
+            while true {
+                let (cursor, needed) = state.withLockedValue { state in
+                    (max(state.readThrough, state.droppedThrough), state.bytes + state.reserved + size - limit)
+                }
+                guard needed > 0, let frames = try? log.read(after: cursor, maximumFrames: 64), !frames.isEmpty else { return count }
+                var freed = 0
+                for frame in frames where freed < needed {
+                    let messages = OutboxFrame.messageCount(frame.payload) ?? 0
+                    let bytes = OutboxFrame.storedSize(frame.payload)
+                    freed += bytes
+                    count += messages
+                    state.withLockedValue { state in
+                        state.droppedThrough = frame.sequence
+                        state.messages -= messages
+                        state.bytes -= bytes
+                        state.dropped += messages
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Delivering
+
+    /// The most messages sent in one go.
+    static let pageSize = 500
+
+    /// Delivers through the client until cancelled (or until the client is shut down): in the
+    /// order accepted, pipelined a page at a time, each message again after a failure that may
+    /// have lost it, until the hub acknowledges it or it expires.
+    public func run() async {
+        var pacer = configuration.drainRate.map { DrainPacer(messagesPerSecond: $0) }
+        while !Task.isCancelled {
+            let generation = arrivals.generation
+            let previous = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
+            guard let page = await nextPage() else {
+                await arrivals.wait(afterGeneration: generation, timeout: .seconds(1))
+                continue
+            }
+            var pending: [Message] = []
+            var expired = 0
+            let now = Date()
+            for entry in page.entries {
+                if entry.deadline < now { expired += 1 } else { pending.append(entry.message) }
+            }
+            if let pace = pacer?.delay(for: pending.count) { try? await Task.sleep(for: pace) }
+            let (delivered, lateExpired, stopped) = await send(pending, deadlines: page.entries.filter { $0.deadline >= now }.map(\.deadline))
+            if stopped {
+                giveBack(page, after: previous)
+                return
+            }
+            finish(page, delivered: delivered, expired: expired + lateExpired)
+        }
+    }
+
+    private struct Page {
+        var entries: [(deadline: Date, message: Message)]
+        var lastSequence: UInt64
+        var bytes: Int
+        var messages: Int
+    }
+
+    /// The next frames the delivery loop has not taken (after those dropped), marked taken.
+    private func nextPage() async -> Page? {
+        await onIO { [self] in
+            let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
+            guard let frames = try? log.read(after: cursor, maximumFrames: 256, maximumBytes: 1 << 20), let last = frames.last else { return nil }
+            var page = Page(entries: [], lastSequence: last.sequence, bytes: 0, messages: 0)
+            for frame in frames {
+                page.bytes += OutboxFrame.storedSize(frame.payload)
+                let decoded = OutboxFrame.decode(frame.payload)
+                page.messages += OutboxFrame.messageCount(frame.payload) ?? 0
+                if let decoded {
+                    page.entries += decoded
+                } else {
+                    logger.error("an outbox frame could not be decoded; its messages are dropped", metadata: ["sequence": "\(frame.sequence)"])
+                }
+                if page.entries.count >= Self.pageSize { page.lastSequence = frame.sequence; break }
+            }
+            state.withLockedValue { $0.readThrough = page.lastSequence }
+            return page
+        }
+    }
+
+    /// Sends until each message is acknowledged or expired; returns the counts, and whether
+    /// the client was shut down (delivery stops).
+    private func send(_ messages: [Message], deadlines: [Date]) async -> (delivered: Int, expired: Int, stopped: Bool) {
+        var pending = Array(zip(messages, deadlines))
+        var delivered = 0
+        var expired = 0
+        var backoff = Duration.milliseconds(250)
+        while !pending.isEmpty {
+            let results = await client.send(pending.map(\.0))
+            var retry: [(Message, Date)] = []
+            for (entry, result) in zip(pending, results) {
+                switch result {
+                case .success:
+                    delivered += 1
+                case .failure(.clientError(let detail)) where detail.contains("shut down"):
+                    return (delivered, expired, true)
+                case .failure(.valueError), .failure(.messageTooLarge), .failure(.topicTooLong):
+                    // Checked when accepted; cannot be sent as it is.
+                    logger.error("an outbox message was refused before sending; it is dropped", metadata: ["messageId": "\(entry.0.messageId ?? "")"])
+                    expired += 1
+                case .failure:
+                    if entry.1 < Date() { expired += 1 } else { retry.append(entry) }
+                }
+            }
+            pending = retry
+            if !pending.isEmpty {
+                if Task.isCancelled { return (delivered, expired, true) }
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+        return (delivered, expired, false)
+    }
+
+    /// A page is done: its frames (and any dropped after them) leave the disk.
+    private func finish(_ page: Page, delivered: Int, expired: Int) {
+        let (emptied, through) = state.withLockedValue { state -> (Bool, UInt64) in
+            state.messages -= page.messages
+            state.bytes -= page.bytes
+            state.delivered += delivered
+            state.expired += expired
+            // Messages of a frame that could not be read back count as dropped.
+            state.dropped += max(0, page.messages - delivered - expired)
+            if state.isFull, state.bytes + state.reserved < configuration.maximumBytes / 10 * 9 {
+                state.isFull = false
+                state.dropping = false
+            }
+            return (state.messages == 0 && page.messages > 0, max(page.lastSequence, state.droppedThrough))
+        }
+        log.discard(through: through)
+        if expired > 0 { broadcaster.yield(.expired(count: expired)) }
+        if emptied { broadcaster.yield(.emptied) }
+    }
+
+    /// Delivery stopped in the middle of a page (cancelled, or the client was shut down): the
+    /// page stays on disk, to be read again (its delivered messages are sent again then, with
+    /// their ids).
+    private func giveBack(_ page: Page, after previous: UInt64) {
+        state.withLockedValue { state in
+            if state.readThrough == page.lastSequence { state.readThrough = previous }
+        }
+    }
+
+    // MARK: Observing
+
+    /// The outbox's figures now.
+    public func status() async -> OutboxStatus {
+        let oldest = await onIO { [self] () -> Date? in
+            let cursor = state.withLockedValue { $0.droppedThrough > log.discardedThrough ? $0.droppedThrough : log.discardedThrough }
+            return (try? log.read(after: cursor, maximumFrames: 1))?.first.flatMap { OutboxFrame.acceptedAt($0.payload) }
+        }
+        let recovery = log.recovery
+        return state.withLockedValue { state in
+            OutboxStatus(
+                messages: state.messages, bytes: state.bytes, maximumBytes: configuration.maximumBytes, oldestAcceptedAt: state.messages > 0 ? oldest : nil,
+                delivered: state.delivered, expired: state.expired, dropped: state.dropped, rejected: state.rejected, isFull: state.isFull,
+                quarantinedSpans: recovery.quarantined.count, truncatedBytes: recovery.truncatedBytes)
+        }
+    }
+
+    /// Full, emptied, dropped and expired, as they happen.
+    public func events() -> AsyncStream<OutboxEvent> {
+        broadcaster.stream()
+    }
+
+    /// Waits until every message was delivered (or expired), at most `timeout`; returns whether
+    /// the outbox is empty. For a graceful shutdown: what is left stays on disk.
+    public func waitUntilEmpty(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while state.withLockedValue({ $0.messages }) > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return state.withLockedValue { $0.messages } == 0
+    }
+
+    /// Stops writing; what is stored stays for the next opening.
+    public func close() {
+        log.shutdown()
+        broadcaster.finish()
+    }
+
+    private func onIO<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            io.async { continuation.resume(returning: work()) }
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> TimeInterval {
+        TimeInterval(duration.components.seconds) + TimeInterval(duration.components.attoseconds) / 1e18
+    }
+}
+
+/// Paces a drain to a number of messages per second.
+struct DrainPacer {
+    let messagesPerSecond: Int
+    private var next = ContinuousClock.now
+
+    init(messagesPerSecond: Int) {
+        self.messagesPerSecond = max(1, messagesPerSecond)
+    }
+
+    /// How long to wait before sending `count` messages.
+    mutating func delay(for count: Int) -> Duration? {
+        let now = ContinuousClock.now
+        let start = max(now, next)
+        next = start + .seconds(Double(count) / Double(messagesPerSecond))
+        return start > now ? start - now : nil
+    }
+}
+
+/// One accepted request on disk: kind 1, when it was accepted, and its messages with their
+/// deadlines.
+///
+///     kind 1 byte (1), accepted u64 (ms since 1970), count u32, then per message:
+///     deadline u64 (ms since 1970), the message (StoredMessageCodec)
+enum OutboxFrame {
+    static let kind: UInt8 = 1
+
+    static func encode(_ entries: [(deadline: Date, message: Message)], acceptedAt: Date) -> [UInt8] {
+        var bytes: [UInt8] = [kind]
+        StoredMessageCodec.appendInteger(milliseconds(acceptedAt), to: &bytes)
+        StoredMessageCodec.appendInteger(UInt32(entries.count), to: &bytes)
+        for entry in entries {
+            StoredMessageCodec.appendInteger(milliseconds(entry.deadline), to: &bytes)
+            StoredMessageCodec.encode(entry.message, into: &bytes)
+        }
+        return bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) -> [(deadline: Date, message: Message)]? {
+        var reader = ByteReader(bytes)
+        guard reader.readByte() == kind, reader.readInteger(UInt64.self) != nil, let count = reader.readInteger(UInt32.self) else { return nil }
+        var entries: [(deadline: Date, message: Message)] = []
+        for _ in 0..<count {
+            guard let deadline = reader.readInteger(UInt64.self), let message = StoredMessageCodec.decode(&reader) else { return nil }
+            entries.append((Date(timeIntervalSince1970: TimeInterval(deadline) / 1000), message))
+        }
+        return entries
+    }
+
+    static func messageCount(_ bytes: [UInt8]) -> Int? {
+        var reader = ByteReader(bytes)
+        guard reader.readByte() == kind, reader.readInteger(UInt64.self) != nil else { return nil }
+        return reader.readInteger(UInt32.self).map(Int.init)
+    }
+
+    static func acceptedAt(_ bytes: [UInt8]) -> Date? {
+        var reader = ByteReader(bytes)
+        guard reader.readByte() == kind, let milliseconds = reader.readInteger(UInt64.self) else { return nil }
+        return Date(timeIntervalSince1970: TimeInterval(milliseconds) / 1000)
+    }
+
+    /// What a frame takes on disk.
+    static func storedSize(_ payload: [UInt8]) -> Int {
+        payload.count + 20
+    }
+
+    private static func milliseconds(_ date: Date) -> UInt64 {
+        UInt64(max(0, date.timeIntervalSince1970 * 1000))
+    }
+}

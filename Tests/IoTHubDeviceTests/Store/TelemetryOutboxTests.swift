@@ -1,0 +1,205 @@
+import Foundation
+@testable import IoTHubDevice
+import IoTHubProtocol
+@testable import LocalHub
+import Logging
+import Testing
+
+/// The outbox against a real LocalHub: what it accepts reaches the hub in order, survives a
+/// reopening, expires, and respects its bounds.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct TelemetryOutboxTests {
+    private final class Scratch {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-\(UUID().uuidString)").path
+        deinit { try? FileManager.default.removeItem(atPath: path) }
+    }
+
+    private func makeOutbox(_ client: IoTHubDeviceClient, _ scratch: Scratch, _ adjust: (inout OutboxConfiguration) -> Void = { _ in }) throws -> TelemetryOutbox {
+        var configuration = OutboxConfiguration(directory: scratch.path)
+        adjust(&configuration)
+        var logger = Logger(label: "outbox-test")
+        logger.logLevel = .error
+        return try TelemetryOutbox(client: client, configuration: configuration, logger: logger)
+    }
+
+    private func message(_ index: Int, size: Int = 10) -> Message {
+        Message(payload: Data("message \(index) ".utf8 + [UInt8](repeating: 0x2e, count: size)), properties: ["index": String(index)])
+    }
+
+    @Test func acceptedMessagesReachTheHubInTheirOrderWithTheirIds() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch)
+            var ids: [String] = []
+            for index in 0..<200 { ids += try await outbox.accept([message(index)]) }
+            ids += try await outbox.accept((200..<300).map { message($0) })
+            let delivery = Task { await outbox.run() }
+            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 300 })
+            delivery.cancel()
+            await delivery.value
+            let received = fixture.telemetry.filter { !$0.redelivered }
+            #expect(received.map { $0.message.properties["index"] } == (0..<300).map { String($0) })
+            #expect(received.map(\.message.messageId) == ids.map(Optional.init))
+            let status = await outbox.status()
+            #expect(status.messages == 0 && status.delivered == 300 && status.bytes == 0)
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
+    @Test func whatWasAcceptedSurvivesReopeningAndIsDeliveredThen() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            do {
+                let outbox = try makeOutbox(client, scratch)
+                _ = try await outbox.accept((0..<50).map { message($0) })
+                outbox.close()
+            }
+            let reopened = try makeOutbox(client, scratch)
+            #expect(await reopened.status().messages == 50)
+            #expect(await reopened.status().oldestAcceptedAt != nil)
+            let delivery = Task { await reopened.run() }
+            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 50 })
+            delivery.cancel()
+            await delivery.value
+            #expect(await reopened.status().messages == 0)
+            reopened.close()
+            await client.shutdown()
+        }
+    }
+
+    @Test func expiredMessagesAreCountedAndNeverSent() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch) { $0.timeToLive = .milliseconds(300) }
+            let events = outbox.events()
+            _ = try await outbox.accept((0..<5).map { message($0) })
+            // A message's own expiry wins when it is earlier than the outbox's time to live.
+            let expiresFirst = Message(payload: Data("x".utf8), expiryTimeUTC: "2000-01-01T00:00:00.000Z")
+            let keep = Message(payload: Data("kept".utf8), expiryTimeUTC: "2100-01-01T00:00:00Z")
+            try await Task.sleep(for: .milliseconds(500))
+            let otherScratch = Scratch()
+            let short = try makeOutbox(client, otherScratch) { $0.timeToLive = .seconds(3600) }
+            _ = try await short.accept([expiresFirst, keep])
+            let delivery = Task { await outbox.run() }
+            let shortDelivery = Task { await short.run() }
+            #expect(await HubFixture.eventually { fixture.telemetry.count >= 1 })
+            try await Task.sleep(for: .milliseconds(300))
+            delivery.cancel()
+            shortDelivery.cancel()
+            await delivery.value
+            await shortDelivery.value
+            #expect(fixture.telemetry.map(\.message.payload) == [Data("kept".utf8)])
+            #expect(await outbox.status().expired == 5)
+            #expect(await short.status().expired == 1)
+            #expect(await first(of: events) == .expired(count: 5))
+            outbox.close()
+            short.close()
+            await client.shutdown()
+        }
+    }
+
+    @Test func aFullOutboxRefusesNewMessagesAndKeepsWhatItHas() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch) { $0.maximumBytes = 20_000 }
+            let events = outbox.events()
+            var accepted = 0
+            var refusal: OutboxError?
+            for index in 0..<100 {
+                do {
+                    _ = try await outbox.accept([message(index, size: 900)])
+                    accepted += 1
+                } catch let error as OutboxError {
+                    refusal = error
+                    break
+                }
+            }
+            guard case .full(_, let limit)? = refusal else {
+                Issue.record("no refusal: \(String(describing: refusal))")
+                return
+            }
+            #expect(limit == 20_000)
+            #expect((15...21).contains(accepted))
+            let status = await outbox.status()
+            #expect(status.isFull && status.rejected == 1 && status.messages == accepted && status.bytes <= 20_000)
+            #expect(await first(of: events) == .full)
+            // Delivering makes room again.
+            let delivery = Task { await outbox.run() }
+            #expect(await HubFixture.eventually { fixture.telemetry.count == accepted })
+            _ = try await outbox.accept([message(1000)])
+            #expect(await HubFixture.eventually { fixture.telemetry.count == accepted + 1 })
+            #expect(await outbox.status().isFull == false)
+            delivery.cancel()
+            await delivery.value
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
+    @Test func dropOldestMakesRoomForTheNewest() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch) {
+                $0.maximumBytes = 20_000
+                $0.whenFull = .dropOldest
+            }
+            for index in 0..<60 { _ = try await outbox.accept([message(index, size: 900)]) }
+            let status = await outbox.status()
+            #expect(status.dropped > 30 && status.messages + status.dropped == 60 && status.bytes <= 20_000)
+            let delivery = Task { await outbox.run() }
+            #expect(await HubFixture.eventually { fixture.telemetry.count == status.messages })
+            delivery.cancel()
+            await delivery.value
+            // The newest are the ones that went.
+            #expect(fixture.telemetry.last?.message.properties["index"] == "59")
+            #expect(fixture.telemetry.first?.message.properties["index"] == String(status.dropped))
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
+    @Test func aBatchIsTakenWholeOrNotAtAll() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch)
+            let tooLarge = Message(payload: Data(count: Message.maximumSize + 1))
+            await #expect(throws: OutboxError.self) { _ = try await outbox.accept([message(0), tooLarge, message(2)]) }
+            #expect(await outbox.status().messages == 0)
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
+    /// The hub drops the connection while a backlog drains: every message arrives, and the only
+    /// copies are of messages sent again after the drop, with the same id.
+    @Test(arguments: Transport.allCases) func aBacklogDrainsAcrossDroppedConnections(over transport: Transport) async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client(over: transport)
+            let outbox = try makeOutbox(client, scratch)
+            for start in stride(from: 0, to: 3000, by: 100) { _ = try await outbox.accept((start..<(start + 100)).map { message($0) }) }
+            let delivery = Task { await outbox.run() }
+            for _ in 0..<3 {
+                _ = await HubFixture.eventually { fixture.telemetry.count > 500 }
+                _ = fixture.hub.dropConnection(of: IdentityKey(deviceId: "dev1"))
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            #expect(await HubFixture.eventually(timeout: .seconds(60)) { Set(fixture.telemetry.compactMap { $0.message.properties["index"] }).count == 3000 })
+            delivery.cancel()
+            await delivery.value
+            let byId = Dictionary(grouping: fixture.telemetry, by: { $0.message.messageId ?? "" })
+            #expect(byId.count == 3000, "every copy carries the id of its message")
+            let copies = fixture.telemetry.count - 3000
+            #expect(copies < 1500, "\(copies) copies")
+            #expect(await outbox.status().messages == 0)
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+}
