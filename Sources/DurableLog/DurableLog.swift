@@ -138,6 +138,13 @@ public final class DurableLog: Sendable {
         return try (outcome.withLockedValue { $0 } ?? .failure(.closed)).get()
     }
 
+    /// Queues an append without waiting: `completion` is called (on the writer thread) once the
+    /// frames are on disk, or with the failure. Appends are written in the order they are queued,
+    /// so a caller that queues under its own lock gets its lock's order on disk.
+    public func enqueueAppend(_ payloads: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DurableLogError>) -> Void) {
+        enqueue(payloads, completion: completion)
+    }
+
     private func enqueue(_ payloads: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DurableLogError>) -> Void) {
         if let tooLarge = payloads.first(where: { $0.count > options.maximumFrameSize }) {
             return completion(.failure(.frameTooLarge(size: tooLarge.count, limit: options.maximumFrameSize)))

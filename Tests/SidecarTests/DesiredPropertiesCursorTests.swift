@@ -33,4 +33,11 @@ import Testing
         cursor.apply(patch: ["no": "version"])
         #expect(cursor.current(since: 2)?.version == 3)
     }
+
+    @Test func cursorPollsWithTinyTimeoutsNeverHang() async {
+        let cursor = DesiredPropertiesCursor()
+        for _ in 0..<2_000 {
+            #expect(await cursor.poll(since: 5, timeout: .nanoseconds(1)) == nil)
+        }
+    }
 }

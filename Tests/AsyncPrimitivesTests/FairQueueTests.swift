@@ -1,4 +1,4 @@
-@testable import Sidecar
+@testable import AsyncPrimitives
 import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct FairQueueTests {
@@ -23,12 +23,5 @@ import Testing
         #expect(await queue.pop(timeout: .zero) == nil)
         queue.push(7)
         #expect(await queue.pop(timeout: .zero) == 7)
-    }
-
-    @Test func cursorPollsWithTinyTimeoutsNeverHang() async {
-        let cursor = DesiredPropertiesCursor()
-        for _ in 0..<2_000 {
-            #expect(await cursor.poll(since: 5, timeout: .nanoseconds(1)) == nil)
-        }
     }
 }

@@ -3,7 +3,7 @@ import NIOConcurrencyHelpers
 /// A first-in-first-out queue whose consumers wait, in arrival order, for the first element they
 /// accept: the long-poll endpoints hand each item to exactly one poller, oldest poller first.
 /// A waiting consumer gives up after its timeout or when its task is cancelled.
-final class FairQueue<Element: Sendable>: Sendable {
+package final class FairQueue<Element: Sendable>: Sendable {
     private struct Waiter {
         var id: UInt64
         var accepts: @Sendable (Element) -> Bool
@@ -20,9 +20,11 @@ final class FairQueue<Element: Sendable>: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
+    package init() {}
+
     /// Adds an element at the back (or the front, for one that goes back to the queue), handing
     /// it straight to the longest-waiting consumer that accepts it.
-    func push(_ element: Element, atFront: Bool = false) {
+    package func push(_ element: Element, atFront: Bool = false) {
         let waiter = state.withLockedValue { state -> Waiter? in
             if let index = state.waiters.firstIndex(where: { $0.accepts(element) }) {
                 return state.waiters.remove(at: index)
@@ -35,7 +37,7 @@ final class FairQueue<Element: Sendable>: Sendable {
 
     /// The oldest element that `accepts` takes, waiting up to `timeout` for one; nil on timeout
     /// or cancellation.
-    func pop(timeout: Duration, where accepts: @escaping @Sendable (Element) -> Bool = { _ in true }) async -> Element? {
+    package func pop(timeout: Duration, where accepts: @escaping @Sendable (Element) -> Bool = { _ in true }) async -> Element? {
         if timeout <= .zero { return take(where: accepts) }
         let id = state.withLockedValue { state -> UInt64 in
             state.lastWaiterId += 1
@@ -88,7 +90,7 @@ final class FairQueue<Element: Sendable>: Sendable {
 
     /// Removes the elements `matching` selects; returns how many.
     @discardableResult
-    func removeAll(where matching: (Element) -> Bool) -> Int {
+    package func removeAll(where matching: (Element) -> Bool) -> Int {
         state.withLockedValue { state in
             let before = state.items.count
             state.items.removeAll(where: matching)
@@ -97,5 +99,5 @@ final class FairQueue<Element: Sendable>: Sendable {
     }
 
     /// Elements waiting for a consumer.
-    var count: Int { state.withLockedValue { $0.items.count } }
+    package var count: Int { state.withLockedValue { $0.items.count } }
 }
