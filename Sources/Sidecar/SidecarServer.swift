@@ -95,6 +95,11 @@ public enum SidecarServer {
             server: .http1(configuration: .init(idleTimeout: .seconds(idle.seconds))),
             configuration: ApplicationConfiguration(address: listen.bindAddress, serverName: nil, reuseAddress: true),
             onServerRunning: { channel in
+                do {
+                    try await AcceptFailureBackoffHandler.install(on: channel, logger: logger)
+                } catch {
+                    logger.warning("could not guard the listener against running out of file descriptors", metadata: ["error": "\(error)"])
+                }
                 let bound: String
                 switch listen {
                 case .unix: bound = listen.description
