@@ -20,6 +20,9 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
     var correlationId: String?
     /// Seconds for `Retry-After` (503 and 429), not part of the JSON body.
     var retryAfterSeconds: Int?
+    /// The answer ends the connection (`Connection: close`) because the request left it
+    /// unusable; not part of the JSON body.
+    var closesConnection = false
 
     enum CodingKeys: String, CodingKey {
         case type, title, status, detail, code, instance, field, upstreamStatus, correlationId
@@ -57,6 +60,14 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
     /// A `ValueError` (400 unless `status` says otherwise).
     static func invalid(_ detail: String, field: String? = nil, status: Int = 400) -> ProblemDetails {
         ProblemDetails(status: status, code: "ValueError", detail: detail, field: field)
+    }
+
+    /// A `ValueError` (400) for a request whose HTTP/1 framing is broken; the connection closes.
+    /// - Parameter reason: the parser's word for what is wrong.
+    static func malformedRequest(_ reason: String) -> ProblemDetails {
+        var problem = invalid("the request is not valid HTTP/1.1 (\(reason)); the connection is closed")
+        problem.closesConnection = true
+        return problem
     }
 
     /// A `NotFound` (404).

@@ -1,6 +1,7 @@
 public import Foundation
 import HTTPTypes
 public import Hummingbird
+import HummingbirdCore
 public import IoTHubProtocol
 public import Logging
 import NIOCore
@@ -88,11 +89,13 @@ public enum SidecarServer {
             router.add(middleware: APITokenMiddleware(token: token))
         }
         SidecarAPI(bridge: bridge, openAPIDocument: openAPIDocument()).register(on: router)
-        let idle = configuration.idleTimeout.components
+        let http1 = HTTP1Channel.Configuration(idleTimeout: .seconds(configuration.idleTimeout.components.seconds))
         let listen = configuration.listen
         return Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: .seconds(idle.seconds))),
+            server: HTTPServerBuilder { responder in
+                SidecarHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: http1))
+            },
             configuration: ApplicationConfiguration(address: listen.bindAddress, serverName: nil, reuseAddress: true),
             onServerRunning: { channel in
                 do {
@@ -127,6 +130,7 @@ struct ProblemMiddleware: RouterMiddleware {
             problem.instance = request.uri.path
             var headers = HTTPFields()
             headers[.contentType] = "application/problem+json"
+            if problem.closesConnection { headers[.connection] = "close" }
             if let seconds = problem.retryAfterSeconds { headers[.retryAfter] = String(seconds) }
             if problem.status == 401 { headers[.wwwAuthenticate] = #"Bearer realm="iothub-sidecar""# }
             if problem.status == 405, let allowed = Self.allowedMethods(for: request.uri.path) {
@@ -140,6 +144,9 @@ struct ProblemMiddleware: RouterMiddleware {
     }
 
     private func problem(for error: any Error, request: Request) -> ProblemDetails {
+        if let parseError = MalformedRequestHandler.parseError(error) {
+            return .malformedRequest("\(parseError)")
+        }
         switch error {
         case let problem as ProblemDetails:
             return problem

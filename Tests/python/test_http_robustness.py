@@ -1,12 +1,22 @@
 """The sidecar's HTTP server facing unusual or hostile clients, over raw sockets: running out of
-file descriptors."""
+file descriptors, HTTP/1.0 and `Connection: close`, and malformed or ambiguous message framing
+(request smuggling)."""
 import json
 import os
 import resource
 import socket
 import time
 
+import pytest
+
 from sidecar_support import Sidecar
+
+
+@pytest.fixture(scope="module")
+def sidecar():
+    instance = Sidecar().wait_ready()
+    yield instance
+    assert instance.stop() == 0, instance.output()
 
 
 class Response:
@@ -107,6 +117,15 @@ class Connection:
         return False
 
 
+def problem(response, status, code):
+    assert response.status == status, response
+    assert response.header("Content-Type") == "application/problem+json", response
+    document = response.json()
+    assert document["status"] == status and document["code"] == code, document
+    assert document["type"] == "urn:iothub-sidecar:problem:" + code
+    return document
+
+
 def log_lines(sidecar, text):
     return [line for line in sidecar.output().splitlines() if text in line]
 
@@ -199,3 +218,85 @@ def test_running_out_of_descriptors_backs_off_keeps_serving_and_recovers():
         if sidecar.process.poll() is None:
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
         assert sidecar.stop() == 0, sidecar.output()
+
+
+# ---------------------------------------------------------------- HTTP/1.0 and Connection: close
+
+def test_http_1_0_without_keep_alive_is_answered_then_closed(sidecar):
+    connection = Connection(sidecar)
+    connection.send("GET /healthz HTTP/1.0\r\n\r\n")
+    response = connection.response()
+    assert response.status == 200 and response.json() == {"status": "ok"}, response
+    assert response.version == "HTTP/1.0", response
+    assert connection.closed_within(5)
+
+
+def test_http_1_0_with_keep_alive_stays_open(sidecar):
+    connection = Connection(sidecar)
+    for _ in range(2):
+        connection.send("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        response = connection.response()
+        assert response.status == 200 and response.header("Connection").lower() == "keep-alive", response
+    connection.close()
+
+
+def test_http_1_0_gets_no_chunked_body(sidecar):
+    """A streamed answer (no length known) to an HTTP/1.0 client ends with the connection."""
+    connection = Connection(sidecar)
+    connection.send("GET /events HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    response = connection.response(head_only=True)
+    assert response.status == 200 and response.version == "HTTP/1.0", response
+    assert response.header("Transfer-Encoding") is None, response
+    assert response.header("Connection").lower() == "close", response
+    assert connection._until(b"\n\n", time.monotonic() + 5).startswith(b"event:")
+    connection.close()
+
+
+@pytest.mark.parametrize("value", ["close", "Close", "keep-alive, close"])
+def test_http_1_1_connection_close_is_answered_then_closed(sidecar, value):
+    connection = Connection(sidecar)
+    connection.send("GET /healthz HTTP/1.1\r\nHost: sidecar\r\nConnection: {}\r\n\r\n".format(value))
+    response = connection.response()
+    assert response.status == 200 and response.header("Connection") == "close", response
+    assert connection.closed_within(5)
+
+
+def test_http_1_1_keeps_the_connection_open(sidecar):
+    connection = Connection(sidecar)
+    for _ in range(2):
+        connection.send("GET /healthz HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        assert connection.response().status == 200
+    assert not connection.closed_within(0.5)
+    connection.close()
+
+
+# ---------------------------------------------------------------- malformed and ambiguous framing
+
+HEAD = "POST /messages HTTP/1.1\r\nHost: sidecar\r\n"
+
+MALFORMED = {
+    "unknown transfer coding": HEAD + "Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "chunk size overflows": HEAD + "Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n",
+    "chunk size not hex": HEAD + "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "chunk without its line end": HEAD + "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+    "negative length": HEAD + "Content-Length: -5\r\n\r\nhello",
+    "length not a number": HEAD + "Content-Length: 5x\r\n\r\nhello",
+    # Request smuggling: framings two servers could read differently.
+    "length and chunked": HEAD + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two lengths that differ": HEAD + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "folded header": HEAD + "Content-Length: 5\r\niothub-app-x: a\r\n b\r\n\r\nhello",
+    "folded transfer coding": HEAD + "Transfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_framing_is_a_client_error_and_ends_the_connection(sidecar, name):
+    connection = Connection(sidecar)
+    connection.send(MALFORMED[name] + "GET /healthz HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+    response = connection.response()
+    problem(response, 400, "ValueError")
+    assert response.header("Connection") == "close", response
+    assert connection.closed_within(5)
+    # The sidecar is still fine, and did not take it for its own failure.
+    assert sidecar.get("/healthz").status == 200
+    assert not [line for line in log_lines(sidecar, "request failed") if "path=/messages" in line]
