@@ -70,6 +70,13 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
         return problem
     }
 
+    /// A `ValueError` (408) for a request body that stopped arriving; the connection closes.
+    static func requestBodyTimedOut(seconds: Int64) -> ProblemDetails {
+        var problem = invalid("the request body timed out after \(seconds) s without data; the connection is closed", status: 408)
+        problem.closesConnection = true
+        return problem
+    }
+
     /// A `NotFound` (404).
     static func notFound(_ detail: String) -> ProblemDetails {
         ProblemDetails(status: 404, code: "NotFound", detail: detail)

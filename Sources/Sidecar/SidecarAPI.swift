@@ -276,7 +276,8 @@ struct SidecarAPI: Sendable {
         guard length <= Self.blobLimit else {
             throw ProblemDetails.invalid("the file is \(length) bytes; at most \(Self.blobLimit) can be uploaded in one request", status: 413)
         }
-        let chunks = request.body.map { buffer in Data(buffer.readableBytesView) }
+        let bodyFailure = LeaseHolder<any Error>()
+        let chunks = FailureRecordingSequence(base: request.body, failure: bodyFailure).map { buffer in Data(buffer.readableBytesView) }
         do {
             let result = try await bridge.client.uploadBlob(
                 named: blobName, length: length, contentType: request.headers[.contentType], body: chunks)
@@ -284,6 +285,9 @@ struct SidecarAPI: Sendable {
                 ["blobName": .string(result.storageInfo.blobName), "blobUrl": .string(result.blobURLWithoutToken), "correlationId": .string(result.storageInfo.correlationId)],
                 status: .created)
         } catch let failure as BlobUploadFailure {
+            // The body stopped arriving or its framing broke: the library only knows that it
+            // broke off, the answer says why (408, 400).
+            if let bodyError = bodyFailure.take(), SidecarHTTP1Channel.isClientFault(bodyError) { throw bodyError }
             var problem: ProblemDetails
             if let upstreamStatus = failure.upstreamStatus {
                 problem = ProblemDetails(status: 502, code: "ServiceError", detail: "blob storage answered \(upstreamStatus): \(failure.error)")
@@ -582,6 +586,33 @@ extension SidecarAPI {
             "correlationId": .string(info.correlationId), "hostName": .string(info.hostName), "containerName": .string(info.containerName),
             "blobName": .string(info.blobName), "sasToken": .string(info.sasToken), "blobUrl": .string(info.blobURL),
         ]
+    }
+}
+
+/// `base`, keeping the error it ends with in `failure`, for a consumer that reports only that
+/// the sequence failed.
+struct FailureRecordingSequence<Base: AsyncSequence>: AsyncSequence {
+    typealias Element = Base.Element
+
+    let base: Base
+    let failure: LeaseHolder<any Error>
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var base: Base.AsyncIterator
+        let failure: LeaseHolder<any Error>
+
+        mutating func next() async throws -> Element? {
+            do {
+                return try await base.next()
+            } catch {
+                failure.set(error)
+                throw error
+            }
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: base.makeAsyncIterator(), failure: failure)
     }
 }
 

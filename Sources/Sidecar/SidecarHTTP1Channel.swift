@@ -4,23 +4,32 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
-/// Hummingbird's HTTP/1.1 connection with handlers of the sidecar between NIO's HTTP/1 parser
-/// and Hummingbird's conversion to `HTTPTypes`, where the HTTP version and the raw framing are
-/// still visible:
+/// Hummingbird's HTTP/1.1 connection with three handlers of the sidecar between NIO's HTTP/1
+/// parser and Hummingbird's conversion to `HTTPTypes`, where the HTTP version, the raw framing
+/// and the flow of body bytes are still visible:
 ///
 /// 1. ``HTTP1PersistenceHandler``: HTTP/1.0 answers and `Connection: close`.
 /// 2. ``MalformedRequestHandler``: a request that cannot be parsed gets a problem document.
+/// 3. ``RequestBodyTimeoutHandler``: a request body that stops arriving fails the request.
 struct SidecarHTTP1Channel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
 
     let http1: HTTP1Channel
+    /// How long a request body may pause while the server waits for it.
+    let requestBodyTimeout: Duration
+    let logger: Logger
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
+        let requestBodyTimeout = self.requestBodyTimeout
+        let sidecarLogger = self.logger
+        return http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
             // Hummingbird's setup completes on the channel's event loop, so does this.
             let pipeline = channel.pipeline.syncOperations
             var previous: any ChannelHandler = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            let handlers: [any ChannelHandler] = [HTTP1PersistenceHandler(), MalformedRequestHandler()]
+            let handlers: [any ChannelHandler] = [
+                HTTP1PersistenceHandler(), MalformedRequestHandler(),
+                RequestBodyTimeoutHandler(timeout: requestBodyTimeout, logger: sidecarLogger),
+            ]
             for handler in handlers {
                 try pipeline.addHandler(handler, position: .after(previous))
                 previous = handler
@@ -31,6 +40,13 @@ struct SidecarHTTP1Channel: ServerChildChannel {
 
     func handle(value: Value, logger: Logger) async {
         await http1.handle(value: value, logger: logger)
+    }
+
+    /// Whether these handlers failed a request body through the client's fault: it stopped
+    /// arriving, or its framing broke. The request is then answered with that, not with what
+    /// it was doing.
+    static func isClientFault(_ error: any Error) -> Bool {
+        error is RequestBodyTimeout || MalformedRequestHandler.parseError(error) != nil
     }
 }
 
@@ -167,4 +183,111 @@ final class MalformedRequestHandler: ChannelDuplexHandler, RemovableChannelHandl
         default: nil
         }
     }
+}
+
+/// Fails a request whose body stops arriving: when the server has been waiting for more of the
+/// body for the timeout without a byte, the request's body fails with ``RequestBodyTimeout``
+/// (its handler answers 408 and closes the connection; an upload being streamed is aborted),
+/// and one warning is logged. Only time the server waits counts: while the server does not read
+/// (because the handler has not taken what came, e.g. blob storage is slow), the client cannot
+/// send, so the clock stands still. A body that keeps coming, however slowly, is not cut off.
+///
+/// Waiting for a request head is the business of Hummingbird's idle timeout (60 s), which also
+/// ends a connection whose request makes no progress for that long.
+final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let timeout: TimeAmount
+    private let seconds: Int64
+    private let logger: Logger
+    /// The request whose body is being read (head seen, end not yet).
+    private var request: (method: HTTPMethod, path: Substring)?
+    /// When the server started waiting for more of the body; nil while it is not waiting.
+    private var waitingSince: NIODeadline?
+    private var check: Scheduled<Void>?
+    private var hasTimedOut = false
+    /// The answer to the request being read has started (it was refused before its body came).
+    private var isAnswered = false
+
+    init(timeout: Duration, logger: Logger) {
+        self.timeout = TimeAmount(timeout)
+        self.seconds = timeout.components.seconds
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // What comes after the timeout belongs to a request that has already failed.
+        guard !hasTimedOut else { return }
+        waitingSince = nil
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            request = (head.method, head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+            isAnswered = false
+        case .body:
+            break
+        case .end:
+            request = nil
+        }
+        context.fireChannelRead(data)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if request != nil, waitingSince == nil {
+            let now = NIODeadline.now()
+            waitingSince = now
+            scheduleCheck(context, at: now + timeout)
+        }
+        context.read()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .head(let head) = unwrapOutboundIn(data), head.status.code >= 200 { isAnswered = true }
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancelCheck()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancelCheck()
+    }
+
+    private func scheduleCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        // One check at a time: a pending one is never later than needed, as the wait only
+        // starts later.
+        guard check == nil else { return }
+        check = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.check = nil
+            self.checkWait(context)
+        }
+    }
+
+    private func cancelCheck() {
+        check?.cancel()
+        check = nil
+    }
+
+    private func checkWait(_ context: ChannelHandlerContext) {
+        guard let request, let waitingSince, !hasTimedOut else { return }
+        let deadline = waitingSince + timeout
+        guard NIODeadline.now() >= deadline else {
+            scheduleCheck(context, at: deadline)
+            return
+        }
+        hasTimedOut = true
+        logger.warning(
+            "request body timed out: no data for \(seconds) s; \(isAnswered ? "closing the connection" : "answering 408 and closing the connection")",
+            metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)"])
+        context.fireErrorCaught(RequestBodyTimeout(seconds: seconds))
+    }
+}
+
+/// A request body stopped arriving for ``seconds`` (``RequestBodyTimeoutHandler``).
+struct RequestBodyTimeout: Error, Sendable {
+    let seconds: Int64
 }

@@ -50,11 +50,19 @@ public struct SidecarServerConfiguration: Sendable {
     public var apiToken: String?
     /// Connections idle this long are closed; long-polls stay below it.
     public var idleTimeout: Duration
+    /// A request whose body stops arriving for this long while the server waits for it is
+    /// answered 408 and its connection closed. Only useful below ``idleTimeout``, which ends a
+    /// request making no progress too, silently.
+    public var requestBodyTimeout: Duration
 
-    public init(listen: ListenAddress = .tcp(host: "127.0.0.1", port: 8080), apiToken: String? = nil, idleTimeout: Duration = .seconds(60)) {
+    public init(
+        listen: ListenAddress = .tcp(host: "127.0.0.1", port: 8080), apiToken: String? = nil, idleTimeout: Duration = .seconds(60),
+        requestBodyTimeout: Duration = .seconds(30)
+    ) {
         self.listen = listen
         self.apiToken = apiToken
         self.idleTimeout = idleTimeout
+        self.requestBodyTimeout = requestBodyTimeout
     }
 }
 
@@ -90,11 +98,13 @@ public enum SidecarServer {
         }
         SidecarAPI(bridge: bridge, openAPIDocument: openAPIDocument()).register(on: router)
         let http1 = HTTP1Channel.Configuration(idleTimeout: .seconds(configuration.idleTimeout.components.seconds))
+        let requestBodyTimeout = configuration.requestBodyTimeout
         let listen = configuration.listen
         return Application(
             router: router,
             server: HTTPServerBuilder { responder in
-                SidecarHTTP1Channel(http1: HTTP1Channel(responder: responder, configuration: http1))
+                SidecarHTTP1Channel(
+                    http1: HTTP1Channel(responder: responder, configuration: http1), requestBodyTimeout: requestBodyTimeout, logger: logger)
             },
             configuration: ApplicationConfiguration(address: listen.bindAddress, serverName: nil, reuseAddress: true),
             onServerRunning: { channel in
@@ -152,6 +162,8 @@ struct ProblemMiddleware: RouterMiddleware {
             return problem
         case let error as IoTHubError:
             return ProblemDetails(error, retryAfterSeconds: retryAfterSeconds)
+        case let error as RequestBodyTimeout:
+            return .requestBodyTimedOut(seconds: error.seconds)
         case let error as HTTPError where error.status == .notFound:
             if let allowed = Self.allowedMethods(for: request.uri.path) {
                 return ProblemDetails(status: 405, code: "NotFound", detail: "\(request.method) is not an operation of \(request.uri.path); it takes \(allowed)")

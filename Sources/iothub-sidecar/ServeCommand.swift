@@ -36,6 +36,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Flag(name: .customLong("allow-unauthenticated"), help: ArgumentHelp("Serve on an address other machines can reach without an API token: whoever reaches it acts as the device [IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true]."))
     var allowUnauthenticated = false
+    @Option(name: .customLong("request-body-timeout"), help: ArgumentHelp("Seconds, 1 to 60, a request body may pause without a byte before the request is answered 408 and its connection closed; default 30 [IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT].", valueName: "seconds"))
+    var requestBodyTimeout: Int?
 
     // MARK: Identity
 
@@ -187,7 +189,10 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let bridge = DeviceBridge(client: client, logger: logger)
         let application = SidecarServer.application(
-            bridge: bridge, configuration: SidecarServerConfiguration(listen: settings.listen, apiToken: settings.apiToken), logger: logger,
+            bridge: bridge,
+            configuration: SidecarServerConfiguration(
+                listen: settings.listen, apiToken: settings.apiToken, requestBodyTimeout: .seconds(settings.requestBodyTimeout)),
+            logger: logger,
             onRunning: { address in
                 var metadata: Logger.Metadata = [
                     "address": "\(address)", "identity": "\(client.hostName)/\(client.deviceId)\(client.moduleId.map { "/" + $0 } ?? "")",
@@ -234,6 +239,8 @@ struct DrainOnShutdown: Service {
 struct Settings {
     var listen: ListenAddress
     var apiToken: String?
+    /// Seconds a request body may pause.
+    var requestBodyTimeout: Int
     var clientConfiguration: DeviceClientConfiguration
     var identity: Identity
     var logLevel: Logger.Level
@@ -303,6 +310,11 @@ struct Settings {
         if apiToken == nil, !allowUnauthenticated, !listen.isLoopbackOnly {
             throw CommandFailure(
                 "\(listen) can be reached from other machines, and without an API token whoever reaches it acts as the device: give --api-token-file (IOTHUB_SIDECAR_API_TOKEN_FILE), or accept that with --allow-unauthenticated (IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true)")
+        }
+        // Hummingbird's idle timeout (60 s) ends a request that makes no progress anyway.
+        requestBodyTimeout = try integer(command.requestBodyTimeout, "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT") ?? 30
+        guard (1...60).contains(requestBodyTimeout) else {
+            throw CommandFailure("--request-body-timeout must be 1 to 60 seconds, not \(requestBodyTimeout)")
         }
         let levelText = value(command.logLevel, "IOTHUB_SIDECAR_LOG_LEVEL") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else {

@@ -1,6 +1,6 @@
 """The sidecar's HTTP server facing unusual or hostile clients, over raw sockets: running out of
-file descriptors, HTTP/1.0 and `Connection: close`, and malformed or ambiguous message framing
-(request smuggling)."""
+file descriptors, request bodies that stop arriving, HTTP/1.0 and `Connection: close`, and
+malformed or ambiguous message framing (request smuggling)."""
 import json
 import os
 import resource
@@ -9,12 +9,16 @@ import time
 
 import pytest
 
-from sidecar_support import Sidecar
+from sidecar_support import Sidecar, quote
+
+BODY_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module")
 def sidecar():
-    instance = Sidecar().wait_ready()
+    # The request body timeout comes from the environment here (the flag is checked in
+    # test_sidecar_lifecycle.py).
+    instance = Sidecar(env={"IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT": str(BODY_TIMEOUT)}).wait_ready()
     yield instance
     assert instance.stop() == 0, instance.output()
 
@@ -218,6 +222,61 @@ def test_running_out_of_descriptors_backs_off_keeps_serving_and_recovers():
         if sidecar.process.poll() is None:
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
         assert sidecar.stop() == 0, sidecar.output()
+
+
+# ---------------------------------------------------------------- request bodies that stop arriving
+
+TIMED_OUT = "request body timed out"
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/messages"), ("PUT", "/blob/stalled.bin")])
+def test_a_body_that_stops_arriving_gets_408_and_the_connection_ends(sidecar, method, path):
+    logged = len(log_lines(sidecar, TIMED_OUT))
+    connection = Connection(sidecar)
+    started = time.monotonic()
+    connection.send("{} {} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 1000000\r\n\r\nx".format(method, path))
+    response = connection.response(timeout=BODY_TIMEOUT + 10)
+    waited = time.monotonic() - started
+    document = problem(response, 408, "ValueError")
+    assert "request body timed out after {} s without data".format(BODY_TIMEOUT) in document["detail"], document
+    assert waited >= BODY_TIMEOUT - 0.5, waited  # not before the timeout
+    assert response.header("Connection") == "close", response
+    assert connection.closed_within(5)
+    lines = log_lines(sidecar, TIMED_OUT)
+    assert len(lines) == logged + 1 and " warning " in lines[-1], lines
+
+
+def test_a_stalled_upload_is_aborted(sidecar):
+    """The blob of the upload above was never stored, and the hub heard that it failed."""
+    connection = Connection(sidecar)
+    connection.send("PUT /blob/aborted.bin HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 1000000\r\n\r\n" + "y" * 1000)
+    problem(connection.response(timeout=BODY_TIMEOUT + 10), 408, "ValueError")
+    assert sidecar.hub("GET", "/local/blobs/fileuploads/" + quote("sidecar-device/aborted.bin")).status == 404
+    notifications = sidecar.hub("GET", "/local/file-uploads").json()["notifications"]
+    mine = [note for note in notifications if note["blobName"] == "sidecar-device/aborted.bin"]
+    assert len(mine) == 1 and mine[0]["isSuccess"] is False, notifications
+
+
+def test_a_slow_but_steady_body_is_not_cut_off(sidecar):
+    body = b"steady!!"  # a byte every 0.5 s: 4 s in all, twice the timeout
+    connection = Connection(sidecar)
+    connection.send("POST /messages HTTP/1.1\r\nHost: sidecar\r\nContent-Length: {}\r\n\r\n".format(len(body)))
+    for byte in body:
+        time.sleep(0.5)
+        connection.send(bytes([byte]))
+    response = connection.response()
+    assert response.status == 200 and "messageId" in response.json(), response
+    connection.send("GET /healthz HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+    assert connection.response().status == 200
+
+
+def test_a_request_without_a_body_may_stay_idle_longer_than_the_body_timeout(sidecar):
+    connection = Connection(sidecar)
+    connection.send("GET /healthz HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+    assert connection.response().status == 200
+    time.sleep(BODY_TIMEOUT + 1)
+    connection.send("GET /healthz HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+    assert connection.response().status == 200
 
 
 # ---------------------------------------------------------------- HTTP/1.0 and Connection: close

@@ -115,6 +115,9 @@ def run_briefly(args, env=None):
     (["serve", "--listen", "nonsense"], {"IOTHUB_DEVICE_CONNECTION_STRING": "x"}, "--listen"),
     (["serve", "--local-hub", "--keep-alive", "0"], {}, "keep_alive"),
     (["serve", "--local-hub"], {"IOTHUB_AUTO_CONNECT": "maybe"}, "IOTHUB_AUTO_CONNECT"),
+    (["serve", "--local-hub", "--request-body-timeout", "0"], {}, "--request-body-timeout"),
+    (["serve", "--local-hub", "--request-body-timeout", "61"], {}, "--request-body-timeout"),
+    (["serve", "--local-hub"], {"IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT": "soon"}, "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT"),
 ])
 def test_startup_failures_exit_with_one_line(args, env, message):
     run = run_briefly(args, env)
@@ -137,7 +140,8 @@ def test_port_in_use_fails_at_startup():
 def test_help_explains_every_option():
     run = run_briefly(["serve", "--help"])
     assert run.returncode == 0
-    for option in ["--listen", "--api-token-file", "--connection-string-file", "--sas-token-file", "--key-file",
+    for option in ["--listen", "--api-token-file", "--request-body-timeout", "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT",
+                   "--connection-string-file", "--sas-token-file", "--key-file",
                    "--x509-cert-file", "--server-verification-cert", "--gateway-hostname", "--cipher", "--product-info",
                    "--sastoken-ttl", "--keep-alive", "--auto-connect", "--connection-retry", "--connection-retry-interval",
                    "--local-hub", "--local-hub-data-dir", "IOTHUB_DEVICE_CONNECTION_STRING", "--allow-unauthenticated",
