@@ -83,6 +83,22 @@ public struct OutboxStatus: Sendable, Equatable {
     public var truncatedBytes: Int
 }
 
+/// What opening a store (outbox, inbox) found and repaired: unreadable spans moved to
+/// quarantine (with where they went), bytes of a torn write cut off the end.
+public struct StoreRepair: Sendable, Equatable {
+    public var quarantinedSpans: Int
+    public var quarantinePaths: [String]
+    public var truncatedBytes: Int
+
+    init(_ report: DurableLog.RecoveryReport) {
+        quarantinedSpans = report.quarantined.count
+        quarantinePaths = report.quarantined.map(\.path)
+        truncatedBytes = report.truncatedBytes
+    }
+
+    public var isClean: Bool { quarantinedSpans == 0 && truncatedBytes == 0 }
+}
+
 /// What the outbox tells listeners.
 public enum OutboxEvent: Sendable, Equatable {
     /// It became full.
