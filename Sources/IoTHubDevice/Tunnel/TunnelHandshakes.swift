@@ -84,11 +84,6 @@ struct HTTPResponseHead: Equatable {
     }
 }
 
-/// `host:port` as it appears in an HTTP request target or `Host` header.
-func hostAndPort(_ host: String, _ port: Int) -> String {
-    host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-}
-
 // MARK: - HTTP CONNECT
 
 /// Opens a tunnel through an HTTP proxy: `CONNECT host:port`, optionally with basic
