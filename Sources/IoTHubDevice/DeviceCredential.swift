@@ -10,12 +10,22 @@ public enum DeviceCredential: Sendable {
     /// An X.509 certificate and key presented in the TLS handshake.
     case x509(X509Credential)
 
-    /// `sas` (either SAS form) or `x509`, for status reports.
-    public var kind: String {
+    /// Which of the three kinds of credential this is, for status reports.
+    public var kind: CredentialKind {
         switch self {
-        case .symmetricKey: "symmetricKey"
-        case .sasToken: "sasToken"
-        case .x509: "x509"
+        case .symmetricKey: .symmetricKey
+        case .sasToken: .sasToken
+        case .x509: .x509
         }
     }
+}
+
+/// The kind of a ``DeviceCredential``; its raw value names it in status reports.
+public enum CredentialKind: String, Sendable, Hashable, Codable {
+    /// A shared access key: the client signs and renews its own SAS tokens.
+    case symmetricKey
+    /// A SAS token the application supplies (and replaces before it expires).
+    case sasToken
+    /// An X.509 certificate and key.
+    case x509
 }

@@ -211,10 +211,13 @@ public final class IoTHubDeviceClient: Sendable {
         state.withLockedValue { $0.reconnectionAttempts }
     }
 
-    /// The connection state, its time, the last error and the token expiry, for status reports.
-    public var status: (state: ConnectionState, since: Date, lastError: IoTHubError?, tokenExpiry: Date?, credential: String) {
+    /// The connection state, since when, the last error, the token expiry and the kind of
+    /// credential, for status reports.
+    public var status: ClientStatus {
         state.withLockedValue { state in
-            (Self.publicState(state.phase), state.since, state.lastError, state.tokenExpiry, state.credential.kind)
+            ClientStatus(
+                state: Self.publicState(state.phase), since: state.since, lastError: state.lastError, tokenExpiry: state.tokenExpiry,
+                credential: state.credential.kind)
         }
     }
 

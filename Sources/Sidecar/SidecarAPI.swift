@@ -322,7 +322,7 @@ struct SidecarAPI: Sendable {
         let client = bridge.client
         let status = client.status
         var identity: [String: JSONValue] = [
-            "hostName": .string(client.hostName), "deviceId": .string(client.deviceId), "authentication": .string(status.credential),
+            "hostName": .string(client.hostName), "deviceId": .string(client.deviceId), "authentication": .string(status.credential.rawValue),
         ]
         if let moduleId = client.moduleId { identity["moduleId"] = .string(moduleId) }
         if let gateway = client.configuration.gatewayHostName { identity["gatewayHostName"] = .string(gateway) }
@@ -353,8 +353,8 @@ struct SidecarAPI: Sendable {
             throw ProblemDetails.invalid("send the token as text/plain, not \(type)", status: 415)
         }
         let body = try await Self.collect(request, limit: Self.bodyLimit)
-        guard bridge.client.status.credential == "sasToken" else {
-            throw ProblemDetails.notForThisIdentity("this sidecar's identity uses a \(bridge.client.status.credential == "x509" ? "certificate" : "key"), not a SAS token given to it")
+        guard bridge.client.status.credential == .sasToken else {
+            throw ProblemDetails.notForThisIdentity("this sidecar's identity uses a \(bridge.client.status.credential == .x509 ? "certificate" : "key"), not a SAS token given to it")
         }
         let text = String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         try await bridge.updateSASToken(text)
