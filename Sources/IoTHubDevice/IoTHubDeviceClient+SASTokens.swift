@@ -15,22 +15,8 @@ extension IoTHubDeviceClient {
         try checkNotShutDown()
         let token = try SASToken(parsing: text)
         try credentials.replaceToken(with: token)
-        scheduleTokenSignal(for: token)
-        await reauthorize()
-    }
-
-    func scheduleTokenSignal(for token: SASToken) {
-        let delay = max(0, token.expiryDate.timeIntervalSinceNow - 120)
-        let task = Task { [weak self] in
-            try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
-            guard !Task.isCancelled, let self else { return }
-            let stillCurrent: Bool
-            if case .sasToken(let current) = credentials.credential { stillCurrent = current == token } else { stillCurrent = false }
-            if stillCurrent { tokenStreams.yield(()) }
-        }
-        state.withLockedValue { state in
-            state.tokenSignalTask?.cancel()
-            state.tokenSignalTask = task
-        }
+        changeLifecycle { $0.newTokenSupplied(expiringAt: token.expiryDate, at: .now) }
+        background.start()
+        await renewCredentials()
     }
 }

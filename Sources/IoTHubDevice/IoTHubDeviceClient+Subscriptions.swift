@@ -10,6 +10,27 @@ extension IoTHubDeviceClient {
         case cloudToDevice, methods, twinResponses, desiredProperties
     }
 
+    /// What listeners asked for, and what is subscribed on which connection.
+    struct Subscriptions {
+        /// Subscribed after every connect.
+        var enabled: Set<Feature> = []
+        /// The connection (its attempt's id) that `subscribed` is about.
+        private var connectionId: Int?
+        private var subscribed: Set<Feature> = []
+
+        func isSubscribed(_ feature: Feature, on connection: Int) -> Bool {
+            connectionId == connection && subscribed.contains(feature)
+        }
+
+        mutating func markSubscribed(_ features: [Feature], on connection: Int) {
+            if connectionId != connection {
+                connectionId = connection
+                subscribed = []
+            }
+            subscribed.formUnion(features)
+        }
+    }
+
     private func filter(for feature: Feature) -> String {
         switch feature {
         case .cloudToDevice:
@@ -23,12 +44,14 @@ extension IoTHubDeviceClient {
 
     /// Subscribes to `feature` on the current connection if that has not happened yet.
     func ensureSubscribed(_ features: [Feature]) async throws(IoTHubError) {
-        let (mqtt, missing) = state.withLockedValue { state -> (MosquittoClient?, [Feature]) in
-            features.forEach { state.enabled.insert($0) }
-            guard state.phase == .connected else { return (nil, []) }
-            return (state.mqtt, features.filter { !state.subscribed.contains($0) })
+        let current = lifecycle.withLockedValue { $0.currentConnection }
+        let missing = subscriptions.withLockedValue { subscriptions -> [Feature] in
+            subscriptions.enabled.formUnion(features)
+            guard let current else { return [] }
+            return features.filter { !subscriptions.isSubscribed($0, on: current.id) }
         }
-        guard let mqtt, !missing.isEmpty else { return }
+        guard let current, !missing.isEmpty else { return }
+        let mqtt = current.connection
         let timeout = configuration.operationTimeout
         let filters = missing.map(filter(for:))
         let granted = try await withTimeout(timeout, timeoutError: { .operationTimeout("no SUBACK from the hub within \(timeout)") }) { () async throws(IoTHubError) -> [Int32] in
@@ -36,11 +59,11 @@ extension IoTHubDeviceClient {
         }
         let refused = zip(missing, granted).filter { $0.1 == 0x80 }.map { filter(for: $0.0) }
         guard refused.isEmpty else { throw .serviceError(status: 403, message: "the hub refused the subscription to \(refused.joined(separator: ", "))") }
-        state.withLockedValue { state in missing.forEach { state.subscribed.insert($0) } }
+        subscriptions.withLockedValue { $0.markSubscribed(missing, on: current.id) }
     }
 
     func resubscribe() async {
-        let enabled = state.withLockedValue { Array($0.enabled) }
+        let enabled = subscriptions.withLockedValue { Array($0.enabled) }
         guard !enabled.isEmpty else { return }
         do throws(IoTHubError) {
             try await ensureSubscribed(enabled)
@@ -49,15 +72,17 @@ extension IoTHubDeviceClient {
         }
     }
 
+    /// A listener asked for `feature`: it is subscribed from now on, on this connection (made
+    /// now when auto-connect allows) and after every reconnect.
     func enableInBackground(_ feature: Feature) {
-        state.withLockedValue { _ = $0.enabled.insert(feature) }
-        Task {
+        subscriptions.withLockedValue { _ = $0.enabled.insert(feature) }
+        background.run {
             do throws(IoTHubError) {
-                try await ensureConnectionIfAllowed()
-                try await ensureSubscribed([feature])
-                if feature == .desiredProperties { await refreshDesiredProperties() }
+                try await self.ensureConnectionIfAllowed()
+                try await self.ensureSubscribed([feature])
+                if feature == .desiredProperties { await self.refreshDesiredProperties() }
             } catch {
-                errorStreams.yield(error)
+                self.errorStreams.yield(error)
             }
         }
     }
@@ -80,7 +105,7 @@ extension IoTHubDeviceClient {
                 errorStreams.yield(.clientError("the hub sent a desired-properties patch that is not a JSON object"))
                 return
             }
-            state.withLockedValue { $0.lastDesiredVersion = patch.version }
+            lastDesiredVersion.withLockedValue { $0 = patch.version }
             desiredStreams.yield(json)
         } else if moduleId == nil, let message = CloudToDeviceTopic(parsing: topic), message.deviceId == deviceId {
             messageStreams.yield(Message(payload: payload, propertyBag: message.properties))

@@ -45,7 +45,7 @@ extension IoTHubDeviceClient {
         while !pending.isEmpty {
             do throws(IoTHubError) {
                 try await ensureConnection()
-                guard let mqtt = state.withLockedValue({ $0.mqtt }) else { throw .noConnectionError("the client is not connected") }
+                guard let mqtt = lifecycle.withLockedValue({ $0.connection }) else { throw .noConnectionError("the client is not connected") }
                 let outcomes = await mqtt.publish(batch: pending.map { ($0.topic, $0.payload) })
                 var refused: [(index: Int, topic: String, payload: Data)] = []
                 for (entry, outcome) in zip(pending, outcomes) {
@@ -77,7 +77,7 @@ extension IoTHubDeviceClient {
 
     func publish(topic: String, payload: Data) async throws(IoTHubError) {
         while true {
-            guard let mqtt = state.withLockedValue({ $0.mqtt }) else {
+            guard let mqtt = lifecycle.withLockedValue({ $0.connection }) else {
                 throw .noConnectionError("the client is not connected")
             }
             do {

@@ -58,9 +58,9 @@ extension IoTHubDeviceClient {
     func refreshDesiredProperties() async {
         do throws(IoTHubError) {
             let twin = try await twin()
-            let deliver = state.withLockedValue { state -> Bool in
-                defer { state.lastDesiredVersion = twin.desired.version }
-                guard let last = state.lastDesiredVersion else { return false }
+            let deliver = lastDesiredVersion.withLockedValue { last -> Bool in
+                defer { last = twin.desired.version }
+                guard let last else { return false }
                 return last != twin.desired.version
             }
             if deliver { desiredStreams.yield(twin.desired.json) }

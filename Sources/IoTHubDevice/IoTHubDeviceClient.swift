@@ -25,35 +25,23 @@ public final class IoTHubDeviceClient: Sendable {
     public let moduleId: String?
     public let configuration: DeviceClientConfiguration
 
-    enum Phase: Equatable {
-        case disconnected, connecting, connected, reconnecting, shutdown
-    }
+    /// The connection's lifecycle (``ConnectionStateMachine``), with the `connect()` callers it
+    /// answers. Every change moves ``lifecycleChanges`` on.
+    typealias Lifecycle = ConnectionStateMachine<MosquittoClient, CheckedContinuation<ConnectWaitOutcome, Never>>
 
-    struct State {
-        var phase = Phase.disconnected
-        var since = Date()
-        var lastError: IoTHubError?
-        var mqtt: MosquittoClient?
-        /// The shared connect in progress, so concurrent callers wait for the same attempt.
-        var connecting: Task<Result<Void, IoTHubError>, Never>?
-        var reconnectTask: Task<Void, Never>?
-        var renewalTask: Task<Void, Never>?
-        var tokenSignalTask: Task<Void, Never>?
-        var connackWaiter: (id: Int, continuation: CheckedContinuation<Int32, Never>)?
-        /// Why the connection ended before its CONNACK, when the transport could tell (a failed
-        /// TLS handshake); read by the connection attempt that was waiting.
-        var connectionEndReason: String?
-        var lastAttemptId = 0
-        var enabled: Set<Feature> = []
-        var subscribed: Set<Feature> = []
-        var lastDesiredVersion: Int?
-        /// The WebSocket or proxy tunnel of the current connection attempt.
-        var tunnel: MQTTTunnel?
-        /// Connection attempts made while reconnecting (see ``reconnectionAttempts``).
-        var reconnectionAttempts = 0
-    }
-
-    let state = NIOLockedValueBox(State())
+    let lifecycle: NIOLockedValueBox<Lifecycle>
+    /// Moves on with every change of ``lifecycle``: what waits for a connection, a CONNACK or a
+    /// timer waits on it.
+    let lifecycleChanges = ChangeSignal()
+    /// The connection attempts, the reconnect and renewal timers, and the subscriptions made
+    /// after a connect: one task per client (see ``BackgroundWork``).
+    let background = BackgroundWork()
+    /// What listeners asked for and what the current connection has subscribed.
+    let subscriptions = NIOLockedValueBox(Subscriptions())
+    /// The `$version` of the last desired properties delivered.
+    let lastDesiredVersion = NIOLockedValueBox<Int?>(nil)
+    /// The WebSocket or proxy tunnel of the last connection attempt.
+    let tunnel = NIOLockedValueBox<MQTTTunnel?>(nil)
     /// The credential (which `update_sastoken` replaces) and the expiry of the connection's token.
     let credentials: CredentialStore
     /// File upload, over HTTPS: it needs the credential and the configuration, not the connection.
@@ -111,39 +99,43 @@ public final class IoTHubDeviceClient: Sendable {
         self.credentials = CredentialStore(
             credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId, tokenTimeToLive: configuration.sasTokenTimeToLive)
         self.fileUpload = FileUploadClient(credentials: credentials, configuration: configuration, tlsPolicy: policy, logger: logger)
-        if case .sasToken(let token) = credential { scheduleTokenSignal(for: token) }
+        let clientId = MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId
+        var lifecycle = Lifecycle(
+            clientId: clientId, retriesConnection: configuration.connectionRetry, retryInterval: configuration.connectionRetryInterval, at: .now)
+        if case .sasToken(let token) = credential { lifecycle.newTokenSupplied(expiringAt: token.expiryDate, at: .now) }
+        self.lifecycle = NIOLockedValueBox(lifecycle)
+        background.setResident(runTimers())
+        if case .sasToken = credential { background.start() }
     }
 
-    /// A client dropped without `shutdown` still closes its connection: on another task, so
-    /// the MQTT network thread is never asked to wait for itself.
+    /// A client dropped without `shutdown` still closes its connection. Its background work is
+    /// cancelled (none of it holds the client while it waits), and the MQTT connection sends
+    /// DISCONNECT and stops its network thread on its own control queue, without waiting here:
+    /// `deinit` may run on that network thread (the last reference can be dropped in an event
+    /// handler), which must not wait for itself.
     deinit {
-        let leftovers = state.withLockedValue { state in
-            [state.reconnectTask, state.renewalTask, state.tokenSignalTask].forEach { $0?.cancel() }
-            return state.mqtt
-        }
-        if let leftovers {
-            Task.detached { await leftovers.disconnect() }
-        }
+        background.cancel()
+        lifecycle.withLockedValue { $0.connection }?.disconnectWithoutWaiting()
     }
 
     /// Whether the client is connected now.
     public var isConnected: Bool {
-        state.withLockedValue { $0.phase == .connected }
+        lifecycle.withLockedValue { $0.phase == .connected }
     }
 
     /// How many connection attempts the client has made while reconnecting — after losing the
     /// connection, or to renew its credentials — failed ones included. Each reconnection
     /// (`reconnecting`, then `connected`) takes one or more of them.
     public var reconnectionAttempts: Int {
-        state.withLockedValue { $0.reconnectionAttempts }
+        lifecycle.withLockedValue { $0.reconnectionAttempts }
     }
 
     /// The connection state, since when, the last error, the token expiry and the kind of
     /// credential, for status reports.
     public var status: ClientStatus {
-        let (phase, since, lastError) = state.withLockedValue { ($0.phase, $0.since, $0.lastError) }
+        let (state, since, lastError) = lifecycle.withLockedValue { ($0.phase.reported, $0.since, $0.lastError) }
         return ClientStatus(
-            state: Self.publicState(phase), since: since, lastError: lastError, tokenExpiry: credentials.tokenExpiry,
+            state: state, since: since, lastError: lastError, tokenExpiry: credentials.tokenExpiry,
             credential: credentials.credential.kind)
     }
 }

@@ -231,21 +231,31 @@ final class MosquittoClient: @unchecked Sendable {
     func disconnect() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             controlQueue.async { [self] in
-                publishGate.withLockedValue { $0 = false }
-                state.withLockedValue { $0.disconnectRequested = true }
-                while connectionEnded.wait(timeout: .now()) == .success {}
-                mosquitto_disconnect(handle)
-                wakeNetworkThread()
-                if networkThread.withLockedValue({ $0 }) != nil, connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut {
-                    // The peer neither answered nor closed (a CONNECT still unanswered, a hub
-                    // that hangs): end the connection here, so the network thread stops.
-                    let socket = mosquitto_socket(handle)
-                    if socket >= 0 { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
-                }
-                stopLoopOnControlQueue()
+                disconnectOnControlQueue()
                 continuation.resume()
             }
         }
+    }
+
+    /// ``disconnect()`` without waiting for it, for a client that is going away: the queued
+    /// work holds this object until it is done. Safe to call on the network thread.
+    func disconnectWithoutWaiting() {
+        controlQueue.async { [self] in disconnectOnControlQueue() }
+    }
+
+    private func disconnectOnControlQueue() {
+        publishGate.withLockedValue { $0 = false }
+        state.withLockedValue { $0.disconnectRequested = true }
+        while connectionEnded.wait(timeout: .now()) == .success {}
+        mosquitto_disconnect(handle)
+        wakeNetworkThread()
+        if networkThread.withLockedValue({ $0 }) != nil, connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut {
+            // The peer neither answered nor closed (a CONNECT still unanswered, a hub that
+            // hangs): end the connection here, so the network thread stops.
+            let socket = mosquitto_socket(handle)
+            if socket >= 0 { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
+        }
+        stopLoopOnControlQueue()
     }
 
     /// Stops the network thread (after a drop it has ended on its own; this joins it).
