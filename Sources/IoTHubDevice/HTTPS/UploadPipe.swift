@@ -3,8 +3,13 @@ import Foundation
 /// The bytes of a streamed upload, from the request handler (writer, async) to libcurl's read
 /// callback (reader, on the transfer's dispatch thread). At most ``capacity`` bytes wait in
 /// between: a writer beyond that suspends until the reader catches up.
+///
+/// `@unchecked Sendable`: every stored `var` (`chunks`, `offset`, `buffered`, the three flags and
+/// `waitingWriter`) is read and written only while `condition` is locked — in `locked(_:)` or
+/// between the explicit `lock()` and `unlock()` of `read(into:)` — and `waitingWriter` is
+/// resumed only after the lock is released; `capacity` is a constant; `NSCondition` itself is
+/// made to be used from several threads.
 final class UploadPipe: @unchecked Sendable {
-    // @unchecked: every stored property is read and written only while `condition` is locked.
     private let condition = NSCondition()
     private var chunks: [Data] = []
     private var offset = 0

@@ -26,11 +26,9 @@ enum MQTTEvent: Sendable {
 /// Blocking libmosquitto calls (connect, reconnect, joining the thread) run on a private serial
 /// queue, never on Swift's cooperative pool.
 ///
-/// `@unchecked Sendable`: the handle is used concurrently only through libmosquitto's
-/// thread-safe entry points (publish, subscribe, disconnect in threaded mode) and by the network
-/// thread; everything else is serialised on `controlQueue`; the Swift state is behind `state`'s
-/// lock; `overdueSweep` is written only in `init`; `networkThread` is behind its own lock.
-final class MosquittoClient: @unchecked Sendable {
+/// `Sendable` as the compiler checks it: the libmosquitto handle is a ``MosquittoHandle`` (whose
+/// comment says why each use is safe), the Swift state is behind locks.
+final class MosquittoClient: Sendable {
     private struct State {
         var disconnectRequested = false
         /// Whether the end of the current connection has been reported (by libmosquitto's
@@ -49,7 +47,8 @@ final class MosquittoClient: @unchecked Sendable {
     /// callback (no lock-order cycle with libmosquitto's own mutexes).
     private let publishGate = NIOLockedValueBox(false)
 
-    private let handle: OpaquePointer
+    private let mosquitto: MosquittoHandle
+    private var handle: OpaquePointer { mosquitto.pointer }
     /// Signalled by the network thread each time it sees the connection end.
     private let connectionEnded = DispatchSemaphore(value: 0)
     /// How long a DISCONNECT may take to close the connection before the socket is shut down.
@@ -65,8 +64,8 @@ final class MosquittoClient: @unchecked Sendable {
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
     private let onEvent: @Sendable (MQTTEvent) -> Void
     private let acknowledgementTimeout: Duration
-    /// Fails publishes whose PUBACK is overdue (written once, at the end of `init`).
-    private var overdueSweep: Task<Void, Never>?
+    /// Fails publishes whose PUBACK is overdue; cancelled in `deinit`.
+    private let overdueSweep: Task<Void, Never>
     /// The TLS context libmosquitto uses (nil: plain MQTT, to the tunnel); kept alive as long as
     /// libmosquitto may use it.
     private let tlsContext: TLSContext?
@@ -88,7 +87,8 @@ final class MosquittoClient: @unchecked Sendable {
         guard let handle = mosquitto_new(clientId, false, nil) else {
             throw .clientError("libmosquitto could not create a client")
         }
-        self.handle = handle
+        self.mosquitto = MosquittoHandle(pointer: handle)
+        self.overdueSweep = Self.startOverdueSweep(of: publishAcknowledgements, timeout: acknowledgementTimeout)
         mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
         mosquitto_int_option(handle, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311)
         mosquitto_int_option(handle, MOSQ_OPT_TCP_NODELAY, 1)
@@ -129,11 +129,10 @@ final class MosquittoClient: @unchecked Sendable {
             mosquitto_int_option(handle, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)
             mosquitto_void_option(handle, MOSQ_OPT_SSL_CTX, UnsafeMutableRawPointer(tls.pointer))
         }
-        overdueSweep = startOverdueSweep()
     }
 
     deinit {
-        overdueSweep?.cancel()
+        overdueSweep.cancel()
         networkThread.withLockedValue { $0 }?.stop()
         mosquitto_destroy(handle)
     }
@@ -163,7 +162,7 @@ final class MosquittoClient: @unchecked Sendable {
                     return
                 }
                 do throws(IoTHubError) {
-                    let thread = try MosquittoNetworkThread(handle: handle) { [weak self] failure in
+                    let thread = try MosquittoNetworkThread(handle: mosquitto) { [weak self] failure in
                         self?.networkThreadEnded(failure: failure)
                     }
                     networkThread.withLockedValue { $0 = thread }
@@ -210,21 +209,18 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Checks a few times per acknowledgement timeout (at most every second) for publishes
     /// whose PUBACK is overdue and fails them.
-    private func startOverdueSweep() -> Task<Void, Never> {
-        let interval = min(max(acknowledgementTimeout / 4, .milliseconds(10)), .seconds(1))
-        return Task { [weak self] in
+    private static func startOverdueSweep(
+        of acknowledgements: PendingReplies<Int32, Void, IoTHubError>, timeout: Duration
+    ) -> Task<Void, Never> {
+        let interval = min(max(timeout / 4, .milliseconds(10)), .seconds(1))
+        return Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
-                guard let self else { return }
-                failOverduePublishes(now: .now)
+                acknowledgements.failOverdue(
+                    now: .now,
+                    with: .operationTimeout("the hub did not acknowledge the message within \(timeout); it is still queued and may yet arrive"))
             }
         }
-    }
-
-    private func failOverduePublishes(now: ContinuousClock.Instant) {
-        publishAcknowledgements.failOverdue(
-            now: now,
-            with: .operationTimeout("the hub did not acknowledge the message within \(acknowledgementTimeout); it is still queued and may yet arrive"))
     }
 
     /// Sends DISCONNECT (if connected) and stops the network thread.

@@ -25,12 +25,13 @@ import Synchronization
 /// ends (libmosquitto has closed the socket and called the disconnect callback) or when
 /// `stop()` asks it to.
 ///
-/// `@unchecked Sendable`: `handle` is used on this thread only through libmosquitto's
-/// thread-safe loop functions (the same ones its own thread calls); `stopRequested` and
-/// `wakePending` are atomics; the pipe is written from any thread (the kernel serialises
-/// writes) and closed in `deinit`, after the thread has finished.
-final class MosquittoNetworkThread: @unchecked Sendable {
-    private let handle: OpaquePointer
+/// `Sendable` as the compiler checks it: the handle is a ``MosquittoHandle`` (used here only
+/// through libmosquitto's loop functions, the ones its own thread calls); `stopRequested` and
+/// `wakePending` are atomics; the pipe's descriptors are constants, written from any thread
+/// (the kernel serialises writes) and closed in `deinit`, after the thread has finished.
+final class MosquittoNetworkThread: Sendable {
+    private let mosquitto: MosquittoHandle
+    private var handle: OpaquePointer { mosquitto.pointer }
     /// The pipe that wakes the thread: it polls the read end, `wake()` writes to the other.
     private let wakeDescriptor: Int32
     private let wakeWriteDescriptor: Int32
@@ -50,7 +51,7 @@ final class MosquittoNetworkThread: @unchecked Sendable {
     /// `mosquitto_reconnect` returned success). `onConnectionEnded` hears when the connection
     /// ends: libmosquitto calls its disconnect callback for most endings, but not when the TLS
     /// handshake fails (it only closes the socket).
-    init(handle: OpaquePointer, onConnectionEnded: @escaping @Sendable (Int32) -> Void) throws(IoTHubError) {
+    init(handle: MosquittoHandle, onConnectionEnded: @escaping @Sendable (Int32) -> Void) throws(IoTHubError) {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else {
             throw .clientError("cannot create the MQTT network thread's wake-up pipe: \(String(cString: strerror(errno)))")
@@ -59,7 +60,7 @@ final class MosquittoNetworkThread: @unchecked Sendable {
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
         }
-        self.handle = handle
+        self.mosquitto = handle
         self.onConnectionEnded = onConnectionEnded
         self.wakeDescriptor = ends[0]
         self.wakeWriteDescriptor = ends[1]

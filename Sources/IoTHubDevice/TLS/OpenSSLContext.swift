@@ -6,9 +6,20 @@ import NIOConcurrencyHelpers
 /// The ``TLSPolicy`` as an OpenSSL `SSL_CTX`, for the MQTT connection libmosquitto makes itself
 /// (MQTT straight over TLS). libmosquitto uses the context as it is.
 ///
-/// `@unchecked Sendable`: the context is configured completely in `init` and never changed
-/// afterwards; OpenSSL allows one `SSL_CTX` to create `SSL` objects on any thread once
-/// configured, and the pointer is freed only in `deinit`, when no one else holds it.
+/// `@unchecked Sendable` — why every use is safe:
+/// - `pointer` (the `SSL_CTX`) is configured completely in `init` (protocol floor, trust
+///   store, verification callback and its back pointer, read-ahead, cipher list, client
+///   certificate) before the object is shared, and never changed afterwards. OpenSSL allows a
+///   configured `SSL_CTX` to be used from many threads at once: libmosquitto creates its `SSL`
+///   objects from it on the control queue and the network thread, and
+///   ``rejectionReason(forServerChain:)`` reads its certificate store (which OpenSSL locks
+///   itself) and verification parameters from the tunnel's event loop.
+/// - The verification callback, on whatever thread a handshake runs, touches only
+///   `lastRejection`, which is behind its lock; OpenSSL's error queue is per thread.
+/// - `policy` is an immutable `Sendable` value.
+/// - The context is freed only in `deinit`, when no one holds this object: libmosquitto's use
+///   ends first because the ``MosquittoClient`` that gave it the context keeps this object
+///   alive until it destroys its handle.
 final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
     let policy: TLSPolicy
