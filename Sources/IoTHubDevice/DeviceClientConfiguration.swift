@@ -66,7 +66,7 @@ public struct DeviceClientConfiguration: Sendable {
         self.proxyOptions = proxyOptions
     }
 
-    /// `cipher` given as a list, as the seed also accepts.
+    /// `cipher` given as a list, as the Python SDK also accepts.
     public mutating func setCiphers(_ ciphers: [String]) {
         cipher = ciphers.joined(separator: ":")
     }

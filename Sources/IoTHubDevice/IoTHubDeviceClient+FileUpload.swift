@@ -4,14 +4,14 @@ public import IoTHubProtocol
 // MARK: File upload
 
 extension IoTHubDeviceClient {
-    /// Asks the hub where to upload a file (the seed's `get_storage_info_for_blob`). A name
+    /// Asks the hub where to upload a file (the Python SDK's `get_storage_info_for_blob`). A name
     /// blob storage would not read as written (``BlobName/validate(_:)``) is refused first.
     public func storageInfo(forBlob blobName: String) async throws(IoTHubError) -> StorageInfo {
         try checkNotShutDown()
         return try await fileUpload.storageInfo(forBlob: blobName)
     }
 
-    /// Tells the hub how an upload ended (the seed's `notify_blob_upload_status`).
+    /// Tells the hub how an upload ended (the Python SDK's `notify_blob_upload_status`).
     public func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String) async throws(IoTHubError) {
         try checkNotShutDown()
         try await fileUpload.notifyBlobUploadStatus(

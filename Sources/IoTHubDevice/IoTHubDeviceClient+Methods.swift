@@ -4,14 +4,14 @@ public import IoTHubProtocol
 // MARK: Direct methods
 
 extension IoTHubDeviceClient {
-    /// Direct-method requests (the seed's `on_method_request_received`).
+    /// Direct-method requests (the Python SDK's `on_method_request_received`).
     public func methodRequests() -> AsyncStream<MethodRequest> {
         let stream = methodStreams.stream()
         enableInBackground(.methods)
         return stream
     }
 
-    /// Answers a method request (the seed's `send_method_response`).
+    /// Answers a method request (the Python SDK's `send_method_response`).
     public func respond(_ response: MethodResponse) async throws(IoTHubError) {
         try checkNotShutDown()
         if !response.payload.isEmpty { _ = try JSONValue(parsing: response.payload) }

@@ -4,12 +4,12 @@ public import IoTHubProtocol
 // MARK: SAS tokens
 
 extension IoTHubDeviceClient {
-    /// Yields 120 s before a user-supplied SAS token expires (the seed's `on_new_sastoken_required`).
+    /// Yields 120 s before a user-supplied SAS token expires (the Python SDK's `on_new_sastoken_required`).
     public func newSASTokenRequired() -> AsyncStream<Void> {
         tokenStreams.stream()
     }
 
-    /// Replaces a user-supplied SAS token (the seed's `update_sastoken`) and reconnects with it
+    /// Replaces a user-supplied SAS token (the Python SDK's `update_sastoken`) and reconnects with it
     /// if connected.
     public func updateSASToken(_ text: String) async throws(IoTHubError) {
         try checkNotShutDown()

@@ -4,7 +4,7 @@ public import IoTHubProtocol
 // MARK: Telemetry and cloud-to-device messages
 
 extension IoTHubDeviceClient {
-    /// Sends a telemetry message (the seed's `send_message`) and returns when the hub has
+    /// Sends a telemetry message (the Python SDK's `send_message`) and returns when the hub has
     /// acknowledged it. Throws `OperationTimeout` when no acknowledgement comes within the
     /// operation timeout (the message then stays queued and may still reach the hub, e.g. after
     /// a reconnect: not known to be delivered rather than not delivered).
@@ -65,7 +65,7 @@ extension IoTHubDeviceClient {
         return results.map { $0 ?? .failure(.clientError("the message was not sent")) }
     }
 
-    /// Sends a message to an output of this module (the seed's `send_message_to_output`).
+    /// Sends a message to an output of this module (the Python SDK's `send_message_to_output`).
     public func send(_ message: Message, toOutput output: String) async throws(IoTHubError) {
         try checkNotShutDown()
         guard moduleId != nil else { throw .clientError("outputs belong to modules; this is a device client") }
@@ -91,7 +91,7 @@ extension IoTHubDeviceClient {
         }
     }
 
-    /// Cloud-to-device messages, or a module's input messages (the seed's
+    /// Cloud-to-device messages, or a module's input messages (the Python SDK's
     /// `on_message_received`). Listening subscribes; each listener gets every message.
     public func messages() -> AsyncStream<Message> {
         let stream = messageStreams.stream()

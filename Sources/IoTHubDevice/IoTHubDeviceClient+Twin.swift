@@ -5,14 +5,14 @@ public import IoTHubProtocol
 // MARK: Twin
 
 extension IoTHubDeviceClient {
-    /// Reads the twin (the seed's `get_twin`).
+    /// Reads the twin (the Python SDK's `get_twin`).
     public func twin() async throws(IoTHubError) -> Twin {
         let response = try await twinRequest(.get, payload: Data(" ".utf8))
         guard response.status == 200 else { throw Self.twinError(response) }
         return try Twin(parsing: response.payload)
     }
 
-    /// Patches the reported properties (the seed's `patch_twin_reported_properties`); `null`
+    /// Patches the reported properties (the Python SDK's `patch_twin_reported_properties`); `null`
     /// deletes. Returns the new reported `$version`.
     @discardableResult
     public func updateReportedProperties(_ patch: [String: JSONValue]) async throws(IoTHubError) -> Int {
@@ -22,7 +22,7 @@ extension IoTHubDeviceClient {
         return version
     }
 
-    /// Desired-property patches, each a JSON object with `$version` (the seed's
+    /// Desired-property patches, each a JSON object with `$version` (the Python SDK's
     /// `on_twin_desired_properties_patch_received`).
     public func desiredPropertiesPatches() -> AsyncStream<JSONValue> {
         let stream = desiredStreams.stream()

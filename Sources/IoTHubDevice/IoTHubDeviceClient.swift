@@ -7,7 +7,7 @@ import NIOSSL
 
 /// An Azure IoT Hub device (or module) client: telemetry, cloud-to-device messages, direct
 /// methods, the device twin, file upload and connection management, with the feature set of
-/// Microsoft's Python `IoTHubDeviceClient`.
+/// Microsoft's Python `IoTHubDeviceClient` (azure-iot-device; "the Python SDK" in these docs).
 ///
 /// MQTT 3.1.1 over TLS through libmosquitto, HTTPS through libcurl. Every method is safe to call
 /// from any task. QoS 1 sends are pipelined: many may be in flight at once, each completing when

@@ -1,9 +1,9 @@
 public import IoTHubProtocol
 
-/// A proxy every connection to the hub goes through (the seed's `proxy_options`): MQTT (over TCP
+/// A proxy every connection to the hub goes through (the Python SDK's `proxy_options`): MQTT (over TCP
 /// or WebSockets) and the HTTPS requests of file upload.
 public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
-    /// The proxy protocol (the seed's `proxy_type`).
+    /// The proxy protocol (the Python SDK's `proxy_type`).
     public enum Kind: String, Sendable, Hashable, CaseIterable {
         /// An HTTP proxy that opens tunnels with `CONNECT host:port`.
         case http
