@@ -35,6 +35,7 @@ import Testing
             ids += try await outbox.accept((200..<300).map { message($0) })
             let delivery = Task { await outbox.run() }
             #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 300 })
+            #expect(await outbox.waitUntilEmpty(timeout: .seconds(30)))
             delivery.cancel()
             await delivery.value
             let received = fixture.telemetry.filter { !$0.redelivered }
@@ -61,6 +62,7 @@ import Testing
             #expect(await reopened.status().oldestAcceptedAt != nil)
             let delivery = Task { await reopened.run() }
             #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 50 })
+            #expect(await reopened.waitUntilEmpty(timeout: .seconds(30)))
             delivery.cancel()
             await delivery.value
             #expect(await reopened.status().messages == 0)
@@ -191,6 +193,8 @@ import Testing
                 try await Task.sleep(for: .milliseconds(300))
             }
             #expect(await HubFixture.eventually(timeout: .seconds(60)) { Set(fixture.telemetry.compactMap { $0.message.properties["index"] }).count == 3000 })
+            // The last acknowledgements are counted a moment after the hub has the messages.
+            #expect(await outbox.waitUntilEmpty(timeout: .seconds(30)))
             delivery.cancel()
             await delivery.value
             let byId = Dictionary(grouping: fixture.telemetry, by: { $0.message.messageId ?? "" })
