@@ -1,6 +1,6 @@
 import Crypto
 import Foundation
-import IoTHubDevice
+@testable import IoTHubDevice
 import Logging
 import SwiftASN1
 import IoTHubProtocol
@@ -33,7 +33,8 @@ import Testing
             let client = try fixture.client(over: transport)
             let patches = client.desiredPropertiesPatches()
             #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil })
-            try await Task.sleep(for: .milliseconds(200))  // the initial twin read records the version
+            // The initial twin read records the version the reconnect compares with.
+            #expect(await HubFixture.eventually { client.lastDesiredVersion.withLockedValue { $0 } != nil })
             fixture.hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(1)))
             _ = fixture.hub.dropConnection(of: key)
             #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
@@ -465,10 +466,11 @@ import Testing
             // attempts for the next reconnection.
             fixture.hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(60)))
             _ = fixture.hub.dropConnection(of: key)
+            // Two attempts begun means the first was refused (the second may be the one that works).
             #expect(await HubFixture.eventually { client.reconnectionAttempts >= afterFirst + 2 })
             fixture.hub.setFaults(Faults())
             #expect(await HubFixture.eventually { client.isConnected })
-            #expect(client.reconnectionAttempts >= afterFirst + 3, "\(client.reconnectionAttempts) attempts")
+            #expect(client.reconnectionAttempts >= afterFirst + 2, "\(client.reconnectionAttempts) attempts")
             await client.shutdown()
         }
     }
