@@ -297,7 +297,8 @@ extension IoTHubDeviceClient {
         try MosquittoClient(
             clientId: MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId,
             tls: tunnelPlan == nil ? tls : nil, maximumInflight: configuration.maximumInflightMessages,
-            acknowledgementTimeout: configuration.operationTimeout
+            acknowledgementTimeout: configuration.operationTimeout,
+            beforeWrite: { [weak self] in self?.keepReceivedMessages() ?? true }
         ) { [weak self] event in self?.handle(event) }
     }
 

@@ -108,9 +108,9 @@ extension IoTHubDeviceClient {
             lastDesiredVersion.withLockedValue { $0 = patch.version }
             desiredStreams.yield(json)
         } else if moduleId == nil, let message = CloudToDeviceTopic(parsing: topic), message.deviceId == deviceId {
-            messageStreams.yield(Message(payload: payload, propertyBag: message.properties))
+            received(Message(payload: payload, propertyBag: message.properties))
         } else if let input = ModuleInputTopic(parsing: topic), input.deviceId == deviceId, input.moduleId == moduleId {
-            messageStreams.yield(Message(payload: payload, propertyBag: input.properties, inputName: input.inputName))
+            received(Message(payload: payload, propertyBag: input.properties, inputName: input.inputName))
         } else {
             logger.debug("message on an unexpected topic", metadata: ["topic": "\(topic)"])
         }

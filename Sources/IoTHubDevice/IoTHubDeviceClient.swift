@@ -53,6 +53,8 @@ public final class IoTHubDeviceClient: Sendable {
     let logger: Logger
     let twinResponses = PendingReplies<String, TwinReply, IoTHubError>(keepingEarlyReplies: false)
     let messageStreams = Broadcaster<Message>()
+    /// Where cloud-to-device (or module input) messages go instead of ``messages()``, when set.
+    let inbox = NIOLockedValueBox<CloudToDeviceInbox?>(nil)
     let methodStreams = Broadcaster<MethodRequest>()
     let desiredStreams = Broadcaster<JSONValue>()
     let stateStreams = Broadcaster<ConnectionStateChange>(bufferingPolicy: .bufferingNewest(64))

@@ -63,6 +63,7 @@ final class MosquittoClient: Sendable {
     private let networkThread = NIOLockedValueBox<MosquittoNetworkThread?>(nil)
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
     private let onEvent: @Sendable (MQTTEvent) -> Void
+    private let beforeWrite: @Sendable () -> Bool
     private let acknowledgementTimeout: Duration
     /// Fails publishes whose PUBACK is overdue; cancelled in `deinit`.
     private let overdueSweep: Task<Void, Never>
@@ -77,11 +78,15 @@ final class MosquittoClient: Sendable {
 
     /// - Parameter acknowledgementTimeout: how long a publish waits for its PUBACK before it
     ///   fails with `OperationTimeout` (the message stays with libmosquitto and may still arrive).
+    /// - Parameter beforeWrite: runs on the network thread before each write (see
+    ///   ``MosquittoNetworkThread``): keeps what was received before it is acknowledged.
     init(
-        clientId: String, tls: TLSContext?, maximumInflight: Int, acknowledgementTimeout: Duration, onEvent: @escaping @Sendable (MQTTEvent) -> Void
+        clientId: String, tls: TLSContext?, maximumInflight: Int, acknowledgementTimeout: Duration,
+        beforeWrite: @escaping @Sendable () -> Bool = { true }, onEvent: @escaping @Sendable (MQTTEvent) -> Void
     ) throws(IoTHubError) {
         _ = Self.libraryInitialized
         self.onEvent = onEvent
+        self.beforeWrite = beforeWrite
         self.tlsContext = tls
         self.acknowledgementTimeout = acknowledgementTimeout
         guard let handle = mosquitto_new(clientId, false, nil) else {
@@ -162,7 +167,7 @@ final class MosquittoClient: Sendable {
                     return
                 }
                 do throws(IoTHubError) {
-                    let thread = try MosquittoNetworkThread(handle: mosquitto) { [weak self] failure in
+                    let thread = try MosquittoNetworkThread(handle: mosquitto, beforeWrite: beforeWrite) { [weak self] failure in
                         self?.networkThreadEnded(failure: failure)
                     }
                     networkThread.withLockedValue { $0 = thread }

@@ -51,7 +51,13 @@ final class MosquittoNetworkThread: Sendable {
     /// `mosquitto_reconnect` returned success). `onConnectionEnded` hears when the connection
     /// ends: libmosquitto calls its disconnect callback for most endings, but not when the TLS
     /// handshake fails (it only closes the socket).
-    init(handle: MosquittoHandle, onConnectionEnded: @escaping @Sendable (Int32) -> Void) throws(IoTHubError) {
+    /// Called on the thread before it writes, with what the reads before it received handed on:
+    /// the place to make received messages durable before their acknowledgements leave (the
+    /// acknowledgements are only queued until then). Returning false ends the connection
+    /// without writing: the hub sends the unacknowledged messages again.
+    private let beforeWrite: @Sendable () -> Bool
+
+    init(handle: MosquittoHandle, beforeWrite: @escaping @Sendable () -> Bool = { true }, onConnectionEnded: @escaping @Sendable (Int32) -> Void) throws(IoTHubError) {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else {
             throw .clientError("cannot create the MQTT network thread's wake-up pipe: \(String(cString: strerror(errno)))")
@@ -62,6 +68,7 @@ final class MosquittoNetworkThread: Sendable {
         }
         self.mosquitto = handle
         self.onConnectionEnded = onConnectionEnded
+        self.beforeWrite = beforeWrite
         self.wakeDescriptor = ends[0]
         self.wakeWriteDescriptor = ends[1]
         let thread = Thread { [self] in
@@ -133,6 +140,13 @@ final class MosquittoNetworkThread: Sendable {
             if descriptors[0].revents != 0 {
                 failure = readAvailable()
                 guard failure == MOSQ_ERR_SUCCESS.rawValue else { continue }
+            }
+            // PUBACKs for what was just read are queued, not written (threaded mode): what
+            // needs keeping is kept first (docs/ARCHITECTURE.md, "Store and forward").
+            guard beforeWrite() else {
+                _ = Glibc.shutdown(socket, Int32(SHUT_RDWR))
+                failure = readAvailable()
+                continue
             }
             if mosquitto_want_write(handle) {
                 // Everything queued goes out as few TCP segments as possible: libmosquitto writes
