@@ -1,3 +1,4 @@
+import AsyncPrimitives
 import IoTHubProtocol
 import NIOConcurrencyHelpers
 
@@ -18,14 +19,12 @@ final class DesiredPropertiesCursor: Sendable {
         var desired: JSONValue = ["$version": 0]
         var version = 0
         var patches: [(version: Int, patch: JSONValue)] = []
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        var lastWaiterId: UInt64 = 0
-        /// Waiters woken (timer, cancellation) before they were registered.
-        var woken: Set<UInt64> = []
     }
 
     let patchHistory: Int
     private let state = NIOLockedValueBox(State())
+    /// Moves on with every new version: what pollers wait on.
+    private let versionChanged = ChangeSignal()
 
     init(patchHistory: Int = 100) {
         self.patchHistory = patchHistory
@@ -64,9 +63,13 @@ final class DesiredPropertiesCursor: Sendable {
     func poll(since: Int, timeout: Duration) async -> Update? {
         let deadline = ContinuousClock.now + timeout
         while true {
+            // Read before looking: a version that comes after the look moves it on, and the
+            // wait below returns at once.
+            let generation = versionChanged.generation
             if let update = current(since: since) { return update }
-            guard ContinuousClock.now < deadline, !Task.isCancelled else { return nil }
-            await waitForChange(since: since, until: deadline)
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero, !Task.isCancelled else { return nil }
+            await versionChanged.wait(afterGeneration: generation, timeout: remaining)
         }
     }
 
@@ -80,53 +83,11 @@ final class DesiredPropertiesCursor: Sendable {
     }
 
     private func update(_ change: (inout State) -> Void) {
-        let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+        let changed = state.withLockedValue { state -> Bool in
             let before = state.version
             change(&state)
-            guard state.version != before else { return [] }
-            defer { state.waiters.removeAll() }
-            return Array(state.waiters.values)
+            return state.version != before
         }
-        waiters.forEach { $0.resume() }
-    }
-
-    private func waitForChange(since: Int, until deadline: ContinuousClock.Instant) async {
-        let id = state.withLockedValue { state -> UInt64 in
-            state.lastWaiterId += 1
-            return state.lastWaiterId
-        }
-        let timer = Task {
-            try? await Task.sleep(until: deadline, clock: .continuous)
-            if !Task.isCancelled { self.wake(id) }
-        }
-        defer {
-            timer.cancel()
-            _ = state.withLockedValue { $0.woken.remove(id) }
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = state.withLockedValue { state -> Bool in
-                    // Checked under the lock that updates take: a change between the caller's look
-                    // and this registration is not missed.
-                    if Task.isCancelled || state.version > since || state.woken.remove(id) != nil { return true }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            wake(id)
-        }
-    }
-
-    private func wake(_ id: UInt64) {
-        state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
-            guard let waiter = state.waiters.removeValue(forKey: id) else {
-                // Not registered yet: its registration must not wait.
-                state.woken.insert(id)
-                return nil
-            }
-            return waiter
-        }?.resume()
+        if changed { versionChanged.signal() }
     }
 }

@@ -20,7 +20,8 @@ public final class DeviceBridge: Service, Sendable {
     let events = Broadcaster<SidecarEvent>(bufferingPolicy: .bufferingNewest(1024))
     let metrics = SidecarMetrics()
     let logger: Logger
-    private let draining = DrainSignal()
+    /// Given when the sidecar begins to shut down.
+    private let draining = OneWaySignal()
     private let newTokenRequired = NIOLockedValueBox(false)
     /// The state of the last connection state change seen, to tell reconnections.
     private let lastConnectionState = NIOLockedValueBox<ConnectionState?>(nil)
@@ -238,64 +239,4 @@ public final class DeviceBridge: Service, Sendable {
     }
 
     var isDraining: Bool { draining.isSignalled }
-}
-
-/// A one-way signal: "the sidecar is shutting down". Waiters wake when it is given, when their
-/// timeout passes, or when their task is cancelled.
-final class DrainSignal: Sendable {
-    private struct State {
-        var signalled = false
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        var lastId: UInt64 = 0
-    }
-
-    private let state = NIOLockedValueBox(State())
-
-    var isSignalled: Bool { state.withLockedValue { $0.signalled } }
-
-    func signal() {
-        let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-            state.signalled = true
-            defer { state.waiters.removeAll() }
-            return Array(state.waiters.values)
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    /// Waits for the signal (or cancellation).
-    func wait() async {
-        let id = state.withLockedValue { state -> UInt64 in
-            state.lastId += 1
-            return state.lastId
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = state.withLockedValue { state -> Bool in
-                    if state.signalled || Task.isCancelled { return true }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            state.withLockedValue { $0.waiters.removeValue(forKey: id) }?.resume()
-        }
-    }
-
-    /// Waits for the signal up to `timeout`; returns whether it came.
-    func wait(timeout: Duration) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                await self.wait()
-                return true
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return false
-            }
-            let first = await group.next() ?? false
-            group.cancelAll()
-            return first && isSignalled
-        }
-    }
 }

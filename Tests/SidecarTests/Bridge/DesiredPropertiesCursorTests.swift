@@ -40,4 +40,18 @@ import Testing
             #expect(await cursor.poll(since: 5, timeout: .nanoseconds(1)) == nil)
         }
     }
+
+    @Test func aCancelledPollReturnsNilAndAChangeWakesEveryPoller() async throws {
+        let cursor = DesiredPropertiesCursor()
+        let cancelled = Task { await cursor.poll(since: 0, timeout: .seconds(30)) }
+        cancelled.cancel()
+        #expect(await cancelled.value == nil)
+
+        let pollers = (0..<20).map { _ in Task { await cursor.poll(since: 0, timeout: .seconds(30)) } }
+        try await Task.sleep(for: .milliseconds(50))
+        cursor.apply(patch: ["a": 1, "$version": 1])
+        for poller in pollers {
+            #expect(await poller.value?.version == 1)
+        }
+    }
 }
