@@ -2,7 +2,7 @@ import Foundation
 import IoTHubProtocol
 
 /// An RFC 9457 problem document, the body of every error the sidecar answers with. `code` is
-/// the Python SDK's exception class (or one of the sidecar's own codes); `title` is fixed per
+/// azure-iot-device (Python)'s exception class (or one of the sidecar's own codes); `title` is fixed per
 /// code, `detail` says what happened this time and never holds a secret.
 struct ProblemDetails: Error, Sendable, Equatable, Codable {
     var type: String
@@ -87,7 +87,8 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
         ProblemDetails(status: 409, code: "ClientError", detail: detail)
     }
 
-    /// The HTTP answer for a client error, as the table in DESIGN.md §4 maps it.
+    /// The HTTP answer for a client error, as the error table of docs/ARCHITECTURE.md ("Errors")
+    /// maps it.
     /// - Parameter retryAfterSeconds: for connection errors, when trying again makes sense
     ///   (the client's retry interval).
     init(_ error: IoTHubError, retryAfterSeconds: Int) {

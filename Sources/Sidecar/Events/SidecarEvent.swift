@@ -58,25 +58,3 @@ struct SidecarEvent: Sendable, Equatable {
         error.description.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces)
     }
 }
-
-/// The JSON of a direct-method request (`GET /methods`, `event: method`).
-enum MethodRequestJSON {
-    static func json(_ request: MethodRequest) -> JSONValue {
-        let payload: JSONValue
-        if request.payload.isEmpty {
-            payload = .null
-        } else if let parsed = try? JSONValue(parsing: request.payload) {
-            payload = parsed
-        } else {
-            payload = .string(String(decoding: request.payload, as: UTF8.self))
-        }
-        return ["requestId": .string(request.requestId), "methodName": .string(request.name), "payload": payload]
-    }
-}
-
-/// RFC 3339 UTC timestamps, whole seconds (`2025-01-31T12:00:00Z`).
-enum Timestamp {
-    static func string(_ date: Date) -> String {
-        date.formatted(.iso8601)
-    }
-}

@@ -15,7 +15,7 @@ struct ConnectionStringSource {
         let origin: String
         if let file {
             origin = file == "-" ? "standard input" : file
-            text = try Self.read(file)
+            text = try SecretFile.read(file, what: "the connection string")
         } else if let value = environment[Self.environmentVariable] {
             origin = Self.environmentVariable
             text = value
@@ -28,30 +28,5 @@ struct ConnectionStringSource {
         } catch {
             throw CommandFailure("the connection string in \(origin) is invalid: \(error)")
         }
-    }
-
-    private static func read(_ path: String) throws -> String {
-        let data: Data
-        if path == "-" {
-            data = FileHandle.standardInput.readDataToEndOfFile()
-        } else {
-            guard let contents = FileManager.default.contents(atPath: path) else {
-                throw CommandFailure("cannot read the connection string file \(path)")
-            }
-            data = contents
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw CommandFailure("the connection string file \(path) is not UTF-8 text")
-        }
-        return text
-    }
-}
-
-/// A failure a command reports as one line on standard error before exiting with status 1.
-struct CommandFailure: Error, CustomStringConvertible {
-    let description: String
-
-    init(_ description: String) {
-        self.description = description
     }
 }

@@ -1,0 +1,206 @@
+import Foundation
+import IoTHubDevice
+import IoTHubProtocol
+import Logging
+import Sidecar
+
+/// The command's options resolved against the environment, checked, with files read.
+struct ServeSettings {
+    var listen: ListenAddress
+    var apiToken: String?
+    /// Seconds a request body may pause.
+    var requestBodyTimeout: Int
+    var clientConfiguration: DeviceClientConfiguration
+    var identity: Identity
+    var logLevel: Logger.Level
+
+    /// Which credential the sidecar connects with.
+    enum Identity {
+        case connectionString(String)
+        case sasToken(String)
+        case symmetricKey(key: String, hostName: String, deviceId: String, moduleId: String?)
+        case x509(X509Credential, hostName: String, deviceId: String, moduleId: String?)
+        /// A connection string with `x509=true`, and the certificate it needs.
+        case connectionStringWithX509(String, X509Credential)
+        case localHub
+
+        func makeClient(configuration: DeviceClientConfiguration) throws -> IoTHubDeviceClient {
+            let logger = Logger(label: "iothub-device")
+            switch self {
+            case .connectionString(let text):
+                return try IoTHubDeviceClient.fromConnectionString(text, configuration: configuration, logger: logger)
+            case .sasToken(let text):
+                return try IoTHubDeviceClient.fromSASToken(text, configuration: configuration, logger: logger)
+            case .symmetricKey(let key, let hostName, let deviceId, let moduleId):
+                return try IoTHubDeviceClient.fromSymmetricKey(key, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+            case .x509(let credential, let hostName, let deviceId, let moduleId):
+                return try IoTHubDeviceClient.fromX509Certificate(credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+            case .connectionStringWithX509(let text, let credential):
+                return try IoTHubDeviceClient.fromConnectionString(text, x509: credential, configuration: configuration, logger: logger)
+            case .localHub:
+                throw CommandFailure("the local hub identity is made by the serve command")
+            }
+        }
+    }
+
+    init(command: ServeCommand, environment: [String: String]) throws {
+        let options = OptionReader(environment: environment)
+        (listen, apiToken) = try Self.listener(command, options)
+        // Hummingbird's idle timeout (60 s) ends a request that makes no progress anyway.
+        requestBodyTimeout = try options.integer(command.requestBodyTimeout, "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT") ?? 30
+        guard (1...60).contains(requestBodyTimeout) else {
+            throw CommandFailure("--request-body-timeout must be 1 to 60 seconds, not \(requestBodyTimeout)")
+        }
+        let levelText = options.value(command.logLevel, "IOTHUB_SIDECAR_LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: levelText) else {
+            throw CommandFailure("the log level must be one of trace, debug, info, notice, warning, error, critical, not '\(levelText)'")
+        }
+        logLevel = level
+        clientConfiguration = try Self.clientConfiguration(command, options)
+        identity = try Self.identity(command, options)
+    }
+
+    /// Where to listen, and the API token: an address other machines can reach needs one, or
+    /// the explicit choice to go without.
+    private static func listener(_ command: ServeCommand, _ options: OptionReader) throws -> (ListenAddress, String?) {
+        let listen = try ListenAddress(parsing: options.value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
+        var apiToken: String?
+        if let file = options.value(command.apiTokenFile, "IOTHUB_SIDECAR_API_TOKEN_FILE") {
+            let token = try SecretFile.read(file, what: "the API token").trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !token.isEmpty else { throw CommandFailure("the API token file \(file) is empty") }
+            apiToken = token
+        }
+        let allowUnauthenticated = try options.boolean(command.allowUnauthenticated ? true : nil, "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED") ?? false
+        if apiToken == nil, !allowUnauthenticated, !listen.isLoopbackOnly {
+            throw CommandFailure(
+                "\(listen) can be reached from other machines, and without an API token whoever reaches it acts as the device: give --api-token-file (IOTHUB_SIDECAR_API_TOKEN_FILE), or accept that with --allow-unauthenticated (IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true)")
+        }
+        return (listen, apiToken)
+    }
+
+    /// The device client's options (azure-iot-device (Python)'s keyword arguments).
+    private static func clientConfiguration(_ command: ServeCommand, _ options: OptionReader) throws -> DeviceClientConfiguration {
+        var configuration = DeviceClientConfiguration()
+        if let file = options.value(command.serverVerificationCertificateFile, "IOTHUB_SERVER_VERIFICATION_CERT") {
+            configuration.serverVerificationCertificate = try SecretFile.read(file, what: "the server verification certificate")
+        }
+        configuration.gatewayHostName = options.value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
+        configuration.cipher = options.value(command.cipher, "IOTHUB_CIPHER")
+        if let info = options.value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
+        if let ttl = try options.integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL") { configuration.sasTokenTimeToLive = ttl }
+        if let keepAlive = try options.integer(command.keepAlive, "IOTHUB_KEEP_ALIVE") { configuration.keepAlive = keepAlive }
+        if let auto = try options.boolean(command.autoConnect, "IOTHUB_AUTO_CONNECT") { configuration.autoConnect = auto }
+        if let retry = try options.boolean(command.connectionRetry, "IOTHUB_CONNECTION_RETRY") { configuration.connectionRetry = retry }
+        if let interval = try options.integer(command.connectionRetryInterval, "IOTHUB_CONNECTION_RETRY_INTERVAL") {
+            configuration.connectionRetryInterval = .seconds(interval)
+        }
+        if let port = try options.integer(command.mqttPort, "IOTHUB_MQTT_PORT") { configuration.mqttPort = port }
+        if let port = try options.integer(command.httpsPort, "IOTHUB_HTTPS_PORT") { configuration.httpsPort = port }
+        if let count = try options.integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT") { configuration.maximumInflightMessages = count }
+        if let seconds = try options.integer(command.operationTimeout, "IOTHUB_OPERATION_TIMEOUT") {
+            configuration.operationTimeout = .seconds(seconds)
+        }
+        if let websockets = try options.boolean(command.websockets, "IOTHUB_WEBSOCKETS") { configuration.websockets = websockets }
+        if let url = options.value(command.proxy, "IOTHUB_PROXY") {
+            var proxy = try ProxyOptions(url: url)
+            if command.proxy != nil, proxy.password != nil {
+                throw CommandFailure("--proxy must not carry a password: put it in --proxy-password-file or IOTHUB_PROXY_PASSWORD")
+            }
+            if let file = command.proxyPasswordFile {
+                proxy.password = try SecretFile.read(file, what: "the proxy password").trimmingCharacters(in: .newlines)
+            } else if let password = options.environment["IOTHUB_PROXY_PASSWORD"], !password.isEmpty {
+                proxy.password = password
+            }
+            if proxy.password != nil, proxy.username == nil {
+                throw CommandFailure("a proxy password needs a user name in the proxy URL (\(proxy.kind.rawValue)://user@host:port)")
+            }
+            configuration.proxyOptions = proxy
+        } else if command.proxyPasswordFile != nil {
+            throw CommandFailure("--proxy-password-file needs --proxy")
+        }
+        // The sidecar reads the twin after every (re)connect itself (GET /twin/desired).
+        configuration.ensureDesiredProperties = false
+        try configuration.validate()
+        return configuration
+    }
+
+    /// The one credential given.
+    private static func identity(_ command: ServeCommand, _ options: OptionReader) throws -> Identity {
+        let hostName = options.value(command.hostName, "IOTHUB_HOSTNAME")
+        let deviceId = options.value(command.deviceId, "IOTHUB_DEVICE_ID")
+        let moduleId = options.value(command.moduleId, "IOTHUB_MODULE_ID")
+        var candidates: [Identity] = []
+        if command.localHub { candidates.append(.localHub) }
+        if let file = command.connectionStringFile {
+            candidates.append(.connectionString(try SecretFile.read(file, what: "the connection string").trimmingCharacters(in: .whitespacesAndNewlines)))
+        } else if let text = options.environment["IOTHUB_DEVICE_CONNECTION_STRING"], !text.isEmpty, !command.localHub {
+            candidates.append(.connectionString(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        if let file = command.sasTokenFile {
+            candidates.append(.sasToken(try SecretFile.read(file, what: "the SAS token").trimmingCharacters(in: .whitespacesAndNewlines)))
+        } else if let text = options.environment["IOTHUB_DEVICE_SAS_TOKEN"], !text.isEmpty, !command.localHub {
+            candidates.append(.sasToken(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        func named() throws -> (String, String) {
+            guard let hostName, let deviceId else { throw CommandFailure("a key or a certificate needs --hostname and --device-id (or IOTHUB_HOSTNAME and IOTHUB_DEVICE_ID)") }
+            return (hostName, deviceId)
+        }
+        let keyText = try command.keyFile.map { try SecretFile.read($0, what: "the shared access key") } ?? (command.localHub ? nil : options.environment["IOTHUB_DEVICE_KEY"])
+        if let keyText, !keyText.isEmpty {
+            let (host, device) = try named()
+            candidates.append(.symmetricKey(key: keyText.trimmingCharacters(in: .whitespacesAndNewlines), hostName: host, deviceId: device, moduleId: moduleId))
+        }
+        if let certificateFile = options.value(command.x509CertificateFile, "IOTHUB_DEVICE_X509_CERT_FILE") {
+            guard let keyFile = options.value(command.x509KeyFile, "IOTHUB_DEVICE_X509_KEY_FILE") else {
+                throw CommandFailure("--x509-cert-file needs --x509-key-file")
+            }
+            let passPhrase = try options.value(command.x509PassPhraseFile, "IOTHUB_DEVICE_X509_PASS_PHRASE_FILE").map {
+                try SecretFile.read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
+            }
+            let credential = X509Credential(
+                certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"), privateKeyPEM: try SecretFile.read(keyFile, what: "the private key"),
+                passPhrase: passPhrase)
+            if let index = candidates.firstIndex(where: { if case .connectionString = $0 { true } else { false } }),
+               case .connectionString(let text) = candidates[index] {
+                // A connection string with x509=true names the identity; the files give the certificate.
+                candidates[index] = .connectionStringWithX509(text, credential)
+            } else {
+                let (host, device) = try named()
+                candidates.append(.x509(credential, hostName: host, deviceId: device, moduleId: moduleId))
+            }
+        }
+        guard candidates.count == 1, let identity = candidates.first else {
+            throw CommandFailure(
+                candidates.isEmpty
+                    ? "no credentials: set IOTHUB_DEVICE_CONNECTION_STRING, or pass --connection-string-file, --sas-token-file, --key-file or --x509-cert-file, or use --local-hub (see --help)"
+                    : "give exactly one credential (connection string, SAS token, key, certificate or --local-hub); \(candidates.count) were given")
+        }
+        return identity
+    }
+}
+
+/// Reads an option from its flag, else from its environment variable (empty counts as unset).
+struct OptionReader {
+    let environment: [String: String]
+
+    func value(_ flag: String?, _ variable: String) -> String? {
+        flag ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    func integer(_ flag: Int?, _ variable: String) throws -> Int? {
+        if let flag { return flag }
+        guard let text = value(nil, variable) else { return nil }
+        guard let number = Int(text) else { throw CommandFailure("\(variable) must be a whole number, not '\(text)'") }
+        return number
+    }
+
+    func boolean(_ flag: Bool?, _ variable: String) throws -> Bool? {
+        if let flag { return flag }
+        guard let text = value(nil, variable)?.lowercased() else { return nil }
+        switch text {
+        case "true", "1", "yes", "on": return true
+        case "false", "0", "no", "off": return false
+        default: throw CommandFailure("\(variable) must be true or false, not '\(text)'")
+        }
+    }
+}
