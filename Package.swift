@@ -195,7 +195,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SidecarTests",
-            dependencies: ["Sidecar", "IoTHubProtocol", .product(name: "HTTPTypes", package: "swift-http-types")],
+            dependencies: [
+                "Sidecar", "IoTHubProtocol", "IoTHubDevice",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -6,22 +6,25 @@ public import Logging
 import NIOConcurrencyHelpers
 public import ServiceLifecycle
 
-/// The device client and everything the REST API keeps for it: the inbox of cloud-to-device
-/// messages, the queue of method requests, the desired-properties cursor, the event feed and
-/// the metrics. As a `Service` it listens to the client from the start (so nothing that
-/// arrives before the first poll is lost), connects, and on graceful shutdown disconnects
-/// cleanly.
+/// The single door between the HTTP layer and the device: the device client and everything the
+/// REST API keeps for it — the inbox of cloud-to-device messages, the queue of method requests,
+/// the desired-properties cursor, the event feed and the metrics. The HTTP layer maps requests
+/// to the bridge's operations (`DeviceBridge+Operations.swift`) and their results to
+/// responses; it never reaches the client or these stores itself.
+///
+/// As a `Service` the bridge listens to the client from the start (so nothing that arrives
+/// before the first poll is lost), connects, and on graceful shutdown disconnects cleanly.
 public final class DeviceBridge: Service, Sendable {
-    /// The device client; the REST handlers call it.
-    public let client: IoTHubDeviceClient
+    let client: IoTHubDeviceClient
     let inbox: Inbox
     let methods = MethodRequestQueue()
     let desired = DesiredPropertiesCursor()
     let events = Broadcaster<SidecarEvent>(bufferingPolicy: .bufferingNewest(1024))
+    /// The sidecar's metrics; the HTTP layer counts its requests here too.
     let metrics = SidecarMetrics()
     let logger: Logger
     /// Given when the sidecar begins to shut down.
-    private let draining = OneWaySignal()
+    let draining = OneWaySignal()
     private let newTokenRequired = NIOLockedValueBox(false)
     /// The state of the last connection state change seen, to tell reconnections.
     private let lastConnectionState = NIOLockedValueBox<ConnectionState?>(nil)
@@ -35,14 +38,13 @@ public final class DeviceBridge: Service, Sendable {
         self.logger = logger
     }
 
-    /// Whether the identity is a module (outputs, module inputs; no file upload).
-    var isModule: Bool { client.moduleId != nil }
-
-    /// Seconds for `Retry-After` on connection errors: the client's retry interval.
-    var retryAfterSeconds: Int { max(1, Int(client.configuration.connectionRetryInterval.components.seconds)) }
-
     /// Whether a user-supplied SAS token expires within 120 s and no new one was given.
     var isNewSASTokenRequired: Bool { newTokenRequired.withLockedValue { $0 } }
+
+    /// Sets or clears "a new SAS token is required".
+    func setNewSASTokenRequired(_ required: Bool) {
+        newTokenRequired.withLockedValue { $0 = required }
+    }
 
     // MARK: Service
 
@@ -151,8 +153,8 @@ public final class DeviceBridge: Service, Sendable {
     }
 
     private func tokenExpiresSoon() {
-        newTokenRequired.withLockedValue { $0 = true }
-        let expiry = client.status.tokenExpiry ?? Date()
+        setNewSASTokenRequired(true)
+        let expiry = connection.tokenExpiry ?? Date()
         events.yield(.sasToken(expiry: expiry))
         logger.warning("the SAS token expires soon; give a new one with PUT /sastoken", metadata: ["expiry": "\(Timestamp.string(expiry))"])
     }
@@ -167,75 +169,6 @@ public final class DeviceBridge: Service, Sendable {
             failedInBackground(error)
             return false
         }
-    }
-
-    // MARK: Operations for the handlers
-
-    /// Sends one message and counts the outcome.
-    func send(_ message: Message) async throws(IoTHubError) {
-        do throws(IoTHubError) {
-            try await client.send(message)
-            metrics.increment(.messagesSent)
-        } catch {
-            metrics.increment(.sendFailures, labels: [("code", error.code)])
-            throw error
-        }
-    }
-
-    /// Sends messages in order, pipelined, and counts each outcome.
-    func send(_ messages: [Message]) async -> [Result<Void, IoTHubError>] {
-        let results = await client.send(messages)
-        for result in results {
-            switch result {
-            case .success: metrics.increment(.messagesSent)
-            case .failure(let error): metrics.increment(.sendFailures, labels: [("code", error.code)])
-            }
-        }
-        return results
-    }
-
-    /// Replaces the SAS token and clears the "new token required" flag.
-    func updateSASToken(_ text: String) async throws(IoTHubError) {
-        try await client.updateSASToken(text)
-        newTokenRequired.withLockedValue { $0 = false }
-    }
-
-    /// Before a long-poll waits: a disconnected client connects first with auto-connect, or
-    /// the poll fails at once without it.
-    func prepareToWait() async throws(IoTHubError) {
-        guard client.status.state == .disconnected else { return }
-        guard client.configuration.autoConnect else {
-            throw .noConnectionError("the client is not connected and auto_connect is off; POST /connect first")
-        }
-        try await client.connect()
-    }
-
-    /// Runs a wait that ends early (with nil) when the sidecar begins to shut down. The
-    /// operation's own result is always returned, so nothing it took is lost.
-    func untilDraining<T: Sendable>(_ operation: @escaping @Sendable () async -> T?) async -> T? {
-        await withTaskGroup(of: Outcome<T>.self) { group in
-            group.addTask { .finished(await operation()) }
-            group.addTask {
-                await self.draining.wait()
-                return .draining
-            }
-            while let outcome = await group.next() {
-                switch outcome {
-                case .finished(let value):
-                    group.cancelAll()
-                    return value
-                case .draining:
-                    // Cancels the operation; its result (if it took something) still comes.
-                    group.cancelAll()
-                }
-            }
-            return nil
-        }
-    }
-
-    private enum Outcome<T: Sendable>: Sendable {
-        case finished(T?)
-        case draining
     }
 
     var isDraining: Bool { draining.isSignalled }

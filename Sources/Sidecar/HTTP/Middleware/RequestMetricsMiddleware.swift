@@ -1,0 +1,17 @@
+import Hummingbird
+import Logging
+
+/// Counts answered requests by method, route and status.
+struct RequestMetricsMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let metrics: SidecarMetrics
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let response = try await next(request, context)
+        let route = context.endpointPath.map { RouteTable.Route(method: request.method, path: $0).documentedPath } ?? "unmatched"
+        metrics.increment(.httpRequests, labels: [("method", request.method.rawValue), ("route", route), ("status", String(response.status.code))])
+        logger.debug("request", metadata: ["method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)"])
+        return response
+    }
+}

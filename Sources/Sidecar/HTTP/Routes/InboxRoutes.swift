@@ -1,0 +1,46 @@
+import HTTPTypes
+import Hummingbird
+import IoTHubProtocol
+
+/// `/inbox`: cloud-to-device messages, received under a lock, then completed or abandoned.
+struct InboxRoutes: RouteArea {
+    let bridge: DeviceBridge
+
+    static let deliveryCountField = HTTPField.Name("iothub-deliverycount") ?? .contentType
+
+    func addRoutes(to router: some RouterMethods<Context>) {
+        router.group("inbox")
+            .get(use: receive)
+            .delete(":lockToken", use: complete)
+            .post(":lockToken/abandon", use: abandon)
+    }
+
+    @Sendable func receive(_ request: Request, context: Context) async throws -> Response {
+        try await LongPoll.respond(to: request, timeout: request.pollTimeout(), from: bridge.inboxMessages) { lease in
+            var headers = MessageMapping.headers(for: lease.message)
+            headers[.eTag] = "\"\(lease.lockToken)\""
+            headers[.contentType] = lease.message.contentType ?? "application/octet-stream"
+            headers[Self.deliveryCountField] = String(lease.deliveryCount)
+            return (headers, lease.message.payload)
+        }
+    }
+
+    @Sendable func complete(_ request: Request, context: Context) async throws -> Response {
+        try withLockToken(context) { (token: String) throws(Inbox.LeaseError) in try bridge.completeMessage(lockToken: token) }
+    }
+
+    @Sendable func abandon(_ request: Request, context: Context) async throws -> Response {
+        try withLockToken(context) { (token: String) throws(Inbox.LeaseError) in try bridge.abandonMessage(lockToken: token) }
+    }
+
+    /// Runs `action` on the path's lock token: 204, or 404 when no message is locked under it.
+    private func withLockToken(_ context: Context, _ action: (String) throws(Inbox.LeaseError) -> Void) throws -> Response {
+        let token = try context.pathParameter("lockToken")
+        do {
+            try action(token)
+        } catch {
+            throw ProblemDetails.notFound("no message is locked under \(token)")
+        }
+        return .noContent()
+    }
+}

@@ -1,0 +1,14 @@
+@testable import Sidecar
+import Testing
+
+@Suite struct SidecarMetricsTests {
+    @Test func metricsRenderInTheTextFormat() {
+        let metrics = SidecarMetrics()
+        metrics.increment(.httpRequests, labels: [("method", "GET"), ("route", "/x\"y"), ("status", "200")])
+        metrics.increment(.messagesSent, by: 2)
+        let text = metrics.exposition()
+        #expect(text.contains(#"iothub_sidecar_http_requests_total{method="GET",route="/x\"y",status="200"} 1"#))
+        #expect(text.contains("iothub_sidecar_messages_sent_total 2\n"))
+        #expect(text.contains("# TYPE iothub_sidecar_connected gauge\niothub_sidecar_connected 0\n"))
+    }
+}
