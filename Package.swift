@@ -196,10 +196,14 @@ let package = Package(
         .testTarget(
             name: "SidecarTests",
             dependencies: [
-                "Sidecar", "IoTHubProtocol", "IoTHubDevice",
+                "Sidecar", "IoTHubProtocol", "IoTHubDevice", "LocalHub",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                // The HTTP layer in process, against a real LocalHub.
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
