@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import Foundation
+
+/// The sidecar's state directory (`--state-dir`): the telemetry outbox (`outbox/`), and later
+/// the cloud-to-device inbox and a provisioning cache. Created mode 0700, and held with an
+/// exclusive lock on its `lock` file for as long as this value lives, so that two sidecars can
+/// never share one state directory.
+public final class StateDirectory: Sendable {
+    /// Why the state directory cannot be used.
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public let path: String
+    /// The open lock file, locked; closed (which releases the lock) on deinit.
+    private let lockFile: Int32
+
+    /// Creates `path` if missing (its missing parents too, all 0700) and locks it.
+    public init(path: String) throws(Failure) {
+        self.path = path
+        try Self.createPrivateDirectory(path)
+        let lockPath = path + "/lock"
+        let file = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard file >= 0 else { throw Failure(description: "cannot open the state directory's lock file \(lockPath): \(Self.reason())") }
+        guard flock(file, LOCK_EX | LOCK_NB) == 0 else {
+            let busy = errno == EWOULDBLOCK
+            let reason = Self.reason()
+            close(file)
+            throw Failure(
+                description: busy
+                    ? "the state directory \(path) is in use by another iothub-sidecar (it holds \(lockPath)); give each sidecar its own --state-dir"
+                    : "cannot lock the state directory \(path): \(reason)")
+        }
+        lockFile = file
+    }
+
+    deinit {
+        close(lockFile)
+    }
+
+    /// Where the telemetry outbox keeps its files.
+    public var outboxPath: String { path + "/outbox" }
+
+    /// The state directory when none is given: `$XDG_STATE_HOME/iothub-sidecar`, else
+    /// `~/.local/state/iothub-sidecar`.
+    public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let base = environment["XDG_STATE_HOME"], base.hasPrefix("/") { return base + "/iothub-sidecar" }
+        return (environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()) + "/.local/state/iothub-sidecar"
+    }
+
+    private static func createPrivateDirectory(_ path: String) throws(Failure) {
+        var missing: [String] = []
+        var current = path
+        while !current.isEmpty, current != "/", access(current, F_OK) != 0 {
+            missing.append(current)
+            current = (current as NSString).deletingLastPathComponent
+        }
+        for directory in missing.reversed() where mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw Failure(description: "cannot create the state directory \(directory): \(reason())")
+        }
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw Failure(description: "the state directory \(path) is not a directory")
+        }
+        guard access(path, R_OK | W_OK | X_OK) == 0 else { throw Failure(description: "cannot write in the state directory \(path): \(reason())") }
+    }
+
+    private static func reason() -> String {
+        String(cString: strerror(errno))
+    }
+}
