@@ -28,11 +28,33 @@ final class SidecarMetrics: Sendable {
         static let pendingMethodRequests = Family(name: "iothub_sidecar_method_requests_pending", type: "gauge", help: "Direct-method requests waiting for a poller.")
         static let desiredPatches = Family(name: "iothub_sidecar_desired_patches_total", type: "counter", help: "Desired-property patches received.")
         static let backgroundErrors = Family(name: "iothub_sidecar_background_errors_total", type: "counter", help: "Background errors, by code.")
+        static let outboxAccepted = Family(
+            name: "iothub_sidecar_outbox_accepted_total", type: "counter", help: "Telemetry messages stored in the outbox (answered 202).")
+        static let outboxMessages = Family(name: "iothub_sidecar_outbox_messages", type: "gauge", help: "Messages in the outbox, waiting or on their way to the hub.")
+        static let outboxBytes = Family(name: "iothub_sidecar_outbox_bytes", type: "gauge", help: "Bytes the outbox's messages take on disk.")
+        static let outboxMaximumBytes = Family(name: "iothub_sidecar_outbox_max_bytes", type: "gauge", help: "The outbox's limit in bytes (--outbox-max-bytes).")
+        static let outboxOldestAge = Family(
+            name: "iothub_sidecar_outbox_oldest_age_seconds", type: "gauge", help: "Seconds the oldest message in the outbox has waited; 0 when it is empty.")
+        static let outboxFull = Family(name: "iothub_sidecar_outbox_full", type: "gauge", help: "1 while the outbox is full, else 0.")
+        static let outboxDelivered = Family(
+            name: "iothub_sidecar_outbox_delivered_total", type: "counter", help: "Outbox messages the hub acknowledged since the sidecar started.")
+        static let outboxExpired = Family(
+            name: "iothub_sidecar_outbox_expired_total", type: "counter", help: "Outbox messages dropped unsent because their time to live ran out.")
+        static let outboxDropped = Family(
+            name: "iothub_sidecar_outbox_dropped_total", type: "counter", help: "Outbox messages dropped to make room (--outbox-when-full drop-oldest).")
+        static let outboxRejected = Family(
+            name: "iothub_sidecar_outbox_rejected_total", type: "counter", help: "Requests refused because the outbox or its disk was full (507).")
+        static let outboxQuarantinedSpans = Family(
+            name: "iothub_sidecar_outbox_quarantined_spans", type: "gauge", help: "Unreadable spans of the outbox's files moved to quarantine when it was opened.")
+        static let outboxTruncatedBytes = Family(
+            name: "iothub_sidecar_outbox_truncated_bytes", type: "gauge", help: "Bytes of a torn write cut off the outbox's files when it was opened.")
 
         /// The order families are rendered in.
         static let all: [Family] = [
             .httpRequests, .connected, .stateChanges, .reconnects, .reconnectAttempts, .messagesSent, .sendFailures, .messagesReceived, .inboxMessages, .inboxDropped,
-            .methodRequests, .pendingMethodRequests, .desiredPatches, .backgroundErrors,
+            .methodRequests, .pendingMethodRequests, .desiredPatches, .backgroundErrors, .outboxAccepted, .outboxMessages, .outboxBytes,
+            .outboxMaximumBytes, .outboxOldestAge, .outboxFull, .outboxDelivered, .outboxExpired, .outboxDropped, .outboxRejected,
+            .outboxQuarantinedSpans, .outboxTruncatedBytes,
         ]
     }
 

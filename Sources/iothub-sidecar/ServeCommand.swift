@@ -118,6 +118,26 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("proxy-password-file"), help: ArgumentHelp("File with the proxy user's password [IOTHUB_PROXY_PASSWORD holds the password itself].", valueName: "file"))
     var proxyPasswordFile: String?
 
+    // MARK: Store and forward
+
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Directory for the sidecar's state, the telemetry outbox (outbox/) among it; created 0700 and locked, so each sidecar needs its own [IOTHUB_SIDECAR_STATE_DIR]. Default $XDG_STATE_HOME/iothub-sidecar or ~/.local/state/iothub-sidecar; with --local-hub, sidecar-state in the local hub's data directory.", valueName: "dir"))
+    var stateDirectory: String?
+
+    @Option(name: .customLong("telemetry-delivery"), help: ArgumentHelp("How POST /messages answers a request without 'Prefer: respond-async': sync (200 once the hub acknowledged the message) or async (202 once it is on disk in the outbox, which delivers it); default sync [IOTHUB_SIDECAR_TELEMETRY_DELIVERY].", valueName: "mode"))
+    var telemetryDelivery: String?
+
+    @Option(name: .customLong("outbox-max-bytes"), help: ArgumentHelp("The most bytes of messages the outbox holds; default 268435456 (256 MiB) [IOTHUB_SIDECAR_OUTBOX_MAX_BYTES].", valueName: "bytes"))
+    var outboxMaximumBytes: Int?
+
+    @Option(name: .customLong("outbox-when-full"), help: ArgumentHelp("What a full outbox does with a new message: reject-new (answered 507) or drop-oldest (counted); default reject-new [IOTHUB_SIDECAR_OUTBOX_WHEN_FULL].", valueName: "policy"))
+    var outboxWhenFull: String?
+
+    @Option(name: .customLong("outbox-ttl"), help: ArgumentHelp("Seconds a message may wait in the outbox before it is dropped unsent (counted); a message's own iothub-expiry wins when earlier; default 7200 [IOTHUB_SIDECAR_OUTBOX_TTL].", valueName: "seconds"))
+    var outboxTimeToLive: Int?
+
+    @Option(name: .customLong("outbox-drain-rate"), help: ArgumentHelp("The most messages per second the outbox sends while it drains a backlog, so that the hub does not throttle; 0 (the default) for no limit [IOTHUB_SIDECAR_OUTBOX_DRAIN_RATE].", valueName: "count"))
+    var outboxDrainRate: Int?
+
     // MARK: Local hub
 
     @Flag(name: .customLong("local-hub"), help: "Start a local IoT Hub in this process and connect to it as a registered device: no cloud account needed.")
@@ -143,7 +163,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical; default info [IOTHUB_SIDECAR_LOG_LEVEL].", valueName: "level"))
     var logLevel: String?
 
-    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds in-flight requests get to finish on SIGTERM or Ctrl-C.", valueName: "seconds"))
+    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds the sidecar takes to stop on SIGTERM or Ctrl-C: in-flight requests finish, then the outbox delivers what it can (the rest stays on disk).", valueName: "seconds"))
     var shutdownTimeout: Int = 10
 
     // MARK: Running
@@ -160,7 +180,19 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = Logger(label: "iothub-sidecar")
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var configuration = settings.clientConfiguration
-        let client: IoTHubDeviceClient
+        var client: IoTHubDeviceClient?
+        do {
+            // The credentials are checked before the state directory is touched.
+            if !localHub { client = try settings.identity.makeClient(configuration: configuration) }
+        } catch {
+            Self.fail("\(error)")
+        }
+        let stateDirectory: StateDirectory
+        do {
+            stateDirectory = try StateDirectory(path: settings.stateDirectory)
+        } catch {
+            Self.fail("\(error)")
+        }
         do {
             if localHub {
                 let hub = try LocalHub(
@@ -181,13 +213,20 @@ struct ServeCommand: AsyncParsableCommand {
                 ]
                 metadata["ca"] = "\(localHubDataDirectory)/ca.pem"
                 logger.info("local IoT Hub started", metadata: metadata)
-            } else {
-                client = try settings.identity.makeClient(configuration: configuration)
             }
         } catch {
             Self.fail("\(error)")
         }
-        let bridge = DeviceBridge(client: client, logger: logger)
+        guard let client else { Self.fail("no device client") }
+        let bridge: DeviceBridge
+        do {
+            var outbox = settings.outbox
+            outbox.directory = stateDirectory.outboxPath
+            bridge = try DeviceBridge(
+                client: client, outbox: outbox, defaultDelivery: settings.telemetryDelivery, shutdownTimeout: .seconds(shutdownTimeout), logger: logger)
+        } catch {
+            Self.fail("cannot open the outbox in \(stateDirectory.outboxPath): \(error)")
+        }
         let application = SidecarServer.application(
             bridge: bridge,
             configuration: SidecarServerConfiguration(
@@ -216,6 +255,7 @@ struct ServeCommand: AsyncParsableCommand {
             let text = "\(error)"
             Self.fail(text.contains("bind(") ? "cannot serve on \(settings.listen): \(text)" : text)
         }
+        withExtendedLifetime(stateDirectory) {}
         logger.info("stopped")
     }
 

@@ -13,6 +13,12 @@ struct ServeSettings {
     var clientConfiguration: DeviceClientConfiguration
     var identity: Identity
     var logLevel: Logger.Level
+    /// The state directory (`--state-dir`).
+    var stateDirectory: String
+    /// How `POST /messages` answers without `Prefer: respond-async`.
+    var telemetryDelivery: TelemetryDeliveryMode
+    /// The outbox's bounds; its directory is set once the state directory is locked.
+    var outbox: OutboxConfiguration
 
     /// Which credential the sidecar connects with.
     enum Identity {
@@ -58,6 +64,41 @@ struct ServeSettings {
         logLevel = level
         clientConfiguration = try Self.clientConfiguration(command, options)
         identity = try Self.identity(command, options)
+        stateDirectory =
+            options.value(command.stateDirectory, "IOTHUB_SIDECAR_STATE_DIR")
+            // A local hub's device is not a real one: its outbox stays with the local hub's data.
+            ?? (command.localHub ? command.localHubDataDirectory + "/sidecar-state" : StateDirectory.defaultPath(environment: environment))
+        (telemetryDelivery, outbox) = try Self.storeAndForward(command, options, directory: stateDirectory + "/outbox")
+    }
+
+    /// The delivery mode and the outbox's bounds.
+    private static func storeAndForward(
+        _ command: ServeCommand, _ options: OptionReader, directory: String
+    ) throws -> (TelemetryDeliveryMode, OutboxConfiguration) {
+        let deliveryText = options.value(command.telemetryDelivery, "IOTHUB_SIDECAR_TELEMETRY_DELIVERY") ?? TelemetryDeliveryMode.sync.rawValue
+        guard let delivery = TelemetryDeliveryMode(rawValue: deliveryText.lowercased()) else {
+            throw CommandFailure("--telemetry-delivery must be sync or async, not '\(deliveryText)'")
+        }
+        var outbox = OutboxConfiguration(directory: directory)
+        if let bytes = try options.integer(command.outboxMaximumBytes, "IOTHUB_SIDECAR_OUTBOX_MAX_BYTES") {
+            guard bytes > 0 else { throw CommandFailure("--outbox-max-bytes must be a positive number of bytes, not \(bytes)") }
+            outbox.maximumBytes = bytes
+        }
+        if let policyText = options.value(command.outboxWhenFull, "IOTHUB_SIDECAR_OUTBOX_WHEN_FULL") {
+            guard let policy = OutboxConfiguration.WhenFull(rawValue: policyText.lowercased()) else {
+                throw CommandFailure("--outbox-when-full must be reject-new or drop-oldest, not '\(policyText)'")
+            }
+            outbox.whenFull = policy
+        }
+        if let seconds = try options.integer(command.outboxTimeToLive, "IOTHUB_SIDECAR_OUTBOX_TTL") {
+            guard seconds > 0 else { throw CommandFailure("--outbox-ttl must be a positive number of seconds, not \(seconds)") }
+            outbox.timeToLive = .seconds(seconds)
+        }
+        if let rate = try options.integer(command.outboxDrainRate, "IOTHUB_SIDECAR_OUTBOX_DRAIN_RATE") {
+            guard rate >= 0 else { throw CommandFailure("--outbox-drain-rate must be 0 (no limit) or more messages per second, not \(rate)") }
+            outbox.drainRate = rate == 0 ? nil : rate
+        }
+        return (delivery, outbox)
     }
 
     /// Where to listen, and the API token: an address other machines can reach needs one, or

@@ -53,25 +53,70 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class Sidecar:
-    """One sidecar process with its embedded local hub."""
+class StandaloneHub:
+    """`iothub-sidecar hub` in its own process: for identities --local-hub cannot give, and for a
+    hub that outlives the sidecars connected to it."""
 
-    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device"):
+    def __init__(self, device):
+        self.data_dir = tempfile.mkdtemp(prefix="hub-")
+        self.device = device
+        self.mqtt_port, self.https_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [BINARY, "hub", "--data-dir", self.data_dir, "--mqtt-port", str(self.mqtt_port), "--https-port", str(self.https_port),
+             "--blob-port", str(free_port()), "--device", device], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.connection_string = None
+        for line in self.process.stdout:
+            if line.strip().startswith("Device {}:".format(device)):
+                self.connection_string = line.split(":", 1)[1].strip()
+            if line.strip() == "ready":
+                break
+        assert self.connection_string
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+class Sidecar:
+    """One sidecar process with its embedded local hub, or connected to a `StandaloneHub`.
+
+    Its state directory (`--state-dir`, the telemetry outbox) is its own temporary one unless
+    `state_dir` names another (a restart that finds what the last run left); `state_dir=False`
+    gives none, so the sidecar picks its default."""
+
+    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None):
         self.data_dir = tempfile.mkdtemp(prefix="sidecar-test-")
+        self.state_dir = os.path.join(self.data_dir, "state") if state_dir is None else state_dir
         self.port = free_port()
         self.listen = listen or "127.0.0.1:{}".format(self.port)
-        self.hub_https_port = free_port()
-        self.hub_mqtt_port = free_port()
-        self.hub_blob_port = free_port()
         self.device = device
-        args = [
-            BINARY, "serve", "--local-hub", "--local-hub-data-dir", self.data_dir,
-            "--local-hub-mqtt-port", str(self.hub_mqtt_port), "--local-hub-https-port", str(self.hub_https_port),
-            "--local-hub-blob-port", str(self.hub_blob_port), "--local-hub-device", device,
-            "--listen", self.listen, "--connection-retry-interval", "1",
-        ] + list(extra_args)
         environment = dict(os.environ)
         environment.pop("IOTHUB_DEVICE_CONNECTION_STRING", None)
+        environment.pop("IOTHUB_SIDECAR_STATE_DIR", None)
+        if hub is None:
+            self.hub_data_dir = self.data_dir
+            self.hub_https_port = free_port()
+            self.hub_mqtt_port = free_port()
+            self.hub_blob_port = free_port()
+            args = [
+                BINARY, "serve", "--local-hub", "--local-hub-data-dir", self.data_dir,
+                "--local-hub-mqtt-port", str(self.hub_mqtt_port), "--local-hub-https-port", str(self.hub_https_port),
+                "--local-hub-blob-port", str(self.hub_blob_port), "--local-hub-device", device,
+            ]
+        else:
+            assert hub.device == device
+            self.hub_data_dir = hub.data_dir
+            self.hub_https_port = hub.https_port
+            self.hub_mqtt_port = hub.mqtt_port
+            environment["IOTHUB_DEVICE_CONNECTION_STRING"] = hub.connection_string
+            args = [
+                BINARY, "serve", "--server-verification-cert", os.path.join(hub.data_dir, "ca.pem"),
+                "--mqtt-port", str(hub.mqtt_port), "--https-port", str(hub.https_port),
+            ]
+        args += ["--listen", self.listen, "--connection-retry-interval", "1"]
+        if self.state_dir:
+            args += ["--state-dir", self.state_dir]
+        args += list(extra_args)
         environment.update(env or {})
         self.log_path = os.path.join(self.data_dir, "sidecar.log")
         self.log = open(self.log_path, "wb")
@@ -94,7 +139,8 @@ class Sidecar:
         raise AssertionError("the sidecar did not become ready:\n" + self.output())
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, "rb") as log:
             return log.read().decode(errors="replace")
 
@@ -139,12 +185,12 @@ class Sidecar:
 
     @property
     def ca_path(self):
-        return os.path.join(self.data_dir, "ca.pem")
+        return os.path.join(self.hub_data_dir, "ca.pem")
 
     def service_token(self):
         if self._service_token is None:
             output = subprocess.run(
-                [BINARY, "sas-token", "--connection-string-file", os.path.join(self.data_dir, "service-connection-string")],
+                [BINARY, "sas-token", "--connection-string-file", os.path.join(self.hub_data_dir, "service-connection-string")],
                 check=True, capture_output=True, text=True)
             self._service_token = output.stdout.strip()
         return self._service_token

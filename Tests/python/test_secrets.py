@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from sidecar_support import BINARY, Sidecar, free_port
-from test_sidecar_lifecycle import StandaloneHub
+from sidecar_support import BINARY, Sidecar, StandaloneHub, free_port
 
 
 def new_secret():
@@ -162,6 +161,7 @@ def test_a_running_sidecar_never_shows_its_key_or_token():
     port = free_port()
     log = tempfile.TemporaryFile()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IOTHUB_")}
+    environment["IOTHUB_SIDECAR_STATE_DIR"] = os.path.join(hub.data_dir, "sidecar-state")
     environment["IOTHUB_DEVICE_CONNECTION_STRING"] = hub.connection_string
     sidecar = subprocess.Popen(
         [BINARY, "serve", "--log-level", "trace", "--listen", "127.0.0.1:{}".format(port), "--server-verification-cert",
@@ -209,6 +209,7 @@ def test_a_refused_token_is_not_shown_in_status_events_or_logs():
     port = free_port()
     log = tempfile.TemporaryFile()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IOTHUB_")}
+    environment["IOTHUB_SIDECAR_STATE_DIR"] = os.path.join(hub.data_dir, "sidecar-state")
     environment["IOTHUB_DEVICE_SAS_TOKEN"] = forged
     sidecar = subprocess.Popen(
         [BINARY, "serve", "--log-level", "trace", "--listen", "127.0.0.1:{}".format(port), "--server-verification-cert",

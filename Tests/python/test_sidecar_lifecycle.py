@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sidecar_support import BINARY, Reply, Sidecar, free_port
+from sidecar_support import BINARY, Reply, Sidecar, StandaloneHub, free_port
 
 
 def problem_code(reply):
@@ -145,30 +145,10 @@ def test_help_explains_every_option():
                    "--x509-cert-file", "--server-verification-cert", "--gateway-hostname", "--cipher", "--product-info",
                    "--sastoken-ttl", "--keep-alive", "--auto-connect", "--connection-retry", "--connection-retry-interval",
                    "--local-hub", "--local-hub-data-dir", "IOTHUB_DEVICE_CONNECTION_STRING", "--allow-unauthenticated",
-                   "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED"]:
+                   "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED", "--state-dir", "IOTHUB_SIDECAR_STATE_DIR", "--telemetry-delivery",
+                   "IOTHUB_SIDECAR_TELEMETRY_DELIVERY", "--outbox-max-bytes", "--outbox-when-full", "--outbox-ttl",
+                   "--outbox-drain-rate", "IOTHUB_SIDECAR_OUTBOX_DRAIN_RATE"]:
         assert option in run.stdout, option
-
-
-class StandaloneHub:
-    """`iothub-sidecar hub` in its own process, for identities --local-hub cannot give."""
-
-    def __init__(self, device):
-        self.data_dir = tempfile.mkdtemp(prefix="hub-")
-        self.mqtt_port, self.https_port = free_port(), free_port()
-        self.process = subprocess.Popen(
-            [BINARY, "hub", "--data-dir", self.data_dir, "--mqtt-port", str(self.mqtt_port), "--https-port", str(self.https_port),
-             "--blob-port", str(free_port()), "--device", device], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.connection_string = None
-        for line in self.process.stdout:
-            if line.strip().startswith("Device {}:".format(device)):
-                self.connection_string = line.split(":", 1)[1].strip()
-            if line.strip() == "ready":
-                break
-        assert self.connection_string
-
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
 
 
 def test_sas_token_identity_asks_for_and_takes_a_new_token():
@@ -182,7 +162,8 @@ def test_sas_token_identity_asks_for_and_takes_a_new_token():
         sidecar = subprocess.Popen(
             [BINARY, "serve", "--listen", "127.0.0.1:{}".format(port), "--server-verification-cert", os.path.join(hub.data_dir, "ca.pem"),
              "--mqtt-port", str(hub.mqtt_port), "--https-port", str(hub.https_port)],
-            env=dict(os.environ, **sidecar_env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            env=dict(os.environ, IOTHUB_SIDECAR_STATE_DIR=os.path.join(hub.data_dir, "sidecar-state"), **sidecar_env),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             helper = Sidecar.__new__(Sidecar)
             helper.listen = "127.0.0.1:{}".format(port)
@@ -242,7 +223,8 @@ def test_module_identity():
         assert created.status == 200, created
         key = created.json()["authentication"]["symmetricKey"]["primaryKey"]
         port = free_port()
-        environment = dict(os.environ, IOTHUB_DEVICE_CONNECTION_STRING="HostName=localhost;DeviceId=module-device;ModuleId=filter;SharedAccessKey=" + key)
+        environment = dict(os.environ, IOTHUB_DEVICE_CONNECTION_STRING="HostName=localhost;DeviceId=module-device;ModuleId=filter;SharedAccessKey=" + key,
+                           IOTHUB_SIDECAR_STATE_DIR=os.path.join(hub.data_dir, "sidecar-state"))
         sidecar = subprocess.Popen(
             [BINARY, "serve", "--listen", "127.0.0.1:{}".format(port), "--server-verification-cert", os.path.join(hub.data_dir, "ca.pem"),
              "--mqtt-port", str(hub.mqtt_port), "--https-port", str(hub.https_port)],

@@ -38,6 +38,24 @@ extension DeviceBridge {
         return results
     }
 
+    /// Stores messages in the outbox, all or none, once they are on disk; returns their
+    /// message ids. The outbox delivers them in this order.
+    func accept(_ messages: [Message]) async throws(OutboxError) -> [String] {
+        guard let outbox else { throw .storageFailed("this sidecar has no outbox") }
+        let ids = try await outbox.accept(messages)
+        metrics.increment(.outboxAccepted, by: Double(messages.count))
+        return ids
+    }
+
+    /// Whether messages can be stored and forwarded (there is an outbox).
+    var hasOutbox: Bool { outbox != nil }
+
+    /// The outbox's figures and settings; nil without an outbox.
+    func outboxReport() async -> OutboxReport? {
+        guard let outbox else { return nil }
+        return OutboxReport(status: await outbox.status(), configuration: outbox.configuration, defaultDelivery: defaultDelivery)
+    }
+
     // MARK: Cloud-to-device messages
 
     /// The inbox as a long-poll: the oldest deliverable message, locked for its poller.
@@ -204,7 +222,21 @@ extension DeviceBridge {
     }
 
     /// The metrics in the Prometheus text format, with the gauges read now.
-    func metricsExposition() -> String {
+    func metricsExposition() async -> String {
+        if let report = await outboxReport() {
+            let status = report.status
+            metrics.set(.outboxMessages, to: Double(status.messages))
+            metrics.set(.outboxBytes, to: Double(status.bytes))
+            metrics.set(.outboxMaximumBytes, to: Double(status.maximumBytes))
+            metrics.set(.outboxOldestAge, to: report.oldestAge(now: Date()) ?? 0)
+            metrics.set(.outboxFull, to: status.isFull ? 1 : 0)
+            metrics.set(.outboxDelivered, to: Double(status.delivered))
+            metrics.set(.outboxExpired, to: Double(status.expired))
+            metrics.set(.outboxDropped, to: Double(status.dropped))
+            metrics.set(.outboxRejected, to: Double(status.rejected))
+            metrics.set(.outboxQuarantinedSpans, to: Double(status.quarantinedSpans))
+            metrics.set(.outboxTruncatedBytes, to: Double(status.truncatedBytes))
+        }
         let depth = inbox.depth
         metrics.set(.inboxMessages, to: Double(depth.waiting + depth.locked))
         metrics.set(.inboxDropped, to: Double(depth.dropped))

@@ -22,18 +22,40 @@ public final class DeviceBridge: Service, Sendable {
     let events = Broadcaster<SidecarEvent>(bufferingPolicy: .bufferingNewest(1024))
     /// The sidecar's metrics; the HTTP layer counts its requests here too.
     let metrics = SidecarMetrics()
+    /// The durable telemetry outbox (store and forward), when the sidecar has a state directory.
+    let outbox: TelemetryOutbox?
+    /// How `POST /messages` answers without `Prefer: respond-async`.
+    let defaultDelivery: TelemetryDeliveryMode
+    /// How long a graceful shutdown may take in all: the outbox drains within it.
+    let shutdownTimeout: Duration
     let logger: Logger
     /// Given when the sidecar begins to shut down.
     let draining = OneWaySignal()
     private let newTokenRequired = NIOLockedValueBox(false)
     /// The state of the last connection state change seen, to tell reconnections.
     private let lastConnectionState = NIOLockedValueBox<ConnectionState?>(nil)
+    /// When the graceful shutdown began (``beginDraining()``).
+    private let drainingSince = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+    /// What the outbox went through since it last emptied (for logging once per episode).
+    private let outboxEpisode = NIOLockedValueBox(OutboxEpisode())
 
     /// - Parameters:
     ///   - client: a client created but not yet connected.
+    ///   - outbox: where accepted telemetry waits for the hub (`--state-dir`); without one,
+    ///     every message is sent synchronously.
+    ///   - defaultDelivery: how `POST /messages` answers without `Prefer: respond-async`.
+    ///   - shutdownTimeout: how long a graceful shutdown may take (the outbox drains within it).
     ///   - inboxCapacity: messages the inbox holds before it drops the oldest unlocked one.
-    public init(client: IoTHubDeviceClient, inboxCapacity: Int = 10_000, logger: Logger) {
+    public init(
+        client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, defaultDelivery: TelemetryDeliveryMode = .sync,
+        shutdownTimeout: Duration = .seconds(10), inboxCapacity: Int = 10_000, logger: Logger
+    ) throws(OutboxError) {
         self.client = client
+        self.outbox = try outbox.map { (configuration) throws(OutboxError) in
+            try TelemetryOutbox(client: client, configuration: configuration, logger: logger)
+        }
+        self.defaultDelivery = outbox == nil ? .sync : defaultDelivery
+        self.shutdownTimeout = shutdownTimeout
         self.inbox = Inbox(capacity: inboxCapacity)
         self.logger = logger
     }
@@ -56,6 +78,7 @@ public final class DeviceBridge: Service, Sendable {
         let states = client.connectionStateChanges()
         let errors = client.backgroundErrors()
         let tokens = client.newSASTokenRequired()
+        let outboxEvents = outbox?.events()
         await withDiscardingTaskGroup { group in
             group.addTask { for await message in messages { self.received(message) } }
             group.addTask { for await request in methodRequests { self.received(request) } }
@@ -64,18 +87,53 @@ public final class DeviceBridge: Service, Sendable {
             group.addTask { for await error in errors { self.failedInBackground(error) } }
             group.addTask { for await _ in tokens { self.tokenExpiresSoon() } }
             group.addTask { await self.connectAtStart() }
+            if let outbox, let outboxEvents {
+                group.addTask { for await event in outboxEvents { await self.outboxChanged(event) } }
+                group.addTask { await outbox.run() }
+                let left = await outbox.status()
+                if left.messages > 0 {
+                    logger.notice(
+                        "the outbox holds messages from before; delivering them",
+                        metadata: ["messages": "\(left.messages)", "bytes": "\(left.bytes)", "directory": "\(outbox.configuration.directory)"])
+                }
+            }
             try? await gracefulShutdown()
             self.beginDraining()
+            if let outbox { await drain(outbox) }
             logger.info("disconnecting from the hub")
             await client.shutdown()
             events.finish()
             group.cancelAll()
         }
+        // Once its delivery loop has ended: what is left stays on disk for the next start.
+        outbox?.close()
+    }
+
+    /// Gives the outbox what is left of the shutdown timeout (the HTTP server has stopped
+    /// taking requests by now), less a second for disconnecting; what it cannot deliver stays
+    /// on disk for the next start, and the log says how much.
+    private func drain(_ outbox: TelemetryOutbox) async {
+        let began = drainingSince.withLockedValue { $0 } ?? .now
+        let budget = began + shutdownTimeout - .seconds(1) - ContinuousClock.now
+        let waiting = await outbox.status().messages
+        guard waiting > 0 else { return }
+        logger.info("delivering the outbox before stopping", metadata: ["messages": "\(waiting)", "within": "\(max(budget, .zero))"])
+        if budget > .zero, await outbox.waitUntilEmpty(timeout: budget) {
+            logger.info("the outbox is delivered")
+            return
+        }
+        let left = await outbox.status()
+        logger.warning(
+            "stopping with messages in the outbox: they stay on disk and are delivered after the next start",
+            metadata: ["messages": "\(left.messages)", "bytes": "\(left.bytes)", "directory": "\(outbox.configuration.directory)"])
     }
 
     /// Ends long-polls and event streams at once (they answer 204 or end): the first step of
     /// a graceful shutdown, before the HTTP server waits for its requests.
     public func beginDraining() {
+        drainingSince.withLockedValue { since in
+            if since == nil { since = .now }
+        }
         draining.signal()
         events.finish()
     }
@@ -172,4 +230,52 @@ public final class DeviceBridge: Service, Sendable {
     }
 
     var isDraining: Bool { draining.isSignalled }
+
+    // MARK: What the outbox reports
+
+    /// Logs an outbox event once per episode, and tells `GET /events` listeners with the
+    /// outbox's figures. The outbox reports `full` once per episode (until it has room again)
+    /// and logs its drops itself; expiries come page by page, and are logged once until the
+    /// outbox empties, which is logged only after such trouble.
+    private func outboxChanged(_ event: OutboxEvent) async {
+        guard let outbox else { return }
+        let status = await outbox.status()
+        let metadata: Logger.Metadata = ["messages": "\(status.messages)", "bytes": "\(status.bytes)", "limit": "\(status.maximumBytes)"]
+        let episode = outboxEpisode.withLockedValue { episode in
+            defer { episode.note(event) }
+            return episode
+        }
+        switch event {
+        case .full where outbox.configuration.whenFull == .rejectNew:
+            logger.warning("the outbox is full: new messages are refused (507) until it drains", metadata: metadata)
+        case .expired(let count) where !episode.expiring:
+            logger.warning("outbox messages expired before they could be sent; they are dropped", metadata: metadata.merging(["expired": "\(count)"]) { $1 })
+        case .emptied where episode.troubled:
+            logger.info("the outbox is empty again")
+        default:
+            break
+        }
+        events.yield(.outbox(event, status: status))
+    }
+}
+
+/// What the outbox went through since it last emptied, so that each kind of trouble is logged
+/// once.
+struct OutboxEpisode {
+    /// Messages expired.
+    private(set) var expiring = false
+    /// It was full, dropped or expired messages.
+    private(set) var troubled = false
+
+    mutating func note(_ event: OutboxEvent) {
+        switch event {
+        case .full, .dropped:
+            troubled = true
+        case .expired:
+            troubled = true
+            expiring = true
+        case .emptied:
+            self = OutboxEpisode()
+        }
+    }
 }

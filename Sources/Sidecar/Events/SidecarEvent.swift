@@ -48,6 +48,25 @@ struct SidecarEvent: Sendable, Equatable {
         SidecarEvent(name: "sastoken", data: ["tokenExpiry": .string(Timestamp.string(expiry))])
     }
 
+    /// The outbox filled, emptied, dropped or expired messages; with its figures now.
+    static func outbox(_ event: OutboxEvent, status: OutboxStatus, at time: Date = Date()) -> SidecarEvent {
+        var members: [String: JSONValue] = [
+            "messages": .integer(Int64(status.messages)), "bytes": .integer(Int64(status.bytes)), "full": .bool(status.isFull),
+            "dropped": .integer(Int64(status.dropped)), "expired": .integer(Int64(status.expired)), "time": .string(Timestamp.string(time)),
+        ]
+        switch event {
+        case .full: members["kind"] = "full"
+        case .emptied: members["kind"] = "emptied"
+        case .dropped(let count):
+            members["kind"] = "dropped"
+            members["count"] = .integer(Int64(count))
+        case .expired(let count):
+            members["kind"] = "expired"
+            members["count"] = .integer(Int64(count))
+        }
+        return SidecarEvent(name: "outbox", data: .object(members))
+    }
+
     /// `{code, message}` of an error (the `LastError` schema).
     static func lastError(_ error: IoTHubError) -> JSONValue {
         ["code": .string(error.code), "message": .string(message(of: error))]

@@ -12,7 +12,7 @@ import Testing
             "HostName=example.azure-devices.net;DeviceId=d;SharedAccessKey=" + Data(repeating: 1, count: 32).base64EncodedString(),
             logger: Logger(label: "test"))
         let recorder = RouteRecorder<BasicRequestContext>()
-        SidecarRoutes(bridge: DeviceBridge(client: client, logger: Logger(label: "test")), openAPIDocument: Data()).addRoutes(to: recorder)
+        SidecarRoutes(bridge: try DeviceBridge(client: client, logger: Logger(label: "test")), openAPIDocument: Data()).addRoutes(to: recorder)
         return recorder.table
     }
 

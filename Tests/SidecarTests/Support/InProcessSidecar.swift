@@ -23,9 +23,13 @@ struct InProcessSidecar {
 
     /// Starts a hub with device `dev1`, a bridge for it, and the HTTP application; runs `body`
     /// once the device is connected; stops everything after.
+    /// - Parameter withOutbox: give the bridge a telemetry outbox (in a temporary directory,
+    ///   removed after).
     static func with<T: Sendable>(
-        apiToken: String? = nil, _ body: @escaping @Sendable (InProcessSidecar) async throws -> T
+        apiToken: String? = nil, withOutbox: Bool = false, _ body: @escaping @Sendable (InProcessSidecar) async throws -> T
     ) async throws -> T {
+        let outboxDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: outboxDirectory) }
         var logger = Logger(label: "sidecar-test")
         logger.logLevel = .error
         let localHub = try LocalHub(configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, devices: ["dev1"]), logger: logger)
@@ -35,7 +39,7 @@ struct InProcessSidecar {
             httpsPort: ports.https, operationTimeout: .seconds(10))
         let deviceClient = try IoTHubDeviceClient.fromConnectionString(
             localHub.deviceConnectionString(deviceId: "dev1"), configuration: configuration, logger: logger)
-        let bridge = DeviceBridge(client: deviceClient, logger: logger)
+        let bridge = try DeviceBridge(client: deviceClient, outbox: withOutbox ? OutboxConfiguration(directory: outboxDirectory) : nil, logger: logger)
         let bridgeGroup = ServiceGroup(configuration: .init(services: [bridge], logger: logger))
         let running = Task { try await bridgeGroup.run() }
         defer { running.cancel() }

@@ -120,7 +120,7 @@ struct OperationsRoutes: RouteArea {
     @Sendable func metrics(_ request: Request, context: Context) async throws -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: bridge.metricsExposition())))
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: await bridge.metricsExposition())))
     }
 
     @Sendable func openAPI(_ request: Request, context: Context) async throws -> Response {
