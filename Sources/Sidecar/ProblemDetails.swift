@@ -1,4 +1,5 @@
 import Foundation
+import IoTHubDevice
 import IoTHubProtocol
 
 /// An RFC 9457 problem document, the body of every error the sidecar answers with. `code` is
@@ -43,6 +44,8 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
         case "Unauthorized": "Missing or wrong API token"
         case "NotFound": "Not found"
         case "MethodRequestExpired": "The method request has expired"
+        case "OutboxFull": "The outbox is full"
+        case "InsufficientStorage": "No space left for the outbox"
         default: "Error"
         }
     }
@@ -111,6 +114,26 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
             self.init(status: 400, code: error.code, detail: detail, field: field)
         case .messageTooLarge, .topicTooLong:
             self.init(status: 413, code: error.code, detail: detail)
+        }
+    }
+
+    /// The HTTP answer for messages the outbox did not take.
+    /// - Parameter inBatch: the messages are a batch's: an invalid entry refuses the whole
+    ///   batch, as a `ValueError` naming the entry.
+    init(_ error: OutboxError, inBatch: Bool, retryAfterSeconds: Int) {
+        switch error {
+        case .full(let bytes, let limit):
+            self.init(
+                status: 507, code: "OutboxFull",
+                detail: "the outbox is full (\(bytes) bytes wait; its limit is \(limit)): nothing was stored; try again once it has drained (GET /outbox)")
+        case .noSpace(let reason):
+            self.init(status: 507, code: "InsufficientStorage", detail: "no space left on the device for the outbox (\(reason)): nothing was stored")
+        case .invalid(let index, let error) where inBatch:
+            self.init(status: 400, code: "ValueError", detail: "entry \(index): \(SidecarEvent.message(of: error)); nothing was stored", field: "[\(index)]")
+        case .invalid(_, let error):
+            self.init(error, retryAfterSeconds: retryAfterSeconds)
+        case .storageFailed(let reason):
+            self.init(status: 500, code: "ClientError", detail: "the outbox could not store the messages: \(reason)")
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import IoTHubDevice
 import IoTHubProtocol
 @testable import Sidecar
 import Testing
@@ -22,7 +23,7 @@ import Testing
     ]
 
     @Test(arguments: table)
-    func errorsMapAsDesignSection4Says(_ row: (IoTHubError, Int, Int?)) throws {
+    func errorsMapAsTheArchitectureErrorTableSays(_ row: (IoTHubError, Int, Int?)) throws {
         let (error, status, retryAfter) = row
         let problem = ProblemDetails(error, retryAfterSeconds: 10)
         #expect(problem.status == status)
@@ -34,5 +35,19 @@ import Testing
         #expect(json["code"] == .string(error.code))
         #expect(json["retryAfterSeconds"] == nil)
         #expect(!(json["detail"].map { "\($0)" } ?? "").contains(error.code + ":"))
+    }
+
+    @Test func outboxRefusalsMapToTheirStatusAndCode() {
+        let full = ProblemDetails(OutboxError.full(bytes: 900, limit: 1000), inBatch: false, retryAfterSeconds: 10)
+        #expect(full.status == 507 && full.code == "OutboxFull" && full.title == "The outbox is full")
+        let disk = ProblemDetails(OutboxError.noSpace("ENOSPC"), inBatch: true, retryAfterSeconds: 10)
+        #expect(disk.status == 507 && disk.code == "InsufficientStorage")
+        let tooLarge = IoTHubError.messageTooLarge(size: 300_000, limit: 262_144)
+        let single = ProblemDetails(OutboxError.invalid(index: 0, tooLarge), inBatch: false, retryAfterSeconds: 10)
+        #expect(single == ProblemDetails(tooLarge, retryAfterSeconds: 10), "as the synchronous path answers")
+        let entry = ProblemDetails(OutboxError.invalid(index: 3, tooLarge), inBatch: true, retryAfterSeconds: 10)
+        #expect(entry.status == 400 && entry.code == "ValueError" && entry.field == "[3]" && entry.detail.hasPrefix("entry 3: "))
+        let failed = ProblemDetails(OutboxError.storageFailed("EIO"), inBatch: false, retryAfterSeconds: 10)
+        #expect(failed.status == 500 && failed.code == "ClientError")
     }
 }

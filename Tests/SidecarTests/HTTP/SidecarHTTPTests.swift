@@ -110,6 +110,37 @@ import Testing
         }
     }
 
+    @Test func respondAsyncIsAnswered202OnceStoredAndTheOutboxDeliversIt() async throws {
+        try await InProcessSidecar.with(withOutbox: true) { sidecar in
+            var headers = HTTPFields()
+            headers[HTTPField.Name("iothub-messageid")!] = "stored-1"
+            headers[.prefer] = "wait=5, respond-async"
+            let reply = try await sidecar.request(.post, "/messages", headers: headers, body: "later")
+            #expect(reply.status == .accepted)
+            #expect(reply.headers[.preferenceApplied] == "respond-async")
+            #expect(try InProcessSidecar.json(reply.body) == ["messageId": "stored-1"])
+            #expect(await eventually { sidecar.telemetry.contains { $0.message.messageId == "stored-1" } })
+            let outbox = try InProcessSidecar.json(try await sidecar.request(.get, "/outbox").body)
+            #expect(outbox["delivery"] == "sync")
+            #expect(outbox["whenFull"] == "reject-new")
+            // Without the preference, the same sidecar answers as before.
+            let plain = try await sidecar.request(.post, "/messages", body: "now")
+            #expect(plain.status == .ok)
+            #expect(plain.headers[.preferenceApplied] == nil)
+        }
+    }
+
+    @Test func withoutAnOutboxRespondAsyncIsSentAtOnceAndTheOutboxIsNotFound() async throws {
+        try await InProcessSidecar.with { sidecar in
+            var headers = HTTPFields()
+            headers[.prefer] = "respond-async"
+            let reply = try await sidecar.request(.post, "/messages", headers: headers, body: "x")
+            #expect(reply.status == .ok)
+            #expect(reply.headers[.preferenceApplied] == nil)
+            #expect(try await sidecar.request(.get, "/outbox").status == .notFound)
+        }
+    }
+
     @Test func theStatusSaysWhoTheSidecarIs() async throws {
         try await InProcessSidecar.with { sidecar in
             let status = try InProcessSidecar.json(try await sidecar.request(.get, "/status").body)

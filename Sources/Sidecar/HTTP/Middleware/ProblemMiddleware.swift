@@ -28,7 +28,8 @@ struct ProblemMiddleware: RouterMiddleware {
             if problem.status == 405, let allowed = routes.allowedMethods(for: request.uri.path) {
                 headers[.allow] = allowed
             }
-            if problem.status >= 500 {
+            // A full outbox (507) is logged once per episode by the bridge, not per refusal.
+            if problem.status >= 500, problem.status != 507 {
                 logger.warning("request failed", metadata: ["path": "\(request.uri.path)", "code": "\(problem.code)", "detail": "\(problem.detail)"])
             }
             return Response(status: .init(code: problem.status), headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: problem.encoded())))
