@@ -13,7 +13,8 @@ public import ServiceLifecycle
 /// responses; it never reaches the client or these stores itself.
 ///
 /// As a `Service` the bridge listens to the client from the start (so nothing that arrives
-/// before the first poll is lost), connects, and on graceful shutdown disconnects cleanly.
+/// before the first poll is lost), connects, runs the telemetry outbox's delivery loop, and on
+/// graceful shutdown gives the outbox what time is left, then disconnects cleanly.
 public final class DeviceBridge: Service, Sendable {
     let client: IoTHubDeviceClient
     let inbox: Inbox
@@ -46,6 +47,7 @@ public final class DeviceBridge: Service, Sendable {
     ///   - defaultDelivery: how `POST /messages` answers without `Prefer: respond-async`.
     ///   - shutdownTimeout: how long a graceful shutdown may take (the outbox drains within it).
     ///   - inboxCapacity: messages the inbox holds before it drops the oldest unlocked one.
+    /// - Throws: when the outbox cannot be opened.
     public init(
         client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, defaultDelivery: TelemetryDeliveryMode = .sync,
         shutdownTimeout: Duration = .seconds(10), inboxCapacity: Int = 10_000, logger: Logger
