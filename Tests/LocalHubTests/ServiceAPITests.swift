@@ -20,12 +20,12 @@ import Testing
         owner = try SASToken(resourceURI: "localhost", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner").string
     }
 
-    func request(_ method: HTTPMethod, _ uri: String, json: JSONValue? = nil, body: Data? = nil, headers: [(String, String)] = [], authorization: String? = nil) async -> (HTTPResponse, JSONValue?) {
+    func request(_ method: HTTPMethod, _ uri: String, json: JSONValue? = nil, body: Data? = nil, headers: [(String, String)] = [], authorization: String? = nil) async -> (RouterResponse, JSONValue?) {
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
         head.headers.add(name: "Authorization", value: authorization ?? owner)
         for (name, value) in headers { head.headers.add(name: name, value: value) }
         let bytes = json.map { $0.encoded() } ?? body ?? Data()
-        let response = await router.respond(to: HTTPRequest(head: head, body: ByteBuffer(bytes: bytes)))
+        let response = await router.respond(to: RouterRequest(head: head, body: ByteBuffer(bytes: bytes)))
         guard case .buffer(let buffer) = response.body, buffer.readableBytes > 0 else { return (response, nil) }
         return (response, try? JSONValue(parsing: Data(buffer.readableBytesView)))
     }

@@ -43,7 +43,7 @@ final class HTTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
-            let request = HTTPRequest(head: head, body: body ?? ByteBuffer(), clientCertificateDER: certificate.flatMap { try? $0.toDERBytes() })
+            let request = RouterRequest(head: head, body: body ?? ByteBuffer(), clientCertificateDER: certificate.flatMap { try? $0.toDERBytes() })
             body = nil
             let router = self.router
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -74,7 +74,7 @@ final class HTTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    private func write(_ response: HTTPResponse, for request: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func write(_ response: RouterResponse, for request: HTTPRequestHead, context: ChannelHandlerContext) {
         guard context.channel.isActive else { return }
         var headers = response.headers
         let keepAlive = request.isKeepAlive

@@ -3,7 +3,7 @@ import NIOHTTP1
 /// Matches requests to handlers by method and path pattern. A pattern segment `:name` matches
 /// one path segment; a final `*name` matches the rest of the path (for blob names with `/`).
 struct Router: Sendable {
-    typealias Handler = @Sendable (HTTPRequest, Parameters) async throws(ServiceError) -> HTTPResponse
+    typealias Handler = @Sendable (RouterRequest, Parameters) async throws(ServiceError) -> RouterResponse
 
     struct Parameters: Sendable {
         var values: [String: String] = [:]
@@ -26,7 +26,7 @@ struct Router: Sendable {
     }
 
     /// Runs the matching handler; 404 for an unknown path, 405 for a known path with another method.
-    func respond(to request: HTTPRequest) async -> HTTPResponse {
+    func respond(to request: RouterRequest) async -> RouterResponse {
         var allowed: [String] = []
         for route in routes {
             guard let parameters = Self.match(route.pattern, request.pathSegments) else { continue }
@@ -41,7 +41,7 @@ struct Router: Sendable {
             }
         }
         if !allowed.isEmpty {
-            var response = HTTPResponse.error(.badRequest("method \(request.method.rawValue) is not allowed on \(request.path)"))
+            var response = RouterResponse.error(.badRequest("method \(request.method.rawValue) is not allowed on \(request.path)"))
                 .withStatus(.methodNotAllowed)
             response.headers.replaceOrAdd(name: "Allow", value: allowed.joined(separator: ", "))
             return response
@@ -67,13 +67,5 @@ struct Router: Sendable {
             index += 1
         }
         return index == segments.count ? parameters : nil
-    }
-}
-
-extension HTTPResponse {
-    func withStatus(_ status: HTTPResponseStatus) -> HTTPResponse {
-        var copy = self
-        copy.status = status
-        return copy
     }
 }

@@ -3,7 +3,7 @@ import IoTHubProtocol
 
 extension Hub {
     /// Checks a service-API or `/local` request: a SAS token of the owner policy for this hub.
-    func authorizeService(_ request: HTTPRequest, now: Date = Date()) throws(ServiceError) {
+    func authorizeService(_ request: RouterRequest, now: Date = Date()) throws(ServiceError) {
         guard let header = request.headers.first(name: "Authorization") else {
             throw .unauthorized("missing Authorization header: send a SAS token of the '\(ownerPolicyName)' policy")
         }
@@ -19,7 +19,7 @@ extension Hub {
 
     /// Checks a device's HTTPS request: its SAS token (or one of its modules'), or its X.509
     /// client certificate.
-    func authorizeDevice(_ request: HTTPRequest, key: IdentityKey, now: Date = Date()) throws(ServiceError) {
+    func authorizeDevice(_ request: RouterRequest, key: IdentityKey, now: Date = Date()) throws(ServiceError) {
         if let header = request.headers.first(name: "Authorization"), let token = try? SASToken(parsing: header) {
             let resource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId).lowercased()
             guard token.resourceURI.lowercased() == resource || token.resourceURI.lowercased().hasPrefix(resource + "/modules/") else {

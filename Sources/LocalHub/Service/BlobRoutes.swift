@@ -24,7 +24,7 @@ extension Hub {
                 throw .blobAuthenticationFailed("the SAS does not grant reading \(container)/\(blob)")
             }
             guard let stored = blobs.get(container: container, blob: blob) else { throw .resourceNotFound("no blob \(container)/\(blob)") }
-            return HTTPResponse(
+            return RouterResponse(
                 status: .ok,
                 headers: ["Content-Type": stored.contentType ?? "application/octet-stream", "ETag": stored.etag, "x-ms-blob-type": "BlockBlob"],
                 body: .buffer(ByteBuffer(data: stored.data)))

@@ -82,7 +82,7 @@ extension Hub {
                 }
                 continuation.onTermination = { _ in task.cancel() }
             }
-            return HTTPResponse(status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], body: .stream(stream))
+            return RouterResponse(status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], body: .stream(stream))
         }
         router.add(.GET, "local/file-uploads") { [self] request, _ throws(ServiceError) in
             try authorizeService(request)
@@ -111,7 +111,7 @@ extension Hub {
             guard let blob = blobs.get(container: parameters["container"], blob: parameters["blob"]) else {
                 throw .resourceNotFound("no blob \(parameters["container"])/\(parameters["blob"])")
             }
-            return HTTPResponse(
+            return RouterResponse(
                 status: .ok, headers: ["Content-Type": blob.contentType ?? "application/octet-stream", "ETag": blob.etag],
                 body: .buffer(ByteBuffer(data: blob.data)))
         }
@@ -147,7 +147,7 @@ extension Hub {
         ]
     }
 
-    static func telemetryFilter(_ request: HTTPRequest) -> @Sendable (TelemetryRecord) -> Bool {
+    static func telemetryFilter(_ request: RouterRequest) -> @Sendable (TelemetryRecord) -> Bool {
         let deviceId = request.query["deviceId"]
         let moduleId = request.query["moduleId"]
         return { record in
@@ -157,7 +157,7 @@ extension Hub {
 
     /// A message from a request: the body is the payload, `iothub-*` headers are properties
     /// (the same header names as IoT Hub's HTTPS device API).
-    static func message(from request: HTTPRequest) throws(ServiceError) -> Message {
+    static func message(from request: RouterRequest) throws(ServiceError) -> Message {
         var message = Message(payload: request.bodyData)
         let headers = request.headers
         message.messageId = headers.first(name: "iothub-messageid")

@@ -82,7 +82,7 @@ extension Hub {
         }
     }
 
-    private func invokeMethodRoute(_ request: HTTPRequest, key: IdentityKey, eventLoop: any EventLoop) async throws(ServiceError) -> HTTPResponse {
+    private func invokeMethodRoute(_ request: RouterRequest, key: IdentityKey, eventLoop: any EventLoop) async throws(ServiceError) -> RouterResponse {
         guard let body = try request.json().objectValue else { throw .badRequest("the body must be a JSON object") }
         guard let name = body["methodName"].flatMap(RegistryJSON.stringValue), !name.isEmpty else {
             throw .badRequest("methodName is required")

@@ -4,8 +4,8 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 
-/// An HTTP request as the hub's handlers see it: fully read, path split and decoded.
-struct HTTPRequest: Sendable {
+/// An HTTP request as the ``Router`` hands it to a route: fully read, path split and decoded.
+struct RouterRequest: Sendable {
     var method: HTTPMethod
     /// The path without the query, percent-decoded per segment.
     var pathSegments: [String]
@@ -67,47 +67,5 @@ struct HTTPRequest: Sendable {
             throw .badRequest("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)")
         }
         return value
-    }
-}
-
-/// A response: a whole body, or a stream of chunks (server-sent events).
-struct HTTPResponse: Sendable {
-    enum Body: Sendable {
-        case buffer(ByteBuffer)
-        case stream(AsyncStream<ByteBuffer>)
-    }
-
-    var status: HTTPResponseStatus
-    var headers: HTTPHeaders
-    var body: Body
-
-    init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: Body = .buffer(ByteBuffer())) {
-        self.status = status
-        self.headers = headers
-        self.body = body
-    }
-
-    static func json(_ value: JSONValue, status: HTTPResponseStatus = .ok, headers: HTTPHeaders = [:]) -> HTTPResponse {
-        var headers = headers
-        headers.replaceOrAdd(name: "Content-Type", value: "application/json; charset=utf-8")
-        return HTTPResponse(status: status, headers: headers, body: .buffer(ByteBuffer(data: value.encoded())))
-    }
-
-    static func empty(_ status: HTTPResponseStatus = .noContent, headers: HTTPHeaders = [:]) -> HTTPResponse {
-        HTTPResponse(status: status, headers: headers)
-    }
-
-    /// IoT Hub's error body: `{"Message": "ErrorCode:…;…", "ExceptionMessage": …}`, plus the numeric code.
-    static func error(_ error: ServiceError) -> HTTPResponse {
-        let (code, name) = error.iotHubCode
-        var headers: HTTPHeaders = ["iothub-errorcode": name]
-        if error == .throttled { headers.add(name: "Retry-After", value: "1") }
-        return .json(
-            [
-                "Message": .string("ErrorCode:\(name);\(error.message)"),
-                "ExceptionMessage": .string(error.message),
-                "errorCode": .integer(Int64(code)),
-            ],
-            status: error.status, headers: headers)
     }
 }
