@@ -65,7 +65,7 @@ public final class LocalHub: Service, Sendable {
     private let persistence: StatePersistence?
     let group: any EventLoopGroup
     private let logger: Logger
-    private let channels = NIOLockedValueBoxChannels()
+    private let listeners = OpenListeners()
 
     /// Loads (or creates) the data directory's certificates, owner key and state.
     public init(configuration: Configuration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "localhub")) throws(LocalHubError) {
@@ -155,19 +155,16 @@ public final class LocalHub: Service, Sendable {
         let tls = try Listeners.tlsContext(authority)
         let host = configuration.bindAddress
         let mqtt = try await Listeners.mqtt(host: host, port: configuration.mqttPort, group: group, tls: tls, hub: hub, logger: logger)
-        channels.append(mqtt)
+        listeners.append(mqtt)
         let https = try await Listeners.https(
             host: host, port: configuration.httpsPort, group: group, tls: tls, router: hub.httpsRouter(eventLoopGroup: group), hub: hub, logger: logger)
-        channels.append(https)
+        listeners.append(https)
         let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: hub.blobRouter())
-        channels.append(blob)
+        listeners.append(blob)
         let ports = Ports(mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0)
         hub.blobHost.withLockedValue { $0 = "\(configuration.hostName):\(ports.blob)" }
-        channels.setPorts(ports)
-        if let persistence {
-            persistence.markDirty()
-            channels.setPersistenceTask(Task { await persistence.run() })
-        }
+        listeners.setPorts(ports)
+        persistence?.start()
         logger.info("local IoT Hub listening", metadata: [
             "hostName": "\(configuration.hostName)", "mqtt": "\(host):\(ports.mqtt)", "https": "\(host):\(ports.https)",
             "blob": "\(host):\(ports.blob)",
@@ -176,16 +173,15 @@ public final class LocalHub: Service, Sendable {
     }
 
     /// The bound ports (after ``start()``).
-    public var ports: Ports? { channels.ports }
+    public var ports: Ports? { listeners.ports }
 
     /// Closes the listeners and every device connection, and saves the state.
     public func stop() async {
-        for channel in channels.removeAll() {
+        for channel in listeners.removeAll() {
             try? await channel.close()
         }
         hub.closeAllConnections()
-        persistence?.finish()
-        await channels.takePersistenceTask()?.value
+        await persistence?.finish()
     }
 
     /// Runs until graceful shutdown (SIGTERM/SIGINT in a `ServiceGroup`).
@@ -196,23 +192,18 @@ public final class LocalHub: Service, Sendable {
     }
 }
 
-/// The listener channels and ports, behind a lock.
-private final class NIOLockedValueBoxChannels: Sendable {
-    private let box = NIOLockedValueBox<(channels: [any Channel], ports: LocalHub.Ports?, persistence: Task<Void, Never>?)>(([], nil, nil))
+/// The listeners ``LocalHub/start()`` opened and the ports they are bound to, which
+/// ``LocalHub/stop()`` closes.
+private final class OpenListeners: Sendable {
+    private let state = NIOLockedValueBox<(channels: [any Channel], ports: LocalHub.Ports?)>(([], nil))
 
-    func setPersistenceTask(_ task: Task<Void, Never>) { box.withLockedValue { $0.persistence = task } }
-    func takePersistenceTask() -> Task<Void, Never>? {
-        box.withLockedValue { state in
-            defer { state.persistence = nil }
-            return state.persistence
-        }
-    }
+    func append(_ channel: any Channel) { state.withLockedValue { $0.channels.append(channel) } }
+    func setPorts(_ ports: LocalHub.Ports) { state.withLockedValue { $0.ports = ports } }
+    var ports: LocalHub.Ports? { state.withLockedValue { $0.ports } }
 
-    func append(_ channel: any Channel) { box.withLockedValue { $0.channels.append(channel) } }
-    func setPorts(_ ports: LocalHub.Ports) { box.withLockedValue { $0.ports = ports } }
-    var ports: LocalHub.Ports? { box.withLockedValue { $0.ports } }
+    /// The open channels, forgotten here: the caller closes them.
     func removeAll() -> [any Channel] {
-        box.withLockedValue { state in
+        state.withLockedValue { state in
             defer { state.channels.removeAll() }
             return state.channels
         }

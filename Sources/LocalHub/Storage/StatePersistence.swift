@@ -10,6 +10,8 @@ final class StatePersistence: Sendable {
     private let snapshot: NIOLockedValueBox<(@Sendable () -> PersistedState)?> = NIOLockedValueBox(nil)
     private let dirty: AsyncStream<Void>.Continuation
     private let stream: AsyncStream<Void>
+    /// The writer started by ``start()``.
+    private let writer = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     init(directory: DataDirectory, logger: Logger) {
         self.directory = directory
@@ -38,8 +40,16 @@ final class StatePersistence: Sendable {
         dirty.yield()
     }
 
+    /// Starts writing in the background: once now, then whenever marked dirty, until ``finish()``.
+    func start() {
+        markDirty()
+        writer.withLockedValue { writer in
+            if writer == nil { writer = Task { await self.run() } }
+        }
+    }
+
     /// Writes whenever marked dirty, until `finish()`; then writes a last time.
-    func run() async {
+    private func run() async {
         for await _ in stream {
             write()
             // Coalesce: at most one write every 50 ms under a burst of changes.
@@ -48,8 +58,14 @@ final class StatePersistence: Sendable {
         write()
     }
 
-    func finish() {
+    /// Stops the background writer after a last write, and waits for it.
+    func finish() async {
         dirty.finish()
+        let task = writer.withLockedValue { writer in
+            defer { writer = nil }
+            return writer
+        }
+        await task?.value
     }
 
     func write() {
