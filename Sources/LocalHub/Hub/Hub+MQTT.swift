@@ -59,6 +59,21 @@ extension Hub {
         }
     }
 
+    /// Counts a CONNECT, accepted or not.
+    func recordConnectAttempt() {
+        state.withLockedValue { $0.connectAttempts += 1 }
+    }
+
+    /// A new connection of an authenticated identity, with the next connection id; not yet
+    /// attached (``attach(_:cleanSession:now:)``).
+    func makeConnection(for key: IdentityKey, transport: MQTTTransport, channel: any Channel) -> DeviceConnection {
+        let id = state.withLockedValue { state in
+            state.lastConnectionId += 1
+            return state.lastConnectionId
+        }
+        return DeviceConnection(id: id, key: key, transport: transport, channel: channel)
+    }
+
     /// Makes `connection` the live connection of its session.
     ///
     /// - Returns: whether a session was present, the publishes to send again (DUP set), and the

@@ -105,7 +105,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard connect.protocolName == "MQTT", connect.protocolLevel == 4 else {
             return refuse(context, .unacceptableProtocolVersion, "protocol \(connect.protocolName) level \(connect.protocolLevel)")
         }
-        hub.state.withLockedValue { $0.connectAttempts += 1 }
+        hub.recordConnectAttempt()
         let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
         let credentials = ConnectCredentials(
             clientId: connect.clientId, username: connect.username, password: connect.password,
@@ -120,9 +120,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             tokenExpiry = expiry
         }
 
-        hub.state.withLockedValue { $0.lastConnectionId += 1 }
-        let connectionId = hub.state.withLockedValue { $0.lastConnectionId }
-        let connection = DeviceConnection(id: connectionId, key: key, transport: transport, channel: context.channel)
+        let connection = hub.makeConnection(for: key, transport: transport, channel: context.channel)
         let (sessionPresent, resend, replaced) = hub.attach(connection, cleanSession: connect.cleanSession)
         state = .connected(connection)
         will = connect.will
