@@ -157,9 +157,9 @@ public final class LocalHub: Service, Sendable {
         let mqtt = try await Listeners.mqtt(host: host, port: configuration.mqttPort, group: group, tls: tls, hub: hub, logger: logger)
         listeners.append(mqtt)
         let https = try await Listeners.https(
-            host: host, port: configuration.httpsPort, group: group, tls: tls, router: hub.httpsRouter(eventLoopGroup: group), hub: hub, logger: logger)
+            host: host, port: configuration.httpsPort, group: group, tls: tls, router: .https(for: hub, eventLoopGroup: group), hub: hub, logger: logger)
         listeners.append(https)
-        let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: hub.blobRouter())
+        let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: .blob(for: hub))
         listeners.append(blob)
         let ports = Ports(mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0)
         hub.blobHost.withLockedValue { $0 = "\(configuration.hostName):\(ports.blob)" }

@@ -16,7 +16,7 @@ import Testing
 
     init() throws {
         hub = Hub(hostName: "localhost", ownerPolicyKey: IdentityAuthentication.randomKey(), logger: Logger(label: "test"))
-        router = hub.httpsRouter(eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        router = .https(for: hub, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
         owner = try SASToken(resourceURI: "localhost", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner").string
     }
 

@@ -23,7 +23,7 @@ from referencing.jsonschema import DRAFT202012
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "openapi" / "localhub.yaml"
 SOURCES = ROOT / "Sources" / "LocalHub"
-# The routes of `Hub.blobRouter()`, which the blob listener serves; every other file's routes
+# The routes of `BlobRoutes`, which the blob listener serves; every other file's routes
 # are on the HTTPS listener.
 BLOB_ROUTE_FILE = "BlobRoutes.swift"
 OPERATION_KEYS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

@@ -85,6 +85,21 @@ final class Hub: Sendable {
         state.withLockedValue { $0.sessions[key]?.connection != nil }
     }
 
+    /// How many identities (devices and modules) are registered.
+    var identityCount: Int {
+        state.withLockedValue { $0.identities.count }
+    }
+
+    /// Returns once `key` is connected, or after `timeout`, or when the task is cancelled.
+    func waitUntilConnected(_ key: IdentityKey, timeout: Duration) async {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline, !Task.isCancelled {
+            let generation = changes.generation
+            if isConnected(key) { return }
+            await changes.wait(afterGeneration: generation, timeout: deadline - ContinuousClock.now)
+        }
+    }
+
     /// The clients connected now and how each arrived, sorted by client id.
     func connections() -> [(clientId: String, transport: MQTTTransport)] {
         state.withLockedValue { state in

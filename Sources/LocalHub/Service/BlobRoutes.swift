@@ -3,11 +3,13 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 
-extension Hub {
-    /// The blob listener's routes: Azure Blob "Put Blob" (block blobs) and "Get Blob", with SAS.
-    func blobRouter() -> Router {
-        var router = Router()
-        router.add(.PUT, ":container/*blob") { [self] request, parameters throws(ServiceError) in
+/// The blob listener's routes: Azure Blob "Put Blob" (block blobs) and "Get Blob", authorised
+/// by the SAS query string that a file upload hands out.
+struct BlobRoutes: Sendable {
+    let blobs: BlobStore
+
+    func register(on router: inout Router) {
+        router.add(.PUT, ":container/*blob") { request, parameters throws(ServiceError) in
             let (container, blob) = (parameters["container"], parameters["blob"])
             guard blobs.authorize(container: container, blob: blob, query: request.query, permission: "w") else {
                 throw .blobAuthenticationFailed("the SAS does not grant writing \(container)/\(blob)")
@@ -18,7 +20,7 @@ extension Hub {
             let etag = blobs.put(container: container, blob: blob, data: request.bodyData, contentType: request.headers.first(name: "Content-Type"))
             return .empty(.created, headers: ["ETag": etag, "x-ms-request-server-encrypted": "false", "x-ms-version": "2018-03-28"])
         }
-        router.add(.GET, ":container/*blob") { [self] request, parameters throws(ServiceError) in
+        router.add(.GET, ":container/*blob") { request, parameters throws(ServiceError) in
             let (container, blob) = (parameters["container"], parameters["blob"])
             guard blobs.authorize(container: container, blob: blob, query: request.query, permission: "r") else {
                 throw .blobAuthenticationFailed("the SAS does not grant reading \(container)/\(blob)")
@@ -29,6 +31,5 @@ extension Hub {
                 headers: ["Content-Type": stored.contentType ?? "application/octet-stream", "ETag": stored.etag, "x-ms-blob-type": "BlockBlob"],
                 body: .buffer(ByteBuffer(data: stored.data)))
         }
-        return router
     }
 }

@@ -4,65 +4,67 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 
-extension Hub {
+/// The emulator's own API under `/local`: send cloud-to-device messages, read telemetry and
+/// upload notifications, read blobs, drop connections, inject faults.
+struct LocalRoutes: Sendable {
     /// Longest long-poll of the `/local` API.
     static let maximumPollSeconds = 60
 
-    /// The emulator's own endpoints: send cloud-to-device messages, read telemetry and upload
-    /// notifications, read blobs, inject faults.
-    func addLocalRoutes(to router: inout Router) {
-        router.add(.GET, "local/status") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
-            let connections = connections()
+    let hub: Hub
+
+    func register(on router: inout Router) {
+        router.add(.GET, "local/status") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            let connections = hub.connections()
             return .json([
-                "hostName": .string(hostName), "connected": .array(connections.map { JSONValue.string($0.clientId) }),
+                "hostName": .string(hub.hostName), "connected": .array(connections.map { JSONValue.string($0.clientId) }),
                 "connections": .array(connections.map { .object(["clientId": .string($0.clientId), "transport": .string($0.transport.rawValue)]) }),
-                "identities": .integer(Int64(state.withLockedValue { $0.identities.count })),
-                "lastTelemetrySequenceNumber": .integer(Int64(telemetry.lastSequenceNumber)),
+                "identities": .integer(Int64(hub.identityCount)),
+                "lastTelemetrySequenceNumber": .integer(Int64(hub.telemetry.lastSequenceNumber)),
             ])
         }
-        router.add(.POST, "local/devices/:id/messages") { [self] request, parameters throws(ServiceError) in
-            try authorizeService(request)
+        router.add(.POST, "local/devices/:id/messages") { request, parameters throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
             let message = try Self.message(from: request)
-            let ttl = try request.integer("ttl", default: Int(Self.cloudToDeviceDefaultTimeToLive), range: 1...172_800)
-            let (messageId, _) = try enqueueCloudToDevice(to: parameters["id"], message: message, timeToLive: TimeInterval(ttl))
+            let ttl = try request.integer("ttl", default: Int(Hub.cloudToDeviceDefaultTimeToLive), range: 1...172_800)
+            let (messageId, _) = try hub.enqueueCloudToDevice(to: parameters["id"], message: message, timeToLive: TimeInterval(ttl))
             return .json(["messageId": .string(messageId)], status: .accepted)
         }
-        router.add(.POST, "local/devices/:id/modules/:mid/inputs/:input/messages") { [self] request, parameters throws(ServiceError) in
-            try authorizeService(request)
+        router.add(.POST, "local/devices/:id/modules/:mid/inputs/:input/messages") { request, parameters throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
             let key = IdentityKey(deviceId: parameters["id"], moduleId: parameters["mid"])
-            let messageId = try sendToModuleInput(key, input: parameters["input"], message: try Self.message(from: request))
+            let messageId = try hub.sendToModuleInput(key, input: parameters["input"], message: try Self.message(from: request))
             return .json(["messageId": .string(messageId)], status: .accepted)
         }
         for (prefix, isModule) in [("local/devices/:id/disconnect", false), ("local/devices/:id/modules/:mid/disconnect", true)] {
-            router.add(.POST, prefix) { [self] request, parameters throws(ServiceError) in
-                try authorizeService(request)
-                let key = Self.key(parameters, isModule: isModule)
-                guard identity(key) != nil else { throw .notFound(key) }
-                guard dropConnection(of: key) else { throw .deviceNotOnline(key) }
+            router.add(.POST, prefix) { request, parameters throws(ServiceError) in
+                try hub.authorizeService(request.authorization)
+                let key = parameters.identityKey(isModule: isModule)
+                guard hub.identity(key) != nil else { throw .notFound(key) }
+                guard hub.dropConnection(of: key) else { throw .deviceNotOnline(key) }
                 return .empty()
             }
         }
-        router.add(.GET, "local/telemetry") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
+        router.add(.GET, "local/telemetry") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
             let after = try request.cursor()
             let limit = try request.integer("limit", default: 100, range: 1...10_000)
             let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
             let filter = Self.telemetryFilter(request)
-            let page = await telemetry.poll(after: after, limit: limit, timeout: .seconds(timeout), where: filter)
+            let page = await hub.telemetry.poll(after: after, limit: limit, timeout: .seconds(timeout), where: filter)
             return .json([
                 "messages": .array(page.entries.map { Self.telemetryJSON($0.entry, sequenceNumber: $0.sequenceNumber) }),
                 "next": .integer(Int64(page.next)), "dropped": .integer(Int64(page.dropped)),
             ])
         }
-        router.add(.GET, "local/telemetry/stream") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
+        router.add(.GET, "local/telemetry/stream") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
             // Where to start: `after`, else the SSE `Last-Event-ID` of a reconnecting client, else now.
             let resume = request.query["after"] ?? request.headers.first(name: "Last-Event-ID")
             guard resume == nil || UInt64(resume ?? "") != nil else { throw .badRequest("after must be a sequence number") }
-            let start = resume.flatMap { UInt64($0) } ?? telemetry.lastSequenceNumber
+            let start = resume.flatMap { UInt64($0) } ?? hub.telemetry.lastSequenceNumber
             let filter = Self.telemetryFilter(request)
-            let log = telemetry
+            let log = hub.telemetry
             let stream = AsyncStream<ByteBuffer> { continuation in
                 let task = Task {
                     var cursor = start
@@ -84,11 +86,11 @@ extension Hub {
             }
             return RouterResponse(status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], body: .stream(stream))
         }
-        router.add(.GET, "local/file-uploads") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
+        router.add(.GET, "local/file-uploads") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
             let after = try request.cursor()
             let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
-            let page = await fileUploadNotifications.poll(after: after, limit: 1000, timeout: .seconds(timeout))
+            let page = await hub.fileUploadNotifications.poll(after: after, limit: 1000, timeout: .seconds(timeout))
             return .json([
                 "notifications": .array(page.entries.map { sequenceNumber, note in
                     [
@@ -102,25 +104,25 @@ extension Hub {
                 "next": .integer(Int64(page.next)), "dropped": .integer(Int64(page.dropped)),
             ])
         }
-        router.add(.GET, "local/blobs") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
-            return .json(.array(blobs.list().map { ["name": .string($0.name), "size": .integer(Int64($0.size))] }))
+        router.add(.GET, "local/blobs") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            return .json(.array(hub.blobs.list().map { ["name": .string($0.name), "size": .integer(Int64($0.size))] }))
         }
-        router.add(.GET, "local/blobs/:container/*blob") { [self] request, parameters throws(ServiceError) in
-            try authorizeService(request)
-            guard let blob = blobs.get(container: parameters["container"], blob: parameters["blob"]) else {
+        router.add(.GET, "local/blobs/:container/*blob") { request, parameters throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            guard let blob = hub.blobs.get(container: parameters["container"], blob: parameters["blob"]) else {
                 throw .resourceNotFound("no blob \(parameters["container"])/\(parameters["blob"])")
             }
             return RouterResponse(
                 status: .ok, headers: ["Content-Type": blob.contentType ?? "application/octet-stream", "ETag": blob.etag],
                 body: .buffer(ByteBuffer(data: blob.data)))
         }
-        router.add(.GET, "local/faults") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
-            return .json(Self.faultsJSON(faults))
+        router.add(.GET, "local/faults") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            return .json(Self.faultsJSON(hub.faults))
         }
-        router.add(.PUT, "local/faults") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
+        router.add(.PUT, "local/faults") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
             guard let body = try request.json().objectValue else { throw .badRequest("the body must be a JSON object") }
             var faults = Faults()
             if let seconds = body["refuseConnectionsSeconds"]?.intValue, seconds > 0 {
@@ -128,12 +130,12 @@ extension Hub {
             }
             faults.throttleNextOperations = max(0, body["throttleNextOperations"]?.intValue ?? 0)
             faults.acknowledgementDelayMilliseconds = min(max(0, body["acknowledgementDelayMilliseconds"]?.intValue ?? 0), 60_000)
-            setFaults(faults)
+            hub.setFaults(faults)
             return .json(Self.faultsJSON(faults))
         }
-        router.add(.DELETE, "local/faults") { [self] request, _ throws(ServiceError) in
-            try authorizeService(request)
-            setFaults(Faults())
+        router.add(.DELETE, "local/faults") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            hub.setFaults(Faults())
             return .empty()
         }
     }

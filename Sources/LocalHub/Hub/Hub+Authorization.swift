@@ -2,9 +2,11 @@ import Foundation
 import IoTHubProtocol
 
 extension Hub {
-    /// Checks a service-API or `/local` request: a SAS token of the owner policy for this hub.
-    func authorizeService(_ request: RouterRequest, now: Date = Date()) throws(ServiceError) {
-        guard let header = request.headers.first(name: "Authorization") else {
+    /// Checks the credential of a service-API or `/local` request: a SAS token of the owner
+    /// policy for this hub.
+    /// - Parameter authorization: the request's `Authorization` header, if any.
+    func authorizeService(_ authorization: String?, now: Date = Date()) throws(ServiceError) {
+        guard let header = authorization else {
             throw .unauthorized("missing Authorization header: send a SAS token of the '\(ownerPolicyName)' policy")
         }
         guard let token = try? SASToken(parsing: header) else { throw .unauthorized("the Authorization header is not a SAS token") }
@@ -17,10 +19,13 @@ extension Hub {
         guard token.isSigned(withKey: ownerPolicyKey) else { throw .unauthorized("the token's signature is not valid") }
     }
 
-    /// Checks a device's HTTPS request: its SAS token (or one of its modules'), or its X.509
-    /// client certificate.
-    func authorizeDevice(_ request: RouterRequest, key: IdentityKey, now: Date = Date()) throws(ServiceError) {
-        if let header = request.headers.first(name: "Authorization"), let token = try? SASToken(parsing: header) {
+    /// Checks the credential of a device's HTTPS request: its SAS token (or one of its
+    /// modules'), or its X.509 client certificate.
+    /// - Parameters:
+    ///   - authorization: the request's `Authorization` header, if any.
+    ///   - clientCertificateDER: the TLS client certificate, if one was presented.
+    func authorizeDevice(_ key: IdentityKey, authorization: String?, clientCertificateDER: [UInt8]?, now: Date = Date()) throws(ServiceError) {
+        if let header = authorization, let token = try? SASToken(parsing: header) {
             let resource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId).lowercased()
             guard token.resourceURI.lowercased() == resource || token.resourceURI.lowercased().hasPrefix(resource + "/modules/") else {
                 throw .unauthorized("the token is for '\(token.resourceURI)', not for device \(key.deviceId)")
@@ -39,7 +44,7 @@ extension Hub {
             guard keys.contains(where: { token.isSigned(withKey: $0) }) else { throw .unauthorized("the token's signature is not valid") }
             return
         }
-        if let der = request.clientCertificateDER {
+        if let der = clientCertificateDER {
             let credentials = ConnectCredentials(
                 clientId: key.clientId, username: "\(hostName)/\(key.clientId)/?", password: nil, clientCertificateDER: der)
             if case .success = authenticate(credentials, now: now) { return }

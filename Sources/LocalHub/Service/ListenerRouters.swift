@@ -1,0 +1,35 @@
+import NIOCore
+
+extension Router {
+    /// The HTTPS listener's routes: IoT Hub's service API, the device file-upload API and the
+    /// emulator's own `/local` API.
+    static func https(for hub: Hub, eventLoopGroup: any EventLoopGroup) -> Router {
+        var router = Router()
+        ServiceRoutes(hub: hub, eventLoopGroup: eventLoopGroup).register(on: &router)
+        FileUploadRoutes(hub: hub).register(on: &router)
+        LocalRoutes(hub: hub).register(on: &router)
+        return router
+    }
+
+    /// The blob listener's routes (the storage behind file uploads).
+    static func blob(for hub: Hub) -> Router {
+        var router = Router()
+        BlobRoutes(blobs: hub.blobs).register(on: &router)
+        return router
+    }
+}
+
+extension Router.Parameters {
+    /// The identity a path names: `:id`, and `:mid` for a module's path.
+    func identityKey(isModule: Bool) -> IdentityKey {
+        IdentityKey(deviceId: self["id"], moduleId: isModule ? self["mid"] : nil)
+    }
+}
+
+extension RouterRequest {
+    /// The `Authorization` header: a SAS token, for the hub to check.
+    var authorization: String? { headers.first(name: "Authorization") }
+
+    /// The `If-Match` header, for the hub's etag rules.
+    var ifMatch: String? { headers.first(name: "If-Match") }
+}
