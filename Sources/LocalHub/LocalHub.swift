@@ -157,7 +157,7 @@ public final class LocalHub: Service, Sendable {
         let mqtt = try await Listeners.mqtt(host: host, port: configuration.mqttPort, group: group, tls: tls, hub: hub, logger: logger)
         listeners.append(mqtt)
         let https = try await Listeners.https(
-            host: host, port: configuration.httpsPort, group: group, tls: tls, router: .https(for: hub, eventLoopGroup: group), hub: hub, logger: logger)
+            host: host, port: configuration.httpsPort, group: group, tls: tls, router: .https(for: hub), hub: hub, logger: logger)
         listeners.append(https)
         let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: .blob(for: hub))
         listeners.append(blob)

@@ -98,7 +98,7 @@ import Testing
                 return false
             }
             await #expect(throws: ServiceError.self) {
-                try await fixture.hub.invokeMethod(on: key, name: "slow", payload: Data("null".utf8), responseTimeout: .milliseconds(200), eventLoop: fixture.localHub.group.next())
+                try await fixture.hub.invokeMethod(on: key, name: "slow", payload: Data("null".utf8), responseTimeout: .milliseconds(200))
             }
             #expect(try await lateResponder.value, "the late answer is still accepted by the hub's MQTT side")
             #expect(fixture.hub.state.withLockedValue { $0.pendingMethods.isEmpty })

@@ -96,8 +96,7 @@ import Testing
                 return nil
             }
             let result = try await fixture.hub.invokeMethod(
-                on: IdentityKey(deviceId: "dev1"), name: "reboot", payload: Data(#"{"delay":5}"#.utf8), responseTimeout: .seconds(10),
-                eventLoop: fixture.localHub.group.next())
+                on: IdentityKey(deviceId: "dev1"), name: "reboot", payload: Data(#"{"delay":5}"#.utf8), responseTimeout: .seconds(10))
             #expect(result.status == 201)
             #expect(try JSONValue(parsing: result.payload) == ["echo": ["delay": 5]])
             #expect(try await responder.value == "reboot")

@@ -175,9 +175,8 @@ import Testing
 
     @Test func methodCallsToOfflineDevicesFailAtOnce() async throws {
         let hub = try Self.makeHub()
-        let loop = EmbeddedEventLoop()
         await #expect(throws: ServiceError.deviceNotOnline(IdentityKey(deviceId: "dev1"))) {
-            try await hub.invokeMethod(on: IdentityKey(deviceId: "dev1"), name: "m", payload: Data("null".utf8), responseTimeout: .seconds(5), eventLoop: loop)
+            try await hub.invokeMethod(on: IdentityKey(deviceId: "dev1"), name: "m", payload: Data("null".utf8), responseTimeout: .seconds(5))
         }
     }
 }

@@ -4,7 +4,6 @@ import IoTHubProtocol
 import Logging
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 import Testing
 
 /// The HTTPS routes (service API, file upload, `/local`) through the router, without sockets;
@@ -16,7 +15,7 @@ import Testing
 
     init() throws {
         hub = Hub(hostName: "localhost", ownerPolicyKey: IdentityAuthentication.randomKey(), logger: Logger(label: "test"))
-        router = .https(for: hub, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        router = .https(for: hub)
         owner = try SASToken(resourceURI: "localhost", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner").string
     }
 

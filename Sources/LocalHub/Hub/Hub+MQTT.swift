@@ -117,7 +117,7 @@ extension Hub {
 
     /// Forgets `connection` when it closes. A clean session ends with it.
     func detach(_ connection: DeviceConnection, now: Date = Date()) {
-        let (detached, abandoned) = state.withLockedValue { state -> (Bool, [PendingMethodCall]) in
+        let (detached, abandoned) = state.withLockedValue { state -> (Bool, [String]) in
             let key = connection.key
             guard var session = state.sessions[key], session.connection === connection else { return (false, []) }
             session.connection = nil
@@ -130,12 +130,12 @@ extension Hub {
             }
             state.identities[key]?.connectionStateUpdatedTime = now
             // Method calls to a device that went away fail now rather than at their timeout.
-            let abandoned = state.pendingMethods.filter { $0.value.key == key }
-            for requestId in abandoned.keys { state.pendingMethods[requestId] = nil }
-            return (true, Array(abandoned.values))
+            let abandoned = state.pendingMethods.filter { $0.value == key }.map(\.key)
+            for requestId in abandoned { state.pendingMethods[requestId] = nil }
+            return (true, abandoned)
         }
-        for call in abandoned {
-            call.promise.fail(ServiceError.deviceNotOnline(connection.key))
+        for requestId in abandoned {
+            methodReplies.complete(requestId, with: .failure(.deviceNotOnline(connection.key)))
         }
         if detached {
             stateChanged()

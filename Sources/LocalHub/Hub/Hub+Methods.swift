@@ -9,36 +9,24 @@ extension Hub {
     /// `POST /twins/{id}/methods`.
     ///
     /// - Throws: ``ServiceError/deviceNotOnline(_:)`` when the device is not connected or has not
-    ///   subscribed to method requests; ``ServiceError/gatewayTimeout(_:)`` when it does not answer
-    ///   within `responseTimeout`.
-    func invokeMethod(on key: IdentityKey, name: String, payload: Data, responseTimeout: TimeAmount, eventLoop: any EventLoop) async throws(ServiceError) -> MethodCallResult {
-        let promise = eventLoop.makePromise(of: MethodCallResult.self)
-        let prepared: (String, DeviceConnection, MQTTPacket)
-        do {
-            prepared = try preparedMethodRequest(to: key, name: name, payload: payload, promise: promise)
-        } catch {
-            promise.fail(error)
-            throw error
-        }
-        let (requestId, connection, packet) = prepared
-        let timeout = eventLoop.scheduleTask(in: responseTimeout) { [self] in
-            if let call = state.withLockedValue({ $0.pendingMethods.removeValue(forKey: requestId) }) {
-                call.promise.fail(ServiceError.gatewayTimeout("the device did not answer method '\(name)' within \(responseTimeout.nanoseconds / 1_000_000_000) s"))
-            }
-        }
+    ///   subscribed to method requests, or disconnects before it answers;
+    ///   ``ServiceError/gatewayTimeout(_:)`` when it does not answer within `responseTimeout`.
+    func invokeMethod(on key: IdentityKey, name: String, payload: Data, responseTimeout: Duration) async throws(ServiceError) -> MethodCallResult {
+        let (requestId, connection, packet) = try preparedMethodRequest(to: key, name: name, payload: payload)
+        defer { forgetMethodRequest(requestId) }
         connection.send([packet])
-        do {
-            let result = try await promise.futureResult.get()
-            timeout.cancel()
-            return result
-        } catch let error as ServiceError {
-            throw error
-        } catch {
-            throw .internalError("\(error)")
+        let replies = methodReplies
+        let seconds = responseTimeout.components.seconds
+        return try await withTimeout(
+            responseTimeout, timeoutError: { .gatewayTimeout("the device did not answer method '\(name)' within \(seconds) s") }
+        ) { () async throws(ServiceError) -> MethodCallResult in
+            try await replies.reply(to: requestId, cancelled: { .internalError("the method call was cancelled") })
         }
     }
 
-    private func preparedMethodRequest(to key: IdentityKey, name: String, payload: Data, promise: EventLoopPromise<MethodCallResult>) throws(ServiceError) -> (String, DeviceConnection, MQTTPacket) {
+    /// Allocates a request id, announces it to ``methodReplies`` and prepares the publish, all
+    /// under the lock, so a disconnect in between fails the call at once.
+    private func preparedMethodRequest(to key: IdentityKey, name: String, payload: Data) throws(ServiceError) -> (String, DeviceConnection, MQTTPacket) {
         try state.withLock { state throws(ServiceError) -> (String, DeviceConnection, MQTTPacket) in
             guard state.identities[key] != nil else { throw .notFound(key) }
             state.lastMethodRequestId += 1
@@ -47,18 +35,25 @@ extension Hub {
             guard let (connection, packet) = Self.preparePublish(in: &state, to: key, topic: topic, payload: ByteBuffer(data: payload), kind: .transient) else {
                 throw .deviceNotOnline(key)
             }
-            state.pendingMethods[requestId] = PendingMethodCall(key: key, promise: promise)
+            state.pendingMethods[requestId] = key
+            methodReplies.expect(requestId)
             return (requestId, connection, packet)
         }
     }
 
+    private func forgetMethodRequest(_ requestId: String) {
+        state.withLockedValue { _ = $0.pendingMethods.removeValue(forKey: requestId) }
+    }
+
     /// A device answered a method request.
     func receiveMethodResponse(from connection: DeviceConnection, _ topic: MethodResponseTopic, payload: ByteBuffer) {
-        let call = state.withLockedValue { state -> PendingMethodCall? in
-            guard let call = state.pendingMethods[topic.requestId], call.key == connection.key else { return nil }
-            return state.pendingMethods.removeValue(forKey: topic.requestId)
+        let awaited = state.withLockedValue { state -> Bool in
+            guard state.pendingMethods[topic.requestId] == connection.key else { return false }
+            state.pendingMethods[topic.requestId] = nil
+            return true
         }
         // An answer after the timeout, or to a request this device never got, is dropped like IoT Hub does.
-        call?.promise.succeed(MethodCallResult(status: topic.status, payload: Data(payload.readableBytesView)))
+        guard awaited else { return }
+        methodReplies.complete(topic.requestId, with: .success(MethodCallResult(status: topic.status, payload: Data(payload.readableBytesView))))
     }
 }

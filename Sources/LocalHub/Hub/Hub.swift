@@ -14,7 +14,8 @@ final class Hub: Sendable {
     struct State: Sendable {
         var identities: [IdentityKey: IdentityRecord] = [:]
         var sessions: [IdentityKey: SessionState] = [:]
-        var pendingMethods: [String: PendingMethodCall] = [:]
+        /// Direct-method calls waiting for an answer: request id → the identity called.
+        var pendingMethods: [String: IdentityKey] = [:]
         var lastMethodRequestId: UInt64 = 0
         var lastConnectionId: UInt64 = 0
         /// Every CONNECT received, accepted or not.
@@ -39,6 +40,8 @@ final class Hub: Sendable {
     private let persistence: StatePersistence?
     /// Wakes long-polls of registry-wide changes (connection state).
     let changes = ChangeSignal()
+    /// The answers to direct-method calls, by request id.
+    let methodReplies = PendingReplies<String, MethodCallResult, ServiceError>(keepingEarlyReplies: false)
 
     init(
         hostName: String, ownerPolicyName: String = "iothubowner", ownerPolicyKey: String,
@@ -118,12 +121,6 @@ final class Hub: Sendable {
 struct PersistedState: Sendable, Codable {
     var formatVersion = 1
     var identities: [IdentityRecord]
-}
-
-/// A direct-method call waiting for the device's answer.
-struct PendingMethodCall: Sendable {
-    var key: IdentityKey
-    var promise: EventLoopPromise<MethodCallResult>
 }
 
 /// The device's answer to a direct method.

@@ -1,11 +1,9 @@
-import NIOCore
-
 extension Router {
     /// The HTTPS listener's routes: IoT Hub's service API, the device file-upload API and the
     /// emulator's own `/local` API.
-    static func https(for hub: Hub, eventLoopGroup: any EventLoopGroup) -> Router {
+    static func https(for hub: Hub) -> Router {
         var router = Router()
-        ServiceRoutes(hub: hub, eventLoopGroup: eventLoopGroup).register(on: &router)
+        ServiceRoutes(hub: hub).register(on: &router)
         FileUploadRoutes(hub: hub).register(on: &router)
         LocalRoutes(hub: hub).register(on: &router)
         return router

@@ -1,6 +1,5 @@
 import Foundation
 import IoTHubProtocol
-import NIOCore
 import NIOHTTP1
 
 /// IoT Hub's service REST API (api-version 2021-04-12), the subset Microsoft's service SDKs
@@ -8,8 +7,6 @@ import NIOHTTP1
 /// requests, calls the hub, and answers in IoT Hub's JSON.
 struct ServiceRoutes: Sendable {
     let hub: Hub
-    /// Where direct-method calls wait for the device's answer.
-    let eventLoopGroup: any EventLoopGroup
 
     func register(on router: inout Router) {
         router.add(.GET, "devices") { request, _ throws(ServiceError) in
@@ -96,8 +93,7 @@ struct ServiceRoutes: Sendable {
             // Like IoT Hub, wait for the device to come online first.
             await hub.waitUntilConnected(key, timeout: .seconds(connectTimeout))
         }
-        let result = try await hub.invokeMethod(
-            on: key, name: name, payload: payload, responseTimeout: .seconds(Int64(responseTimeout)), eventLoop: eventLoopGroup.next())
+        let result = try await hub.invokeMethod(on: key, name: name, payload: payload, responseTimeout: .seconds(responseTimeout))
         let responsePayload = (try? JSONValue(parsing: result.payload)) ?? .string(String(decoding: result.payload, as: UTF8.self))
         return .json(["status": .integer(Int64(result.status)), "payload": result.payload.isEmpty ? .null : responsePayload])
     }
