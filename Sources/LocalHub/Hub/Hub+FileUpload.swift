@@ -45,20 +45,24 @@ extension Hub {
                 isSuccess: isSuccess, statusCode: statusCode, statusDescription: statusDescription, enqueuedTime: now),
             size: 256 + upload.blobName.utf8.count + statusDescription.utf8.count)
     }
+}
 
-    /// Sets or clears fault injection.
-    func setFaults(_ faults: Faults) {
-        state.withLockedValue { $0.faults = faults }
-    }
+/// A file-upload completion a device reported.
+struct FileUploadNotification: Sendable, Codable {
+    var deviceId: String
+    var blobName: String
+    var blobUri: String
+    var correlationId: String
+    var isSuccess: Bool
+    var statusCode: Int
+    var statusDescription: String
+    var enqueuedTime: Date
+}
 
-    var faults: Faults {
-        state.withLockedValue { $0.faults }
-    }
-
-    /// Drops the connection of `key` now (fault injection). Returns whether one was open.
-    func dropConnection(of key: IdentityKey) -> Bool {
-        guard let connection = state.withLockedValue({ $0.sessions[key]?.connection }) else { return false }
-        connection.close()
-        return true
-    }
+/// A file upload a device started: the storage it was given.
+struct PendingFileUpload: Sendable {
+    var key: IdentityKey
+    var containerName: String
+    var blobName: String
+    var created: Date
 }

@@ -57,3 +57,9 @@ extension Hub {
         methodReplies.complete(topic.requestId, with: .success(MethodCallResult(status: topic.status, payload: Data(payload.readableBytesView))))
     }
 }
+
+/// The device's answer to a direct method.
+struct MethodCallResult: Sendable {
+    var status: Int
+    var payload: Data
+}

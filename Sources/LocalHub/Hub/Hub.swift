@@ -116,15 +116,3 @@ final class Hub: Sendable {
         for connection in connections { connection.close() }
     }
 }
-
-/// The persisted part of the hub's state, `state.json`.
-struct PersistedState: Sendable, Codable {
-    var formatVersion = 1
-    var identities: [IdentityRecord]
-}
-
-/// The device's answer to a direct method.
-struct MethodCallResult: Sendable {
-    var status: Int
-    var payload: Data
-}

@@ -1,27 +1,6 @@
 import Foundation
 import IoTHubProtocol
 
-/// The key of a device or module identity: its MQTT client id, `deviceId` or `deviceId/moduleId`.
-struct IdentityKey: Hashable, Sendable, Codable, CustomStringConvertible {
-    var deviceId: String
-    var moduleId: String?
-
-    init(deviceId: String, moduleId: String? = nil) {
-        self.deviceId = deviceId
-        self.moduleId = moduleId
-    }
-
-    /// Parses an MQTT client id.
-    init?(clientId: String) {
-        let parts = clientId.split(separator: "/", omittingEmptySubsequences: false)
-        guard (1...2).contains(parts.count), parts.allSatisfy({ !$0.isEmpty }) else { return nil }
-        self.init(deviceId: String(parts[0]), moduleId: parts.count == 2 ? String(parts[1]) : nil)
-    }
-
-    var clientId: String { moduleId.map { "\(deviceId)/\($0)" } ?? deviceId }
-    var description: String { clientId }
-}
-
 /// How an identity authenticates, as in IoT Hub's registry.
 struct IdentityAuthentication: Sendable, Codable, Equatable {
     enum Kind: String, Sendable, Codable {
@@ -46,31 +25,6 @@ struct IdentityAuthentication: Sendable, Codable, Equatable {
         var generator = SystemRandomNumberGenerator()
         return Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }).base64EncodedString()
     }
-}
-
-/// A cloud-to-device message waiting in a device's queue.
-struct QueuedCloudToDeviceMessage: Sendable, Codable, Equatable {
-    /// IoT Hub's lock token: unique per message.
-    var lockToken: String
-    var payload: Data
-    /// System and application properties, in bag order (`$.mid`, `$.to`, …, `iothub-ack`, app properties).
-    var properties: [StoredProperty]
-    var enqueuedTime: Date
-    var expiryTime: Date
-    var deliveryCount: Int
-}
-
-/// A property of a stored message (`PropertyBag.Entry` in a Codable form).
-struct StoredProperty: Sendable, Codable, Equatable {
-    var key: String
-    var value: String?
-
-    init(_ entry: PropertyBag.Entry) {
-        key = entry.key
-        value = entry.value
-    }
-
-    var entry: PropertyBag.Entry { PropertyBag.Entry(key: key, value: value) }
 }
 
 /// Everything the hub keeps about one device or module identity; persisted in `state.json`.

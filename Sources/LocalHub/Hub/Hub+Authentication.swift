@@ -1,7 +1,64 @@
 import Foundation
 import IoTHubProtocol
+import NIOCore
+
+/// What a CONNECT presented, for authentication.
+struct ConnectCredentials: Sendable {
+    var clientId: String
+    var username: String?
+    var password: ByteBuffer?
+    /// DER of the client certificate from the TLS handshake, if one was presented.
+    var clientCertificateDER: [UInt8]?
+}
 
 extension Hub {
+    /// Checks a CONNECT like IoT Hub: client id and user name shape, identity exists and is
+    /// enabled, then the SAS token (signature, expiry, resource) or the X.509 thumbprint.
+    ///
+    /// - Returns: the identity and, for SAS, when the token expires (the hub then closes the
+    ///   connection, as IoT Hub does).
+    func authenticate(_ credentials: ConnectCredentials, now: Date = Date()) -> Result<(IdentityKey, Date?), ConnackPacket.ReturnCode> {
+        guard let key = IdentityKey(clientId: credentials.clientId) else { return .failure(.identifierRejected) }
+        guard let usernameText = credentials.username, let username = MQTTUsername(parsing: usernameText),
+              username.clientId == credentials.clientId,
+              username.hostName.lowercased() == hostName.lowercased()
+        else { return .failure(.badUsernameOrPassword) }
+
+        let (record, refused) = state.withLockedValue { state in
+            (state.identities[key], state.faults.refusesConnections(at: now))
+        }
+        if refused { return .failure(.serverUnavailable) }
+        guard let record, record.status == "enabled" else { return .failure(.notAuthorized) }
+
+        switch record.authentication.type {
+        case .sas:
+            guard let password = credentials.password,
+                  let text = password.getString(at: password.readerIndex, length: password.readableBytes),
+                  let token = try? SASToken(parsing: text)
+            else { return .failure(.badUsernameOrPassword) }
+            let expectedResource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId, moduleId: key.moduleId)
+            guard token.resourceURI.lowercased() == expectedResource.lowercased(), token.keyName == nil,
+                  !token.isExpired(at: now)
+            else { return .failure(.notAuthorized) }
+            let keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
+            guard keys.contains(where: { token.isSigned(withKey: $0) }) else { return .failure(.notAuthorized) }
+            return .success((key, token.expiryDate))
+        case .selfSigned, .certificateAuthority:
+            guard let der = credentials.clientCertificateDER else { return .failure(.notAuthorized) }
+            if record.authentication.type == .selfSigned {
+                let presented = [CertificateThumbprint.sha1(der), CertificateThumbprint.sha256(der)]
+                let registered = [record.authentication.primaryThumbprint, record.authentication.secondaryThumbprint]
+                    .compactMap { $0?.uppercased() }
+                guard presented.contains(where: registered.contains) else { return .failure(.notAuthorized) }
+            } else {
+                guard CertificateInspection.commonName(ofDER: der) == key.deviceId else { return .failure(.notAuthorized) }
+            }
+            return .success((key, nil))
+        case .none:
+            return .failure(.notAuthorized)
+        }
+    }
+
     /// Checks the credential of a service-API or `/local` request: a SAS token of the owner
     /// policy for this hub.
     /// - Parameter authorization: the request's `Authorization` header, if any.

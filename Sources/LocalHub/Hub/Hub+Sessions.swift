@@ -2,63 +2,7 @@ import Foundation
 import IoTHubProtocol
 import NIOCore
 
-/// What a CONNECT presented, for authentication.
-struct ConnectCredentials: Sendable {
-    var clientId: String
-    var username: String?
-    var password: ByteBuffer?
-    /// DER of the client certificate from the TLS handshake, if one was presented.
-    var clientCertificateDER: [UInt8]?
-}
-
 extension Hub {
-    /// Checks a CONNECT like IoT Hub: client id and user name shape, identity exists and is
-    /// enabled, then the SAS token (signature, expiry, resource) or the X.509 thumbprint.
-    ///
-    /// - Returns: the identity and, for SAS, when the token expires (the hub then closes the
-    ///   connection, as IoT Hub does).
-    func authenticate(_ credentials: ConnectCredentials, now: Date = Date()) -> Result<(IdentityKey, Date?), ConnackPacket.ReturnCode> {
-        guard let key = IdentityKey(clientId: credentials.clientId) else { return .failure(.identifierRejected) }
-        guard let usernameText = credentials.username, let username = MQTTUsername(parsing: usernameText),
-              username.clientId == credentials.clientId,
-              username.hostName.lowercased() == hostName.lowercased()
-        else { return .failure(.badUsernameOrPassword) }
-
-        let (record, refused) = state.withLockedValue { state in
-            (state.identities[key], state.faults.refusesConnections(at: now))
-        }
-        if refused { return .failure(.serverUnavailable) }
-        guard let record, record.status == "enabled" else { return .failure(.notAuthorized) }
-
-        switch record.authentication.type {
-        case .sas:
-            guard let password = credentials.password,
-                  let text = password.getString(at: password.readerIndex, length: password.readableBytes),
-                  let token = try? SASToken(parsing: text)
-            else { return .failure(.badUsernameOrPassword) }
-            let expectedResource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId, moduleId: key.moduleId)
-            guard token.resourceURI.lowercased() == expectedResource.lowercased(), token.keyName == nil,
-                  !token.isExpired(at: now)
-            else { return .failure(.notAuthorized) }
-            let keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
-            guard keys.contains(where: { token.isSigned(withKey: $0) }) else { return .failure(.notAuthorized) }
-            return .success((key, token.expiryDate))
-        case .selfSigned, .certificateAuthority:
-            guard let der = credentials.clientCertificateDER else { return .failure(.notAuthorized) }
-            if record.authentication.type == .selfSigned {
-                let presented = [CertificateThumbprint.sha1(der), CertificateThumbprint.sha256(der)]
-                let registered = [record.authentication.primaryThumbprint, record.authentication.secondaryThumbprint]
-                    .compactMap { $0?.uppercased() }
-                guard presented.contains(where: registered.contains) else { return .failure(.notAuthorized) }
-            } else {
-                guard CertificateInspection.commonName(ofDER: der) == key.deviceId else { return .failure(.notAuthorized) }
-            }
-            return .success((key, nil))
-        case .none:
-            return .failure(.notAuthorized)
-        }
-    }
-
     /// Counts a CONNECT, accepted or not.
     func recordConnectAttempt() {
         state.withLockedValue { $0.connectAttempts += 1 }
@@ -208,31 +152,5 @@ extension Hub {
         }
         return (connection, .publish(publish))
     }
-
-    /// Records a telemetry message from `connection`. The topic's identity must be the connection's.
-    /// Why a telemetry publish was not accepted; the connection is then closed, as IoT Hub does.
-    enum TelemetryRefusal: Error {
-        case foreignIdentity
-        case tooLarge(size: Int)
-    }
-
-    func receiveTelemetry(
-        from connection: DeviceConnection, topic: TelemetryTopic, rawProperties: Substring, payload: ByteBuffer, redelivered: Bool = false,
-        now: Date = Date()
-    ) throws(TelemetryRefusal) {
-        guard topic.deviceId == connection.key.deviceId, topic.moduleId == connection.key.moduleId else { throw .foreignIdentity }
-        let message = Message(payload: Data(payload.readableBytesView), propertyBag: topic.properties)
-        guard message.size <= Message.maximumSize else { throw .tooLarge(size: message.size) }
-        telemetry.append(
-            TelemetryRecord(
-                enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message, rawProperties: String(rawProperties),
-                redelivered: redelivered),
-            size: payload.readableBytes + rawProperties.utf8.count + 64)
-    }
-
-    /// The current acknowledgement delay fault.
-    var acknowledgementDelay: TimeAmount? {
-        let milliseconds = state.withLockedValue { $0.faults.acknowledgementDelayMilliseconds }
-        return milliseconds > 0 ? .milliseconds(Int64(milliseconds)) : nil
-    }
 }
+

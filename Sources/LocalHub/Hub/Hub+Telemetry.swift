@@ -1,0 +1,26 @@
+import Foundation
+import IoTHubProtocol
+import NIOCore
+
+extension Hub {
+    /// Why a telemetry publish was not accepted; the connection is then closed, as IoT Hub does.
+    enum TelemetryRefusal: Error {
+        case foreignIdentity
+        case tooLarge(size: Int)
+    }
+
+    /// Records a telemetry message from `connection`. The topic's identity must be the connection's.
+    func receiveTelemetry(
+        from connection: DeviceConnection, topic: TelemetryTopic, rawProperties: Substring, payload: ByteBuffer, redelivered: Bool = false,
+        now: Date = Date()
+    ) throws(TelemetryRefusal) {
+        guard topic.deviceId == connection.key.deviceId, topic.moduleId == connection.key.moduleId else { throw .foreignIdentity }
+        let message = Message(payload: Data(payload.readableBytesView), propertyBag: topic.properties)
+        guard message.size <= Message.maximumSize else { throw .tooLarge(size: message.size) }
+        telemetry.append(
+            TelemetryRecord(
+                enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message, rawProperties: String(rawProperties),
+                redelivered: redelivered),
+            size: payload.readableBytes + rawProperties.utf8.count + 64)
+    }
+}
