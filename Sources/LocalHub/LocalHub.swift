@@ -32,12 +32,17 @@ public final class LocalHub: Service, Sendable {
         public var telemetryCapacity: Int
         /// How long a new MQTT connection may take to send CONNECT before it is closed.
         public var connectTimeout: Duration
+        /// Event sources routed to the built-in endpoint (the telemetry log) besides telemetry,
+        /// like IoT Hub routes from those sources to `events`; `/local/routes` changes them at
+        /// run time. With a data directory the routes are kept in its state and added to these.
+        public var routedEventSources: Set<MessageSource>
 
         public init(
             hostName: String = "localhost", bindAddress: String = "127.0.0.1", mqttPort: Int = 8883,
             httpsPort: Int = 8443, blobPort: Int = 10000, dataDirectory: String? = nil, devices: [String] = [],
-            telemetryCapacity: Int = 100_000, connectTimeout: Duration = .seconds(10)
+            telemetryCapacity: Int = 100_000, connectTimeout: Duration = .seconds(10), routedEventSources: Set<MessageSource> = []
         ) {
+            self.routedEventSources = routedEventSources
             self.connectTimeout = connectTimeout
             self.hostName = hostName
             self.bindAddress = bindAddress
@@ -107,7 +112,7 @@ public final class LocalHub: Service, Sendable {
             hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted, persistence: persistence,
             telemetryCapacity: configuration.telemetryCapacity,
             connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000),
-            logger: logger)
+            routedEventSources: configuration.routedEventSources, logger: logger)
         persistence?.attach { [hub] in hub.snapshot() }
         for device in configuration.devices {
             do {

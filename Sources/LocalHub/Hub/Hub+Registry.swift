@@ -5,7 +5,7 @@ import IoTHubProtocol
 extension Hub {
     /// Creates or updates an identity from a service-API PUT body, with IoT Hub's etag rules:
     /// no `If-Match` creates (409 if it exists), `If-Match: *` or the current etag updates
-    /// (412 on another etag).
+    /// (412 on another etag). A creation emits a lifecycle event (`createDeviceIdentity`).
     func putIdentity(_ key: IdentityKey, body: JSONValue, ifMatch: String?, now: Date = Date()) throws(ServiceError) -> IdentityRecord {
         guard let members = body.objectValue else { throw .badRequest("the body must be a JSON object") }
         if let bodyId = members["deviceId"].flatMap(RegistryJSON.stringValue), bodyId != key.deviceId {
@@ -48,7 +48,9 @@ extension Hub {
             record.managedBy = members["managedBy"].flatMap(RegistryJSON.stringValue)
             if case .bool(let edge)? = members["capabilities"]?["iotEdge"] { record.iotEdge = edge }
             let credentialsChanged = state.identities[key].map { $0.authentication != record.authentication || $0.status != status } ?? false
+            let created = state.identities[key] == nil
             state.identities[key] = record
+            if created { route(.lifecycle(record, created: true, at: now), in: state) }
             return (record, credentialsChanged ? state.sessions[key]?.connection : nil)
         }
         // Like IoT Hub, new keys or a disabled identity end the current connection.
@@ -77,19 +79,28 @@ extension Hub {
         }
     }
 
-    /// Deletes an identity (and a device's modules); closes their connections.
-    func deleteIdentity(_ key: IdentityKey, ifMatch: String?) throws(ServiceError) {
+    /// Deletes an identity (and a device's modules); closes their connections. Emits, for each
+    /// identity deleted (modules first), a disconnection event if it was connected and a
+    /// lifecycle event (`deleteDeviceIdentity`).
+    func deleteIdentity(_ key: IdentityKey, ifMatch: String?, now: Date = Date()) throws(ServiceError) {
         let etagWanted = ETag.requested(ifMatch)
         let connections = try state.withLock { state throws(ServiceError) -> [DeviceConnection] in
             guard let existing = state.identities[key] else { throw .notFound(key) }
             if let etagWanted, etagWanted != "*", etagWanted != existing.etag {
                 throw .preconditionFailed("the identity's etag is \(existing.etag)")
             }
-            let doomed = state.identities.keys.filter { $0 == key || (key.moduleId == nil && $0.deviceId == key.deviceId) }
+            let doomed = state.identities.keys
+                .filter { $0 == key || (key.moduleId == nil && $0.deviceId == key.deviceId) }
+                .sorted { ($0.moduleId == nil ? 1 : 0, $0.clientId) < ($1.moduleId == nil ? 1 : 0, $1.clientId) }
             var connections: [DeviceConnection] = []
             for doomedKey in doomed {
-                state.identities[doomedKey] = nil
-                if let connection = state.sessions.removeValue(forKey: doomedKey)?.connection { connections.append(connection) }
+                guard let record = state.identities.removeValue(forKey: doomedKey) else { continue }
+                if let connection = state.sessions.removeValue(forKey: doomedKey)?.connection {
+                    connections.append(connection)
+                    let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
+                    route(.connectionState(doomedKey, connected: false, sequenceNumber: sequenceNumber, at: now), in: state)
+                }
+                route(.lifecycle(record, created: false, at: now), in: state)
             }
             return connections
         }

@@ -18,7 +18,8 @@ extension Hub {
         return DeviceConnection(id: id, key: key, transport: transport, channel: channel)
     }
 
-    /// Makes `connection` the live connection of its session.
+    /// Makes `connection` the live connection of its session, and emits a connection-state
+    /// event (`deviceConnected`, after `deviceDisconnected` for a connection it replaces).
     ///
     /// - Returns: whether a session was present, the publishes to send again (DUP set), and the
     ///   connection it replaces, which the caller closes.
@@ -51,6 +52,12 @@ extension Hub {
             state.sessions[key] = session
             state.identities[key]?.lastActivityTime = now
             state.identities[key]?.connectionStateUpdatedTime = now
+            if replaced != nil {
+                let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
+                route(.connectionState(key, connected: false, sequenceNumber: sequenceNumber, at: now), in: state)
+            }
+            let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
+            route(.connectionState(key, connected: true, sequenceNumber: sequenceNumber, at: now), in: state)
             return (sessionPresent, resend, replaced)
         }
         stateChanged()
@@ -59,7 +66,9 @@ extension Hub {
         return result
     }
 
-    /// Forgets `connection` when it closes. A clean session ends with it.
+    /// Forgets `connection` when it closes, with a connection-state event
+    /// (`deviceDisconnected`) if it was the session's live connection. A clean session ends
+    /// with it.
     func detach(_ connection: DeviceConnection, now: Date = Date()) {
         let (detached, abandoned) = state.withLockedValue { state -> (Bool, [String]) in
             let key = connection.key
@@ -73,6 +82,8 @@ extension Hub {
                 state.sessions[key] = session
             }
             state.identities[key]?.connectionStateUpdatedTime = now
+            let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
+            route(.connectionState(key, connected: false, sequenceNumber: sequenceNumber, at: now), in: state)
             // Method calls to a device that went away fail now rather than at their timeout.
             let abandoned = state.pendingMethods.filter { $0.value == key }.map(\.key)
             for requestId in abandoned { state.pendingMethods[requestId] = nil }

@@ -9,7 +9,10 @@ extension Hub {
     static let twinSectionLimit = 32 * 1024
 
     /// Answers a device's twin GET or reported-properties PATCH.
-    func handleTwinRequest(from connection: DeviceConnection, _ request: TwinRequestTopic, payload: ByteBuffer) {
+    ///
+    /// A reported patch that is applied emits a twin change notification (`updateTwin`) with
+    /// the patch, the reported properties' new `$version` and the twin's new version.
+    func handleTwinRequest(from connection: DeviceConnection, _ request: TwinRequestTopic, payload: ByteBuffer, now: Date = Date()) {
         let key = connection.key
         let outgoing = state.withLockedValue { state -> (DeviceConnection, MQTTPacket)? in
             let response: (status: Int, version: Int?, body: Data)
@@ -31,6 +34,10 @@ extension Hub {
                             record.twinVersion += 1
                             state.identities[key] = record
                             response = (204, reported.version, Data())
+                            var changed = patch
+                            changed["$version"] = .integer(Int64(reported.version))
+                            let body: JSONValue = ["version": .integer(Int64(record.twinVersion)), "properties": ["reported": .object(changed)]]
+                            route(.twinChange(key, operation: .updateTwin, body: body, at: now), in: state)
                         }
                     } else {
                         response = (400, nil, Data(#"{"errorCode":400004,"message":"The reported patch is not a JSON object"}"#.utf8))
@@ -47,8 +54,13 @@ extension Hub {
     }
 
     /// Applies a desired-properties patch from the service side and pushes it to the device.
+    ///
+    /// Emits a twin change notification: `replaceTwin` with the whole twin, or `updateTwin`
+    /// with the changed desired properties (and their new `$version`) and tags.
     /// - Returns: the updated record.
-    func patchDesired(_ key: IdentityKey, patch: [String: JSONValue], tags: [String: JSONValue]?, replace: Bool, ifMatch: String?) throws(ServiceError) -> IdentityRecord {
+    func patchDesired(
+        _ key: IdentityKey, patch: [String: JSONValue], tags: [String: JSONValue]?, replace: Bool, ifMatch: String?, now: Date = Date()
+    ) throws(ServiceError) -> IdentityRecord {
         let (record, outgoing) = try state.withLock { state throws(ServiceError) -> (IdentityRecord, (DeviceConnection, MQTTPacket)?) in
             guard var record = state.identities[key] else { throw .notFound(key) }
             guard ETag.matches(ifMatch, current: record.twinEtag) else {
@@ -79,6 +91,18 @@ extension Hub {
             }
             record.twinVersion += 1
             state.identities[key] = record
+            if replace {
+                route(.twinChange(key, operation: .replaceTwin, body: HubEvent.twinDocument(record, withTags: true), at: now), in: state)
+            } else if changedDesired || tags != nil {
+                var body: [String: JSONValue] = ["version": .integer(Int64(record.twinVersion))]
+                if let tags { body["tags"] = .object(tags) }
+                if changedDesired {
+                    var changed = patch
+                    changed["$version"] = .integer(Int64(desired.version))
+                    body["properties"] = ["desired": .object(changed)]
+                }
+                route(.twinChange(key, operation: .updateTwin, body: .object(body), at: now), in: state)
+            }
             guard changedDesired || replace else { return (record, nil) }
             pushed["$version"] = .integer(Int64(desired.version))
             let topic = DesiredPropertiesPatchTopic(version: desired.version).name

@@ -22,6 +22,10 @@ final class Hub: Sendable {
         var connectAttempts: UInt64 = 0
         var faults = Faults()
         var fileUploads: [String: PendingFileUpload] = [:]
+        /// Event sources routed to the built-in endpoint besides telemetry.
+        var routedEventSources: Set<MessageSource> = []
+        /// The last connection-state event's number (``Hub/nextConnectionStateSequenceNumber(in:)``).
+        var lastConnectionStateSequence: UInt64 = 0
     }
 
     let hostName: String
@@ -40,6 +44,8 @@ final class Hub: Sendable {
     private let persistence: StatePersistence?
     /// Wakes long-polls of registry-wide changes (connection state).
     let changes = ChangeSignal()
+    /// When the hub started, as connection-state sequence numbers begin.
+    let startTimeDigits: String
     /// The answers to direct-method calls, by request id.
     let methodReplies = PendingReplies<String, MethodCallResult, ServiceError>(keepingEarlyReplies: false)
 
@@ -47,8 +53,9 @@ final class Hub: Sendable {
         hostName: String, ownerPolicyName: String = "iothubowner", ownerPolicyKey: String,
         persistedState: PersistedState? = nil, persistence: StatePersistence? = nil,
         telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, connectTimeout: TimeAmount = .seconds(10),
-        logger: Logger
+        routedEventSources: Set<MessageSource> = [], logger: Logger, now: Date = Date()
     ) {
+        self.startTimeDigits = Self.fileTimeDigits(now)
         self.connectTimeout = connectTimeout
         self.hostName = hostName
         self.ownerPolicyName = ownerPolicyName
@@ -62,6 +69,7 @@ final class Hub: Sendable {
         for record in persistedState?.identities ?? [] {
             initial.identities[record.key] = record
         }
+        initial.routedEventSources = routedEventSources.union(persistedState?.routedEventSources ?? []).subtracting([.telemetry])
         self.state = NIOLockedValueBox(initial)
         self.persistence = persistence
     }
@@ -79,7 +87,9 @@ final class Hub: Sendable {
     /// The persisted part of the state.
     func snapshot() -> PersistedState {
         state.withLockedValue { state in
-            PersistedState(identities: state.identities.values.sorted { $0.key.clientId < $1.key.clientId })
+            PersistedState(
+                identities: state.identities.values.sorted { $0.key.clientId < $1.key.clientId },
+                routedEventSources: MessageSource.events.filter(state.routedEventSources.contains))
         }
     }
 

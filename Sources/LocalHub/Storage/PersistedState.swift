@@ -4,4 +4,6 @@ import Foundation
 struct PersistedState: Sendable, Codable {
     var formatVersion = 1
     var identities: [IdentityRecord]
+    /// The event sources routed to the built-in endpoint (absent in files of older versions).
+    var routedEventSources: [MessageSource]?
 }
