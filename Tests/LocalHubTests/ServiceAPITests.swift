@@ -130,6 +130,32 @@ import Testing
         #expect(await request(.GET, "/local/telemetry?timeout=999").0.status == .badRequest)
     }
 
+    @Test func routesChooseTheEventSourcesTheTelemetryLogKeeps() async throws {
+        let (initial, routes) = await request(.GET, "/local/routes")
+        #expect(initial.status == .ok)
+        #expect(routes == ["messageSources": ["Telemetry"]])
+        let (set, changed) = await request(.PUT, "/local/routes", json: ["messageSources": ["deviceLifecycleEvents", "Telemetry"]])
+        #expect(set.status == .ok)
+        #expect(changed == ["messageSources": ["Telemetry", "deviceLifecycleEvents"]])
+        #expect(await request(.PUT, "/local/routes", json: ["messageSources": ["digitalTwinChangeEvents"]]).0.status == .badRequest)
+        #expect(await request(.PUT, "/local/routes", json: ["sources": []]).0.status == .badRequest)
+        #expect(hub.routedEventSources == [.deviceLifecycleEvents])
+
+        _ = try hub.ensureDevice("d1")
+        hub.telemetry.append(
+            TelemetryRecord(enqueuedTime: Date(), deviceId: "d1", message: Message(payload: Data("x".utf8), messageId: "t1"), rawProperties: "%24.mid=t1"),
+            size: 10)
+        let (_, all) = await request(.GET, "/local/telemetry")
+        #expect(all?["messages"]?.arrayValue?.compactMap { $0["messageSource"] } == ["deviceLifecycleEvents", "Telemetry"])
+        let (_, lifecycle) = await request(.GET, "/local/telemetry?messageSource=deviceLifecycleEvents")
+        #expect(lifecycle?["messages"]?.arrayCount == 1)
+        #expect(lifecycle?["messages"]?.arrayValue?.first?["properties"]?["opType"] == "createDeviceIdentity")
+        let (_, telemetry) = await request(.GET, "/local/telemetry?messageSource=Telemetry")
+        #expect(telemetry?["messages"]?.arrayValue?.compactMap { $0["messageId"] } == ["t1"])
+        #expect(await request(.GET, "/local/telemetry?messageSource=Telemetry,nope").0.status == .badRequest)
+        #expect(await request(.GET, "/local/telemetry/stream?messageSource=nope").0.status == .badRequest)
+    }
+
     @Test func faultsCanBeSetReadAndCleared() async throws {
         let (set, faults) = await request(.PUT, "/local/faults", json: ["throttleNextOperations": 2, "acknowledgementDelayMilliseconds": 50])
         #expect(set.status == .ok)

@@ -50,7 +50,7 @@ struct LocalRoutes: Sendable {
             let after = try request.cursor()
             let limit = try request.integer("limit", default: 100, range: 1...10_000)
             let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
-            let filter = Self.telemetryFilter(request)
+            let filter = try Self.telemetryFilter(request)
             let page = await hub.telemetry.poll(after: after, limit: limit, timeout: .seconds(timeout), where: filter)
             return .json([
                 "messages": .array(page.entries.map { Self.telemetryJSON($0.entry, sequenceNumber: $0.sequenceNumber) }),
@@ -63,7 +63,7 @@ struct LocalRoutes: Sendable {
             let resume = request.query["after"] ?? request.headers.first(name: "Last-Event-ID")
             guard resume == nil || UInt64(resume ?? "") != nil else { throw .badRequest("after must be a sequence number") }
             let start = resume.flatMap { UInt64($0) } ?? hub.telemetry.lastSequenceNumber
-            let filter = Self.telemetryFilter(request)
+            let filter = try Self.telemetryFilter(request)
             let log = hub.telemetry
             let stream = AsyncStream<ByteBuffer> { continuation in
                 let task = Task {
@@ -85,6 +85,25 @@ struct LocalRoutes: Sendable {
                 continuation.onTermination = { _ in task.cancel() }
             }
             return RouterResponse(status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], body: .stream(stream))
+        }
+        router.add(.GET, "local/routes") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            return .json(Self.routesJSON(hub.routedEventSources))
+        }
+        router.add(.PUT, "local/routes") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            guard case .array(let names)? = try request.json()["messageSources"] else {
+                throw .badRequest("the body must be an object with a messageSources array")
+            }
+            var sources: Set<MessageSource> = []
+            for name in names {
+                guard let text = RegistryJSON.stringValue(name), let source = MessageSource(rawValue: text) else {
+                    throw .badRequest("unknown message source \(String(decoding: name.encoded(), as: UTF8.self)): use \(Self.sourceNames)")
+                }
+                sources.insert(source)
+            }
+            hub.setRoutedEventSources(sources)
+            return .json(Self.routesJSON(hub.routedEventSources))
         }
         router.add(.GET, "local/file-uploads") { request, _ throws(ServiceError) in
             try hub.authorizeService(request.authorization)
@@ -149,11 +168,32 @@ struct LocalRoutes: Sendable {
         ]
     }
 
-    static func telemetryFilter(_ request: RouterRequest) -> @Sendable (TelemetryRecord) -> Bool {
+    /// The routes as `GET /local/routes` shows them: every source the built-in endpoint
+    /// receives, telemetry first.
+    static func routesJSON(_ routed: Set<MessageSource>) -> JSONValue {
+        ["messageSources": .array(MessageSource.allCases.filter { $0 == .telemetry || routed.contains($0) }.map { .string($0.rawValue) })]
+    }
+
+    static let sourceNames = MessageSource.allCases.map(\.rawValue).joined(separator: ", ")
+
+    /// The `deviceId`, `moduleId` and `messageSource` (comma-separated) filters of a telemetry read.
+    static func telemetryFilter(_ request: RouterRequest) throws(ServiceError) -> @Sendable (TelemetryRecord) -> Bool {
         let deviceId = request.query["deviceId"]
         let moduleId = request.query["moduleId"]
-        return { record in
+        var sources: Set<MessageSource>?
+        if let text = request.query["messageSource"] {
+            var wanted: Set<MessageSource> = []
+            for name in text.split(separator: ",", omittingEmptySubsequences: false) {
+                guard let source = MessageSource(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                    throw .badRequest("messageSource '\(name)' is not one of \(sourceNames)")
+                }
+                wanted.insert(source)
+            }
+            sources = wanted
+        }
+        return { [sources] record in
             (deviceId == nil || record.deviceId == deviceId) && (moduleId == nil || record.moduleId == moduleId)
+                && (sources?.contains(record.source) ?? true)
         }
     }
 
@@ -202,6 +242,7 @@ struct LocalRoutes: Sendable {
             "rawProperties": .string(record.rawProperties),
             "body": .string(message.payload.base64EncodedString()),
             "redelivered": .bool(record.redelivered),
+            "messageSource": .string(record.source.rawValue),
         ]
         let optional: [(String, String?)] = [
             ("moduleId", record.moduleId), ("messageId", message.messageId), ("correlationId", message.correlationId),
