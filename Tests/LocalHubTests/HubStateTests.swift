@@ -173,6 +173,23 @@ import Testing
         #expect(hub.identity(key)?.subscriptions.isEmpty == true)
     }
 
+    @Test func aConnectionWhoseTrafficIsDiscardedStaysOpenAndIsSentNothing() throws {
+        let hub = try Self.makeHub()
+        let key = IdentityKey(deviceId: "dev1")
+        #expect(!hub.discardTraffic(of: key), "no connection yet")
+        let channel = EmbeddedChannel()
+        let connection = DeviceConnection(id: 1, key: key, transport: .tcp, channel: channel)
+        _ = hub.attach(connection, cleanSession: true)
+        _ = hub.subscribe(connection, [.init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .atLeastOnce)])
+        _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("before".utf8)), timeToLive: nil)
+        #expect(try channel.readOutbound(as: MQTTPacket.self) != nil)
+        #expect(hub.discardTraffic(of: key))
+        #expect(connection.isDiscardingTraffic)
+        _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("after".utf8)), timeToLive: nil)
+        #expect(try channel.readOutbound(as: MQTTPacket.self) == nil)
+        #expect(hub.isConnected(key), "the connection stays open: only the client gives it up")
+    }
+
     @Test func methodCallsToOfflineDevicesFailAtOnce() async throws {
         let hub = try Self.makeHub()
         await #expect(throws: ServiceError.deviceNotOnline(IdentityKey(deviceId: "dev1"))) {

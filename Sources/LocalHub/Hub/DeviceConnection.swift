@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// How a device's MQTT connection arrived.
@@ -16,6 +17,7 @@ final class DeviceConnection: Sendable {
     let key: IdentityKey
     let transport: MQTTTransport
     let channel: any Channel
+    private let discarding = NIOLockedValueBox(false)
 
     init(id: UInt64, key: IdentityKey, transport: MQTTTransport, channel: any Channel) {
         self.id = id
@@ -24,9 +26,21 @@ final class DeviceConnection: Sendable {
         self.channel = channel
     }
 
-    /// Writes the packets and flushes once.
+    /// Whether everything on this connection is discarded (``discardTraffic()``).
+    var isDiscardingTraffic: Bool {
+        discarding.withLockedValue { $0 }
+    }
+
+    /// From now on the hub discards every packet the client sends on this connection and
+    /// sends it nothing, without closing it: as if the network dropped the packets. The client
+    /// notices only when its keep-alive goes unanswered (fault injection).
+    func discardTraffic() {
+        discarding.withLockedValue { $0 = true }
+    }
+
+    /// Writes the packets and flushes once (nothing, when traffic is discarded).
     func send(_ packets: [MQTTPacket]) {
-        guard !packets.isEmpty else { return }
+        guard !packets.isEmpty, !isDiscardingTraffic else { return }
         for packet in packets {
             channel.write(packet, promise: nil)
         }

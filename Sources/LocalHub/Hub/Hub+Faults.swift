@@ -19,6 +19,14 @@ extension Hub {
         return true
     }
 
+    /// Makes the connection of `key` silently discard all traffic, in both directions, until
+    /// the client gives it up (fault injection). Returns whether one was open.
+    func discardTraffic(of key: IdentityKey) -> Bool {
+        guard let connection = state.withLockedValue({ $0.sessions[key]?.connection }) else { return false }
+        connection.discardTraffic()
+        return true
+    }
+
     /// The current acknowledgement delay fault.
     var acknowledgementDelay: TimeAmount? {
         let milliseconds = state.withLockedValue { $0.faults.acknowledgementDelayMilliseconds }

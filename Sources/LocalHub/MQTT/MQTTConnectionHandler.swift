@@ -60,6 +60,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             guard case .connect(let connect) = packet else { return close(context, "the first packet was not CONNECT") }
             handleConnect(context: context, connect)
         case .connected(let connection):
+            // Fault injection: packets the network "dropped" never reach the hub.
+            guard !connection.isDiscardingTraffic else { return }
             handle(packet, from: connection, context: context)
         case .closed:
             break

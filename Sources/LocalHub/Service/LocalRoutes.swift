@@ -45,6 +45,15 @@ struct LocalRoutes: Sendable {
                 return .empty()
             }
         }
+        for (prefix, isModule) in [("local/devices/:id/discard-traffic", false), ("local/devices/:id/modules/:mid/discard-traffic", true)] {
+            router.add(.POST, prefix) { request, parameters throws(ServiceError) in
+                try hub.authorizeService(request.authorization)
+                let key = parameters.identityKey(isModule: isModule)
+                guard hub.identity(key) != nil else { throw .notFound(key) }
+                guard hub.discardTraffic(of: key) else { throw .deviceNotOnline(key) }
+                return .empty()
+            }
+        }
         router.add(.GET, "local/telemetry") { request, _ throws(ServiceError) in
             try hub.authorizeService(request.authorization)
             let after = try request.cursor()
