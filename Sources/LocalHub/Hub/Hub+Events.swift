@@ -20,13 +20,22 @@ extension Hub {
         String(hostName.split(separator: ".", maxSplits: 1).first ?? Substring(hostName))
     }
 
-    /// Records `event` on the built-in endpoint if its source is routed there. Called with the
-    /// lock held, so events are logged in the order of the changes they report (the event
-    /// log's own lock is taken inside the hub's, never the other way round).
-    func route(_ event: HubEvent, in state: State) {
-        guard state.routedEventSources.contains(event.source) else { return }
-        let record = event.record(hubName: hubName)
+    /// Records the event on the built-in endpoint if its source is routed there (the event is
+    /// only made then). Called with the lock held, so events are logged in the order of the
+    /// changes they report (the event log's own lock is taken inside the hub's, never the other
+    /// way round).
+    func route(_ source: MessageSource, in state: State, _ event: () -> HubEvent) {
+        guard state.routedEventSources.contains(source) else { return }
+        let record = event().record(hubName: hubName)
         telemetry.append(record, size: record.message.size + 256)
+    }
+
+    /// Records a connection-state event with the next sequence number, if such events are
+    /// routed. Called with the lock held.
+    func routeConnectionState(of key: IdentityKey, connected: Bool, at time: Date, in state: inout State) {
+        guard state.routedEventSources.contains(.deviceConnectionStateEvents) else { return }
+        let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
+        route(.deviceConnectionStateEvents, in: state) { .connectionState(key, connected: connected, sequenceNumber: sequenceNumber, at: time) }
     }
 
     /// The next connection-state sequence number: 64 hexadecimal digits that grow with every

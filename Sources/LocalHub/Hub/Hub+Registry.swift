@@ -50,7 +50,7 @@ extension Hub {
             let credentialsChanged = state.identities[key].map { $0.authentication != record.authentication || $0.status != status } ?? false
             let created = state.identities[key] == nil
             state.identities[key] = record
-            if created { route(.lifecycle(record, created: true, at: now), in: state) }
+            if created { route(.deviceLifecycleEvents, in: state) { .lifecycle(record, created: true, at: now) } }
             return (record, credentialsChanged ? state.sessions[key]?.connection : nil)
         }
         // Like IoT Hub, new keys or a disabled identity end the current connection.
@@ -97,10 +97,9 @@ extension Hub {
                 guard let record = state.identities.removeValue(forKey: doomedKey) else { continue }
                 if let connection = state.sessions.removeValue(forKey: doomedKey)?.connection {
                     connections.append(connection)
-                    let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
-                    route(.connectionState(doomedKey, connected: false, sequenceNumber: sequenceNumber, at: now), in: state)
+                    routeConnectionState(of: doomedKey, connected: false, at: now, in: &state)
                 }
-                route(.lifecycle(record, created: false, at: now), in: state)
+                route(.deviceLifecycleEvents, in: state) { .lifecycle(record, created: false, at: now) }
             }
             return connections
         }

@@ -52,12 +52,8 @@ extension Hub {
             state.sessions[key] = session
             state.identities[key]?.lastActivityTime = now
             state.identities[key]?.connectionStateUpdatedTime = now
-            if replaced != nil {
-                let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
-                route(.connectionState(key, connected: false, sequenceNumber: sequenceNumber, at: now), in: state)
-            }
-            let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
-            route(.connectionState(key, connected: true, sequenceNumber: sequenceNumber, at: now), in: state)
+            if replaced != nil { routeConnectionState(of: key, connected: false, at: now, in: &state) }
+            routeConnectionState(of: key, connected: true, at: now, in: &state)
             return (sessionPresent, resend, replaced)
         }
         stateChanged()
@@ -82,8 +78,7 @@ extension Hub {
                 state.sessions[key] = session
             }
             state.identities[key]?.connectionStateUpdatedTime = now
-            let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
-            route(.connectionState(key, connected: false, sequenceNumber: sequenceNumber, at: now), in: state)
+            routeConnectionState(of: key, connected: false, at: now, in: &state)
             // Method calls to a device that went away fail now rather than at their timeout.
             let abandoned = state.pendingMethods.filter { $0.value == key }.map(\.key)
             for requestId in abandoned { state.pendingMethods[requestId] = nil }

@@ -34,10 +34,12 @@ extension Hub {
                             record.twinVersion += 1
                             state.identities[key] = record
                             response = (204, reported.version, Data())
-                            var changed = patch
-                            changed["$version"] = .integer(Int64(reported.version))
-                            let body: JSONValue = ["version": .integer(Int64(record.twinVersion)), "properties": ["reported": .object(changed)]]
-                            route(.twinChange(key, operation: .updateTwin, body: body, at: now), in: state)
+                            route(.twinChangeEvents, in: state) {
+                                var changed = patch
+                                changed["$version"] = .integer(Int64(reported.version))
+                                let body: JSONValue = ["version": .integer(Int64(record.twinVersion)), "properties": ["reported": .object(changed)]]
+                                return .twinChange(key, operation: .updateTwin, body: body, at: now)
+                            }
                         }
                     } else {
                         response = (400, nil, Data(#"{"errorCode":400004,"message":"The reported patch is not a JSON object"}"#.utf8))
@@ -92,16 +94,18 @@ extension Hub {
             record.twinVersion += 1
             state.identities[key] = record
             if replace {
-                route(.twinChange(key, operation: .replaceTwin, body: HubEvent.twinDocument(record, withTags: true), at: now), in: state)
+                route(.twinChangeEvents, in: state) { .twinChange(key, operation: .replaceTwin, body: HubEvent.twinDocument(record, withTags: true), at: now) }
             } else if changedDesired || tags != nil {
-                var body: [String: JSONValue] = ["version": .integer(Int64(record.twinVersion))]
-                if let tags { body["tags"] = .object(tags) }
-                if changedDesired {
-                    var changed = patch
-                    changed["$version"] = .integer(Int64(desired.version))
-                    body["properties"] = ["desired": .object(changed)]
+                route(.twinChangeEvents, in: state) {
+                    var body: [String: JSONValue] = ["version": .integer(Int64(record.twinVersion))]
+                    if let tags { body["tags"] = .object(tags) }
+                    if changedDesired {
+                        var changed = patch
+                        changed["$version"] = .integer(Int64(desired.version))
+                        body["properties"] = ["desired": .object(changed)]
+                    }
+                    return .twinChange(key, operation: .updateTwin, body: .object(body), at: now)
                 }
-                route(.twinChange(key, operation: .updateTwin, body: .object(body), at: now), in: state)
             }
             guard changedDesired || replace else { return (record, nil) }
             pushed["$version"] = .integer(Int64(desired.version))
