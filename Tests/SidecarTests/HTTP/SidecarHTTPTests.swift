@@ -60,7 +60,7 @@ import Testing
             let key = IdentityKey(deviceId: "dev1")
             let call = Task {
                 try await sidecar.hub.invokeMethod(
-                    on: key, name: "reboot", payload: Data(#"{"delay":1}"#.utf8), responseTimeout: .seconds(20), eventLoop: sidecar.localHub.group.next())
+                    on: key, name: "reboot", payload: Data(#"{"delay":1}"#.utf8), responseTimeout: .seconds(20))
             }
             let polled = try await sidecar.request(.get, "/methods?name=reboot&timeout=20")
             #expect(polled.status == .ok)
