@@ -463,9 +463,14 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
             return .none
         }
         guard !requested else { return .none }
-        if case .settled(.accepted)? = attempt?.connack {
+        // Accepted, whether or not the attempt has taken the CONNACK yet (it may have come in the
+        // same read as the end of the connection): the attempt finishes as connected, then lost.
+        switch attempt?.connack {
+        case .settled(.accepted)?, .answered(.accepted)?:
             attempt?.lostAfterAcceptance = true
             return .none
+        default:
+            break
         }
         guard phase == .connected else { return .none }
         return connectionLost(at: now)

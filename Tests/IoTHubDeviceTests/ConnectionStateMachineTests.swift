@@ -363,6 +363,24 @@ import Testing
         #expect(machine.phase == .reconnecting)
     }
 
+    /// The CONNACK and the end of the connection in one read (the hub accepts, then the
+    /// connection ends before the attempt has taken the CONNACK): still lost, not connected.
+    @Test func aConnectionThatEndsRightAfterItsConnackIsHandledAsLost() throws {
+        var machine = machine()
+        guard case .startAttempt(let attempt) = machine.connect(waiter: 1, at: start) else { return }
+        let connection = try begin(&machine, attempt.id, at: start)
+        machine.connackReceived(returnCode: 0)
+        guard case .none = machine.connectionEnded(requested: false, reason: nil, at: start) else { return }
+        let answer = machine.takeConnackOutcome(attempt.id)
+        let outcome = try #require(answer)
+        let (_, result) = machine.settle(attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        guard case .connected(_, [1], .reconnect(_, _, nil, true)) = machine.finishAttempt(attempt.id, result: result, at: start) else {
+            Issue.record("the loss was missed: the client would report connected with no connection")
+            return
+        }
+        #expect(machine.phase == .reconnecting)
+    }
+
     // MARK: Renewing credentials
 
     @Test func theRenewalIsDueAtTheTimeTheAttemptGave() throws {
