@@ -55,6 +55,8 @@ public final class IoTHubDeviceClient: Sendable {
     let messageStreams = Broadcaster<Message>()
     /// Where cloud-to-device (or module input) messages go instead of ``messages()``, when set.
     let inbox = NIOLockedValueBox<CloudToDeviceInbox?>(nil)
+    /// The inbox holding messages staged since the network thread's last write.
+    let stagingInbox = NIOLockedValueBox<CloudToDeviceInbox?>(nil)
     let methodStreams = Broadcaster<MethodRequest>()
     let desiredStreams = Broadcaster<JSONValue>()
     let stateStreams = Broadcaster<ConnectionStateChange>(bufferingPolicy: .bufferingNewest(64))

@@ -7,6 +7,10 @@ import Testing
 
 /// A LocalHub on ephemeral loopback ports for device-client tests.
 struct HubFixture {
+    /// The hub's and clients' log level: error, unless IOTHUB_TEST_LOG_LEVEL says otherwise
+    /// (to see what happened in a failing test).
+    static let logLevel = ProcessInfo.processInfo.environment["IOTHUB_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .error
+
     let localHub: LocalHub
     let ports: LocalHub.Ports
 
@@ -14,7 +18,7 @@ struct HubFixture {
 
     static func with<T>(devices: [String] = ["dev1"], _ body: (HubFixture) async throws -> T) async throws -> T {
         var logger = Logger(label: "localhub-test")
-        logger.logLevel = .error
+        logger.logLevel = HubFixture.logLevel
         let localHub = try LocalHub(configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, devices: devices), logger: logger)
         let ports = try await localHub.start()
         let fixture = HubFixture(localHub: localHub, ports: ports)
@@ -45,7 +49,7 @@ struct HubFixture {
         _ deviceId: String = "dev1", moduleId: String? = nil, over transport: Transport = .tcp, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }
     ) throws -> IoTHubDeviceClient {
         var logger = Logger(label: "device-test")
-        logger.logLevel = .error
+        logger.logLevel = HubFixture.logLevel
         return try IoTHubDeviceClient.fromConnectionString(
             connectionString(deviceId, moduleId: moduleId), configuration: configuration(over: transport, adjust), logger: logger)
     }

@@ -16,6 +16,8 @@ extension IoTHubDeviceClient {
     func received(_ message: Message) {
         if let inbox = inbox.withLockedValue({ $0 }) {
             inbox.stage(message)
+            // Committed by the inbox it was staged in, even if another is given meanwhile.
+            stagingInbox.withLockedValue { $0 = inbox }
         } else {
             messageStreams.yield(message)
         }
@@ -23,6 +25,10 @@ extension IoTHubDeviceClient {
 
     /// On the network thread before it writes: what the inbox staged is made durable.
     func keepReceivedMessages() -> Bool {
-        inbox.withLockedValue { $0 }?.commitStaged() ?? true
+        let staged = stagingInbox.withLockedValue { inbox in
+            defer { inbox = nil }
+            return inbox
+        }
+        return staged?.commitStaged() ?? true
     }
 }

@@ -71,7 +71,7 @@ import Testing
             let fresh = try openInbox(working)
             client.deliverMessages(to: fresh)
             let lease = await fresh.receive(timeout: .seconds(20))
-            #expect(lease?.message.messageId == "k1")
+            #expect(lease?.message.messageId == "k1", "connections: \(fixture.hub.state.withLockedValue { $0.lastConnectionId }), connected: \(client.isConnected), hub holds \(fixture.hub.identity(key)?.cloudToDevice.count ?? -1), status: \(client.status)")
             #expect(await HubFixture.eventually { fixture.hub.identity(key)?.cloudToDevice.isEmpty == true })
             await client.shutdown()
             fresh.close()
