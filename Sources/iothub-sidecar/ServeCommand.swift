@@ -223,9 +223,10 @@ struct ServeCommand: AsyncParsableCommand {
             var outbox = settings.outbox
             outbox.directory = stateDirectory.outboxPath
             bridge = try DeviceBridge(
-                client: client, outbox: outbox, defaultDelivery: settings.telemetryDelivery, shutdownTimeout: .seconds(shutdownTimeout), logger: logger)
+                client: client, outbox: outbox, inbox: InboxConfiguration(directory: stateDirectory.inboxPath), defaultDelivery: settings.telemetryDelivery,
+                shutdownTimeout: .seconds(shutdownTimeout), logger: logger)
         } catch {
-            Self.fail("cannot open the outbox in \(stateDirectory.outboxPath): \(error)")
+            Self.fail("cannot open the state in \(stateDirectory.path): \(error)")
         }
         let application = SidecarServer.application(
             bridge: bridge,

@@ -63,6 +63,7 @@ public final class CloudToDeviceInbox: Sendable {
     private let logger: Logger
     private let state: NIOLockedValueBox<State>
     private let available = FairQueue<UInt64>()
+    private let arrivalsBroadcaster = Broadcaster<Message>(bufferingPolicy: .bufferingNewest(1024))
     /// What opening found and repaired.
     public let repair: StoreRepair
 
@@ -192,6 +193,7 @@ public final class CloudToDeviceInbox: Sendable {
             evicted = evictOverCapacity(&state)
         }
         for item in staged { available.push(item.id) }
+        for item in staged where !evicted.contains(item.id) { arrivalsBroadcaster.yield(item.message) }
         if !evicted.isEmpty {
             available.removeAll { evicted.contains($0) }
             logger.warning(
@@ -346,9 +348,15 @@ public final class CloudToDeviceInbox: Sendable {
         }
     }
 
+    /// Each message once it is kept (on disk and deliverable), for events and counting.
+    public func arrivals() -> AsyncStream<Message> {
+        arrivalsBroadcaster.stream()
+    }
+
     /// Stops writing; what is stored stays for the next opening.
     public func close() {
         log.shutdown()
+        arrivalsBroadcaster.finish()
     }
 }
 

@@ -59,24 +59,25 @@ extension DeviceBridge {
     // MARK: Cloud-to-device messages
 
     /// The inbox as a long-poll: the oldest deliverable message, locked for its poller.
-    var inboxMessages: LongPollSource<Inbox.Lease> {
+    var inboxMessages: LongPollSource<CloudToDeviceInbox.Lease> {
         let inbox = self.inbox
         return LongPollSource(
             prepare: { () async throws(IoTHubError) in
                 if inbox.depth.waiting == 0 { try await self.prepareToWait() }
             },
             wait: { timeout in await self.untilDraining { await inbox.receive(timeout: timeout) } },
-            giveBack: { lease in try? inbox.giveBack(lease.lockToken) })
+            // Not counted as a delivery; recorded in the background (the poller is gone).
+            giveBack: { lease in Task { try? await inbox.giveBack(lease.lockToken) } })
     }
 
-    /// Removes a received message for good.
-    func completeMessage(lockToken: String) throws(Inbox.LeaseError) {
-        try inbox.complete(lockToken)
+    /// Removes a received message for good, once that is on disk.
+    func completeMessage(lockToken: String) async throws(CloudToDeviceInbox.LeaseError) {
+        try await inbox.complete(lockToken)
     }
 
-    /// Makes a received message deliverable again at once.
-    func abandonMessage(lockToken: String) throws(Inbox.LeaseError) {
-        try inbox.abandon(lockToken)
+    /// Makes a received message deliverable again at once (recorded on disk first).
+    func abandonMessage(lockToken: String) async throws(CloudToDeviceInbox.LeaseError) {
+        try await inbox.abandon(lockToken)
     }
 
     // MARK: Twin

@@ -17,7 +17,10 @@ public import ServiceLifecycle
 /// graceful shutdown gives the outbox what time is left, then disconnects cleanly.
 public final class DeviceBridge: Service, Sendable {
     let client: IoTHubDeviceClient
-    let inbox: Inbox
+    /// Cloud-to-device (or module input) messages, on disk before the hub has them acknowledged.
+    let inbox: CloudToDeviceInbox
+    /// Where the inbox lives when the bridge was given no directory for it (removed with it).
+    private let temporaryInboxDirectory: String?
     let methods = MethodRequestQueue()
     let desired = DesiredPropertiesCursor()
     let events = Broadcaster<SidecarEvent>(bufferingPolicy: .bufferingNewest(1024))
@@ -46,11 +49,12 @@ public final class DeviceBridge: Service, Sendable {
     ///     every message is sent synchronously.
     ///   - defaultDelivery: how `POST /messages` answers without `Prefer: respond-async`.
     ///   - shutdownTimeout: how long a graceful shutdown may take (the outbox drains within it).
-    ///   - inboxCapacity: messages the inbox holds before it drops the oldest unlocked one.
-    /// - Throws: when the outbox cannot be opened.
+    ///   - inbox: where received cloud-to-device messages are kept (`--state-dir`); without one,
+    ///     a private temporary directory that goes with the bridge (nothing survives a restart).
+    /// - Throws: when the outbox or the inbox cannot be opened.
     public init(
-        client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, defaultDelivery: TelemetryDeliveryMode = .sync,
-        shutdownTimeout: Duration = .seconds(10), inboxCapacity: Int = 10_000, logger: Logger
+        client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, inbox: InboxConfiguration? = nil,
+        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10), logger: Logger
     ) throws(OutboxError) {
         self.client = client
         self.outbox = try outbox.map { (configuration) throws(OutboxError) in
@@ -58,8 +62,28 @@ public final class DeviceBridge: Service, Sendable {
         }
         self.defaultDelivery = outbox == nil ? .sync : defaultDelivery
         self.shutdownTimeout = shutdownTimeout
-        self.inbox = Inbox(capacity: inboxCapacity)
+        var inboxConfiguration = inbox
+        if inboxConfiguration == nil {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("iothub-inbox-\(UUID().uuidString)").path
+            inboxConfiguration = InboxConfiguration(directory: directory)
+            temporaryInboxDirectory = directory
+        } else {
+            temporaryInboxDirectory = nil
+        }
+        do {
+            self.inbox = try CloudToDeviceInbox(configuration: inboxConfiguration ?? InboxConfiguration(directory: ""), logger: logger)
+        } catch {
+            throw .storageFailed("the cloud-to-device inbox cannot be opened: \(error)")
+        }
         self.logger = logger
+        let repair = self.inbox.repair
+        if !repair.isClean {
+            logger.warning("the inbox was repaired on opening", metadata: ["quarantined": "\(repair.quarantinePaths)", "truncatedBytes": "\(repair.truncatedBytes)"])
+        }
+    }
+
+    deinit {
+        if let temporaryInboxDirectory { try? FileManager.default.removeItem(atPath: temporaryInboxDirectory) }
     }
 
     /// Whether a user-supplied SAS token expires within 120 s and no new one was given.
@@ -73,8 +97,10 @@ public final class DeviceBridge: Service, Sendable {
     // MARK: Service
 
     public func run() async throws {
-        // Listen before connecting: the client subscribes for each listener.
-        let messages = client.messages()
+        // Listen before connecting: the client subscribes for each listener; cloud-to-device
+        // messages go to the durable inbox, on disk before they are acknowledged.
+        client.deliverMessages(to: inbox)
+        let messages = inbox.arrivals()
         let methodRequests = client.methodRequests()
         let patches = client.desiredPropertiesPatches()
         let states = client.connectionStateChanges()
@@ -109,6 +135,7 @@ public final class DeviceBridge: Service, Sendable {
         }
         // Once its delivery loop has ended: what is left stays on disk for the next start.
         outbox?.close()
+        inbox.close()
     }
 
     /// Gives the outbox what is left of the shutdown timeout (the HTTP server has stopped
@@ -161,12 +188,8 @@ public final class DeviceBridge: Service, Sendable {
 
     // MARK: What the client reports
 
+    /// A message the inbox has kept (the inbox logs drops for capacity itself).
     private func received(_ message: Message) {
-        let droppedBefore = inbox.depth.dropped
-        inbox.deliver(message)
-        if inbox.depth.dropped > droppedBefore {
-            logger.warning("the inbox is full: its oldest waiting message was dropped; poll GET /inbox", metadata: ["capacity": "\(inbox.capacity)"])
-        }
         metrics.increment(.messagesReceived)
         events.yield(.message(message, queued: inbox.depth.waiting))
         logger.debug("cloud-to-device message received", metadata: ["messageId": "\(message.messageId ?? "")"])

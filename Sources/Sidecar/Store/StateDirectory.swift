@@ -42,6 +42,8 @@ public final class StateDirectory: Sendable {
 
     /// Where the telemetry outbox keeps its files.
     public var outboxPath: String { path + "/outbox" }
+    /// The durable cloud-to-device inbox's files.
+    public var inboxPath: String { path + "/inbox" }
 
     /// The state directory when none is given: `$XDG_STATE_HOME/iothub-sidecar`, else
     /// `~/.local/state/iothub-sidecar`.

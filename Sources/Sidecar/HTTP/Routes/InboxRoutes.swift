@@ -1,5 +1,6 @@
 import HTTPTypes
 import Hummingbird
+import IoTHubDevice
 import IoTHubProtocol
 
 /// `/inbox`: cloud-to-device messages, received under a lock, then completed or abandoned.
@@ -26,20 +27,25 @@ struct InboxRoutes: RouteArea {
     }
 
     @Sendable func complete(_ request: Request, context: Context) async throws -> Response {
-        try withLockToken(context) { (token: String) throws(Inbox.LeaseError) in try bridge.completeMessage(lockToken: token) }
+        try await withLockToken(context) { (token: String) async throws(CloudToDeviceInbox.LeaseError) in try await bridge.completeMessage(lockToken: token) }
     }
 
     @Sendable func abandon(_ request: Request, context: Context) async throws -> Response {
-        try withLockToken(context) { (token: String) throws(Inbox.LeaseError) in try bridge.abandonMessage(lockToken: token) }
+        try await withLockToken(context) { (token: String) async throws(CloudToDeviceInbox.LeaseError) in try await bridge.abandonMessage(lockToken: token) }
     }
 
-    /// Runs `action` on the path's lock token: 204, or 404 when no message is locked under it.
-    private func withLockToken(_ context: Context, _ action: (String) throws(Inbox.LeaseError) -> Void) throws -> Response {
+    /// Runs `action` on the path's lock token: 204 once it is on disk, 404 when no message is
+    /// locked under it, 500 when the inbox could not record it (the message stays as it was).
+    private func withLockToken(
+        _ context: Context, _ action: (String) async throws(CloudToDeviceInbox.LeaseError) -> Void
+    ) async throws -> Response {
         let token = try context.pathParameter("lockToken")
         do {
-            try action(token)
-        } catch {
+            try await action(token)
+        } catch .unknownLockToken {
             throw ProblemDetails.notFound("no message is locked under \(token)")
+        } catch .storageFailed(let detail) {
+            throw ProblemDetails(status: 500, code: "ClientError", detail: "the inbox could not record it: \(detail)")
         }
         return .noContent()
     }
