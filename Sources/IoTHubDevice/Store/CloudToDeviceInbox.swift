@@ -87,8 +87,10 @@ public final class CloudToDeviceInbox: Sendable {
         var compacting = false
     }
 
-    /// Opens (or creates) the inbox and takes back every message not completed.
-    public init(configuration: InboxConfiguration, logger: Logger = Logger(label: "iothub-inbox")) throws(LeaseError) {
+    /// Opens (or creates) the inbox and takes back every message not completed. With `owner`,
+    /// the inbox is bound to that client's identity: opening one that holds another identity's
+    /// messages fails (a state directory reused with other credentials).
+    public init(configuration: InboxConfiguration, owner: IoTHubDeviceClient? = nil, logger: Logger = Logger(label: "iothub-inbox")) throws(LeaseError) {
         self.configuration = configuration
         self.logger = logger
         do {
@@ -106,6 +108,16 @@ public final class CloudToDeviceInbox: Sendable {
             cursor = last.sequence
         }
         replayed.bytes = replayed.entries.values.reduce(0) { $0 + $1.size }
+        if let owner {
+            do {
+                try StoreIdentity.claim(
+                    StoreIdentity.name(hostName: owner.hostName, deviceId: owner.deviceId, moduleId: owner.moduleId), directory: configuration.directory,
+                    holdsMessages: !replayed.entries.isEmpty)
+            } catch {
+                log.shutdown()
+                throw .storageFailed("\(error)")
+            }
+        }
         state = NIOLockedValueBox(replayed)
         for id in replayed.entries.keys.sorted() { available.push(id) }
         if !recovery.isClean {

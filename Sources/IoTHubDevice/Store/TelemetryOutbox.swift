@@ -171,6 +171,14 @@ public final class TelemetryOutbox: Sendable {
             }
             cursor = last.sequence
         }
+        do {
+            try StoreIdentity.claim(
+                StoreIdentity.name(hostName: client.hostName, deviceId: client.deviceId, moduleId: client.moduleId), directory: configuration.directory,
+                holdsMessages: initial.messages > 0)
+        } catch {
+            log.shutdown()
+            throw .storageFailed("\(error)")
+        }
         state = NIOLockedValueBox(initial)
         let recovery = log.recovery
         if !recovery.isClean {
@@ -315,6 +323,9 @@ public final class TelemetryOutbox: Sendable {
                 if entry.deadline < now { expired += 1 } else { pending.append(entry.message) }
             }
             if let pace = pacer?.delay(for: pending.count) { try? await Task.sleep(for: pace) }
+            // Handed over only on a live connection: libmosquitto would keep a message handed
+            // over without one and send it after the reconnect, even if it expired meanwhile.
+            await waitForConnection()
             let (delivered, lateExpired, stopped) = await send(pending, deadlines: page.entries.filter { $0.deadline >= now }.map(\.deadline))
             if stopped {
                 giveBack(page, after: previous)
@@ -350,6 +361,19 @@ public final class TelemetryOutbox: Sendable {
             }
             state.withLockedValue { $0.readThrough = page.lastSequence }
             return page
+        }
+    }
+
+    /// Returns once the client is connected (connecting it when it may), or cancelled.
+    private func waitForConnection() async {
+        var delay = Duration.milliseconds(100)
+        while !client.isConnected, !Task.isCancelled {
+            if client.configuration.autoConnect, client.status.state == .disconnected {
+                try? await client.connect()
+                if client.isConnected { return }
+            }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(2))
         }
     }
 
@@ -442,7 +466,7 @@ public final class TelemetryOutbox: Sendable {
     /// the outbox is empty. For a graceful shutdown: what is left stays on disk.
     public func waitUntilEmpty(timeout: Duration) async -> Bool {
         let deadline = ContinuousClock.now + timeout
-        while state.withLockedValue({ $0.messages }) > 0, ContinuousClock.now < deadline {
+        while state.withLockedValue({ $0.messages }) > 0, ContinuousClock.now < deadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(50))
         }
         return state.withLockedValue { $0.messages } == 0

@@ -71,7 +71,7 @@ public final class DeviceBridge: Service, Sendable {
             temporaryInboxDirectory = nil
         }
         do {
-            self.inbox = try CloudToDeviceInbox(configuration: inboxConfiguration ?? InboxConfiguration(directory: ""), logger: logger)
+            self.inbox = try CloudToDeviceInbox(configuration: inboxConfiguration ?? InboxConfiguration(directory: ""), owner: client, logger: logger)
         } catch {
             throw .storageFailed("the cloud-to-device inbox cannot be opened: \(error)")
         }

@@ -119,4 +119,24 @@ import Testing
         #expect(size < 20 << 20, "12 MB went through; \(size) bytes are left")
         reopened.close()
     }
+
+    @Test func anInboxHoldingOneDevicesMessagesRefusesAnother() async throws {
+        let scratch = Scratch()
+        let key = Data(repeating: 7, count: 32).base64EncodedString()
+        let first = try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "hub.example", deviceId: "one")
+        let second = try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "hub.example", deviceId: "two")
+        do {
+            let inbox = try CloudToDeviceInbox(configuration: InboxConfiguration(directory: scratch.path), owner: first)
+            deliver(inbox, ["for one"])
+            inbox.close()
+        }
+        #expect(throws: CloudToDeviceInbox.LeaseError.self) {
+            _ = try CloudToDeviceInbox(configuration: InboxConfiguration(directory: scratch.path), owner: second)
+        }
+        let again = try CloudToDeviceInbox(configuration: InboxConfiguration(directory: scratch.path), owner: first)
+        #expect(again.depth.waiting == 1)
+        again.close()
+        await first.shutdown()
+        await second.shutdown()
+    }
 }

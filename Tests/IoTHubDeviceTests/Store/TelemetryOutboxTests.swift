@@ -206,4 +206,34 @@ import Testing
             await client.shutdown()
         }
     }
+
+    /// Messages accepted for one device are never sent as another: an outbox holding them
+    /// refuses to open for another identity; an empty one changes hands.
+    @Test func anOutboxHoldingOneDevicesMessagesRefusesAnother() async throws {
+        try await HubFixture.with(devices: ["dev1", "dev2"]) { fixture in
+            let scratch = Scratch()
+            let first = try fixture.client("dev1")
+            let second = try fixture.client("dev2")
+            do {
+                let outbox = try makeOutbox(first, scratch)
+                _ = try await outbox.accept([message(0)])
+                outbox.close()
+            }
+            #expect {
+                _ = try makeOutbox(second, scratch)
+            } throws: { error in
+                "\(error)".contains("holds messages of localhost/dev1, not of localhost/dev2")
+            }
+            let reopened = try makeOutbox(first, scratch)
+            let delivery = Task { await reopened.run() }
+            #expect(await reopened.waitUntilEmpty(timeout: .seconds(30)))
+            delivery.cancel()
+            await delivery.value
+            reopened.close()
+            let handedOver = try makeOutbox(second, scratch)
+            handedOver.close()
+            await first.shutdown()
+            await second.shutdown()
+        }
+    }
 }
