@@ -310,6 +310,10 @@ public final class TelemetryOutbox: Sendable {
     public func run() async {
         var pacer = configuration.drainRate.map { DrainPacer(messagesPerSecond: $0) }
         while !Task.isCancelled {
+            // Pages are taken only on a live connection: libmosquitto would keep a message
+            // handed over without one and send it after the reconnect, even if it expired
+            // meanwhile. While waiting, what expires at the head of the outbox is counted.
+            if !client.isConnected { await waitForConnection() }
             let generation = arrivals.generation
             let previous = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
             guard let page = await nextPage() else {
@@ -323,9 +327,6 @@ public final class TelemetryOutbox: Sendable {
                 if entry.deadline < now { expired += 1 } else { pending.append(entry.message) }
             }
             if let pace = pacer?.delay(for: pending.count) { try? await Task.sleep(for: pace) }
-            // Handed over only on a live connection: libmosquitto would keep a message handed
-            // over without one and send it after the reconnect, even if it expired meanwhile.
-            await waitForConnection()
             let (delivered, lateExpired, stopped) = await send(pending, deadlines: page.entries.filter { $0.deadline >= now }.map(\.deadline))
             if stopped {
                 giveBack(page, after: previous)
@@ -364,17 +365,55 @@ public final class TelemetryOutbox: Sendable {
         }
     }
 
-    /// Returns once the client is connected (connecting it when it may), or cancelled.
+    /// Returns once the client is connected (connecting it when it may), or cancelled;
+    /// meanwhile counts the frames at the head whose messages have all expired.
     private func waitForConnection() async {
         var delay = Duration.milliseconds(100)
         while !client.isConnected, !Task.isCancelled {
+            await expireAtHead()
             if client.configuration.autoConnect, client.status.state == .disconnected {
                 try? await client.connect()
                 if client.isConnected { return }
             }
             try? await Task.sleep(for: delay)
-            delay = min(delay * 2, .seconds(2))
+            delay = min(delay * 2, .seconds(1))
         }
+    }
+
+    /// Drops (as expired) the frames at the head whose messages have all expired, and lets
+    /// them leave the disk.
+    private func expireAtHead() async {
+        let expired = await onIO { [self] () -> Int in
+            var count = 0
+            let now = Date()
+            while true {
+                let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
+                guard let frames = try? log.read(after: cursor, maximumFrames: 64), !frames.isEmpty else { break }
+                var stop = false
+                for frame in frames {
+                    guard let entries = OutboxFrame.decode(frame.payload), entries.allSatisfy({ $0.deadline < now }) else {
+                        stop = true
+                        break
+                    }
+                    let bytes = OutboxFrame.storedSize(frame.payload)
+                    count += entries.count
+                    state.withLockedValue { state in
+                        state.droppedThrough = frame.sequence
+                        state.messages -= entries.count
+                        state.bytes -= bytes
+                        state.expired += entries.count
+                    }
+                }
+                if stop { break }
+            }
+            return count
+        }
+        guard expired > 0 else { return }
+        // Called between pages (nothing in flight): everything up to the dropped frames can go.
+        let (through, emptied) = state.withLockedValue { ($0.droppedThrough, $0.messages == 0) }
+        log.discard(through: through)
+        broadcaster.yield(.expired(count: expired))
+        if emptied { broadcaster.yield(.emptied) }
     }
 
     /// Sends until each message is acknowledged or expired; returns the counts, and whether
