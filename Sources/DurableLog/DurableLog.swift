@@ -177,6 +177,7 @@ public final class DurableLog: Sendable {
     /// already synced succeed, the others fail, and the newest segment is cut back to its last
     /// synced size, so it holds whole frames only.
     private func write(_ group: [PendingAppend]) {
+        reclaimConsumedNewestSegment()
         var (segment, nextSequence) = state.withLockedValue { ($0.segments[$0.segments.count - 1], $0.nextSequence) }
         var syncedSize = segment.size
         var finished: [Segment] = []
@@ -247,6 +248,30 @@ public final class DurableLog: Sendable {
                 append.completion(.failure(failure ?? .closed))
             }
         }
+    }
+
+    /// When every frame of the newest segment has been consumed, starts a fresh segment and
+    /// deletes the old one before writing, so that its space comes back (on a full disk, the
+    /// append that needs it is the one that frees it).
+    private func reclaimConsumedNewestSegment() {
+        let consumed = state.withLockedValue { state -> (Segment, UInt64)? in
+            guard let newest = state.segments.last, newest.size > 0, newest.lastSequence <= state.discardedThrough else { return nil }
+            return (newest, state.nextSequence)
+        }
+        guard let (old, nextSequence) = consumed,
+              let fresh = try? FileSystem.createSegment(directory: directory, firstSequence: nextSequence),
+              let file = try? FileSystem.openForAppending(fresh.path)
+        else { return }
+        let previous = activeFile.withLockedValue { active in
+            defer { active = file }
+            return active
+        }
+        close(previous)
+        state.withLockedValue { state in
+            state.segments.removeAll { $0.path == old.path }
+            state.segments.append(fresh)
+        }
+        unlink(old.path)
     }
 
     /// Writes `buffer` to the newest segment and counts its frames there; returns the failure,

@@ -166,6 +166,22 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
         log.shutdown()
     }
 
+    @Test func theNewestSegmentGoesOnceConsumedWhenTheNextAppendComes() async throws {
+        let scratch = ScratchDirectory()
+        let log = try DurableLog(directory: scratch.path)
+        for index in 0..<50 { _ = try await log.append([payload(index)]) }
+        let first = try #require(scratch.segmentFiles.first)
+        log.discard(through: 50)
+        #expect(try await log.append([payload(50)]) == 51..<52)
+        #expect(!scratch.segmentFiles.contains(first), "its space comes back")
+        #expect(scratch.segmentFiles.count == 1)
+        #expect(try readAll(log, after: 50).map(\.sequence) == [51])
+        log.shutdown()
+        let reopened = try DurableLog(directory: scratch.path)
+        #expect(try readAll(reopened, after: reopened.discardedThrough).map(\.sequence) == [51])
+        reopened.shutdown()
+    }
+
     @Test func anEmptiedLogContinuesItsNumbering() async throws {
         let scratch = ScratchDirectory()
         do {

@@ -84,7 +84,7 @@ class Sidecar:
     `state_dir` names another (a restart that finds what the last run left); `state_dir=False`
     gives none, so the sidecar picks its default."""
 
-    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None):
+    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None, wrapper=()):
         self.data_dir = tempfile.mkdtemp(prefix="sidecar-test-")
         self.state_dir = os.path.join(self.data_dir, "state") if state_dir is None else state_dir
         self.port = free_port()
@@ -117,6 +117,8 @@ class Sidecar:
         if self.state_dir:
             args += ["--state-dir", self.state_dir]
         args += list(extra_args)
+        # A command the sidecar runs under (e.g. a private mount namespace with a small file system).
+        args = list(wrapper) + args
         environment.update(env or {})
         self.log_path = os.path.join(self.data_dir, "sidecar.log")
         self.log = open(self.log_path, "wb")
