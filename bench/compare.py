@@ -104,6 +104,11 @@ SINGLE = 'wrk.method = "POST"\nwrk.body = \'{}\'\nwrk.headers["Content-Type"] = 
 BATCH = 'wrk.method = "POST"\nwrk.body = [=[{}]=]\nwrk.headers["Content-Type"] = "application/vnd.microsoft.iothub.json"\n'.format(
     json.dumps([{"body": BODY} for _ in range(100)]))
 
+SINGLE_ASYNC = SINGLE + 'wrk.headers["Prefer"] = "respond-async"\n'
+BATCH_ASYNC = BATCH + 'wrk.headers["Prefer"] = "respond-async"\n'
+# 100 messages of 10 kB each: how the outbox is filled for the drain and memory rows.
+FILL_BATCH = json.dumps([{"body": "x" * 10_000} for _ in range(100)]).encode()
+
 PYTHON_SDK = r'''
 import asyncio, json, os, resource, statistics, sys, time
 from azure.iot.device import IoTHubDeviceClient, Message
@@ -296,6 +301,142 @@ time.sleep(600)
     results["cold_start_ms"] = statistics.median(starts)
 
 
+def outbox_status(port):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/outbox")
+    return json.loads(connection.getresponse().read())
+
+
+def wait_for_empty_outbox(port, timeout=600):
+    deadline = time.time() + timeout
+    while outbox_status(port)["messages"] > 0:
+        if time.time() > deadline:
+            raise SystemExit("the outbox did not empty")
+        time.sleep(0.05)
+
+
+def fill_outbox(port, target_bytes):
+    """Async batches of 100 × 10 kB from 8 threads until `target_bytes` are accepted."""
+    sent = [0]
+    lock = threading.Lock()
+
+    def run():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                if sent[0] >= target_bytes:
+                    return
+                sent[0] += len(FILL_BATCH)
+            connection.request("POST", "/messages", body=FILL_BATCH,
+                               headers={"Content-Type": "application/vnd.microsoft.iothub.json", "Prefer": "respond-async"})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 202:
+                raise SystemExit("filling the outbox: {}".format(response.status))
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def outbox_phase(results):
+    """Store and forward (LocalHub): accepting with Prefer: respond-async against the synchronous
+    path, in alternating rounds with the outbox emptied in between; a 100,000-message backlog
+    drained after an outage; memory with 1 GB on disk."""
+    data = os.path.join(WORK, "outbox-hub")
+    state = os.path.join(WORK, "outbox-state")
+    port = free_port()
+    sidecar, _ = start_sidecar(["--local-hub", "--local-hub-data-dir", data, "--state-dir", state, "--outbox-max-bytes", str(4 << 30)], port)
+    ca = os.path.join(data, "ca.pem")
+    token = subprocess.run([BINARY, "sas-token", "--connection-string-file", os.path.join(data, "service-connection-string")],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        rounds = {key: [] for key in ("o_sync_64", "o_async_64", "o_sync_batch", "o_async_batch")}
+        for _ in range(REPEAT):
+            rounds["o_sync_64"].append(wrk(port, 64, 2, SINGLE))
+            rounds["o_async_64"].append(wrk(port, 64, 2, SINGLE_ASYNC))
+            wait_for_empty_outbox(port)
+            rounds["o_sync_batch"].append(wrk(port, 8, 2, BATCH))
+            rounds["o_async_batch"].append(wrk(port, 8, 2, BATCH_ASYNC))
+            wait_for_empty_outbox(port)
+        for key, runs in rounds.items():
+            results[key] = sorted(runs)[len(runs) // 2]
+        # An outage: the hub refuses connections while 100,000 messages wait, then comes back.
+        def hub_call(method, path, body=None):
+            context = ssl.create_default_context(cafile=ca)
+            connection = http.client.HTTPSConnection("localhost", 8443, context=context, timeout=30)
+            headers = {"Authorization": token}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            connection.getresponse().read()
+        idle_kib = rss_kib(sidecar.pid)
+        hub_call("PUT", "/local/faults", {"refuseConnectionsSeconds": 3600})
+        hub_call("POST", "/local/devices/sidecar-device/disconnect")
+        time.sleep(1)
+        small = json.dumps([{"body": BODY} for _ in range(100)]).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(1000):
+            connection.request("POST", "/messages", body=small,
+                               headers={"Content-Type": "application/vnd.microsoft.iothub.json", "Prefer": "respond-async"})
+            response = connection.getresponse()
+            response.read()
+        backlog = outbox_status(port)["messages"]
+        hub_call("DELETE", "/local/faults")
+        started = time.perf_counter()
+        wait_for_empty_outbox(port)
+        results["o_drain"] = backlog / (time.perf_counter() - started)
+        results["o_drain_backlog"] = backlog
+        # Memory: idle (connected, empty outbox) against 1 GB waiting on disk, and during its drain.
+        hub_call("PUT", "/local/faults", {"refuseConnectionsSeconds": 3600})
+        hub_call("POST", "/local/devices/sidecar-device/disconnect")
+        time.sleep(1)
+        fill_outbox(port, 1 << 30)
+        time.sleep(2)
+        full = outbox_status(port)
+        results["o_rss_idle_kib"] = idle_kib
+        results["o_rss_full_kib"] = rss_kib(sidecar.pid)
+        results["o_full_bytes"] = full["bytes"]
+        hub_call("DELETE", "/local/faults")
+        peak = 0
+        deadline = time.time() + 900
+        while outbox_status(port)["messages"] > 0 and time.time() < deadline:
+            peak = max(peak, rss_kib(sidecar.pid))
+            time.sleep(0.2)
+        results["o_rss_drain_peak_kib"] = peak
+    finally:
+        stop(sidecar)
+
+
+def outbox_section(results):
+    """Section 7 of the report: store and forward."""
+    return [
+        "",
+        "## 7. Store and forward (LocalHub)",
+        "",
+        "`POST /messages` answered 200 after the hub's acknowledgement (synchronous) or 202 once the message is synced to the "
+        "outbox on disk (`Prefer: respond-async`); the runs alternate, and the outbox is emptied after each asynchronous run.",
+        "",
+        "| | synchronous msg/s | asynchronous msg/s | async ÷ sync | p50 sync | p50 async |",
+        "|---|---:|---:|---:|---:|---:|",
+        "| single messages, 64 connections (wrk -t2 -c64) | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} |".format(
+            results["o_sync_64"][0], results["o_async_64"][0], results["o_async_64"][0] / results["o_sync_64"][0],
+            results["o_sync_64"][1], results["o_async_64"][1]),
+        "| batches of 100, 8 connections (wrk -t2 -c8) | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} |".format(
+            results["o_sync_batch"][0] * 100, results["o_async_batch"][0] * 100, results["o_async_batch"][0] / results["o_sync_batch"][0],
+            results["o_sync_batch"][1], results["o_async_batch"][1]),
+        "",
+        "Drain after an outage: a backlog of {:,} messages sent when the hub came back at **{:.0f} msg/s** "
+        "({:.2f}× the synchronous batch throughput).".format(
+            results["o_drain_backlog"], results["o_drain"], results["o_drain"] / (results["o_sync_batch"][0] * 100)),
+        "",
+        "Memory: RSS {:.1f} MB idle; {:.1f} MB with {:.0f} MB waiting on disk; {:.1f} MB at most while it drained.".format(
+            results["o_rss_idle_kib"] / 1024, results["o_rss_full_kib"] / 1024, results["o_full_bytes"] / (1 << 20),
+            results["o_rss_drain_peak_kib"] / 1024),
+    ]
+
+
 def transport_phase(results):
     """POST /messages over MQTT/TLS and over MQTT/WebSockets (the tunnel), against LocalHub."""
     data = os.path.join(WORK, "localhub")
@@ -393,6 +534,7 @@ def report(results):
         tls, wss = results["t_tls_" + key], results["t_wss_" + key]
         lines.append("| {} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} |".format(
             label, tls[0] * factor, wss[0] * factor, wss[0] / tls[0], tls[1], wss[1]))
+    lines += outbox_section(results)
     lines += [
         "",
         "## Against the targets of issue 7",
@@ -413,23 +555,48 @@ def report(results):
         ("(4) method round-trip p50 ≤ Python SDK's", "{:.2f} vs {:.2f} ms".format(results["rtt_sidecar"][0], results["rtt_python"][0]),
          results["rtt_sidecar"][0] <= results["rtt_python"][0]),
         ("(5) ready within 200 ms", "{:.0f} ms".format(results["cold_start_ms"]), results["cold_start_ms"] <= 200),
+        ("store and forward: async singles ≥ 0.8× sync singles", "{:.2f}×".format(results["o_async_64"][0] / results["o_sync_64"][0]),
+         results["o_async_64"][0] >= 0.8 * results["o_sync_64"][0]),
+        ("store and forward: async batches ≥ 0.8× sync batches", "{:.2f}×".format(results["o_async_batch"][0] / results["o_sync_batch"][0]),
+         results["o_async_batch"][0] >= 0.8 * results["o_sync_batch"][0]),
+        ("store and forward: drain ≥ 0.8× sync batches", "{:.2f}×".format(results["o_drain"] / (results["o_sync_batch"][0] * 100)),
+         results["o_drain"] >= 0.8 * results["o_sync_batch"][0] * 100),
+        ("store and forward: RSS with 1 GB on disk within 10 MB of idle", "{:+.1f} MB".format((results["o_rss_full_kib"] - results["o_rss_idle_kib"]) / 1024),
+         results["o_rss_full_kib"] - results["o_rss_idle_kib"] <= 10 * 1024),
     ]
     lines += ["| {} | {} | {} |".format(name, value, "yes" if ok else "**no**") for name, value, ok in checks]
     return "\n".join(lines) + "\n"
 
 
+# bench/run rewrites docs/PERFORMANCE.md; what follows this line there (measurements by other
+# benchmarks, such as bench/store) is kept.
+KEPT_MARKER = "<!-- Below: measurements by other benchmarks; bench/run keeps this part. -->"
+
+
 def main():
     results = {}
+    if os.environ.get("BENCH_ONLY") == "outbox":
+        # Only the store-and-forward phase, printed, not written: for a quick look.
+        outbox_phase(results)
+        print("\n".join(outbox_section(results)))
+        return
     certificates = make_certificates()
     mosquitto_phase(certificates, results)
     localhub_phase(results)
     transport_phase(results)
+    outbox_phase(results)
     text = report(results)
     print(text)
     target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "PERFORMANCE.md")
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    kept = ""
+    if os.path.exists(target):
+        with open(target) as file:
+            previous = file.read()
+        if KEPT_MARKER in previous:
+            kept = "\n" + KEPT_MARKER + previous.split(KEPT_MARKER, 1)[1]
     with open(target, "w") as file:
-        file.write(text)
+        file.write(text + kept)
 
 
 if __name__ == "__main__":
