@@ -30,6 +30,9 @@ public final class LocalHub: Service, Sendable {
         public var devices: [String]
         /// How many telemetry messages the hub keeps for reading.
         public var telemetryCapacity: Int
+        /// How much memory the telemetry kept for reading may take, in bytes (bodies, properties and
+        /// what the hub keeps with each message); the oldest messages are dropped first.
+        public var telemetryByteCapacity: Int
         /// How long a new MQTT connection may take to send CONNECT before it is closed.
         public var connectTimeout: Duration
         /// Event sources routed to the built-in endpoint (the telemetry log) besides telemetry,
@@ -40,8 +43,10 @@ public final class LocalHub: Service, Sendable {
         public init(
             hostName: String = "localhost", bindAddress: String = "127.0.0.1", mqttPort: Int = 8883,
             httpsPort: Int = 8443, blobPort: Int = 10000, dataDirectory: String? = nil, devices: [String] = [],
-            telemetryCapacity: Int = 100_000, connectTimeout: Duration = .seconds(10), routedEventSources: Set<MessageSource> = []
+            telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, connectTimeout: Duration = .seconds(10),
+            routedEventSources: Set<MessageSource> = []
         ) {
+            self.telemetryByteCapacity = telemetryByteCapacity
             self.routedEventSources = routedEventSources
             self.connectTimeout = connectTimeout
             self.hostName = hostName
@@ -110,7 +115,7 @@ public final class LocalHub: Service, Sendable {
         caCertificatePEM = authority.caCertificatePEM
         hub = Hub(
             hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted, persistence: persistence,
-            telemetryCapacity: configuration.telemetryCapacity,
+            telemetryCapacity: configuration.telemetryCapacity, telemetryByteCapacity: configuration.telemetryByteCapacity,
             connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000),
             routedEventSources: configuration.routedEventSources, logger: logger)
         persistence?.attach { [hub] in hub.snapshot() }

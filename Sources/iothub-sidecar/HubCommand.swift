@@ -39,6 +39,9 @@ struct HubCommand: AsyncParsableCommand {
     @Option(name: .customLong("device"), help: ArgumentHelp("Register this device (if new) and print its connection string. Repeatable.", valueName: "id"))
     var devices: [String] = []
 
+    @Option(name: .customLong("telemetry-bytes"), help: ArgumentHelp("How much memory the record of received telemetry (GET /local/telemetry) may take; the oldest messages go first. Default 67108864 (64 MiB).", valueName: "bytes"))
+    var telemetryBytes: Int = 64 << 20
+
     @Option(name: .customLong("log-level"), help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -52,6 +55,7 @@ struct HubCommand: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        guard telemetryBytes > 0 else { throw ValidationError("--telemetry-bytes must be a positive number of bytes") }
         for (name, port) in [("--mqtt-port", mqttPort), ("--https-port", httpsPort), ("--blob-port", blobPort)] where !(0...65535).contains(port) {
             throw ValidationError("\(name) must be from 0 to 65535")
         }
@@ -63,7 +67,7 @@ struct HubCommand: AsyncParsableCommand {
         let logger = Logger(label: "localhub")
         let configuration = LocalHub.Configuration(
             hostName: hostName, bindAddress: bindAddress, mqttPort: mqttPort, httpsPort: httpsPort, blobPort: blobPort,
-            dataDirectory: dataDirectory, devices: devices)
+            dataDirectory: dataDirectory, devices: devices, telemetryByteCapacity: telemetryBytes)
         let hub: LocalHub
         let ports: LocalHub.Ports
         do {

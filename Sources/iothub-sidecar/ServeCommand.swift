@@ -158,6 +158,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("local-hub-device"), help: ArgumentHelp("The device id the sidecar registers and uses on the local hub.", valueName: "id"))
     var localHubDevice: String = "sidecar-device"
 
+    @Option(name: .customLong("local-hub-telemetry-bytes"), help: ArgumentHelp("How much memory the local hub's record of received telemetry (GET /local/telemetry) may take; the oldest messages go first. Default 8388608 (8 MiB).", valueName: "bytes"))
+    var localHubTelemetryBytes: Int = 8 << 20
+
     // MARK: Operation
 
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical; default info [IOTHUB_SIDECAR_LOG_LEVEL].", valueName: "level"))
@@ -195,10 +198,12 @@ struct ServeCommand: AsyncParsableCommand {
         }
         do {
             if localHub {
+                guard localHubTelemetryBytes > 0 else { Self.fail("--local-hub-telemetry-bytes must be a positive number of bytes") }
                 let hub = try LocalHub(
                     configuration: .init(
                         hostName: "localhost", bindAddress: "127.0.0.1", mqttPort: localHubMQTTPort, httpsPort: localHubHTTPSPort,
-                        blobPort: localHubBlobPort, dataDirectory: localHubDataDirectory, devices: [localHubDevice]),
+                        blobPort: localHubBlobPort, dataDirectory: localHubDataDirectory, devices: [localHubDevice],
+                        telemetryByteCapacity: localHubTelemetryBytes),
                     logger: Logger(label: "localhub"))
                 let ports = try await hub.start()
                 services.append(.init(service: hub))

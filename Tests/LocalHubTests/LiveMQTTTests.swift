@@ -107,4 +107,25 @@ import Testing
             #expect(page.entries.map { String(decoding: $0.entry.message.payload, as: UTF8.self) } == (1...5000).map { "message \($0)" })
         }
     }
+
+    /// The telemetry kept for reading is bounded in bytes: 5,000 messages of 100 bytes into a
+    /// 100,000-byte record keep only the newest that fit, and a reader learns how many it missed.
+    @Test func theTelemetryRecordKeepsTheNewestMessagesThatFitItsByteCapacity() async throws {
+        try await TestHub.with(telemetryByteCapacity: 100_000) { hub in
+            let token = try hub.token(deviceId: "dev1")
+            let file = hub.directory.appendingPathComponent("lines")
+            try Data((1...5000).map { String(format: "%099d\n", $0) }.joined().utf8).write(to: file)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", (["mosquitto_pub"] + hub.mosquittoArguments(deviceId: "dev1", password: token.string).map { "'\($0)'" } + ["-q", "1", "-t", "devices/dev1/messages/events/", "-l", "<", file.path]).joined(separator: " ")]
+            try process.run()
+            await Task.detached { process.waitUntilExit() }.value
+            #expect(process.terminationStatus == 0)
+            let page = hub.hub.telemetry.read(after: 0, limit: 10_000)
+            let perMessage = TelemetryRecord.memoryFootprint(bodyBytes: 99, propertyBytes: 0)
+            #expect(page.entries.count == 100_000 / perMessage)
+            #expect(page.dropped == UInt64(5000 - page.entries.count))
+            #expect(page.entries.last.map { String(decoding: $0.entry.message.payload, as: UTF8.self) } == String(format: "%099d", 5000))
+        }
+    }
 }

@@ -18,6 +18,7 @@ struct TestHub {
     /// Starts a hub, runs `body`, and stops the hub whatever happens.
     static func with<T>(
         devices: [String] = ["dev1"], dataDirectory: String? = nil, connectTimeout: Duration = .seconds(10),
+        telemetryByteCapacity: Int = 64 << 20,
         _ body: (TestHub) async throws -> T
     ) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("localhub-test-\(UUID().uuidString)")
@@ -26,7 +27,8 @@ struct TestHub {
         logger.logLevel = .warning
         let localHub = try LocalHub(
             configuration: .init(
-                mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: dataDirectory, devices: devices, connectTimeout: connectTimeout),
+                mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: dataDirectory, devices: devices,
+                telemetryByteCapacity: telemetryByteCapacity, connectTimeout: connectTimeout),
             logger: logger)
         let ports = try await localHub.start()
         let caFile = directory.appendingPathComponent("ca.pem")

@@ -27,7 +27,7 @@ extension Hub {
     func route(_ source: MessageSource, in state: State, _ event: () -> HubEvent) {
         guard state.routedEventSources.contains(source) else { return }
         let record = event().record(hubName: hubName)
-        telemetry.append(record, size: record.message.size + 256)
+        telemetry.append(record, size: TelemetryRecord.memoryFootprint(bodyBytes: record.message.size, propertyBytes: record.rawProperties.utf8.count))
     }
 
     /// Records a connection-state event with the next sequence number, if such events are

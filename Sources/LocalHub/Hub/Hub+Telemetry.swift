@@ -21,6 +21,6 @@ extension Hub {
             TelemetryRecord(
                 enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message, rawProperties: String(rawProperties),
                 redelivered: redelivered),
-            size: payload.readableBytes + rawProperties.utf8.count + 64)
+            size: TelemetryRecord.memoryFootprint(bodyBytes: payload.readableBytes, propertyBytes: rawProperties.utf8.count))
     }
 }

@@ -14,4 +14,12 @@ struct TelemetryRecord: Sendable {
     var redelivered: Bool = false
     /// `iothub-message-source`: telemetry from a device, or the kind of event.
     var source: MessageSource = .telemetry
+
+    /// What a record may take in memory, as the telemetry log counts it against its byte
+    /// capacity: the body, the properties twice (as sent and parsed) and the record's own
+    /// allocations (about 200 bytes, measured with 100,000 small messages), all doubled because
+    /// the log holds up to twice what it keeps between two compactions.
+    static func memoryFootprint(bodyBytes: Int, propertyBytes: Int) -> Int {
+        2 * (bodyBytes + 2 * propertyBytes + 200)
+    }
 }
