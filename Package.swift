@@ -1,10 +1,12 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 import PackageDescription
 
-/// Settings every Swift target shares: Swift 6 language mode (strict concurrency is part of it)
-/// and the upcoming features we already want to hold ourselves to.
+/// Settings every Swift target shares: Swift 6 language mode (strict concurrency is part of it),
+/// the upcoming features we already want to hold ourselves to, and no warnings: a warning in
+/// the project's own code fails its build (dependencies' warnings are theirs).
 let swiftSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
+    .treatAllWarnings(as: .error),
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
