@@ -1,5 +1,5 @@
 import Foundation
-import IoTHubProtocol
+public import IoTHubProtocol
 public import Logging
 public import NIOCore
 import NIOConcurrencyHelpers
@@ -143,6 +143,47 @@ public final class LocalHub: Service, Sendable {
     /// (`azure-iot-deviceprovisioning`); its host is this hub's HTTPS endpoint.
     public var provisioningServiceConnectionString: String {
         hub.provisioning.serviceConnectionString.rendered()
+    }
+
+    /// Creates (or replaces) an individual enrollment with a symmetric key, for tests of
+    /// provisioning clients in the same process; returns its primary key.
+    /// - Parameters:
+    ///   - registrationId: DPS's rule: 1–128 lower-case letters, digits or `-._:`.
+    ///   - deviceId: the device id to create; nil for the registration id.
+    ///   - enabled: false makes registrations answer `disabled`.
+    ///   - initialDesired: the created device's desired properties.
+    public func enrollDevice(
+        registrationId: String, deviceId: String? = nil, enabled: Bool = true, initialDesired: [String: JSONValue]? = nil
+    ) throws(LocalHubError) -> String {
+        var body: [String: JSONValue] = ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"]
+        if let deviceId { body["deviceId"] = .string(deviceId) }
+        if let initialDesired { body["initialTwin"] = ["properties": ["desired": .object(initialDesired)]] }
+        return try enroll(registrationId, isGroup: false, body: .object(body))
+    }
+
+    /// Creates (or replaces) a symmetric-key enrollment group, for tests of provisioning
+    /// clients in the same process; returns the group key (a device's key is
+    /// base64(HMAC-SHA256(group key, registration id))).
+    public func enrollGroup(_ groupId: String, enabled: Bool = true) throws(LocalHubError) -> String {
+        try enroll(groupId, isGroup: true, body: ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"])
+    }
+
+    /// How many registrations of `registrationId` the provisioning service handled (0 if none).
+    public func registrationCount(of registrationId: String) -> Int {
+        hub.provisioning.registration(registrationId)?.registrationCount ?? 0
+    }
+
+    private func enroll(_ id: String, isGroup: Bool, body: JSONValue) throws(LocalHubError) -> String {
+        guard ProvisioningProtocol.isValidRegistrationId(id) else { throw .configuration(ProvisioningProtocol.registrationIdProblem(id)) }
+        do throws(ProvisioningFailure) {
+            let request = try ProvisioningJSON.readEnrollment(body, id: id, isGroup: isGroup, hubHostName: hub.hostName, now: Date())
+            let enrollment = try hub.provisioning.put(request, ifMatch: nil)
+            hub.stateChanged()
+            guard let key = enrollment.attestation.primaryKey else { throw .badRequest("the enrollment has no key") }
+            return key
+        } catch {
+            throw .configuration("cannot enroll '\(id)': \(error.message)")
+        }
     }
 
     /// Reads the ID scope and the provisioning service key from the data directory, or writes

@@ -102,7 +102,17 @@ def dps(hub, registry_manager):
 
 
 def register(client):
-    return bounded(client.register, timeout=REGISTER_TIMEOUT, what="register")
+    """register(), bounded. A client whose registration failed stays connected (the SDK shuts
+    its pipeline down only after a success and has no public shutdown), and would reconnect
+    when the hub stops; its pipeline is shut down here."""
+    try:
+        return bounded(client.register, timeout=REGISTER_TIMEOUT, what="register")
+    except BaseException:
+        from azure.iot.device.common.evented_callback import EventedCallback
+        done = EventedCallback()
+        client._pipeline.shutdown(callback=done)
+        bounded(done.wait_for_completion, timeout=20, what="shutting down a failed ProvisioningDeviceClient")
+        raise
 
 
 def send_one_message(hub, device_clients, client, device_id, text):
@@ -122,6 +132,8 @@ def test_individual_symmetric_key_enrollment_assigns_the_device_with_its_initial
     key = enrollment["attestation"]["symmetricKey"]["primaryKey"]
     assert base64.b64decode(key, validate=True)
     assert enrollment["provisioningStatus"] == "enabled"
+    # The hub printed its ID scope at start, the one in its data directory.
+    assert any(dps.id_scope in line for line in hub.stdout_lines if "DPS ID scope" in line), hub.stdout_lines
     assert enrollment["etag"]
 
     result = register(dps.device_client(registration, key))
@@ -282,6 +294,17 @@ def test_custom_payload_is_returned(hub, dps):
     result = register(client)
     assert result.status == "assigned"
     assert json.loads(result.registration_state.response_payload) == payload
+
+
+def test_throttled_requests_are_retried_after_retry_after(hub, dps):
+    registration = registration_id("dps-throttled")
+    key = dps.individual(registration)["attestation"]["symmetricKey"]["primaryKey"]
+    hub.set_faults(throttleNextOperations=2)
+    result = register(dps.device_client(registration, key))
+    assert result.status == "assigned"
+    # Both throttled answers were used up by the SDK's retries; only the registration that went through counts.
+    assert hub.request("GET", "local/faults").json()["throttleNextOperations"] == 0
+    assert dps.count(registration) == 1
 
 
 def test_disabled_enrollment_fails_registration_and_creates_no_device(hub, dps, registry_manager):

@@ -163,6 +163,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// A CONNECT whose user name names this hub's ID scope: a device of the provisioning service.
     private func handleProvisioningConnect(context: ChannelHandlerContext, _ connect: ConnectPacket, credentials: ConnectCredentials) {
+        if hub.state.withLockedValue({ $0.faults.refusesConnections(at: Date()) }) {
+            return refuse(context, .serverUnavailable, "provisioning client refused by fault injection")
+        }
         let identity: ProvisioningIdentity
         switch hub.provisioning.authenticate(credentials) {
         case .failure(let code):

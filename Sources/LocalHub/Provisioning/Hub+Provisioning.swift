@@ -10,6 +10,11 @@ struct ProvisioningReply: Sendable, Equatable {
     static func failure(_ failure: ProvisioningFailure) -> ProvisioningReply {
         ProvisioningReply(status: failure.status, retryAfter: nil, body: failure.json())
     }
+
+    /// 429 with `retry-after`, when the hub's fault injection throttles the request.
+    static let throttled = ProvisioningReply(
+        status: 429, retryAfter: 1,
+        body: ["errorCode": 429001, "trackingId": "", "message": "Throttled by the local hub's fault injection", "timestampUtc": ProvisioningJSON.timestamp(Date())])
 }
 
 extension Hub {
@@ -18,12 +23,14 @@ extension Hub {
     /// updated in) this hub's registry with the enrollment's initial twin and the device's
     /// credentials, and the registration state is recorded and counted. The answer is always
     /// `202 assigning` with an operation id that the device then polls
-    /// (``provisioningOperationStatus(_:operationId:)``), as the real service answers.
+    /// (``provisioningOperationStatus(_:operationId:)``), as the real service answers. Fault
+    /// injection's throttling answers 429 with `retry-after` instead (nothing registered).
     ///
     /// The device's custom payload is returned in `registrationState.payload` whenever it sent
     /// one, as if a custom allocation function echoed it (the real service returns a payload
     /// only with custom allocation).
     func register(_ identity: ProvisioningIdentity, request: ProvisioningProtocol.RegistrationRequest, now: Date = Date()) -> ProvisioningReply {
+        if state.withLockedValue({ $0.faults.takeThrottle() }) { return .throttled }
         if let requested = request.registrationId, requested != identity.registrationId {
             return .failure(.badRequest("registrationId '\(requested.prefix(128))' in the request is not the registration id '\(identity.registrationId)' the device connected with"))
         }
@@ -76,6 +83,7 @@ extension Hub {
     /// The answer to a device's poll: the finished operation (200), or 404 for an operation
     /// id this device does not have.
     func provisioningOperationStatus(_ identity: ProvisioningIdentity, operationId: String) -> ProvisioningReply {
+        if state.withLockedValue({ $0.faults.takeThrottle() }) { return .throttled }
         guard let answer = provisioning.operation(operationId, of: identity.registrationId) else {
             return .failure(.notFound("no registration operation '\(operationId.prefix(128))' for '\(identity.registrationId)'"))
         }

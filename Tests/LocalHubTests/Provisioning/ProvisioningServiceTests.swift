@@ -192,6 +192,23 @@ import Testing
         #expect(replaced.created == good.created)
     }
 
+    @Test func theInProcessEnrollmentHelpersMakeWhatDevicesRegisterWith() throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        let localHub = try LocalHub(configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0), logger: logger)
+        let key = try localHub.enrollDevice(registrationId: "sensor-9", deviceId: "device-9", initialDesired: ["rate": 2])
+        let identity = try Self.credentials(localHub.hub, "sensor-9", key: key).authenticated(by: localHub.hub)
+        #expect(localHub.registrationCount(of: "sensor-9") == 0)
+        _ = try Self.registerAndPoll(localHub.hub, identity)
+        #expect(localHub.registrationCount(of: "sensor-9") == 1)
+        #expect(localHub.hub.identity(IdentityKey(deviceId: "device-9"))?.desired.properties == ["rate": 2])
+
+        let groupKey = try localHub.enrollGroup("fleet-9")
+        let derived = try #require(ProvisioningProtocol.derivedDeviceKey(groupKey: groupKey, registrationId: "member-9"))
+        #expect(try Self.credentials(localHub.hub, "member-9", key: derived).authenticated(by: localHub.hub).enrollmentGroupId == "fleet-9")
+        #expect(throws: LocalHubError.self) { _ = try localHub.enrollDevice(registrationId: "Bad Id") }
+    }
+
     @Test func enrollmentsRegistrationsAndTheScopeSurviveARestart() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("localhub-dps-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
