@@ -12,9 +12,14 @@ struct ProvisioningReply: Sendable, Equatable {
     }
 
     /// 429 with `retry-after`, when the hub's fault injection throttles the request.
-    static let throttled = ProvisioningReply(
-        status: 429, retryAfter: 1,
-        body: ["errorCode": 429001, "trackingId": "", "message": "Throttled by the local hub's fault injection", "timestampUtc": ProvisioningJSON.timestamp(Date())])
+    static var throttled: ProvisioningReply {
+        ProvisioningReply(
+            status: 429, retryAfter: 1,
+            body: [
+                "errorCode": 429001, "trackingId": .string(UUID().uuidString.lowercased()),
+                "message": "Throttled by the local hub's fault injection", "timestampUtc": ProvisioningJSON.timestamp(Date()),
+            ])
+    }
 }
 
 extension Hub {
@@ -69,7 +74,16 @@ extension Hub {
                 record.errorMessage = "the hub refused the device: \(error.message)"
             }
         }
-        provisioning.state.withLockedValue { $0.registrations[identity.registrationId] = record }
+        // Counted against the record as it is now: another registration of the same device may
+        // have finished meanwhile.
+        record = provisioning.state.withLockedValue { state in
+            let current = state.registrations[identity.registrationId]
+            record.created = current?.created ?? now
+            record.etagCounter = (current?.etagCounter ?? 0) + 1
+            record.registrationCount = (current?.registrationCount ?? 0) + 1
+            state.registrations[identity.registrationId] = record
+            return record
+        }
         stateChanged()
         logger.info("device registered with the provisioning service", metadata: [
             "registrationId": "\(identity.registrationId)", "status": "\(record.status)", "deviceId": "\(record.deviceId ?? "-")",

@@ -37,7 +37,8 @@ final class ProvisioningService: Sendable {
     }
 
     static let policyName = "provisioningserviceowner"
-    static let maximumOperations = 10_000
+    /// Finished operations kept for polls: with requests of at most 64 KiB, at most 64 MiB.
+    static let maximumOperations = 1_000
     /// Seconds a device is told to wait before polling (`retry-after`).
     static let retryAfterSeconds = 1
 
