@@ -1,5 +1,5 @@
 import Foundation
-import IoTHubProtocol
+public import IoTHubProtocol
 public import Logging
 public import NIOCore
 import NIOConcurrencyHelpers
@@ -86,6 +86,8 @@ public final class LocalHub: Service, Sendable {
         self.group = eventLoopGroup
         self.logger = logger
         var ownerKey = IdentityAuthentication.randomKey()
+        var idScope = ProvisioningService.newIdScope()
+        var provisioningKey = IdentityAuthentication.randomKey()
         var persisted: PersistedState?
         if let path = configuration.dataDirectory {
             let directory = try DataDirectory(path: path)
@@ -104,6 +106,7 @@ public final class LocalHub: Service, Sendable {
             self.persistence = persistence
             let policy = ConnectionString(hostName: configuration.hostName, sharedAccessKeyName: "iothubowner", credential: .sharedAccessKey(ownerKey))
             try directory.write(Data((policy.rendered() + "\n").utf8), to: directory.serviceConnectionString, permissions: 0o600)
+            (idScope, provisioningKey) = try Self.loadProvisioningIdentity(directory, hostName: configuration.hostName, idScope: idScope, key: provisioningKey)
         } else {
             do {
                 authority = try CertificateAuthority.generate(hostNames: [configuration.hostName])
@@ -117,7 +120,9 @@ public final class LocalHub: Service, Sendable {
             hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted, persistence: persistence,
             telemetryCapacity: configuration.telemetryCapacity, telemetryByteCapacity: configuration.telemetryByteCapacity,
             connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000),
-            routedEventSources: configuration.routedEventSources, logger: logger)
+            routedEventSources: configuration.routedEventSources,
+            provisioning: ProvisioningService(idScope: idScope, hostName: configuration.hostName, policyKey: provisioningKey, persisted: persisted?.provisioning),
+            logger: logger)
         persistence?.attach { [hub] in hub.snapshot() }
         for device in configuration.devices {
             do {
@@ -131,6 +136,86 @@ public final class LocalHub: Service, Sendable {
     /// The owner policy's connection string, for service SDKs and `iothub-sidecar sas-token`.
     public var serviceConnectionString: String {
         hub.serviceConnectionString.rendered()
+    }
+
+    /// The ID scope of the hub's Device Provisioning Service (devices give it to
+    /// `ProvisioningDeviceClient`; the provisioning host is this hub's host name and MQTT port).
+    public var idScope: String {
+        hub.provisioning.idScope
+    }
+
+    /// The provisioning service policy's connection string, for the provisioning service SDKs
+    /// (`azure-iot-deviceprovisioning`); its host is this hub's HTTPS endpoint.
+    public var provisioningServiceConnectionString: String {
+        hub.provisioning.serviceConnectionString.rendered()
+    }
+
+    /// Creates (or replaces) an individual enrollment with a symmetric key, for tests of
+    /// provisioning clients in the same process; returns its primary key.
+    /// - Parameters:
+    ///   - registrationId: DPS's rule: 1–128 lower-case letters, digits or `-._:`.
+    ///   - deviceId: the device id to create; nil for the registration id.
+    ///   - enabled: false makes registrations answer `disabled`.
+    ///   - initialDesired: the created device's desired properties.
+    public func enrollDevice(
+        registrationId: String, deviceId: String? = nil, enabled: Bool = true, initialDesired: [String: JSONValue]? = nil
+    ) throws(LocalHubError) -> String {
+        var body: [String: JSONValue] = ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"]
+        if let deviceId { body["deviceId"] = .string(deviceId) }
+        if let initialDesired { body["initialTwin"] = ["properties": ["desired": .object(initialDesired)]] }
+        return try enroll(registrationId, isGroup: false, body: .object(body))
+    }
+
+    /// Creates (or replaces) a symmetric-key enrollment group, for tests of provisioning
+    /// clients in the same process; returns the group key (a device's key is
+    /// base64(HMAC-SHA256(group key, registration id))).
+    public func enrollGroup(_ groupId: String, enabled: Bool = true) throws(LocalHubError) -> String {
+        try enroll(groupId, isGroup: true, body: ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"])
+    }
+
+    /// How many registrations of `registrationId` the provisioning service handled (0 if none).
+    public func registrationCount(of registrationId: String) -> Int {
+        hub.provisioning.registration(registrationId)?.registrationCount ?? 0
+    }
+
+    private func enroll(_ id: String, isGroup: Bool, body: JSONValue) throws(LocalHubError) -> String {
+        guard ProvisioningProtocol.isValidRegistrationId(id) else { throw .configuration(ProvisioningProtocol.registrationIdProblem(id)) }
+        do throws(ProvisioningFailure) {
+            let request = try ProvisioningJSON.readEnrollment(body, id: id, isGroup: isGroup, hubHostName: hub.hostName, now: Date())
+            let enrollment = try hub.provisioning.put(request, ifMatch: nil)
+            hub.stateChanged()
+            guard let key = enrollment.attestation.primaryKey else { throw .badRequest("the enrollment has no key") }
+            return key
+        } catch {
+            throw .configuration("cannot enroll '\(id)': \(error.message)")
+        }
+    }
+
+    /// Reads the ID scope and the provisioning service key from the data directory, or writes
+    /// the given new ones there.
+    private static func loadProvisioningIdentity(_ directory: DataDirectory, hostName: String, idScope: String, key: String) throws(LocalHubError) -> (String, String) {
+        var idScope = idScope
+        var key = key
+        if let data = try directory.read(directory.idScope) {
+            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !text.isEmpty, text.count <= 64, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
+                throw .dataDirectory("\(directory.idScope.path) does not hold an ID scope (letters and digits)")
+            }
+            idScope = text
+        }
+        if let data = try directory.read(directory.provisioningServiceConnectionString) {
+            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let existing = try? ConnectionString(parsing: text), existing.sharedAccessKeyName == ProvisioningService.policyName,
+                  case .sharedAccessKey(let existingKey) = existing.credential
+            else {
+                throw .dataDirectory("\(directory.provisioningServiceConnectionString.path) does not hold a provisioning service connection string")
+            }
+            key = existingKey
+        }
+        try directory.write(Data((idScope + "\n").utf8), to: directory.idScope, permissions: 0o644)
+        let policy = ConnectionString(hostName: hostName, sharedAccessKeyName: ProvisioningService.policyName, credential: .sharedAccessKey(key))
+        try directory.write(Data((policy.rendered() + "\n").utf8), to: directory.provisioningServiceConnectionString, permissions: 0o600)
+        return (idScope, key)
     }
 
     /// Registers a SAS device (or module) if needed and returns its connection string.

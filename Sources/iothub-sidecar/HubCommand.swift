@@ -14,7 +14,9 @@ struct HubCommand: AsyncParsableCommand {
             WebSockets at /$iothub/websocket, and the emulator's /local API) and blob storage. \
             Certificates, keys and the registry live in the data directory; clients must trust \
             its ca.pem. The owner policy's connection string is in its service-connection-string \
-            file. Stop it with Ctrl-C or SIGTERM.
+            file. It also serves a Device Provisioning Service on the same ports: its ID scope \
+            is in dps-id-scope, its service policy's connection string in \
+            provisioning-service-connection-string. Stop it with Ctrl-C or SIGTERM.
             """
     )
 
@@ -84,6 +86,8 @@ struct HubCommand: AsyncParsableCommand {
             "  Blob storage:    \(bindAddress):\(ports.blob)",
             "  CA certificate:  \(dataDirectory)/ca.pem",
             "  Service connection string: \(dataDirectory)/service-connection-string",
+            "  DPS ID scope:    \(hub.idScope)  (provisioning host \(hostName), same MQTT and HTTPS ports; also in \(dataDirectory)/dps-id-scope)",
+            "  Provisioning service connection string: \(dataDirectory)/provisioning-service-connection-string",
         ]
         for device in devices {
             lines.append("  Device \(device): \(try hub.deviceConnectionString(deviceId: device))")

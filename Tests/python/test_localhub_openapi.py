@@ -143,7 +143,8 @@ def _evaluate(expression, environment):
 
 def _authorization(handler):
     kinds = [kind for kind, call in (("service", "authorizeService("), ("device", "authorizeDevice("),
-                                     ("blob", "blobs.authorize(")) if call in handler]
+                                     ("blob", "blobs.authorize("), ("provisioning", "authorizeProvisioningService("))
+             if call in handler]
     return kinds[0] if len(kinds) == 1 else None
 
 
@@ -335,6 +336,7 @@ def test_security_matches_the_authorization_each_handler_does(spec, routes):
         "service": [{"serviceSas": []}],
         "device": [{"deviceSas": []}, {"deviceCertificate": []}],
         "blob": [{"blobSas": []}],
+        "provisioning": [{"provisioningSas": []}],
     }
     for route in routes:
         assert route.authorization, "{} {} ({}) calls no (or more than one) authorize function".format(

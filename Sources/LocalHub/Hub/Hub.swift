@@ -48,13 +48,18 @@ final class Hub: Sendable {
     let startTimeDigits: String
     /// The answers to direct-method calls, by request id.
     let methodReplies = PendingReplies<String, MethodCallResult, ServiceError>(keepingEarlyReplies: false)
+    /// The Device Provisioning Service that assigns devices to this hub.
+    let provisioning: ProvisioningService
 
     init(
         hostName: String, ownerPolicyName: String = "iothubowner", ownerPolicyKey: String,
         persistedState: PersistedState? = nil, persistence: StatePersistence? = nil,
         telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, connectTimeout: TimeAmount = .seconds(10),
-        routedEventSources: Set<MessageSource> = [], logger: Logger, now: Date = Date()
+        routedEventSources: Set<MessageSource> = [], provisioning: ProvisioningService? = nil, logger: Logger, now: Date = Date()
     ) {
+        self.provisioning = provisioning ?? ProvisioningService(
+            idScope: ProvisioningService.newIdScope(), hostName: hostName, policyKey: IdentityAuthentication.randomKey(),
+            persisted: persistedState?.provisioning)
         self.startTimeDigits = Self.fileTimeDigits(now)
         self.connectTimeout = connectTimeout
         self.hostName = hostName
@@ -86,10 +91,12 @@ final class Hub: Sendable {
 
     /// The persisted part of the state.
     func snapshot() -> PersistedState {
-        state.withLockedValue { state in
+        let provisioningState = provisioning.snapshot()
+        return state.withLockedValue { state in
             PersistedState(
                 identities: state.identities.values.sorted { $0.key.clientId < $1.key.clientId },
-                routedEventSources: MessageSource.events.filter(state.routedEventSources.contains))
+                routedEventSources: MessageSource.events.filter(state.routedEventSources.contains),
+                provisioning: provisioningState)
         }
     }
 

@@ -19,6 +19,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private enum State {
         case awaitingConnect
         case connected(DeviceConnection)
+        /// A device talking to the provisioning service (docs/ARCHITECTURE.md, Device Provisioning Service).
+        case provisioning(ProvisioningMQTTSession)
         case closed
     }
 
@@ -63,6 +65,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             // Fault injection: packets the network "dropped" never reach the hub.
             guard !connection.isDiscardingTraffic else { return }
             handle(packet, from: connection, context: context)
+        case .provisioning(let session):
+            let outcome = session.handle(packet)
+            for reply in outcome.packets { context.write(wrapOutboundOut(reply), promise: nil) }
+            if !outcome.packets.isEmpty { needsFlush = true }
+            if let reason = outcome.closeReason {
+                context.flush()
+                needsFlush = false
+                close(context, reason.isEmpty ? "the device disconnected from the provisioning service" : reason)
+            }
         case .closed:
             break
         }
@@ -112,6 +123,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let credentials = ConnectCredentials(
             clientId: connect.clientId, username: connect.username, password: connect.password,
             clientCertificateDER: certificate.flatMap { try? $0.toDERBytes() })
+        if hub.provisioning.isProvisioningUsername(connect.username) {
+            return handleProvisioningConnect(context: context, connect, credentials: credentials)
+        }
         let key: IdentityKey
         let tokenExpiry: Date?
         switch hub.authenticate(credentials) {
@@ -145,6 +159,34 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         for packet in resend { context.write(wrapOutboundOut(packet), promise: nil) }
         context.flush()
         hub.deliverCloudToDevice(to: key)
+    }
+
+    /// A CONNECT whose user name names this hub's ID scope: a device of the provisioning service.
+    private func handleProvisioningConnect(context: ChannelHandlerContext, _ connect: ConnectPacket, credentials: ConnectCredentials) {
+        if hub.state.withLockedValue({ $0.faults.refusesConnections(at: Date()) }) {
+            return refuse(context, .serverUnavailable, "provisioning client refused by fault injection")
+        }
+        let identity: ProvisioningIdentity
+        switch hub.provisioning.authenticate(credentials) {
+        case .failure(let code):
+            return refuse(context, code, "provisioning client '\(connect.clientId.prefix(128))' refused")
+        case .success(let authenticated):
+            identity = authenticated
+        }
+        state = .provisioning(ProvisioningMQTTSession(identity: identity, hub: hub))
+        let keepAlive = min(connect.keepAliveSeconds, Self.maximumKeepAlive)
+        if keepAlive > 0 {
+            let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1500)
+            try? context.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: timeout), position: .first)
+        }
+        if let expiry = identity.tokenExpiry {
+            let channel = context.channel
+            timers.append(context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, expiry.timeIntervalSinceNow) * 1000))) {
+                channel.close(promise: nil)
+            })
+        }
+        logger.info("provisioning client connected", metadata: ["registrationId": "\(identity.registrationId)"])
+        context.writeAndFlush(wrapOutboundOut(.connack(ConnackPacket(sessionPresent: false, returnCode: .accepted))), promise: nil)
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ code: ConnackPacket.ReturnCode, _ reason: String) {

@@ -1,11 +1,12 @@
 extension Router {
-    /// The HTTPS listener's routes: IoT Hub's service API, the device file-upload API and the
-    /// emulator's own `/local` API.
+    /// The HTTPS listener's routes: IoT Hub's service API, the device file-upload API, the
+    /// emulator's own `/local` API and the provisioning service's API.
     static func https(for hub: Hub) -> Router {
         var router = Router()
         ServiceRoutes(hub: hub).register(on: &router)
         FileUploadRoutes(hub: hub).register(on: &router)
         LocalRoutes(hub: hub).register(on: &router)
+        ProvisioningRoutes(hub: hub).register(on: &router)
         return router
     }
 

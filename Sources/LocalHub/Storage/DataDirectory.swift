@@ -6,6 +6,8 @@ import Foundation
 /// ca.pem                      the CA to trust (give it to SDKs as server_verification_cert)
 /// server-cert.pem, server-key.pem
 /// service-connection-string   the owner policy's connection string (mode 0600)
+/// dps-id-scope                the provisioning service's ID scope
+/// provisioning-service-connection-string   its service policy's connection string (mode 0600)
 /// state.json                  registry, twins, queued cloud-to-device messages, subscriptions
 /// ```
 /// Every file is written atomically (a temporary file, fsync, rename), so a crash leaves the
@@ -18,6 +20,8 @@ struct DataDirectory: Sendable {
     var serverPrivateKey: URL { url.appendingPathComponent("server-key.pem") }
     var serviceConnectionString: URL { url.appendingPathComponent("service-connection-string") }
     var state: URL { url.appendingPathComponent("state.json") }
+    var idScope: URL { url.appendingPathComponent("dps-id-scope") }
+    var provisioningServiceConnectionString: URL { url.appendingPathComponent("provisioning-service-connection-string") }
 
     /// Creates the directory (mode 0700) if needed.
     init(path: String) throws(LocalHubError) {

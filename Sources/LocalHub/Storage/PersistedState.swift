@@ -6,4 +6,6 @@ struct PersistedState: Sendable, Codable {
     var identities: [IdentityRecord]
     /// The event sources routed to the built-in endpoint (absent in files of older versions).
     var routedEventSources: [MessageSource]?
+    /// The provisioning service's enrollments and registrations (absent in files of older versions).
+    var provisioning: ProvisioningPersistedState?
 }
