@@ -31,6 +31,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Where to serve HTTP: HOST:PORT or unix:/path/to.sock [IOTHUB_SIDECAR_LISTEN]. Default 127.0.0.1:8080. An address other machines can reach (not 127.x.x.x, ::1, localhost or a unix socket) needs --api-token-file or --allow-unauthenticated.", valueName: "address"))
     var listen: String?
 
+    @Option(name: .customLong("listen-mode"), help: ArgumentHelp("Permission bits, in octal, of the unix socket of --listen, e.g. 0660 so that --listen-group can connect; default from the umask [IOTHUB_SIDECAR_LISTEN_MODE]. Under systemd socket activation (LISTEN_FDS) the socket unit's SocketMode= and SocketGroup= decide instead.", valueName: "mode"))
+    var listenMode: String?
+
+    @Option(name: .customLong("listen-group"), help: ArgumentHelp("Group (name or number) given the unix socket of --listen, e.g. the group of the application's user [IOTHUB_SIDECAR_LISTEN_GROUP].", valueName: "group"))
+    var listenGroup: String?
+
     @Option(name: .customLong("api-token-file"), help: ArgumentHelp("File holding a token every request must send as 'Authorization: Bearer <token>' (/healthz and /readyz exempt) [IOTHUB_SIDECAR_API_TOKEN_FILE].", valueName: "file"))
     var apiTokenFile: String?
 
@@ -228,10 +234,11 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             Self.fail("cannot open the state in \(stateDirectory.path): \(error)")
         }
-        let application = SidecarServer.application(
+        let application = SidecarServer.service(
             bridge: bridge,
             configuration: SidecarServerConfiguration(
-                listen: settings.listen, apiToken: settings.apiToken, requestBodyTimeout: .seconds(settings.requestBodyTimeout)),
+                listen: settings.listen, apiToken: settings.apiToken, requestBodyTimeout: .seconds(settings.requestBodyTimeout),
+                inheritedDescriptor: settings.inheritedListener, unixSocketMode: settings.listenMode, unixSocketGroup: settings.listenGroup),
             logger: logger,
             onRunning: { address in
                 var metadata: Logger.Metadata = [
