@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -59,7 +62,9 @@ enum Listeners {
                 .bind(host: host, port: port)
                 .get()
         } catch {
-            throw .listen("cannot listen for \(name) on \(host):\(port): \(error)")
+            // NIO's IOError names its own functions (bind(descriptor:ptr:bytes:)): say what happened.
+            let reason = (error as? IOError).map { $0.errnoCode == EADDRINUSE ? "the port is in use" : String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            throw .listen("cannot listen for \(name) on \(host):\(port): \(reason)")
         }
     }
 

@@ -182,6 +182,7 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             Self.fail("\(error)")
         }
+        if let busy = busyPort(settings) { Self.fail(busy) }
         LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: settings.logLevel) }
         let logger = Logger(label: "iothub-sidecar")
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
@@ -261,10 +262,29 @@ struct ServeCommand: AsyncParsableCommand {
             try await ServiceGroup(configuration: groupConfiguration).run()
         } catch {
             let text = "\(error)"
+            if text.contains("(errno: \(EADDRINUSE))") {
+                Self.fail(PortCheck.busy("the sidecar", address: "\(settings.listen)", flag: "--listen (IOTHUB_SIDECAR_LISTEN)"))
+            }
             Self.fail(text.contains("bind(") ? "cannot serve on \(settings.listen): \(text)" : text)
         }
         withExtendedLifetime(stateDirectory) {}
         logger.info("stopped")
+    }
+
+    /// The first fixed port that another process holds, as the line to print.
+    private func busyPort(_ settings: ServeSettings) -> String? {
+        if settings.inheritedListener == nil, case .tcp(let host, let port) = settings.listen, PortCheck.isInUse(host: host, port: port) {
+            return PortCheck.busy("the sidecar", host: host, port: port, flag: "--listen HOST:PORT (IOTHUB_SIDECAR_LISTEN)")
+        }
+        guard localHub else { return nil }
+        let ports = [
+            ("MQTT", localHubMQTTPort, "--local-hub-mqtt-port"), ("HTTPS", localHubHTTPSPort, "--local-hub-https-port"),
+            ("blob storage", localHubBlobPort, "--local-hub-blob-port"),
+        ]
+        for (what, port, flag) in ports where PortCheck.isInUse(host: "127.0.0.1", port: port) {
+            return PortCheck.busy("the local hub's \(what)", host: "127.0.0.1", port: port, flag: "\(flag) (0 picks a free one)")
+        }
+        return nil
     }
 
     static func fail(_ message: String) -> Never {
