@@ -7,10 +7,10 @@ import socket
 import stat
 import subprocess
 
-from sidecar_support import BINARY, Sidecar
+from sidecar_support import BINARY, Sidecar, UnixHTTPConnection
 
-# Moves descriptor $FD to 3, then becomes the sidecar with LISTEN_PID naming itself.
-ACTIVATE = 'exec 3<&"$FD"; exec {FD}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"'
+# Moves descriptor $FD to 3 (unless it is 3), then becomes the sidecar with LISTEN_PID naming itself.
+ACTIVATE = '[ "$FD" = 3 ] || { exec 3<&"$FD"; exec {FD}<&-; }; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"'
 
 
 def listening_unix_socket(path, mode=0o660):
@@ -40,6 +40,10 @@ def test_the_sidecar_serves_on_the_socket_systemd_passes(tmp_path):
         assert (after.st_ino, stat.S_IMODE(after.st_mode)) == (before.st_ino, 0o660)
         assert not os.path.exists(elsewhere)
         assert "unix:" + path in sidecar.output()
+        # An idle keep-alive connection does not hold up a graceful stop.
+        idle = UnixHTTPConnection(path)
+        idle.request("GET", "/healthz")
+        assert idle.getresponse().read() is not None
     finally:
         assert sidecar.stop() == 0, sidecar.output()
 
