@@ -130,6 +130,8 @@ let package = Package(
                 // The HTTP/1 connection handlers (SidecarHTTP1Channel.swift).
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                // A listening socket inherited from systemd (InheritedSocketServer.swift).
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

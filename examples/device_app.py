@@ -11,6 +11,10 @@ but Python's standard library:
 
 With an API token, set SIDECAR_TOKEN too. Run it next to `scripts/run` (the sidecar with its
 local hub), then, from another shell, change the interval or call a method through the hub.
+
+It may start before the sidecar (containers in a pod or a compose project start together): it
+waits for the sidecar to answer, retrying with a growing pause up to 5 s, for at most
+SIDECAR_WAIT seconds (120 by default), and says so while it waits.
 """
 import http.client
 import json
@@ -41,6 +45,28 @@ def call(method, path, body=None, headers=None, timeout=70):
         return response.status, parsed, response.headers
     finally:
         connection.close()
+
+
+def wait_for_sidecar(limit=None):
+    """Waits until the sidecar answers /healthz; exits with a message after `limit` seconds."""
+    limit = float(os.environ.get("SIDECAR_WAIT", "120")) if limit is None else limit
+    deadline = time.monotonic() + limit
+    pause = 0.25
+    while True:
+        try:
+            status, _, _ = call("GET", "/healthz", timeout=5)
+            if status == 200:
+                return
+            reason = "it answered {}".format(status)
+        except OSError as error:
+            reason = error.strerror or str(error)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            sys.exit("device_app: the sidecar at {} did not answer within {:g} s ({}); is it running?".format(
+                SIDECAR.geturl(), limit, reason))
+        pause = min(pause * 2, 5.0, left)
+        print("waiting for the sidecar at {} ({}); trying again in {:.1f} s".format(SIDECAR.geturl(), reason, pause), flush=True)
+        time.sleep(pause)
 
 
 class Device:
@@ -93,8 +119,14 @@ class Device:
     def send_telemetry(self):
         while not self.stopping.is_set():
             body = json.dumps({"seq": self.sent + 1, "temperature": 21.5}).encode()
-            status, result, _ = call("POST", "/messages", body, {
-                "Content-Type": "application/json", "iothub-contentencoding": "utf-8", "iothub-app-source": "device_app"})
+            try:
+                status, result, _ = call("POST", "/messages", body, {
+                    "Content-Type": "application/json", "iothub-contentencoding": "utf-8", "iothub-app-source": "device_app"})
+            except OSError as error:
+                # The sidecar restarts: wait for it again, then send the same message.
+                print("the sidecar went away ({}); waiting for it".format(error.strerror or error), file=sys.stderr, flush=True)
+                wait_for_sidecar()
+                continue
             if status == 200:
                 self.sent += 1
             else:
@@ -103,6 +135,7 @@ class Device:
 
 
 def main():
+    wait_for_sidecar()
     device = Device()
     for worker in (device.follow_desired_properties, device.answer_methods):
         threading.Thread(target=worker, daemon=True).start()

@@ -181,6 +181,7 @@ extension IoTHubDeviceClient {
 
     /// After every (re)connect: subscribe what is enabled, check the desired properties.
     private func afterConnect() {
+        subscriptions.withLockedValue { $0.connectFailureReported = false }
         background.run {
             await self.resubscribe()
             if self.configuration.ensureDesiredProperties, self.subscriptions.withLockedValue({ $0.enabled.contains(.desiredProperties) }) {

@@ -14,6 +14,13 @@ extension IoTHubDeviceClient {
     struct Subscriptions {
         /// Subscribed after every connect.
         var enabled: Set<Feature> = []
+        /// Enabled by listeners and not yet handled by the background task that enables them.
+        var pendingEnables: Set<Feature> = []
+        /// That task runs.
+        var enabling = false
+        /// A connect the task made for listeners failed and was reported, and no connection
+        /// has been made since: the same outage is not reported again for later listeners.
+        var connectFailureReported = false
         /// The connection (its attempt's id) that `subscribed` is about.
         private var connectionId: Int?
         private var subscribed: Set<Feature> = []
@@ -74,17 +81,49 @@ extension IoTHubDeviceClient {
 
     /// A listener asked for `feature`: it is subscribed from now on, on this connection (made
     /// now when auto-connect allows) and after every reconnect.
+    ///
+    /// One background task at a time enables what listeners asked for, all of it together: a
+    /// program that starts three listeners while the hub cannot be reached hears of the
+    /// failure to connect for them once, not once per listener (until a connection is made).
     func enableInBackground(_ feature: Feature) {
-        subscriptions.withLockedValue { _ = $0.enabled.insert(feature) }
-        background.run {
-            do throws(IoTHubError) {
-                try await self.ensureConnectionIfAllowed()
-                try await self.ensureSubscribed([feature])
-                if feature == .desiredProperties { await self.refreshDesiredProperties() }
-            } catch {
-                self.errorStreams.yield(error)
+        let start = subscriptions.withLockedValue { state -> Bool in
+            state.enabled.insert(feature)
+            state.pendingEnables.insert(feature)
+            defer { state.enabling = true }
+            return !state.enabling
+        }
+        guard start else { return }
+        let started = background.run {
+            while let features = self.subscriptions.withLockedValue({ state -> Set<Feature>? in
+                guard !state.pendingEnables.isEmpty else {
+                    state.enabling = false
+                    return nil
+                }
+                defer { state.pendingEnables = [] }
+                return state.pendingEnables
+            }) {
+                do throws(IoTHubError) {
+                    try await self.ensureConnectionIfAllowed()
+                } catch {
+                    // Reported once per outage: what listeners asked for meanwhile is
+                    // subscribed at the next connect, like everything enabled.
+                    let report = self.subscriptions.withLockedValue { state -> Bool in
+                        state.pendingEnables = []
+                        defer { state.connectFailureReported = true }
+                        return !state.connectFailureReported
+                    }
+                    if report { self.errorStreams.yield(error) }
+                    continue
+                }
+                do throws(IoTHubError) {
+                    try await self.ensureSubscribed(Feature.allCases.filter(features.contains))
+                    if features.contains(.desiredProperties) { await self.refreshDesiredProperties() }
+                } catch {
+                    self.errorStreams.yield(error)
+                }
             }
         }
+        if !started { subscriptions.withLockedValue { $0.enabling = false } }
     }
 
     /// Connects for a listener only when auto-connect allows it; otherwise the subscription

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -46,18 +49,22 @@ enum Listeners {
         try pipeline.addHandler(MQTTConnectionHandler(hub: hub, transport: transport, logger: logger))
     }
 
+    /// Binds a TCP listener. `TCP_NODELAY` is set at the TCP level (`tcpOption`): NIO's
+    /// `socketOption(.tcp_nodelay)` sets that number at the socket level, `SO_DEBUG` on Linux.
     static func bind(host: String, port: Int, group: any EventLoopGroup, name: String, initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) async throws(LocalHubError) -> any Channel {
         do {
             return try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer(initializer)
                 .bind(host: host, port: port)
                 .get()
         } catch {
-            throw .listen("cannot listen for \(name) on \(host):\(port): \(error)")
+            // NIO's IOError names its own functions (bind(descriptor:ptr:bytes:)): say what happened.
+            let reason = (error as? IOError).map { $0.errnoCode == EADDRINUSE ? "the port is in use" : String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            throw .listen("cannot listen for \(name) on \(host):\(port): \(reason)")
         }
     }
 

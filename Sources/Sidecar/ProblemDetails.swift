@@ -43,6 +43,7 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
         case "ValueError": "The request is invalid"
         case "Unauthorized": "Missing or wrong API token"
         case "NotFound": "Not found"
+        case "MethodNotAllowed": "Method not allowed"
         case "MethodRequestExpired": "The method request has expired"
         case "OutboxFull": "The outbox is full"
         case "InsufficientStorage": "No space left for the outbox"

@@ -70,6 +70,11 @@ struct HubCommand: AsyncParsableCommand {
         let configuration = LocalHub.Configuration(
             hostName: hostName, bindAddress: bindAddress, mqttPort: mqttPort, httpsPort: httpsPort, blobPort: blobPort,
             dataDirectory: dataDirectory, devices: devices, telemetryByteCapacity: telemetryBytes)
+        for (what, port, flag) in [("MQTT", mqttPort, "--mqtt-port"), ("HTTPS", httpsPort, "--https-port"), ("blob storage", blobPort, "--blob-port")]
+        where PortCheck.isInUse(host: bindAddress, port: port) {
+            FileHandle.standardError.write(Data("iothub-sidecar hub: \(PortCheck.busy("the local hub's \(what)", host: bindAddress, port: port, flag: "\(flag) (0 picks a free one)"))\n".utf8))
+            throw ExitCode.failure
+        }
         let hub: LocalHub
         let ports: LocalHub.Ports
         do {

@@ -23,7 +23,7 @@ struct SASTokenCommand: ParsableCommand {
             valueName: "file"))
     var connectionStringFile: String?
 
-    @Option(help: ArgumentHelp("Seconds from now until the token expires.", valueName: "seconds"))
+    @Option(help: ArgumentHelp("Seconds from now until the token expires; default \(SASToken.defaultTimeToLive).", valueName: "seconds"))
     var ttl: Int?
 
     @Option(

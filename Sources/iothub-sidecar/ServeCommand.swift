@@ -31,6 +31,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Where to serve HTTP: HOST:PORT or unix:/path/to.sock [IOTHUB_SIDECAR_LISTEN]. Default 127.0.0.1:8080. An address other machines can reach (not 127.x.x.x, ::1, localhost or a unix socket) needs --api-token-file or --allow-unauthenticated.", valueName: "address"))
     var listen: String?
 
+    @Option(name: .customLong("listen-mode"), help: ArgumentHelp("Permission bits, in octal, of the unix socket of --listen, e.g. 0660 so that --listen-group can connect; default from the umask [IOTHUB_SIDECAR_LISTEN_MODE]. Under systemd socket activation (LISTEN_FDS) the socket unit's SocketMode= and SocketGroup= decide instead.", valueName: "mode"))
+    var listenMode: String?
+
+    @Option(name: .customLong("listen-group"), help: ArgumentHelp("Group (name or number) given the unix socket of --listen, e.g. the group of the application's user [IOTHUB_SIDECAR_LISTEN_GROUP].", valueName: "group"))
+    var listenGroup: String?
+
     @Option(name: .customLong("api-token-file"), help: ArgumentHelp("File holding a token every request must send as 'Authorization: Bearer <token>' (/healthz and /readyz exempt) [IOTHUB_SIDECAR_API_TOKEN_FILE].", valueName: "file"))
     var apiTokenFile: String?
 
@@ -179,6 +185,7 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             Self.fail("\(error)")
         }
+        if let busy = busyPort(settings) { Self.fail(busy) }
         LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: settings.logLevel) }
         let logger = Logger(label: "iothub-sidecar")
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
@@ -233,10 +240,11 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             Self.fail("cannot open the state in \(stateDirectory.path): \(error)")
         }
-        let application = SidecarServer.application(
+        let application = SidecarServer.service(
             bridge: bridge,
             configuration: SidecarServerConfiguration(
-                listen: settings.listen, apiToken: settings.apiToken, requestBodyTimeout: .seconds(settings.requestBodyTimeout)),
+                listen: settings.listen, apiToken: settings.apiToken, requestBodyTimeout: .seconds(settings.requestBodyTimeout),
+                inheritedDescriptor: settings.inheritedListener, unixSocketMode: settings.listenMode, unixSocketGroup: settings.listenGroup),
             logger: logger,
             onRunning: { address in
                 var metadata: Logger.Metadata = [
@@ -259,10 +267,29 @@ struct ServeCommand: AsyncParsableCommand {
             try await ServiceGroup(configuration: groupConfiguration).run()
         } catch {
             let text = "\(error)"
+            if text.contains("(errno: \(EADDRINUSE))") {
+                Self.fail(PortCheck.busy("the sidecar", address: "\(settings.listen)", flag: "--listen (IOTHUB_SIDECAR_LISTEN)"))
+            }
             Self.fail(text.contains("bind(") ? "cannot serve on \(settings.listen): \(text)" : text)
         }
         withExtendedLifetime(stateDirectory) {}
         logger.info("stopped")
+    }
+
+    /// The first fixed port that another process holds, as the line to print.
+    private func busyPort(_ settings: ServeSettings) -> String? {
+        if settings.inheritedListener == nil, case .tcp(let host, let port) = settings.listen, PortCheck.isInUse(host: host, port: port) {
+            return PortCheck.busy("the sidecar", host: host, port: port, flag: "--listen HOST:PORT (IOTHUB_SIDECAR_LISTEN)")
+        }
+        guard localHub else { return nil }
+        let ports = [
+            ("MQTT", localHubMQTTPort, "--local-hub-mqtt-port"), ("HTTPS", localHubHTTPSPort, "--local-hub-https-port"),
+            ("blob storage", localHubBlobPort, "--local-hub-blob-port"),
+        ]
+        for (what, port, flag) in ports where PortCheck.isInUse(host: "127.0.0.1", port: port) {
+            return PortCheck.busy("the local hub's \(what)", host: "127.0.0.1", port: port, flag: "\(flag) (0 picks a free one)")
+        }
+        return nil
     }
 
     static func fail(_ message: String) -> Never {

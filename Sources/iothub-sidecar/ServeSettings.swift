@@ -7,6 +7,11 @@ import Sidecar
 /// The command's options resolved against the environment, checked, with files read.
 struct ServeSettings {
     var listen: ListenAddress
+    /// The listening socket systemd passed (socket activation), served instead of binding `listen`.
+    var inheritedListener: CInt?
+    /// `--listen-mode` and `--listen-group` of a unix socket.
+    var listenMode: UInt32?
+    var listenGroup: UInt32?
     var apiToken: String?
     /// Seconds a request body may pause.
     var requestBodyTimeout: Int
@@ -51,7 +56,8 @@ struct ServeSettings {
 
     init(command: ServeCommand, environment: [String: String]) throws {
         let options = OptionReader(environment: environment)
-        (listen, apiToken) = try Self.listener(command, options)
+        (listen, inheritedListener, apiToken) = try Self.listener(command, options)
+        (listenMode, listenGroup) = try Self.socketPermissions(command, options, listen: listen, activated: inheritedListener != nil)
         // Hummingbird's idle timeout (60 s) ends a request that makes no progress anyway.
         requestBodyTimeout = try options.integer(command.requestBodyTimeout, "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT") ?? 30
         guard (1...60).contains(requestBodyTimeout) else {
@@ -103,8 +109,10 @@ struct ServeSettings {
 
     /// Where to listen, and the API token: an address other machines can reach needs one, or
     /// the explicit choice to go without.
-    private static func listener(_ command: ServeCommand, _ options: OptionReader) throws -> (ListenAddress, String?) {
-        let listen = try ListenAddress(parsing: options.value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
+    /// A socket passed by systemd wins over `--listen`.
+    private static func listener(_ command: ServeCommand, _ options: OptionReader) throws -> (ListenAddress, CInt?, String?) {
+        let activated = try SocketActivation.listener(environment: options.environment)
+        let listen = try activated?.address ?? ListenAddress(parsing: options.value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
         var apiToken: String?
         if let file = options.value(command.apiTokenFile, "IOTHUB_SIDECAR_API_TOKEN_FILE") {
             let token = try SecretFile.read(file, what: "the API token").trimmingCharacters(in: .whitespacesAndNewlines)
@@ -116,7 +124,41 @@ struct ServeSettings {
             throw CommandFailure(
                 "\(listen) can be reached from other machines, and without an API token whoever reaches it acts as the device: give --api-token-file (IOTHUB_SIDECAR_API_TOKEN_FILE), or accept that with --allow-unauthenticated (IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true)")
         }
-        return (listen, apiToken)
+        return (listen, activated?.descriptor, apiToken)
+    }
+
+    /// `--listen-mode` (octal) and `--listen-group` (name or number), for a unix socket the
+    /// sidecar binds itself.
+    private static func socketPermissions(
+        _ command: ServeCommand, _ options: OptionReader, listen: ListenAddress, activated: Bool
+    ) throws -> (UInt32?, UInt32?) {
+        let modeText = options.value(command.listenMode, "IOTHUB_SIDECAR_LISTEN_MODE")
+        let groupText = options.value(command.listenGroup, "IOTHUB_SIDECAR_LISTEN_GROUP")
+        guard modeText != nil || groupText != nil else { return (nil, nil) }
+        if activated {
+            throw CommandFailure("--listen-mode and --listen-group do not apply to a socket passed by systemd (LISTEN_FDS): set SocketMode= and SocketGroup= in the socket unit")
+        }
+        guard case .unix = listen else {
+            throw CommandFailure("--listen-mode and --listen-group apply to a unix socket (--listen unix:/path/to.sock), not to \(listen)")
+        }
+        var mode: UInt32?
+        if let modeText {
+            guard let value = UInt32(modeText, radix: 8), value <= 0o777 else {
+                throw CommandFailure("--listen-mode must be permission bits in octal, 0 to 0777 (such as 0660), not '\(modeText)'")
+            }
+            mode = value
+        }
+        var group: UInt32?
+        if let groupText {
+            if let number = UInt32(groupText) {
+                group = number
+            } else if let entry = getgrnam(groupText) {
+                group = entry.pointee.gr_gid
+            } else {
+                throw CommandFailure("--listen-group: there is no group '\(groupText)' on this machine")
+            }
+        }
+        return (mode, group)
     }
 
     /// The device client's options (azure-iot-device (Python)'s keyword arguments).

@@ -2,6 +2,8 @@ import Crypto
 import Foundation
 @testable import IoTHubDevice
 import Logging
+import NIOCore
+import NIOPosix
 import SwiftASN1
 import IoTHubProtocol
 @testable import LocalHub
@@ -294,6 +296,31 @@ import Testing
     }
 
     /// After `shutdown` every operation throws `ClientError`, as the Python SDK's do.
+    /// Three listeners started while the hub cannot be reached share one connect attempt, and
+    /// its failure is one background error (it was one per listener, and the sidecar, which
+    /// starts three, logged each failure three times).
+    @Test func listenersStartedWhileTheHubIsUnreachableReportTheFailureOnce() async throws {
+        let closed = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(closed.localAddress?.port)
+        try await closed.close()
+        try await HubFixture.with { fixture in
+            let client = try fixture.client {
+                $0.mqttPort = port
+                $0.connectionRetry = false
+            }
+            var errors = client.backgroundErrors().makeAsyncIterator()
+            _ = client.messages()
+            _ = client.methodRequests()
+            _ = client.desiredPropertiesPatches()
+            let first = await errors.next()
+            #expect(first?.code == "ConnectionFailedError", "\(String(describing: first))")
+            await client.shutdown()  // ends the stream
+            var more: [IoTHubError] = []
+            while let error = await errors.next() { more.append(error) }
+            #expect(more.isEmpty, "\(more)")
+        }
+    }
+
     @Test func everyOperationThrowsClientErrorAfterShutdown() async throws {
         try await HubFixture.with { fixture in
             let key = try #require(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)

@@ -84,7 +84,7 @@ class Sidecar:
     `state_dir` names another (a restart that finds what the last run left); `state_dir=False`
     gives none, so the sidecar picks its default."""
 
-    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None, wrapper=()):
+    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None, wrapper=(), pass_fds=()):
         self.data_dir = tempfile.mkdtemp(prefix="sidecar-test-")
         self.state_dir = os.path.join(self.data_dir, "state") if state_dir is None else state_dir
         self.port = free_port()
@@ -122,7 +122,7 @@ class Sidecar:
         environment.update(env or {})
         self.log_path = os.path.join(self.data_dir, "sidecar.log")
         self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environment, pass_fds=pass_fds)
         self._service_token = None
 
     # -- lifecycle

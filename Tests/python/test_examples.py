@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from sidecar_support import Sidecar
+from sidecar_support import Sidecar, free_port
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "device_app.py")
 
@@ -42,3 +42,37 @@ def test_device_app_example():
         if app.poll() is None:
             app.kill()
         sidecar.stop()
+
+
+def test_device_app_started_before_the_sidecar_waits_for_it():
+    """In a pod or a compose project the app may start first: it waits and says so, then works."""
+    port = free_port()
+    app = subprocess.Popen([sys.executable, EXAMPLE], env=dict(os.environ, SIDECAR_URL="http://127.0.0.1:{}".format(port)),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sidecar = None
+    try:
+        first_line = app.stdout.readline()
+        assert "waiting for the sidecar at http://127.0.0.1:{}".format(port) in first_line, first_line
+        assert app.poll() is None
+        sidecar = Sidecar(listen="127.0.0.1:{}".format(port)).wait_ready()
+        messages = sidecar.telemetry(after=0, timeout=20)["messages"]
+        assert messages and messages[0]["properties"] == {"source": "device_app"}
+        stop = sidecar.invoke_method("stop")
+        stop.join(30)
+        assert app.wait(20) == 0
+        output = app.stdout.read()
+        assert "Traceback" not in output and "stopped after" in output, output
+    finally:
+        if app.poll() is None:
+            app.kill()
+        if sidecar:
+            sidecar.stop()
+
+
+def test_device_app_gives_up_with_a_message_when_no_sidecar_comes():
+    port = free_port()
+    run = subprocess.run([sys.executable, EXAMPLE], env=dict(os.environ, SIDECAR_URL="http://127.0.0.1:{}".format(port), SIDECAR_WAIT="1"),
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "did not answer within 1 s" in run.stderr and "is it running?" in run.stderr, run.stderr

@@ -86,3 +86,11 @@ def test_bad_connection_string_fails_on_stderr_only():
     assert result.returncode != 0
     assert result.stdout == ""
     assert "SharedAccessKey is not base64" in result.stderr
+
+
+def test_help_gives_the_ttl_default():
+    run = subprocess.run([BINARY, "sas-token", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    options = run.stdout.split("OPTIONS:", 1)[1]
+    ttl = " ".join(line.strip() for line in options.split("--ttl", 1)[1].split("--expiry")[0].splitlines())
+    assert "default 3600" in ttl, run.stdout

@@ -128,13 +128,67 @@ def test_startup_failures_exit_with_one_line(args, env, message):
 
 
 def test_port_in_use_fails_at_startup():
+    """The first (and only) line says which port is busy, that another sidecar probably holds
+    it, and which flag moves it: not what the half-started rest logged, nor NIO's names."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         sidecar = Sidecar(listen="127.0.0.1:{}".format(port))
-        assert sidecar.process.wait(30) != 0
-        assert "Address already in use" in sidecar.output() or "in use" in sidecar.output().lower(), sidecar.output()
+        assert sidecar.process.wait(30) == 1
+        lines = sidecar.output().strip().splitlines()
+        sidecar.stop()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("iothub-sidecar: the sidecar cannot listen on 127.0.0.1:{}: the port is in use, probably by another iothub-sidecar".format(port)), lines
+    assert "--listen" in lines[0] and "bind(" not in lines[0] and ")" not in lines[0].split("(scripts/run?)")[1].replace("(IOTHUB_SIDECAR_LISTEN)", ""), lines
+
+
+@pytest.mark.parametrize("flag, what", [("--local-hub-mqtt-port", "MQTT"), ("--local-hub-https-port", "HTTPS"), ("--local-hub-blob-port", "blob storage")])
+def test_a_busy_local_hub_port_names_its_flag(flag, what, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"--local-hub-mqtt-port": "0", "--local-hub-https-port": "0", "--local-hub-blob-port": "0", flag: str(port)}
+        arguments = ["serve", "--local-hub", "--local-hub-data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
+        run = run_briefly(arguments + [item for pair in ports.items() for item in pair])
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1, run.stderr
+    assert "the local hub's {} cannot listen on 127.0.0.1:{}: the port is in use".format(what, port) in lines[0], lines
+    assert flag in lines[0] and "bind(" not in lines[0], lines
+
+
+def test_a_busy_port_of_the_hub_command_names_its_flag(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = run_briefly(["hub", "--data-dir", str(tmp_path), "--mqtt-port", str(port), "--https-port", "0", "--blob-port", "0"])
+    assert run.returncode == 1
+    assert "the local hub's MQTT cannot listen on 127.0.0.1:{}: the port is in use".format(port) in run.stderr, run.stderr
+    assert "--mqtt-port" in run.stderr and "bind(" not in run.stderr
+
+
+def test_connection_string_file_errors_say_what_is_wrong(tmp_path):
+    missing = tmp_path / "missing"
+    run = run_briefly(["serve", "--connection-string-file", str(missing)])
+    assert "cannot read the connection string from {}: there is no such file".format(missing) in run.stderr, run.stderr
+    run = run_briefly(["serve", "--connection-string-file", str(tmp_path)])
+    assert "cannot read the connection string from {}: it is a directory, not a file".format(tmp_path) in run.stderr, run.stderr
+    secret = tmp_path / "connection-string"
+    secret.write_text("HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0LWtleQ==")
+    secret.chmod(0o600)
+    tmp_path.chmod(0o755)
+    if os.geteuid() == 0:
+        # Root reads anything: read as another user, as a container's uid 10001 would.
+        command = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", BINARY]
+    else:
+        secret.chmod(0o000)
+        command = [BINARY]
+    run = subprocess.run(command + ["serve", "--connection-string-file", str(secret)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "cannot read the connection string from {}: permission denied".format(secret) in run.stderr, run.stderr
+    assert "c2VjcmV0LWtleQ" not in run.stderr
 
 
 def test_help_explains_every_option():
@@ -374,3 +428,25 @@ def test_reconnections_and_reconnection_attempts_are_counted_apart():
         status = sidecar.stop()
         shutil.rmtree(sidecar.data_dir, ignore_errors=True)
         assert status == 0
+
+
+def test_a_connect_failure_is_logged_once(tmp_path):
+    """The connect at start and the listeners (inbox, methods, desired properties) wait on the
+    same connection attempt: its failure is one line, not one per waiter."""
+    environment = dict(os.environ, IOTHUB_DEVICE_CONNECTION_STRING="HostName=127.0.0.1;DeviceId=d;SharedAccessKey=c2VjcmV0LWtleQ==")
+    closed = free_port()
+    process = subprocess.Popen([BINARY, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "state"), "--mqtt-port", str(closed),
+                                "--connection-retry-interval", "2"], stderr=subprocess.PIPE, text=True, env=environment)
+    reports = []
+    try:
+        for line in process.stderr:
+            if "Connection refused" in line and ("could not connect" in line or "background error" in line):
+                reports.append(line)
+            if "could not connect" in line and len(reports) >= 2:
+                break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    # Two attempts, two seconds apart: one line each.
+    assert len(reports) == 2, reports
+    assert all("could not connect to the hub" in line for line in reports), reports

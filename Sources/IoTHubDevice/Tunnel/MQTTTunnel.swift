@@ -58,6 +58,16 @@ final class MQTTTunnel: Sendable {
         unlink(socketPath)
     }
 
+    /// The bootstrap of the hub-side TCP connection. `TCP_NODELAY` is a TCP-level option
+    /// (`tcpOption`): NIO's `socketOption(.tcp_nodelay)` would set the option with the same
+    /// number at the socket level, which on Linux is `SO_DEBUG` (refused without
+    /// `CAP_NET_ADMIN`) and leaves Nagle's algorithm on.
+    static func hubBootstrap(eventLoop: any EventLoop, timeout: Duration) -> ClientBootstrap {
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(TimeAmount(timeout))
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+    }
+
     /// Opens the hub side as `plan` says and listens at `socketPath` for libmosquitto.
     static func open(_ plan: TunnelPlan, socketPath: String) async throws(IoTHubError) -> MQTTTunnel {
         let failure: (String) -> IoTHubError = { .connectionFailedError("cannot reach \(plan.description): \($0)") }
@@ -72,9 +82,7 @@ final class MQTTTunnel: Sendable {
         let (dialHost, dialPort) = plan.proxy.map { ($0.address, $0.port) } ?? (plan.host, plan.port)
         let channel: any Channel
         do {
-            channel = try await ClientBootstrap(group: eventLoop)
-                .connectTimeout(TimeAmount(plan.timeout))
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            channel = try await hubBootstrap(eventLoop: eventLoop, timeout: plan.timeout)
                 .connect(host: dialHost, port: dialPort).get()
         } catch {
             let what = plan.proxy.map { "the \($0.name)" } ?? hostAndPort(plan.host, plan.port)

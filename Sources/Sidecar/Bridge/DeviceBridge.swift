@@ -38,6 +38,8 @@ public final class DeviceBridge: Service, Sendable {
     private let newTokenRequired = NIOLockedValueBox(false)
     /// The state of the last connection state change seen, to tell reconnections.
     private let lastConnectionState = NIOLockedValueBox<ConnectionState?>(nil)
+    /// The last failure reported (logged, counted, sent as an event), and when.
+    private let lastFailure = NIOLockedValueBox<(text: String, at: ContinuousClock.Instant)?>(nil)
     /// When the graceful shutdown began (``beginDraining()``).
     private let drainingSince = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
     /// What the outbox went through since it last emptied (for logging once per episode).
@@ -176,9 +178,11 @@ public final class DeviceBridge: Service, Sendable {
                 logger.info("connected to the hub", metadata: ["host": "\(client.configuration.gatewayHostName ?? client.hostName)"])
                 return
             } catch {
-                logger.error("could not connect to the hub", metadata: ["error": "\(error)"])
-                events.yield(.error(error))
-                metrics.increment(.backgroundErrors, labels: [("code", error.code)])
+                if !isRepeat(error) {
+                    logger.error("could not connect to the hub", metadata: ["error": "\(error)"])
+                    events.yield(.error(error))
+                    metrics.increment(.backgroundErrors, labels: [("code", error.code)])
+                }
                 if case .credentialError = error { return }
                 guard client.configuration.connectionRetry else { return }
             }
@@ -230,9 +234,22 @@ public final class DeviceBridge: Service, Sendable {
     }
 
     private func failedInBackground(_ error: IoTHubError) {
+        if isRepeat(error) { return }
         metrics.increment(.backgroundErrors, labels: [("code", error.code)])
         events.yield(.error(error))
         logger.warning("background error", metadata: ["error": "\(error)"])
+    }
+
+    /// Whether `error` was just reported: the connect at start and the client's listeners wait
+    /// on the same connection attempt, and its failure reaches the bridge from both at once.
+    private func isRepeat(_ error: IoTHubError) -> Bool {
+        let text = "\(error)"
+        let now = ContinuousClock.now
+        return lastFailure.withLockedValue { last in
+            defer { last = (text, now) }
+            guard let last else { return false }
+            return last.text == text && now - last.at < .seconds(1)
+        }
     }
 
     private func tokenExpiresSoon() {

@@ -4,6 +4,7 @@ public import Hummingbird
 import HummingbirdCore
 public import Logging
 import NIOCore
+public import ServiceLifecycle
 
 /// How the HTTP side of the sidecar runs.
 public struct SidecarServerConfiguration: Sendable {
@@ -16,15 +17,26 @@ public struct SidecarServerConfiguration: Sendable {
     /// answered 408 and its connection closed. Only useful below ``idleTimeout``, which ends a
     /// request making no progress too, silently.
     public var requestBodyTimeout: Duration
+    /// A listening socket the process inherited (systemd socket activation), served instead of
+    /// binding ``listen``, which then only describes it.
+    public var inheritedDescriptor: CInt?
+    /// The permission bits a unix socket the sidecar binds gets (`--listen-mode`), e.g. `0o660`.
+    public var unixSocketMode: UInt32?
+    /// The group a unix socket the sidecar binds is given (`--listen-group`).
+    public var unixSocketGroup: UInt32?
 
     public init(
         listen: ListenAddress = .tcp(host: "127.0.0.1", port: 8080), apiToken: String? = nil, idleTimeout: Duration = .seconds(60),
-        requestBodyTimeout: Duration = .seconds(30)
+        requestBodyTimeout: Duration = .seconds(30), inheritedDescriptor: CInt? = nil, unixSocketMode: UInt32? = nil,
+        unixSocketGroup: UInt32? = nil
     ) {
         self.listen = listen
         self.apiToken = apiToken
         self.idleTimeout = idleTimeout
         self.requestBodyTimeout = requestBodyTimeout
+        self.inheritedDescriptor = inheritedDescriptor
+        self.unixSocketMode = unixSocketMode
+        self.unixSocketGroup = unixSocketGroup
     }
 }
 
@@ -61,6 +73,21 @@ public enum SidecarServer {
         return router
     }
 
+    /// The HTTP server as a service to run (with the bridge) in a `ServiceGroup`: on the
+    /// inherited socket when there is one, else Hummingbird's application bound to ``SidecarServerConfiguration/listen``.
+    /// - Parameter onRunning: called with the address once the server listens.
+    public static func service(
+        bridge: DeviceBridge, configuration: SidecarServerConfiguration, logger: Logger,
+        onRunning: @escaping @Sendable (String) async -> Void = { _ in }
+    ) -> any Service {
+        if let descriptor = configuration.inheritedDescriptor {
+            return InheritedSocketServer(
+                descriptor: descriptor, responder: makeRouter(bridge: bridge, apiToken: configuration.apiToken, logger: logger).buildResponder(),
+                configuration: configuration, logger: logger, onRunning: onRunning)
+        }
+        return application(bridge: bridge, configuration: configuration, logger: logger, onRunning: onRunning)
+    }
+
     /// Builds the application; run it (with the bridge) in a `ServiceGroup`.
     /// - Parameter onRunning: called with the bound address once the server listens.
     public static func application(
@@ -86,7 +113,14 @@ public enum SidecarServer {
                 }
                 let bound: String
                 switch listen {
-                case .unix: bound = listen.description
+                case .unix(let path):
+                    if let group = configuration.unixSocketGroup, chown(path, uid_t.max, group) != 0 {
+                        logger.error("cannot give the socket \(path) to group \(group): \(String(cString: strerror(errno)))")
+                    }
+                    if let mode = configuration.unixSocketMode, chmod(path, mode_t(mode)) != 0 {
+                        logger.error("cannot set the mode of the socket \(path) to \(String(mode, radix: 8)): \(String(cString: strerror(errno)))")
+                    }
+                    bound = listen.description
                 case .tcp(let host, _):
                     bound = ListenAddress.tcp(host: host, port: channel.localAddress?.port ?? 0).description
                 }

@@ -21,6 +21,8 @@ struct BatchEnvelopeParser {
     /// Why an envelope was refused, phrased for a problem's `detail`.
     struct Failure: Error, Equatable {
         var reason: String
+        /// The document is not JSON at all at this point, as opposed to JSON of the wrong shape.
+        var isSyntaxError = false
     }
 
     private static let bodyName = Array("body".utf8)
@@ -77,7 +79,7 @@ struct BatchEnvelopeParser {
         try members { (parser: inout BatchEnvelopeParser, name: [UInt8]) throws(Failure) in
             if name == Self.bodyName {
                 guard body == nil else { throw parser.fail("entry \(index): body is given twice") }
-                guard parser.peek() == UInt8(ascii: "\"") else { throw parser.fail("entry \(index): body must be a string") }
+                guard parser.peek() == UInt8(ascii: "\"") else { throw parser.wrongType("entry \(index): body must be a string") }
                 body = Data(try parser.stringBytes())
             } else if name == Self.base64EncodedName {
                 guard base64Encoded == nil else { throw parser.fail("entry \(index): base64Encoded is given twice") }
@@ -86,7 +88,7 @@ struct BatchEnvelopeParser {
                 } else if parser.consume("false") {
                     base64Encoded = false
                 } else {
-                    throw parser.fail("entry \(index): base64Encoded must be true or false")
+                    throw parser.wrongType("entry \(index): base64Encoded must be true or false")
                 }
             } else if name == Self.propertiesName {
                 guard properties == nil else { throw parser.fail("entry \(index): properties is given twice") }
@@ -100,12 +102,12 @@ struct BatchEnvelopeParser {
     }
 
     private mutating func properties(index: Int) throws(Failure) -> [(name: String, value: String)] {
-        guard peek() == UInt8(ascii: "{") else { throw fail("entry \(index): properties must be an object of strings") }
+        guard peek() == UInt8(ascii: "{") else { throw wrongType("entry \(index): properties must be an object of strings") }
         position += 1
         var pairs: [(name: String, value: String)] = []
         try members { (parser: inout BatchEnvelopeParser, name: [UInt8]) throws(Failure) in
             let key = String(decoding: name, as: UTF8.self)
-            guard parser.peek() == UInt8(ascii: "\"") else { throw parser.fail("entry \(index): the property \(key) must be a string") }
+            guard parser.peek() == UInt8(ascii: "\"") else { throw parser.wrongType("entry \(index): the property \(key) must be a string") }
             let value = String(decoding: try parser.stringBytes(), as: UTF8.self)
             guard !pairs.contains(where: { $0.name == key }) else { throw parser.fail("entry \(index): the property \(key) is given twice") }
             pairs.append((key, value))
@@ -300,6 +302,18 @@ struct BatchEnvelopeParser {
 
     private mutating func skipWhitespace() {
         while let byte = peek(), byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 { position += 1 }
+    }
+
+    /// The failure for a value of the wrong type here: a syntax error when what follows is not
+    /// a JSON value at all (`'x'`, a bare word), else `reason`.
+    private func wrongType(_ reason: String) -> Failure {
+        var probe = self
+        do throws(Failure) {
+            try probe.skipValue(depth: 1)
+        } catch {
+            return Failure(reason: error.reason, isSyntaxError: true)
+        }
+        return fail(reason)
     }
 
     private func fail(_ reason: String, back: Int = 0) -> Failure {

@@ -84,7 +84,10 @@ enum MessageMapping {
         do throws(BatchEnvelopeParser.Failure) {
             entries = try BatchEnvelopeParser.entries(in: data)
         } catch {
-            throw .invalid("the batch is not a JSON array of {body, base64Encoded, properties}: \(error.reason)")
+            throw .invalid(
+                error.isSyntaxError
+                    ? "the batch is not valid JSON (a syntax error): \(error.reason)"
+                    : "the batch is not a JSON array of {body, base64Encoded, properties}: \(error.reason)")
         }
         guard !entries.isEmpty else { throw .invalid("the batch is empty") }
         var messages: [Message] = []

@@ -28,6 +28,7 @@ import Testing
             #expect(reply.status == .methodNotAllowed)
             #expect(reply.headers[.allow] == "GET")
             #expect(reply.headers[.contentType] == "application/problem+json")
+            #expect(try InProcessSidecar.json(reply.body)["code"] == "MethodNotAllowed")
             let twin = try await sidecar.request(.delete, "/twin")
             #expect(twin.headers[.allow] == "GET, PATCH")
             let nowhere = try await sidecar.request(.get, "/nowhere")

@@ -97,6 +97,24 @@ import Testing
         #expect(failure?.contains("(at byte ") == true, "says where")
     }
 
+    /// A value that is not JSON where a string, a boolean or an object is expected is a syntax
+    /// error, not a value of the wrong type.
+    @Test(arguments: [
+        (#"[{"body":'x'}]"#, true), (#"[{"body":temp}]"#, true), (#"[{"body":"x","base64Encoded":yes}]"#, true),
+        (#"[{"body":"x","properties":{"a":'b'}}]"#, true), (#"[{"body":"x","properties":[}]"#, true),
+        (#"[{"body":1}]"#, false), (#"[{"body":{"t":21}}]"#, false), (#"[{"body":"x","properties":{"a":1}}]"#, false),
+    ])
+    func syntaxErrorsAreToldFromWrongTypes(json: String, isSyntaxError: Bool) {
+        do {
+            _ = try BatchEnvelopeParser.entries(in: Data(json.utf8))
+            Issue.record("\(json) was accepted")
+        } catch {
+            #expect(error.isSyntaxError == isSyntaxError, "\(json): \(error.reason)")
+            #expect(error.reason.contains("must be") != isSyntaxError, "\(json): \(error.reason)")
+        }
+    }
+
+
     @Test func invalidUTF8IsRefused() {
         let document = Array(#"[{"body":""#.utf8) + [0xC3, 0x28] + Array(#""}]"#.utf8)
         #expect(failure(document)?.contains("not valid UTF-8") == true)

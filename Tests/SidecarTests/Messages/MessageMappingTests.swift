@@ -94,6 +94,14 @@ import Testing
             #expect(error.detail.hasPrefix("entry 1: "), "\(error.detail)")
             #expect(error.field == "[1].properties.iothub-colour")
         }
+        // A JSON syntax error is called one, not a body of the wrong type.
+        do {
+            _ = try MessageMapping.batch(Data(#"[{"body":'{"temp":21}'}]"#.utf8), isModule: false)
+            Issue.record("a batch that is not JSON was taken")
+        } catch {
+            #expect(error.detail.contains("not valid JSON (a syntax error)"), "\(error.detail)")
+            #expect(!error.detail.contains("must be a string"), "\(error.detail)")
+        }
     }
 
     @Test func receivedMessagesBecomeHeaders() {

@@ -49,7 +49,7 @@ struct ProblemMiddleware: RouterMiddleware {
             return .requestBodyTimedOut(seconds: error.seconds)
         case let error as HTTPError where error.status == .notFound:
             if let allowed = routes.allowedMethods(for: request.uri.path) {
-                return ProblemDetails(status: 405, code: "NotFound", detail: "\(request.method) is not an operation of \(request.uri.path); it takes \(allowed)")
+                return ProblemDetails(status: 405, code: "MethodNotAllowed", detail: "\(request.method) is not an operation of \(request.uri.path); it takes \(allowed)")
             }
             return .notFound("no such endpoint: \(request.method) \(request.uri.path)")
         case is NIOTooManyBytesError:
