@@ -180,6 +180,9 @@ public final class DeviceBridge: Service, Sendable {
             logger.error("not connecting: the device has no assignment from DPS", metadata: ["error": "\(provisioning.report.lastError.map { "\($0)" } ?? "")"])
             return
         }
+        // With DPS, a refused identity is registered again once: a hub that still refuses it
+        // then is not asked again and again.
+        var mayRegisterAgain = provisioning != nil
         while !draining.isSignalled {
             do throws(IoTHubError) {
                 try await client.connect()
@@ -190,7 +193,8 @@ public final class DeviceBridge: Service, Sendable {
                 events.yield(.error(error))
                 metrics.increment(.backgroundErrors, labels: [("code", error.code)])
                 if case .credentialError = error {
-                    guard await registerAgain(after: error) else { return }
+                    guard mayRegisterAgain, await registerAgain(after: error) else { return }
+                    mayRegisterAgain = false
                     continue
                 }
                 guard client.configuration.connectionRetry else { return }
