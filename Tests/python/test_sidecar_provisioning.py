@@ -154,6 +154,37 @@ def test_a_disabled_enrollment_is_a_clear_problem_on_readyz_and_status():
         hub.stop()
 
 
+def test_a_group_key_gives_the_device_its_derived_key():
+    hub = StandaloneHub("bootstrap-device-3")
+    sidecar = None
+    try:
+        status, body = dps_request(hub, "PUT", "/enrollmentGroups/floor-3", {
+            "enrollmentGroupId": "floor-3", "attestation": {"type": "symmetricKey"}, "provisioningStatus": "enabled"})
+        assert status == 200, body
+        group_key = json.loads(body)["attestation"]["symmetricKey"]["primaryKey"]
+        directory = tempfile.mkdtemp(prefix="dps-group-")
+        key_file = os.path.join(directory, "group.key")
+        with open(key_file, "w") as handle:
+            handle.write(group_key + "\n")
+        with open(os.path.join(hub.data_dir, "dps-id-scope")) as handle:
+            id_scope = handle.read().strip()
+        payload_file = os.path.join(directory, "payload.json")
+        with open(payload_file, "w") as handle:
+            json.dump({"site": "lab"}, handle)
+        sidecar = Sidecar(
+            hub=hub, device=hub.device,
+            extra_args=["--dps-id-scope", id_scope, "--registration-id", "lamp-7", "--group-key-file", key_file, "--dps-host", "localhost",
+                        "--dps-payload-file", payload_file],
+            env={"IOTHUB_DEVICE_CONNECTION_STRING": ""}).wait_ready()
+        provisioning = sidecar.get("/status").json()["provisioning"]
+        assert provisioning["deviceId"] == "lamp-7" and provisioning["payload"] == {"site": "lab"}, provisioning
+        assert sidecar.post("/messages", body=b"from the group").status == 200
+    finally:
+        if sidecar:
+            sidecar.stop()
+        hub.stop()
+
+
 def test_dps_options_are_checked():
     hub_less = [BINARY, "serve", "--dps-id-scope", "0ne00000001", "--registration-id", "r-1"]
     result = subprocess.run(hub_less, capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", "")})
