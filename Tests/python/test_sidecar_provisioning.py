@@ -120,11 +120,20 @@ def test_provisions_caches_the_assignment_and_registers_again_after_the_device_i
         assert status["provisioning"]["substatus"] == "reprovisionedToInitialAssignment", status
         assert sidecar.post("/messages", body=b"after the device came back").status == 200
 
-        # POST /provisioning registers on demand.
+        # POST /provisioning registers on demand; /events tells.
+        events = sidecar.connection(timeout=30)
+        events.request("GET", "/events")
+        stream = events.getresponse()
+        assert stream.readline().startswith(b"event: connection")
         reply = sidecar.post("/provisioning")
         assert reply.status == 200, reply
         assert reply.json()["deviceId"] == "dps-sensor-1"
         assert registration_count(sidecar, "dps-sensor-1") == 3
+        lines = [stream.readline() for _ in range(6)]
+        events.close()
+        assert b"event: provisioning\n" in lines, lines
+        data = json.loads(lines[lines.index(b"event: provisioning\n") + 1][len(b"data: "):])
+        assert data["registrationId"] == "dps-sensor-1" and data["source"] == "dps", data
     finally:
         if sidecar:
             sidecar.stop()
@@ -179,6 +188,36 @@ def test_a_group_key_gives_the_device_its_derived_key():
         provisioning = sidecar.get("/status").json()["provisioning"]
         assert provisioning["deviceId"] == "lamp-7" and provisioning["payload"] == {"site": "lab"}, provisioning
         assert sidecar.post("/messages", body=b"from the group").status == 200
+    finally:
+        if sidecar:
+            sidecar.stop()
+        hub.stop()
+
+
+def test_an_x509_enrollment_provisions_with_the_certificate():
+    hub = StandaloneHub("bootstrap-device-4")
+    sidecar = None
+    try:
+        directory = tempfile.mkdtemp(prefix="dps-x509-")
+        certificate, key = os.path.join(directory, "device.pem"), os.path.join(directory, "device.key")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", certificate,
+             "-days", "2", "-subj", "/CN=camera-2"], check=True, capture_output=True)
+        with open(certificate) as handle:
+            pem = handle.read()
+        status, body = dps_request(hub, "PUT", "/enrollments/camera-2", {
+            "registrationId": "camera-2", "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}}})
+        assert status == 200, body
+        with open(os.path.join(hub.data_dir, "dps-id-scope")) as handle:
+            id_scope = handle.read().strip()
+        sidecar = Sidecar(
+            hub=hub, device=hub.device,
+            extra_args=["--dps-id-scope", id_scope, "--registration-id", "camera-2", "--x509-cert-file", certificate, "--x509-key-file", key,
+                        "--dps-host", "localhost"],
+            env={"IOTHUB_DEVICE_CONNECTION_STRING": ""}).wait_ready()
+        status = sidecar.get("/status").json()
+        assert status["provisioning"]["deviceId"] == "camera-2" and status["identity"]["authentication"] == "x509", status
+        assert sidecar.post("/messages", body=b"from a certificate").status == 200
     finally:
         if sidecar:
             sidecar.stop()
