@@ -121,6 +121,23 @@ import X509
         }
     }
 
+    @Test func aFailedRegistrationIsAServiceErrorWithDPSsReason() async throws {
+        try await HubFixture.with(devices: []) { fixture in
+            // A group device's id is its registration id; one with ':' is valid at DPS but not
+            // in the hub's registry: DPS answers status 'failed'.
+            let groupKey = try fixture.localHub.enrollGroup("odd-group")
+            let key = try ProvisioningDeviceClient.deriveDeviceKey(groupKey: groupKey, registrationId: "odd:1")
+            let provisioning = try Self.provisioningClient(fixture, registrationId: "odd:1", key: key)
+            await #expect {
+                try await provisioning.register()
+            } throws: { error in
+                guard case .serviceError(let status, let message, _)? = error as? IoTHubError else { return false }
+                return (400...599).contains(status) && message.contains("the registration of 'odd:1' failed") && message.contains("error code")
+            }
+            #expect(fixture.hub.identity(IdentityKey(deviceId: "odd:1")) == nil)
+        }
+    }
+
     @Test func aWrongKeyOrAnUnknownRegistrationIsACredentialError() async throws {
         try await HubFixture.with(devices: []) { fixture in
             _ = try fixture.localHub.enrollDevice(registrationId: "sensor-9")
