@@ -85,16 +85,8 @@ public final class IoTHubDeviceClient: Sendable {
         if case .x509(let x509) = credential { clientCertificate = x509 }
         let policy = TLSPolicy(configuration: configuration, hostName: hostName, clientCertificate: clientCertificate)
         self.tls = try TLSContext(policy: policy)
-        if configuration.websockets || configuration.proxyOptions != nil {
-            tunnelPlan = TunnelPlan(
-                host: configuration.gatewayHostName ?? hostName, port: configuration.websockets ? configuration.httpsPort : configuration.mqttPort,
-                webSocket: configuration.websockets, proxy: configuration.proxyOptions, tls: try NIOSSLContext.forTunnel(policy), verifier: tls,
-                userAgent: UserAgent.string + configuration.productInfo, timeout: min(configuration.operationTimeout, .seconds(30)))
-            socketDirectory = try PrivateSocketDirectory()
-        } else {
-            tunnelPlan = nil
-            socketDirectory = nil
-        }
+        tunnelPlan = try TunnelPlan.forClient(configuration: configuration, host: configuration.gatewayHostName ?? hostName, policy: policy, verifier: tls)
+        socketDirectory = tunnelPlan == nil ? nil : try PrivateSocketDirectory()
         self.hostName = hostName
         self.deviceId = deviceId
         self.moduleId = moduleId

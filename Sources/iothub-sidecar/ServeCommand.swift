@@ -19,7 +19,10 @@ struct ServeCommand: AsyncParsableCommand {
             (IOTHUB_DEVICE_CONNECTION_STRING or --connection-string-file), a SAS token \
             (IOTHUB_DEVICE_SAS_TOKEN or --sas-token-file), a shared access key (--key-file with \
             --hostname and --device-id), an X.509 certificate (--x509-cert-file and \
-            --x509-key-file with --hostname and --device-id), or --local-hub.
+            --x509-key-file with --hostname and --device-id), or --local-hub; or register \
+            through the Device Provisioning Service with --dps-id-scope and --registration-id \
+            and one of --key-file, --group-key-file or --x509-cert-file/--x509-key-file (DPS \
+            provisions devices only, not module identities).
 
             Quick start, with no cloud account: `iothub-sidecar serve --local-hub`, then \
             `curl -sS http://127.0.0.1:8080/status`. The API is described at /openapi.yaml.
@@ -73,6 +76,23 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("module-id"), help: ArgumentHelp("Act as this module of the device, with --key-file or an X.509 certificate [IOTHUB_MODULE_ID].", valueName: "id"))
     var moduleId: String?
+
+    // MARK: Device Provisioning Service
+
+    @Option(name: .customLong("dps-id-scope"), help: ArgumentHelp("Register through the Device Provisioning Service with this ID scope, which assigns the hub and device id; the assignment is cached in the state directory (provisioning.json) and renewed when the hub refuses it. Devices only: module identities are not provisioned by DPS [IOTHUB_DPS_ID_SCOPE].", valueName: "scope"))
+    var dpsIdScope: String?
+
+    @Option(name: .customLong("registration-id"), help: ArgumentHelp("The registration id at DPS, with --dps-id-scope [IOTHUB_DPS_REGISTRATION_ID].", valueName: "id"))
+    var registrationId: String?
+
+    @Option(name: .customLong("group-key-file"), help: ArgumentHelp("File with an enrollment group's symmetric key (base64), from which the device's key is derived, with --dps-id-scope [IOTHUB_DPS_GROUP_KEY holds the key itself]. An individual enrollment's key goes in --key-file.", valueName: "file"))
+    var groupKeyFile: String?
+
+    @Option(name: .customLong("dps-host"), help: ArgumentHelp("The DPS host; default global.azure-devices-provisioning.net. Reached on the MQTT port (or the HTTPS port with --websockets) [IOTHUB_DPS_HOST].", valueName: "name"))
+    var dpsHost: String?
+
+    @Option(name: .customLong("dps-payload-file"), help: ArgumentHelp("File with a JSON payload sent with each registration (provisioning_payload) [IOTHUB_DPS_PAYLOAD_FILE].", valueName: "file"))
+    var dpsPayloadFile: String?
 
     // MARK: Client options (the Python SDK's keyword arguments)
 
@@ -191,9 +211,15 @@ struct ServeCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var configuration = settings.clientConfiguration
         var client: IoTHubDeviceClient?
+        var provisioningSettings: ProvisioningSettings?
         do {
             // The credentials are checked before the state directory is touched.
-            if !localHub { client = try settings.identity.makeClient(configuration: configuration) }
+            if case .provisioned(let provisioning) = settings.identity {
+                _ = try provisioning.client(configuration: configuration)
+                provisioningSettings = provisioning
+            } else if !localHub {
+                client = try settings.identity.makeClient(configuration: configuration)
+            }
         } catch {
             Self.fail("\(error)")
         }
@@ -229,6 +255,17 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             Self.fail("\(error)")
         }
+        var provisioner: SidecarProvisioner?
+        if let provisioningSettings {
+            do {
+                let started = try SidecarProvisioner(settings: provisioningSettings, configuration: configuration, stateDirectory: stateDirectory.path, logger: logger)
+                await started.start()
+                client = try started.makeDeviceClient(configuration: configuration)
+                provisioner = started
+            } catch {
+                Self.fail("\(error)")
+            }
+        }
         guard let client else { Self.fail("no device client") }
         let bridge: DeviceBridge
         do {
@@ -236,7 +273,7 @@ struct ServeCommand: AsyncParsableCommand {
             outbox.directory = stateDirectory.outboxPath
             bridge = try DeviceBridge(
                 client: client, outbox: outbox, inbox: InboxConfiguration(directory: stateDirectory.inboxPath), defaultDelivery: settings.telemetryDelivery,
-                shutdownTimeout: .seconds(shutdownTimeout), logger: logger)
+                shutdownTimeout: .seconds(shutdownTimeout), logger: logger, provisioning: provisioner)
         } catch {
             Self.fail("cannot open the state in \(stateDirectory.path): \(error)")
         }

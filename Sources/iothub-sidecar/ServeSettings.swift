@@ -34,6 +34,8 @@ struct ServeSettings {
         /// A connection string with `x509=true`, and the certificate it needs.
         case connectionStringWithX509(String, X509Credential)
         case localHub
+        /// Registered through the Device Provisioning Service (`--dps-id-scope`).
+        case provisioned(ProvisioningSettings)
 
         func makeClient(configuration: DeviceClientConfiguration) throws -> IoTHubDeviceClient {
             let logger = Logger(label: "iothub-device")
@@ -50,6 +52,8 @@ struct ServeSettings {
                 return try IoTHubDeviceClient.fromConnectionString(text, x509: credential, configuration: configuration, logger: logger)
             case .localHub:
                 throw CommandFailure("the local hub identity is made by the serve command")
+            case .provisioned:
+                throw CommandFailure("a provisioned identity is made by the serve command once DPS assigned it")
             }
         }
     }
@@ -209,6 +213,14 @@ struct ServeSettings {
 
     /// The one credential given.
     private static func identity(_ command: ServeCommand, _ options: OptionReader) throws -> Identity {
+        if let idScope = options.value(command.dpsIdScope, "IOTHUB_DPS_ID_SCOPE") {
+            return .provisioned(try provisioning(idScope: idScope, command, options))
+        }
+        for (flag, given) in [("--registration-id", options.value(command.registrationId, "IOTHUB_DPS_REGISTRATION_ID")),
+                              ("--group-key-file", command.groupKeyFile), ("--dps-payload-file", options.value(command.dpsPayloadFile, "IOTHUB_DPS_PAYLOAD_FILE"))]
+        where given != nil {
+            throw CommandFailure("\(flag) needs --dps-id-scope (IOTHUB_DPS_ID_SCOPE)")
+        }
         let hostName = options.value(command.hostName, "IOTHUB_HOSTNAME")
         let deviceId = options.value(command.deviceId, "IOTHUB_DEVICE_ID")
         let moduleId = options.value(command.moduleId, "IOTHUB_MODULE_ID")
@@ -259,6 +271,66 @@ struct ServeSettings {
                     : "give exactly one credential (connection string, SAS token, key, certificate or --local-hub); \(candidates.count) were given")
         }
         return identity
+    }
+}
+
+extension ServeSettings {
+    /// Provisioning through DPS: an ID scope, a registration id and one credential (the
+    /// device's key, the enrollment group's key, or a certificate); no hub, device or module.
+    fileprivate static func provisioning(idScope: String, _ command: ServeCommand, _ options: OptionReader) throws -> ProvisioningSettings {
+        guard let registrationId = options.value(command.registrationId, "IOTHUB_DPS_REGISTRATION_ID") else {
+            throw CommandFailure("--dps-id-scope needs --registration-id (IOTHUB_DPS_REGISTRATION_ID)")
+        }
+        if command.localHub { throw CommandFailure("--dps-id-scope and --local-hub exclude each other: give --dps-host to register with a local hub's DPS") }
+        if options.value(command.moduleId, "IOTHUB_MODULE_ID") != nil {
+            throw CommandFailure("DPS provisions devices, not modules: --module-id cannot be used with --dps-id-scope")
+        }
+        for (flag, given) in [
+            ("--hostname", options.value(command.hostName, "IOTHUB_HOSTNAME")), ("--device-id", options.value(command.deviceId, "IOTHUB_DEVICE_ID")),
+            ("--connection-string-file", command.connectionStringFile ?? options.value(nil, "IOTHUB_DEVICE_CONNECTION_STRING")),
+            ("--sas-token-file", command.sasTokenFile ?? options.value(nil, "IOTHUB_DEVICE_SAS_TOKEN")),
+        ] where given != nil {
+            throw CommandFailure("\(flag) cannot be used with --dps-id-scope: DPS assigns the hub and the device id")
+        }
+        var credentials: [DeviceCredential] = []
+        if let key = try command.keyFile.map({ try SecretFile.read($0, what: "the shared access key") }) ?? options.value(nil, "IOTHUB_DEVICE_KEY") {
+            credentials.append(.symmetricKey(key.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        if let groupKey = try command.groupKeyFile.map({ try SecretFile.read($0, what: "the enrollment group key") }) ?? options.value(nil, "IOTHUB_DPS_GROUP_KEY") {
+            do {
+                credentials.append(
+                    .symmetricKey(try ProvisioningDeviceClient.deriveDeviceKey(groupKey: groupKey.trimmingCharacters(in: .whitespacesAndNewlines), registrationId: registrationId)))
+            } catch {
+                throw CommandFailure("the enrollment group key is not a base64-encoded key")
+            }
+        }
+        if let certificateFile = options.value(command.x509CertificateFile, "IOTHUB_DEVICE_X509_CERT_FILE") {
+            guard let keyFile = options.value(command.x509KeyFile, "IOTHUB_DEVICE_X509_KEY_FILE") else {
+                throw CommandFailure("--x509-cert-file needs --x509-key-file")
+            }
+            let passPhrase = try options.value(command.x509PassPhraseFile, "IOTHUB_DEVICE_X509_PASS_PHRASE_FILE").map {
+                try SecretFile.read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
+            }
+            credentials.append(
+                .x509(X509Credential(
+                    certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"),
+                    privateKeyPEM: try SecretFile.read(keyFile, what: "the private key"), passPhrase: passPhrase)))
+        }
+        guard credentials.count == 1, let credential = credentials.first else {
+            throw CommandFailure(
+                "--dps-id-scope needs exactly one credential: --key-file (an individual enrollment's key), --group-key-file (an enrollment group's key) or --x509-cert-file with --x509-key-file; \(credentials.count) were given")
+        }
+        var payload: JSONValue?
+        if let file = options.value(command.dpsPayloadFile, "IOTHUB_DPS_PAYLOAD_FILE") {
+            do {
+                payload = try JSONValue(parsing: Data(try SecretFile.read(file, what: "the DPS payload").utf8))
+            } catch let error as IoTHubError {
+                throw CommandFailure("the DPS payload in \(file) is not JSON: \(error)")
+            }
+        }
+        return ProvisioningSettings(
+            idScope: idScope, registrationId: registrationId, host: options.value(command.dpsHost, "IOTHUB_DPS_HOST") ?? ProvisioningDeviceClient.globalEndpoint,
+            credential: credential, payload: payload)
     }
 }
 

@@ -30,4 +30,25 @@ import Testing
             await client.shutdown()
         }
     }
+
+    @Test func theReadmeProvisioningExampleWorks() async throws {
+        try await HubFixture.with(devices: []) { fixture in
+            let groupKey = try fixture.localHub.enrollGroup("sensors")
+            let idScope = fixture.localHub.idScope
+            let configuration = fixture.configuration()
+
+            // --- as in the README (LocalHub: "localhost", its CA and ports in the configuration) ---
+            let key = try ProvisioningDeviceClient.deriveDeviceKey(groupKey: groupKey, registrationId: "sensor-1")  // group enrollments only
+            let provisioning = try ProvisioningDeviceClient.fromSymmetricKey(
+                provisioningHost: "localhost", registrationId: "sensor-1", idScope: idScope, symmetricKey: key, configuration: configuration)
+            let result = try await provisioning.register(payload: ["modelId": "dtmi:example:sensor;1"])
+            let client = try IoTHubDeviceClient(
+                hostName: result.assignedHub ?? "", deviceId: result.deviceId ?? "", credential: provisioning.deviceCredential,
+                configuration: configuration)
+            // ---
+            try await client.send(Message(payload: Data("provisioned".utf8)))
+            #expect(fixture.telemetry.first?.deviceId == "sensor-1")
+            await client.shutdown()
+        }
+    }
 }

@@ -75,3 +75,18 @@ extension NIOSSLContext {
         }
     }
 }
+
+extension TunnelPlan {
+    /// The tunnel a client configured with `configuration` needs to reach `host`, or nil when
+    /// libmosquitto goes straight over TCP (neither WebSockets nor a proxy). Shared by the device
+    /// client and the provisioning client.
+    static func forClient(
+        configuration: DeviceClientConfiguration, host: String, policy: TLSPolicy, verifier: TLSContext
+    ) throws(IoTHubError) -> TunnelPlan? {
+        guard configuration.websockets || configuration.proxyOptions != nil else { return nil }
+        return TunnelPlan(
+            host: host, port: configuration.websockets ? configuration.httpsPort : configuration.mqttPort, webSocket: configuration.websockets,
+            proxy: configuration.proxyOptions, tls: try NIOSSLContext.forTunnel(policy), verifier: verifier,
+            userAgent: UserAgent.string + configuration.productInfo, timeout: min(configuration.operationTimeout, .seconds(30)))
+    }
+}

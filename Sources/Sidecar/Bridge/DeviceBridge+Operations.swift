@@ -183,6 +183,19 @@ extension DeviceBridge {
             proxy: configuration.proxyOptions.map { "\($0)" })
     }
 
+    /// Registers with DPS again (`POST /provisioning`); nil when the identity is not from DPS.
+    func reprovision() async throws(IoTHubError) -> ProvisioningReport? {
+        guard let provisioning else { return nil }
+        do throws(IoTHubError) {
+            let report = try await provisioning.reprovision()
+            events.yield(.provisioning(report))
+            return report
+        } catch {
+            events.yield(.provisioning(provisioning.report))
+            throw error
+        }
+    }
+
     /// Connects (auto-connect aside, the only way after ``disconnect()``).
     func connect() async throws(IoTHubError) {
         try await client.connect()

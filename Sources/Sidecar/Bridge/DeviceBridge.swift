@@ -33,6 +33,8 @@ public final class DeviceBridge: Service, Sendable {
     /// How long a graceful shutdown may take in all: the outbox drains within it.
     let shutdownTimeout: Duration
     let logger: Logger
+    /// The Device Provisioning Service registration, when the identity came from DPS.
+    let provisioning: (any ProvisioningController)?
     /// Given when the sidecar begins to shut down.
     let draining = OneWaySignal()
     private let newTokenRequired = NIOLockedValueBox(false)
@@ -53,12 +55,16 @@ public final class DeviceBridge: Service, Sendable {
     ///   - shutdownTimeout: how long a graceful shutdown may take (the outbox drains within it).
     ///   - inbox: where received cloud-to-device messages are kept (`--state-dir`); without one,
     ///     a private temporary directory that goes with the bridge (nothing survives a restart).
+    ///   - provisioning: the DPS registration the identity came from, if it did: the bridge does
+    ///     not connect without an assignment, and registers again when the hub refuses the identity.
     /// - Throws: when the outbox or the inbox cannot be opened.
     public init(
         client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, inbox: InboxConfiguration? = nil,
-        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10), logger: Logger
+        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10), logger: Logger,
+        provisioning: (any ProvisioningController)? = nil
     ) throws(OutboxError) {
         self.client = client
+        self.provisioning = provisioning
         self.outbox = try outbox.map { (configuration) throws(OutboxError) in
             try TelemetryOutbox(client: client, configuration: configuration, logger: logger)
         }
@@ -172,6 +178,13 @@ public final class DeviceBridge: Service, Sendable {
     /// Connects when the sidecar starts; with connection retry on, keeps trying until it
     /// works, the credentials are refused, or the sidecar stops.
     private func connectAtStart() async {
+        if let provisioning, provisioning.report.result == nil {
+            logger.error("not connecting: the device has no assignment from DPS", metadata: ["error": "\(provisioning.report.lastError.map { "\($0)" } ?? "")"])
+            return
+        }
+        // With DPS, a refused identity is registered again once: a hub that still refuses it
+        // then is not asked again and again.
+        var mayRegisterAgain = provisioning != nil
         while !draining.isSignalled {
             do throws(IoTHubError) {
                 try await client.connect()
@@ -183,7 +196,11 @@ public final class DeviceBridge: Service, Sendable {
                     events.yield(.error(error))
                     metrics.increment(.backgroundErrors, labels: [("code", error.code)])
                 }
-                if case .credentialError = error { return }
+                if case .credentialError = error {
+                    guard mayRegisterAgain, await registerAgain(after: error) else { return }
+                    mayRegisterAgain = false
+                    continue
+                }
                 guard client.configuration.connectionRetry else { return }
             }
             _ = await draining.wait(timeout: client.configuration.connectionRetryInterval)
@@ -238,6 +255,26 @@ public final class DeviceBridge: Service, Sendable {
         metrics.increment(.backgroundErrors, labels: [("code", error.code)])
         events.yield(.error(error))
         logger.warning("background error", metadata: ["error": "\(error)"])
+        if case .credentialError = error, provisioning != nil {
+            Task {
+                guard await self.registerAgain(after: error) else { return }
+                do throws(IoTHubError) {
+                    try await self.client.connect()
+                } catch {
+                    self.logger.error("could not connect after registering again", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// The hub refused the identity: with DPS, registers again (the DPS re-provisioning
+    /// policies) and tells whether connecting again may work.
+    private func registerAgain(after error: IoTHubError) async -> Bool {
+        guard let provisioning, !draining.isSignalled else { return false }
+        logger.notice("the hub refused the identity; registering with DPS again", metadata: ["error": "\(error)"])
+        let retry = await provisioning.identityRefused(error)
+        events.yield(.provisioning(provisioning.report))
+        return retry
     }
 
     /// Whether `error` was just reported: the connect at start and the client's listeners wait

@@ -16,6 +16,7 @@ struct OperationsRoutes: RouteArea {
         router.post("connect", use: connect)
         router.post("disconnect", use: disconnect)
         router.put("sastoken", use: updateSASToken)
+        router.post("provisioning", use: reprovision)
         router.get("events", use: events)
         router.get("healthz", use: health)
         router.get("readyz", use: readiness)
@@ -39,7 +40,28 @@ struct OperationsRoutes: RouteArea {
         if let proxy = status.proxy { members["proxy"] = .string(proxy) }
         if let error = status.lastError { members["lastError"] = SidecarEvent.lastError(error) }
         if let expiry = status.tokenExpiry { members["tokenExpiry"] = .string(Timestamp.string(expiry)) }
+        if let provisioning = bridge.provisioning?.report {
+            if provisioning.result == nil, let error = provisioning.lastError { throw Self.provisioningProblem(error) }
+            members["provisioning"] = provisioning.json
+        }
         return .json(.object(members))
+    }
+
+    /// Registers with DPS again and answers the new assignment.
+    @Sendable func reprovision(_ request: Request, context: Context) async throws -> Response {
+        guard let report = try await bridge.reprovision() else {
+            throw ProblemDetails.notForThisIdentity("this sidecar's identity does not come from the Device Provisioning Service (see --dps-id-scope)")
+        }
+        return .json(report.json)
+    }
+
+    /// A device without a usable assignment from DPS: the registration's error, said to be one.
+    static func provisioningProblem(_ error: IoTHubError) -> ProblemDetails {
+        var problem = ProblemDetails(error, retryAfterSeconds: 10)
+        problem.detail = "the registration with the Device Provisioning Service gave no usable assignment: \(problem.detail)"
+        // Not ready: a 4xx or 500 would read as the request's fault or a sidecar bug.
+        if problem.status < 502 { problem.status = 503 }
+        return problem
     }
 
     @Sendable func connect(_ request: Request, context: Context) async throws -> Response {
@@ -109,6 +131,9 @@ struct OperationsRoutes: RouteArea {
 
     @Sendable func readiness(_ request: Request, context: Context) async throws -> Response {
         let status = bridge.status()
+        if let provisioning = bridge.provisioning?.report, status.state != .connected, let error = provisioning.lastError {
+            throw Self.provisioningProblem(error)
+        }
         guard status.state == .connected else {
             var detail = "the client is \(status.state.rawValue)"
             if let error = status.lastError { detail += " (last error: \(error))" }
