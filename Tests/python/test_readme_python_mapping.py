@@ -51,3 +51,4 @@ def test_module_only_methods_are_listed_for_the_module_client():
     for name in ("send_message_to_output",):
         assert not hasattr(IoTHubDeviceClient, name)
         assert ("IoTHubModuleClient", name) in listed
+    assert ("Message", "set_as_security_message") in listed
