@@ -70,8 +70,11 @@ struct ServeCommand: AsyncParsableCommand {
 
     // MARK: Client options (the Python SDK's keyword arguments)
 
-    @Option(name: .customLong("server-verification-cert"), help: ArgumentHelp("PEM file of extra CAs to trust besides the system's, e.g. a gateway's (server_verification_cert) [IOTHUB_SERVER_VERIFICATION_CERT].", valueName: "file"))
+    @Option(name: .customLong("server-verification-cert"), help: ArgumentHelp("PEM file of the CAs to trust instead of the system's, e.g. a gateway's (server_verification_cert) [IOTHUB_SERVER_VERIFICATION_CERT].", valueName: "file"))
     var serverVerificationCertificateFile: String?
+
+    @Flag(name: .customLong("server-verification-cert-adds-to-system-store"), help: ArgumentHelp("Trust the system's CAs as well as those of --server-verification-cert, which otherwise replace them [IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE=true]."))
+    var serverVerificationCertificateAddsToSystemStore = false
 
     @Option(name: .customLong("gateway-hostname"), help: ArgumentHelp("Connect to this host instead of the hub, e.g. an IoT Edge gateway (gateway_hostname) [IOTHUB_GATEWAY_HOSTNAME].", valueName: "name"))
     var gatewayHostName: String?

@@ -125,6 +125,8 @@ struct ServeSettings {
         if let file = options.value(command.serverVerificationCertificateFile, "IOTHUB_SERVER_VERIFICATION_CERT") {
             configuration.serverVerificationCertificate = try SecretFile.read(file, what: "the server verification certificate")
         }
+        configuration.serverVerificationCertificateAddsToSystemStore =
+            try options.boolean(command.serverVerificationCertificateAddsToSystemStore ? true : nil, "IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE") ?? false
         configuration.gatewayHostName = options.value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
         configuration.cipher = options.value(command.cipher, "IOTHUB_CIPHER")
         if let info = options.value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
