@@ -100,6 +100,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("connection-retry-interval"), help: ArgumentHelp("Seconds between reconnection attempts; default 10 (connection_retry_interval) [IOTHUB_CONNECTION_RETRY_INTERVAL].", valueName: "seconds"))
     var connectionRetryInterval: Int?
 
+    @Option(name: .customLong("ensure-desired-properties"), help: ArgumentHelp("Read the twin after every (re)connect, so that desired properties changed while disconnected reach GET /twin/desired: true or false; default true (ensure_desired_properties) [IOTHUB_ENSURE_DESIRED_PROPERTIES].", valueName: "bool"))
+    var ensureDesiredProperties: Bool?
+
     @Option(name: .customLong("mqtt-port"), help: ArgumentHelp("The hub's MQTT port; default 8883 [IOTHUB_MQTT_PORT].", valueName: "port"))
     var mqttPort: Int?
 
@@ -227,7 +230,7 @@ struct ServeCommand: AsyncParsableCommand {
             outbox.directory = stateDirectory.outboxPath
             bridge = try DeviceBridge(
                 client: client, outbox: outbox, inbox: InboxConfiguration(directory: stateDirectory.inboxPath), defaultDelivery: settings.telemetryDelivery,
-                shutdownTimeout: .seconds(shutdownTimeout), logger: logger)
+                shutdownTimeout: .seconds(shutdownTimeout), ensureDesiredProperties: settings.ensureDesiredProperties, logger: logger)
         } catch {
             Self.fail("cannot open the state in \(stateDirectory.path): \(error)")
         }

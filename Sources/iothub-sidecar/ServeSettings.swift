@@ -19,6 +19,8 @@ struct ServeSettings {
     var telemetryDelivery: TelemetryDeliveryMode
     /// The outbox's bounds; its directory is set once the state directory is locked.
     var outbox: OutboxConfiguration
+    /// Whether the sidecar reads the twin after every (re)connect (`ensure_desired_properties`).
+    var ensureDesiredProperties: Bool
 
     /// Which credential the sidecar connects with.
     enum Identity {
@@ -63,6 +65,7 @@ struct ServeSettings {
         }
         logLevel = level
         clientConfiguration = try Self.clientConfiguration(command, options)
+        ensureDesiredProperties = try options.boolean(command.ensureDesiredProperties, "IOTHUB_ENSURE_DESIRED_PROPERTIES") ?? true
         identity = try Self.identity(command, options)
         stateDirectory =
             options.value(command.stateDirectory, "IOTHUB_SIDECAR_STATE_DIR")
@@ -161,7 +164,8 @@ struct ServeSettings {
         } else if command.proxyPasswordFile != nil {
             throw CommandFailure("--proxy-password-file needs --proxy")
         }
-        // The sidecar reads the twin after every (re)connect itself (GET /twin/desired).
+        // The sidecar reads the twin after every (re)connect itself (GET /twin/desired), unless
+        // --ensure-desired-properties false.
         configuration.ensureDesiredProperties = false
         try configuration.validate()
         return configuration
