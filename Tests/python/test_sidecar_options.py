@@ -3,6 +3,7 @@ real LocalHub (`iothub-sidecar hub` in its own process, or the embedded one), wi
 saw checked on the hub's side. (--cipher, --websockets, --proxy and the trust options have
 files of their own: test_sidecar_transports.py, test_sidecar_trust.py.)"""
 import hashlib
+import json
 import os
 import ssl
 import subprocess
@@ -277,5 +278,67 @@ def test_a_disconnect_stays_until_something_needs_the_connection():
         assert sidecar.device not in sidecar.hub("GET", "/local/status").json()["connected"]
         assert sidecar.post("/messages", body=b"reconnects").status == 200
         assert sidecar.get("/status").json()["state"] == "connected"
+    finally:
+        assert sidecar.stop() == 0, sidecar.output()
+
+
+def next_event_named(sidecar, wanted, timeout=30):
+    """Follows GET /events until an event named `wanted` comes; returns its data."""
+    connection = sidecar.connection(timeout=timeout)
+    try:
+        connection.request("GET", "/events")
+        stream = connection.getresponse()
+        assert stream.status == 200
+        deadline = time.time() + timeout
+        name = None
+        while time.time() < deadline:
+            line = stream.readline()
+            if not line:
+                break
+            line = line.rstrip(b"\n")
+            if line.startswith(b"event: "):
+                name = line[7:].decode()
+            elif line.startswith(b"data: ") and name == wanted:
+                return json.loads(line[6:])
+    finally:
+        connection.close()
+    raise AssertionError("no {} event within {} s".format(wanted, timeout))
+
+
+def test_the_sastoken_event_asks_for_a_new_token(hub, tmp_path):
+    """`on_new_sastoken_required` over REST: a supplied token that expires within 120 s gives a
+    `sastoken` event (and `newSasTokenRequired` in /status)."""
+    connection_string_file = secret_file(tmp_path, "connection-string", hub.connection_string)
+    token = subprocess.run([BINARY, "sas-token", "--connection-string-file", connection_string_file, "--ttl", "130"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    sidecar = Sidecar(hub=hub, device=hub.device, identity_args=["--sas-token-file", secret_file(tmp_path, "token", token)])
+    try:
+        sidecar.wait_ready()
+        event = next_event_named(sidecar, "sastoken")
+        assert event["tokenExpiry"] == sidecar.get("/status").json()["tokenExpiry"]
+        assert sidecar.get("/status").json()["newSasTokenRequired"] is True
+    finally:
+        assert sidecar.stop() == 0, sidecar.output()
+
+
+def test_the_error_event_reports_each_failed_attempt(hub, tmp_path):
+    """`on_background_exception` over REST: a hub whose certificate is not trusted gives an
+    `error` event with ConnectionFailedError for the attempts the sidecar makes."""
+    other_ca = str(tmp_path / "other-ca.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(tmp_path / "other-ca.key"), "-out", other_ca, "-days", "2", "-subj", "/CN=another CA"],
+        check=True, capture_output=True, timeout=30)
+    sidecar = Sidecar(hub=hub, device=hub.device, ca_file=other_ca)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                sidecar.get("/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        event = next_event_named(sidecar, "error")
+        assert event["code"] == "ConnectionFailedError" and "certificate" in event["message"], event
     finally:
         assert sidecar.stop() == 0, sidecar.output()
