@@ -5,9 +5,10 @@ import IoTHubProtocol
 
 /// Outbound HTTPS with libcurl, for the hub's file-upload endpoints and blob storage: the
 /// client's ``TLSPolicy`` (TLS 1.2 or newer, its trust store set on libcurl's OpenSSL context
-/// before each handshake, the cipher list, the X.509 client identity of the device), with the certificate checked against the
-/// host of each URL, never against the address connected to (a proxy's). Each transfer runs on
-/// a private queue (libcurl's easy interface blocks), never on Swift's cooperative pool.
+/// before each handshake, the cipher list, the X.509 client identity of the device), with the
+/// certificate checked against the host of each URL, never against the address connected to
+/// (a proxy's). Each transfer runs on a private queue (libcurl's easy interface blocks), never
+/// on Swift's cooperative pool.
 struct HTTPSClient: Sendable {
     struct Response: Sendable {
         var status: Int
