@@ -32,6 +32,10 @@ static inline CURLcode iothub_curl_setopt_read_function(CURL *handle, curl_read_
     return curl_easy_setopt(handle, CURLOPT_READFUNCTION, callback);
 }
 
+static inline CURLcode iothub_curl_setopt_ssl_ctx_function(CURL *handle, curl_ssl_ctx_callback callback) {
+    return curl_easy_setopt(handle, CURLOPT_SSL_CTX_FUNCTION, callback);
+}
+
 static inline CURLcode iothub_curl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
     return curl_easy_getinfo(handle, info, value);
 }

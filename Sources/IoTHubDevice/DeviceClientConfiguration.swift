@@ -3,9 +3,13 @@ public import IoTHubProtocol
 /// The options of a device client, with the defaults of Microsoft's Python SDK
 /// (`azure-iot-device` 2.x), whose keyword names are given in each property's documentation.
 public struct DeviceClientConfiguration: Sendable {
-    /// `server_verification_cert`: PEM of CAs to trust in addition to the system's (a gateway's
-    /// or the local hub's CA).
+    /// `server_verification_cert`: PEM of the CAs to trust (a gateway's, a private hub's or the
+    /// local hub's CA). As in the Python SDK they replace the system's CAs: a device pinned to
+    /// a private CA trusts only that CA. Without it, the system's CAs are trusted.
     public var serverVerificationCertificate: String?
+    /// Trust the system's CAs as well as ``serverVerificationCertificate`` (not in the Python
+    /// SDK, which has only the replacing behaviour). Off by default.
+    public var serverVerificationCertificateAddsToSystemStore: Bool
     /// `gateway_hostname`: connect to this host instead of the hub (IoT Edge, a local hub). SAS
     /// tokens and the MQTT user name keep the hub's host name.
     public var gatewayHostName: String?
@@ -46,8 +50,9 @@ public struct DeviceClientConfiguration: Sendable {
         productInfo: String = "", sasTokenTimeToLive: Int = 3600, keepAlive: Int = 60, autoConnect: Bool = true,
         connectionRetry: Bool = true, connectionRetryInterval: Duration = .seconds(10), ensureDesiredProperties: Bool = true,
         mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100, operationTimeout: Duration = .seconds(60),
-        websockets: Bool = false, proxyOptions: ProxyOptions? = nil
+        websockets: Bool = false, proxyOptions: ProxyOptions? = nil, serverVerificationCertificateAddsToSystemStore: Bool = false
     ) {
+        self.serverVerificationCertificateAddsToSystemStore = serverVerificationCertificateAddsToSystemStore
         self.serverVerificationCertificate = serverVerificationCertificate
         self.gatewayHostName = gatewayHostName
         self.cipher = cipher

@@ -62,6 +62,8 @@ public final class IoTHubDeviceClient: Sendable {
     let stateStreams = Broadcaster<ConnectionStateChange>(bufferingPolicy: .bufferingNewest(64))
     let errorStreams = Broadcaster<IoTHubError>(bufferingPolicy: .bufferingNewest(64))
     let tokenStreams = Broadcaster<Void>(bufferingPolicy: .bufferingNewest(1))
+    /// The queues of the deprecated blocking receives (`+BlockingReceives`).
+    let blockingReceives = BlockingReceives()
 
     /// Creates a client; validates everything now, so a bad argument fails here and not later.
     public init(

@@ -23,7 +23,8 @@ public struct Message: Sendable, Hashable {
     public var expiryTimeUTC: String?
     /// `$.on`: the output a module sends on.
     public var outputName: String?
-    /// `$.ifid`: the interface id (used by security agent messages).
+    /// `$.ifid`: the interface id (used by security agent messages); see
+    /// ``setAsSecurityMessage()``.
     public var interfaceId: String?
     /// Application properties. Keys are unique; they travel sorted.
     public var properties: [String: String]
@@ -158,6 +159,21 @@ public struct Message: Sendable, Hashable {
 }
 
 extension Message {
+    /// The interface id that makes a message a security message: IoT Hub hands such messages
+    /// to its security service (Microsoft Defender for IoT) as well as routing them.
+    public static let securityMessageInterfaceId = "urn:azureiot:Security:SecurityAgent:1"
+
+    /// Marks the message as a security message (the Python SDK's `set_as_security_message`):
+    /// sets ``interfaceId`` (`$.ifid`) to ``securityMessageInterfaceId``.
+    public mutating func setAsSecurityMessage() {
+        interfaceId = Self.securityMessageInterfaceId
+    }
+
+    /// Whether ``interfaceId`` marks the message as a security message.
+    public var isSecurityMessage: Bool {
+        interfaceId == Self.securityMessageInterfaceId
+    }
+
     /// ``expiryTimeUTC`` as a date (ISO 8601, with or without fractional seconds); nil when it
     /// is absent or not such a time.
     public var expiryDate: Date? {

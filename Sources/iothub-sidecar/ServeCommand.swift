@@ -96,8 +96,11 @@ struct ServeCommand: AsyncParsableCommand {
 
     // MARK: Client options (the Python SDK's keyword arguments)
 
-    @Option(name: .customLong("server-verification-cert"), help: ArgumentHelp("PEM file of extra CAs to trust besides the system's, e.g. a gateway's (server_verification_cert) [IOTHUB_SERVER_VERIFICATION_CERT].", valueName: "file"))
+    @Option(name: .customLong("server-verification-cert"), help: ArgumentHelp("PEM file of the CAs to trust instead of the system's, e.g. a gateway's (server_verification_cert) [IOTHUB_SERVER_VERIFICATION_CERT].", valueName: "file"))
     var serverVerificationCertificateFile: String?
+
+    @Flag(name: .customLong("server-verification-cert-adds-to-system-store"), help: ArgumentHelp("Trust the system's CAs as well as those of --server-verification-cert, which otherwise replace them [IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE=true]."))
+    var serverVerificationCertificateAddsToSystemStore = false
 
     @Option(name: .customLong("gateway-hostname"), help: ArgumentHelp("Connect to this host instead of the hub, e.g. an IoT Edge gateway (gateway_hostname) [IOTHUB_GATEWAY_HOSTNAME].", valueName: "name"))
     var gatewayHostName: String?
@@ -122,6 +125,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("connection-retry-interval"), help: ArgumentHelp("Seconds between reconnection attempts; default 10 (connection_retry_interval) [IOTHUB_CONNECTION_RETRY_INTERVAL].", valueName: "seconds"))
     var connectionRetryInterval: Int?
+
+    @Option(name: .customLong("ensure-desired-properties"), help: ArgumentHelp("Read the twin after every (re)connect, so that desired properties changed while disconnected reach GET /twin/desired: true or false; default true (ensure_desired_properties) [IOTHUB_ENSURE_DESIRED_PROPERTIES].", valueName: "bool"))
+    var ensureDesiredProperties: Bool?
 
     @Option(name: .customLong("mqtt-port"), help: ArgumentHelp("The hub's MQTT port; default 8883 [IOTHUB_MQTT_PORT].", valueName: "port"))
     var mqttPort: Int?
@@ -273,7 +279,8 @@ struct ServeCommand: AsyncParsableCommand {
             outbox.directory = stateDirectory.outboxPath
             bridge = try DeviceBridge(
                 client: client, outbox: outbox, inbox: InboxConfiguration(directory: stateDirectory.inboxPath), defaultDelivery: settings.telemetryDelivery,
-                shutdownTimeout: .seconds(shutdownTimeout), logger: logger, provisioning: provisioner)
+                shutdownTimeout: .seconds(shutdownTimeout), ensureDesiredProperties: settings.ensureDesiredProperties, logger: logger,
+                provisioning: provisioner)
         } catch {
             Self.fail("cannot open the state in \(stateDirectory.path): \(error)")
         }

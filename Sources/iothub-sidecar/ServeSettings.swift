@@ -24,6 +24,8 @@ struct ServeSettings {
     var telemetryDelivery: TelemetryDeliveryMode
     /// The outbox's bounds; its directory is set once the state directory is locked.
     var outbox: OutboxConfiguration
+    /// Whether the sidecar reads the twin after every (re)connect (`ensure_desired_properties`).
+    var ensureDesiredProperties: Bool
 
     /// Which credential the sidecar connects with.
     enum Identity {
@@ -73,6 +75,7 @@ struct ServeSettings {
         }
         logLevel = level
         clientConfiguration = try Self.clientConfiguration(command, options)
+        ensureDesiredProperties = try options.boolean(command.ensureDesiredProperties, "IOTHUB_ENSURE_DESIRED_PROPERTIES") ?? true
         identity = try Self.identity(command, options)
         stateDirectory =
             options.value(command.stateDirectory, "IOTHUB_SIDECAR_STATE_DIR")
@@ -171,6 +174,8 @@ struct ServeSettings {
         if let file = options.value(command.serverVerificationCertificateFile, "IOTHUB_SERVER_VERIFICATION_CERT") {
             configuration.serverVerificationCertificate = try SecretFile.read(file, what: "the server verification certificate")
         }
+        configuration.serverVerificationCertificateAddsToSystemStore =
+            try options.boolean(command.serverVerificationCertificateAddsToSystemStore ? true : nil, "IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE") ?? false
         configuration.gatewayHostName = options.value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
         configuration.cipher = options.value(command.cipher, "IOTHUB_CIPHER")
         if let info = options.value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
@@ -205,7 +210,8 @@ struct ServeSettings {
         } else if command.proxyPasswordFile != nil {
             throw CommandFailure("--proxy-password-file needs --proxy")
         }
-        // The sidecar reads the twin after every (re)connect itself (GET /twin/desired).
+        // The sidecar reads the twin after every (re)connect itself (GET /twin/desired), unless
+        // --ensure-desired-properties false.
         configuration.ensureDesiredProperties = false
         try configuration.validate()
         return configuration

@@ -479,6 +479,77 @@ import Testing
         }
     }
 
+    /// `connection_retry=False`: after a drop the client stays disconnected; the hub sees no
+    /// further CONNECT.
+    @Test func withoutConnectionRetryADropIsNotFollowedByAnAttempt() async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client {
+                $0.connectionRetry = false
+                $0.connectionRetryInterval = .milliseconds(100)
+            }
+            try await client.connect()
+            let attempts = fixture.hub.state.withLockedValue { $0.connectAttempts }
+            _ = fixture.hub.dropConnection(of: key)
+            #expect(await HubFixture.eventually { client.status.state == .disconnected })
+            // Ten retry intervals go by.
+            try await Task.sleep(for: .seconds(1))
+            #expect(client.status.state == .disconnected)
+            #expect(client.reconnectionAttempts == 0)
+            #expect(!fixture.hub.isConnected(key))
+            #expect(fixture.hub.state.withLockedValue { $0.connectAttempts } == attempts)
+            await client.shutdown()
+        }
+    }
+
+    /// `ensure_desired_properties`: desired properties changed while the client was away
+    /// arrive after the reconnect (the whole desired document, with its `$version`); switched
+    /// off, they do not.
+    @Test(arguments: [true, false]) func desiredPropertiesChangedWhileAwayArriveOnlyWithEnsureDesiredProperties(ensure: Bool) async throws {
+        try await HubFixture.with { fixture in
+            let key = IdentityKey(deviceId: "dev1")
+            let client = try fixture.client {
+                $0.ensureDesiredProperties = ensure
+                $0.connectionRetryInterval = .seconds(1)
+            }
+            let patches = client.desiredPropertiesPatches()
+            // Subscribed, and the version of the first twin read is known.
+            #expect(await HubFixture.eventually { client.lastDesiredVersion.withLockedValue { $0 } != nil })
+            _ = fixture.hub.dropConnection(of: key)
+            #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
+            _ = try fixture.hub.patchDesired(key, patch: ["mode": "away"], tags: nil, replace: false, ifMatch: nil)
+            try #require(!fixture.hub.isConnected(key), "the client came back before the change: it was not away")
+            #expect(await HubFixture.eventually { client.isConnected })
+            let patch = await first(of: patches, timeout: .seconds(ensure ? 10 : 2))
+            if ensure {
+                #expect(patch?["mode"] == "away")
+                #expect(patch?["$version"] == 2)
+            } else {
+                #expect(patch == nil, "\(String(describing: patch))")
+            }
+            await client.shutdown()
+        }
+    }
+
+    /// `on_new_sastoken_required`: a token the application supplied that expires within 120 s
+    /// asks for a new one.
+    @Test func aSuppliedTokenAboutToExpireAsksForANewOne() async throws {
+        try await HubFixture.with { fixture in
+            let key = try #require(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)
+            let token = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 125)
+            let client = try IoTHubDeviceClient.fromSASToken(token.string, configuration: fixture.configuration())
+            let requests = client.newSASTokenRequired()
+            try await client.connect()
+            #expect(await first(of: requests, timeout: .seconds(30)) != nil)
+            let lasting = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 3600)
+            let laterRequests = client.newSASTokenRequired()
+            try await client.updateSASToken(lasting.string)
+            #expect(await first(of: laterRequests, timeout: .seconds(2)) == nil, "a lasting token was asked to be replaced")
+            try await client.send(Message(payload: Data("with the new token".utf8)))
+            await client.shutdown()
+        }
+    }
+
     /// Every attempt made while reconnecting is counted, refused ones too; the first connect is not.
     @Test func reconnectionAttemptsAreCounted() async throws {
         try await HubFixture.with { fixture in

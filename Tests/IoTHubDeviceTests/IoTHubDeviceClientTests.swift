@@ -57,6 +57,22 @@ import Testing
         }
     }
 
+    /// The Python SDK's `Message.set_as_security_message()`: the hub sees `$.ifid`.
+    @Test func aSecurityMessageReachesTheHubWithTheSecurityAgentInterfaceId() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            var security = Message(payload: Data("security event".utf8))
+            security.setAsSecurityMessage()
+            try await client.send(security)
+            try await client.send(Message(payload: Data("plain".utf8)))
+            await client.shutdown()
+            let records = fixture.telemetry
+            #expect(records.first { $0.message.payload == Data("security event".utf8) }?.message.interfaceId == "urn:azureiot:Security:SecurityAgent:1")
+            #expect(records.first { $0.message.payload == Data("security event".utf8) }?.message.isSecurityMessage == true)
+            #expect(records.contains { $0.message.payload == Data("plain".utf8) && $0.message.interfaceId == nil })
+        }
+    }
+
     @Test(arguments: Transport.allCases) func twinGetAndReportedPatch(over transport: Transport) async throws {
         try await HubFixture.with { fixture in
             let client = try fixture.client(over: transport)

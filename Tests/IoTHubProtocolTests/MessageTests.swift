@@ -17,6 +17,18 @@ import Testing
         ].joined(separator: "&"))
     }
 
+    /// The Python SDK's `set_as_security_message` sets `$.ifid` to the security agent's
+    /// interface id (azure-iot-device's `constant.SECURITY_MESSAGE_INTERFACE_ID`).
+    @Test func aSecurityMessageCarriesTheSecurityAgentInterfaceId() {
+        var message = Message(payload: Data("event".utf8))
+        #expect(!message.isSecurityMessage)
+        message.setAsSecurityMessage()
+        #expect(message.isSecurityMessage)
+        #expect(message.interfaceId == "urn:azureiot:Security:SecurityAgent:1")
+        #expect(message.telemetryPropertyBag.encoded == "%24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1")
+        #expect(!Message(interfaceId: "urn:x").isSecurityMessage)
+    }
+
     @Test func emptyAndMissingSystemPropertiesAreLeftOut() {
         let message = Message(messageId: "", contentType: "text/plain")
         #expect(message.telemetryPropertyBag.encoded == "%24.ct=text%2Fplain")

@@ -57,13 +57,14 @@ class StandaloneHub:
     """`iothub-sidecar hub` in its own process: for identities --local-hub cannot give, and for a
     hub that outlives the sidecars connected to it."""
 
-    def __init__(self, device):
+    def __init__(self, device, hostname=None):
         self.data_dir = tempfile.mkdtemp(prefix="hub-")
         self.device = device
         self.mqtt_port, self.https_port = free_port(), free_port()
         self.process = subprocess.Popen(
             [BINARY, "hub", "--data-dir", self.data_dir, "--mqtt-port", str(self.mqtt_port), "--https-port", str(self.https_port),
-             "--blob-port", str(free_port()), "--device", device], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "--blob-port", str(free_port()), "--device", device] + (["--hostname", hostname] if hostname else []),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.connection_string = None
         for line in self.process.stdout:
             if line.strip().startswith("Device {}:".format(device)):
@@ -82,9 +83,14 @@ class Sidecar:
 
     Its state directory (`--state-dir`, the telemetry outbox) is its own temporary one unless
     `state_dir` names another (a restart that finds what the last run left); `state_dir=False`
-    gives none, so the sidecar picks its default."""
+    gives none, so the sidecar picks its default.
 
-    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None, wrapper=(), pass_fds=()):
+    With a `StandaloneHub`, the sidecar connects with the hub's connection string and trusts
+    the hub's CA, unless `identity_args` gives the credential options instead, or `ca_file`
+    another CA file (False: none)."""
+
+    def __init__(self, extra_args=(), env=None, listen=None, device="sidecar-device", state_dir=None, hub=None, wrapper=(),
+                 pass_fds=(), identity_args=None, ca_file=None):
         self.data_dir = tempfile.mkdtemp(prefix="sidecar-test-")
         self.state_dir = os.path.join(self.data_dir, "state") if state_dir is None else state_dir
         self.port = free_port()
@@ -104,15 +110,17 @@ class Sidecar:
                 "--local-hub-blob-port", str(self.hub_blob_port), "--local-hub-device", device,
             ]
         else:
-            assert hub.device == device
+            assert hub.device == device or identity_args is not None
             self.hub_data_dir = hub.data_dir
             self.hub_https_port = hub.https_port
             self.hub_mqtt_port = hub.mqtt_port
-            environment["IOTHUB_DEVICE_CONNECTION_STRING"] = hub.connection_string
-            args = [
-                BINARY, "serve", "--server-verification-cert", os.path.join(hub.data_dir, "ca.pem"),
+            if identity_args is None:
+                environment["IOTHUB_DEVICE_CONNECTION_STRING"] = hub.connection_string
+            if ca_file is None:
+                ca_file = os.path.join(hub.data_dir, "ca.pem")
+            args = [BINARY, "serve"] + (["--server-verification-cert", ca_file] if ca_file else []) + [
                 "--mqtt-port", str(hub.mqtt_port), "--https-port", str(hub.https_port),
-            ]
+            ] + list(identity_args or [])
         args += ["--listen", self.listen, "--connection-retry-interval", "1"]
         if self.state_dir:
             args += ["--state-dir", self.state_dir]

@@ -175,6 +175,42 @@ def test_batch_is_sent_entry_by_entry(sidecar):
     assert base64.b64decode(messages[1]["body"]) == b"\x00\x01\x02"
 
 
+SECURITY_INTERFACE_ID = "urn:azureiot:Security:SecurityAgent:1"
+
+
+def test_security_messages_reach_the_hub_marked(sidecar):
+    """`iothub-interfaceid` with the security agent's id (the Python SDK's
+    `Message.set_as_security_message()`): as a header, in a batch, and stored and forwarded."""
+    cursor = sidecar.telemetry_cursor()
+    assert sidecar.post("/messages", body=b"single", headers={"iothub-interfaceid": SECURITY_INTERFACE_ID}).status == 200
+    batch = [{"body": "in a batch", "properties": {"iothub-interfaceid": SECURITY_INTERFACE_ID}}, {"body": "plain"}]
+    reply = sidecar.post("/messages", body=json.dumps(batch).encode(), headers={"Content-Type": "application/vnd.microsoft.iothub.json"})
+    assert [result["status"] for result in reply.json()["results"]] == [200, 200], reply
+    stored = sidecar.post("/messages", body=b"stored", headers={"iothub-interfaceid": SECURITY_INTERFACE_ID, "Prefer": "respond-async"})
+    assert stored.status == 202, stored
+    received = {}
+    deadline = time.time() + 30
+    while len(received) < 4 and time.time() < deadline:
+        page = sidecar.telemetry(after=cursor, timeout=5)
+        received.update({message["bodyText"]: message for message in page["messages"]})
+        cursor = page["next"]
+    assert sorted(received) == ["in a batch", "plain", "single", "stored"]
+    for body in ("single", "in a batch", "stored"):
+        assert received[body]["interfaceId"] == SECURITY_INTERFACE_ID, received[body]
+        assert received[body]["properties"] == {}
+    assert "interfaceId" not in received["plain"]
+
+
+def test_only_the_security_interface_id_is_taken(sidecar):
+    cursor = sidecar.telemetry_cursor()
+    document = problem(sidecar.post("/messages", body=b"x", headers={"iothub-interfaceid": "urn:example:Other:1"}), 400, "ValueError")
+    assert document["field"] == "iothub-interfaceid" and SECURITY_INTERFACE_ID in document["detail"]
+    batch = [{"body": "x", "properties": {"iothub-interfaceid": ""}}]
+    document = problem(sidecar.post("/messages", body=json.dumps(batch).encode(), headers={"Content-Type": "application/vnd.microsoft.iothub.json"}), 400, "ValueError")
+    assert document["field"] == "[0].properties.iothub-interfaceid"
+    assert sidecar.telemetry(after=cursor, timeout=0)["messages"] == []
+
+
 @pytest.mark.parametrize("body", [b"{}", b"[]", b"not json", b'[{"body":"!!","base64Encoded":true}]', b'[{"body":"x","properties":{"colour":"red"}}]'])
 def test_bad_batches_send_nothing(sidecar, body):
     cursor = sidecar.telemetry_cursor()

@@ -4,10 +4,11 @@ import Foundation
 import IoTHubProtocol
 
 /// Outbound HTTPS with libcurl, for the hub's file-upload endpoints and blob storage: the
-/// client's ``TLSPolicy`` (TLS 1.2 or newer, the system's CAs plus the extra ones, the cipher
-/// list, the X.509 client identity of the device), with the certificate checked against the
-/// host of each URL, never against the address connected to (a proxy's). Each transfer runs on
-/// a private queue (libcurl's easy interface blocks), never on Swift's cooperative pool.
+/// client's ``TLSPolicy`` (TLS 1.2 or newer, its trust store set on libcurl's OpenSSL context
+/// before each handshake, the cipher list, the X.509 client identity of the device), with the
+/// certificate checked against the host of each URL, never against the address connected to
+/// (a proxy's). Each transfer runs on a private queue (libcurl's easy interface blocks), never
+/// on Swift's cooperative pool.
 struct HTTPSClient: Sendable {
     struct Response: Sendable {
         var status: Int
@@ -77,10 +78,13 @@ struct HTTPSClient: Sendable {
         var upload: Data
         var uploadOffset = 0
         var pipe: UploadPipe?
+        /// Whose trust store the handshake uses (libcurl's TLS context callback).
+        let policy: TLSPolicy
 
-        init(upload: Data, pipe: UploadPipe?) {
+        init(upload: Data, pipe: UploadPipe?, policy: TLSPolicy) {
             self.upload = upload
             self.pipe = pipe
+            self.policy = policy
         }
     }
 
@@ -89,7 +93,7 @@ struct HTTPSClient: Sendable {
     ) -> Result<Response, IoTHubError> {
         guard let handle = curl_easy_init() else { return .failure(.clientError("libcurl could not create a transfer")) }
         defer { curl_easy_cleanup(handle) }
-        let sink = Sink(upload: body ?? Data(), pipe: streaming?.pipe)
+        let sink = Sink(upload: body ?? Data(), pipe: streaming?.pipe, policy: policy)
         let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
         var headerList: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(headerList) }
@@ -107,6 +111,20 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, Int(CURL_SSLVERSION_TLSv1_2))
         if let cipherList = policy.cipherList { _ = iothub_curl_setopt_string(handle, CURLOPT_SSL_CIPHER_LIST, cipherList) }
+        // Trust is the policy's store alone (docs/ARCHITECTURE.md, "TLS"): libcurl loads no CA
+        // file or directory of its own, and the store is set on its OpenSSL context before the
+        // handshake.
+        _ = iothub_curl_setopt_string(handle, CURLOPT_CAINFO, nil)
+        _ = iothub_curl_setopt_string(handle, CURLOPT_CAPATH, nil)
+        _ = iothub_curl_setopt_pointer(handle, CURLOPT_SSL_CTX_DATA, sinkPointer)
+        let trustInstalled = iothub_curl_setopt_ssl_ctx_function(handle) { _, sslContext, context in
+            guard let sslContext, let context else { return CURLE_SSL_CERTPROBLEM }
+            let sink = Unmanaged<Sink>.fromOpaque(context).takeUnretainedValue()
+            return sink.policy.installTrustStore(inSSLContext: sslContext) ? CURLE_OK : CURLE_SSL_CACERT_BADFILE
+        }
+        guard trustInstalled == CURLE_OK else {
+            return .failure(.clientError("libcurl cannot use the client's trust store: it is not built with OpenSSL"))
+        }
         _ = iothub_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
         if let proxy {
             // socks5h: the proxy resolves the host name, as on the MQTT path.
@@ -165,7 +183,7 @@ struct HTTPSClient: Sendable {
         // transfer is over, whatever the optimiser makes of its last use.
         let result: CURLcode = withExtendedLifetime(sink) {
             withBlobs(
-                ca: policy.extraTrustedCertificatesPEM.map { Data($0.utf8) }, certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
+                certificate: clientCertificate.map { Data($0.certificatePEM.utf8) },
                 key: clientCertificate.map { Data($0.privateKeyPEM.utf8) }, handle: handle)
         }
         guard result == CURLE_OK else {
@@ -196,7 +214,7 @@ struct HTTPSClient: Sendable {
         return .success(Response(status: status, body: sink.data, retryAfterSeconds: retryAfterSeconds))
     }
 
-    private func withBlobs(ca: Data?, certificate: Data?, key: Data?, handle: UnsafeMutableRawPointer) -> CURLcode {
+    private func withBlobs(certificate: Data?, key: Data?, handle: UnsafeMutableRawPointer) -> CURLcode {
         func with(_ data: Data?, _ option: CURLoption, _ body: () -> CURLcode) -> CURLcode {
             guard var data else { return body() }
             return data.withUnsafeMutableBytes { bytes in
@@ -208,11 +226,9 @@ struct HTTPSClient: Sendable {
         if let passPhrase = policy.clientCertificate?.passPhrase {
             _ = iothub_curl_setopt_string(handle, CURLOPT_KEYPASSWD, passPhrase)
         }
-        return with(ca, CURLOPT_CAINFO_BLOB) {
-            with(certificate, CURLOPT_SSLCERT_BLOB) {
-                with(key, CURLOPT_SSLKEY_BLOB) {
-                    curl_easy_perform(handle)
-                }
+        return with(certificate, CURLOPT_SSLCERT_BLOB) {
+            with(key, CURLOPT_SSLKEY_BLOB) {
+                curl_easy_perform(handle)
             }
         }
     }

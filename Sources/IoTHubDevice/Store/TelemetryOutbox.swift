@@ -365,13 +365,15 @@ public final class TelemetryOutbox: Sendable {
         }
     }
 
-    /// Returns once the client is connected (connecting it when it may), or cancelled;
-    /// meanwhile counts the frames at the head whose messages have all expired.
+    /// Returns once the client is connected (connecting it when it may and there is something
+    /// to send: an empty outbox needs no connection, so a disconnect or a drop without
+    /// connection retry is not undone), or cancelled; meanwhile counts the frames at the head
+    /// whose messages have all expired.
     private func waitForConnection() async {
         var delay = Duration.milliseconds(100)
         while !client.isConnected, !Task.isCancelled {
             await expireAtHead()
-            if client.configuration.autoConnect, client.status.state == .disconnected {
+            if client.configuration.autoConnect, client.status.state == .disconnected, state.withLockedValue({ $0.messages }) > 0 {
                 try? await client.connect()
                 if client.isConnected { return }
             }

@@ -49,15 +49,8 @@ final class TLSContext: @unchecked Sendable {
         }
         // One read takes every record that has arrived (MosquittoNetworkThread drains them).
         iothub_ssl_ctx_set_read_ahead(context, 1)
-        if SSL_CTX_set_default_verify_paths(context) != 1 { ERR_clear_error() }
-        if let pem = policy.extraTrustedCertificatesPEM {
-            let certificates = try Self.readCertificates(pem, what: "server_verification_cert")
-            let store = SSL_CTX_get_cert_store(context)
-            for certificate in certificates {
-                X509_STORE_add_cert(store, certificate)
-                X509_free(certificate)
-            }
-        }
+        // The context owns the store from here on.
+        SSL_CTX_set_cert_store(context, try policy.makeTrustStore())
         guard let parameters = SSL_CTX_get0_param(context), policy.peer.configure(parameters) else {
             throw .valueError(field: "hostname", reason: "'\(policy.peer)' cannot be used for certificate verification")
         }
@@ -208,6 +201,42 @@ final class TLSContext: @unchecked Sendable {
             guard written == bytes.count else { throw .clientError("OpenSSL could not buffer \(bytes.count) bytes of PEM text") }
         }
         return try body(bio)
+    }
+}
+
+extension TLSPolicy {
+    /// The CAs this policy trusts, as an OpenSSL certificate store: the system's (OpenSSL's
+    /// default file and directory, which `SSL_CERT_FILE` and `SSL_CERT_DIR` move) when
+    /// ``trustsSystemCertificates``, and ``extraTrustedCertificatesPEM``. Every TLS stack of
+    /// the client verifies with such a store: libmosquitto's context (``TLSContext``), the
+    /// tunnel (through ``TLSContext/rejectionReason(forServerChain:)``) and libcurl (set on its
+    /// context before each handshake, ``HTTPSClient``). The caller owns the store.
+    func makeTrustStore() throws(IoTHubError) -> OpaquePointer {
+        let certificates = try extraTrustedCertificatesPEM.map { pem throws(IoTHubError) in
+            try TLSContext.readCertificates(pem, what: "server_verification_cert")
+        } ?? []
+        defer { certificates.forEach { X509_free($0) } }
+        guard let store = X509_STORE_new() else { throw .clientError("OpenSSL could not create a certificate store") }
+        // A missing system location only means fewer trusted CAs.
+        if trustsSystemCertificates, X509_STORE_set_default_paths(store) != 1 { ERR_clear_error() }
+        for certificate in certificates where X509_STORE_add_cert(store, certificate) != 1 {
+            // The same CA twice (in the file and the system's) is no error.
+            ERR_clear_error()
+        }
+        return store
+    }
+
+    /// Replaces the trust store of an OpenSSL `SSL_CTX` made by another library (libcurl's,
+    /// in its context callback, before the handshake) with ``makeTrustStore()``. False when the
+    /// store cannot be made.
+    func installTrustStore(inSSLContext context: UnsafeMutableRawPointer) -> Bool {
+        do throws(IoTHubError) {
+            // The context owns the store from here on (and frees the one it had).
+            SSL_CTX_set_cert_store(OpaquePointer(context), try makeTrustStore())
+            return true
+        } catch {
+            return false
+        }
     }
 }
 

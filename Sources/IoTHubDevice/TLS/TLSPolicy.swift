@@ -8,7 +8,12 @@ import IoTHubProtocol
 /// verification (``TLSContext/rejectionReason(forServerChain:)``); and libcurl for file upload
 /// (``HTTPSClient``), which checks the host of each URL it is given. Every stack
 /// - accepts TLS 1.2 or newer only;
-/// - checks the certificate chain against the system's CAs plus ``extraTrustedCertificatesPEM``;
+/// - checks the certificate chain against ``extraTrustedCertificatesPEM`` alone when it is
+///   given (as the Python SDK's `server_verification_cert` does), or against the system's CAs
+///   (OpenSSL's default locations, which `SSL_CERT_FILE` and `SSL_CERT_DIR` move) when it is
+///   not, or against both when the configuration says so
+///   (``DeviceClientConfiguration/serverVerificationCertificateAddsToSystemStore``): one trust
+///   store, ``makeTrustStore()``, used by every stack;
 /// - checks that the server's certificate names ``peer``, the host the client was configured to
 ///   reach, and never the address the socket happens to be connected to (through a proxy that
 ///   is the proxy);
@@ -17,8 +22,12 @@ import IoTHubProtocol
 struct TLSPolicy: Sendable, Hashable {
     /// The name the server's certificate must carry.
     var peer: PeerName
-    /// CAs to trust besides the system's (`server_verification_cert`).
+    /// CAs to trust (`server_verification_cert`): instead of the system's, or besides them
+    /// when ``trustsSystemCertificates``.
     var extraTrustedCertificatesPEM: String?
+    /// Whether the system's CAs are trusted: always without ``extraTrustedCertificatesPEM``,
+    /// with it only when asked for.
+    var trustsSystemCertificates: Bool
     /// OpenSSL cipher list for TLS 1.2 (`cipher`).
     var cipherList: String?
     /// The device's certificate and key, for X.509 identities.
@@ -28,13 +37,18 @@ struct TLSPolicy: Sendable, Hashable {
     init(configuration: DeviceClientConfiguration, hostName: String, clientCertificate: X509Credential?) {
         peer = PeerName(host: configuration.gatewayHostName ?? hostName)
         extraTrustedCertificatesPEM = configuration.serverVerificationCertificate.flatMap { $0.isEmpty ? nil : $0 }
+        trustsSystemCertificates = extraTrustedCertificatesPEM == nil || configuration.serverVerificationCertificateAddsToSystemStore
         cipherList = configuration.cipher.flatMap { $0.isEmpty ? nil : $0 }
         self.clientCertificate = clientCertificate
     }
 
-    init(peer: PeerName, extraTrustedCertificatesPEM: String? = nil, cipherList: String? = nil, clientCertificate: X509Credential? = nil) {
+    init(
+        peer: PeerName, extraTrustedCertificatesPEM: String? = nil, trustsSystemCertificates: Bool? = nil, cipherList: String? = nil,
+        clientCertificate: X509Credential? = nil
+    ) {
         self.peer = peer
         self.extraTrustedCertificatesPEM = extraTrustedCertificatesPEM
+        self.trustsSystemCertificates = trustsSystemCertificates ?? (extraTrustedCertificatesPEM == nil)
         self.cipherList = cipherList
         self.clientCertificate = clientCertificate
     }

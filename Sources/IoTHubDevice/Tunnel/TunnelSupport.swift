@@ -33,11 +33,12 @@ final class PrivateSocketDirectory: Sendable {
 }
 
 extension NIOSSLContext {
-    /// The ``TLSPolicy`` for the tunnel (NIOSSL): TLS 1.2 or newer, the system's CAs plus the
-    /// extra ones, the cipher list and the device's X.509 identity. NIOSSL checks the chain but
-    /// not the name: its own check would accept a certificate naming the connected IP address,
-    /// which through a proxy is the proxy's. The tunnel checks ``TLSPolicy/peer`` itself once
-    /// the handshake is done, before any byte goes through (``PeerName/isNamed(byCertificateDER:)``).
+    /// The ``TLSPolicy`` for the tunnel (NIOSSL): TLS 1.2 or newer, the cipher list and the
+    /// device's X.509 identity. The certificate check is not NIOSSL's: the tunnel's custom
+    /// verification callback verifies the chain and the name with the policy's OpenSSL trust
+    /// store (``TLSContext/rejectionReason(forServerChain:)``), so the trust roots set here
+    /// decide nothing (NIOSSL's own check would also accept a certificate naming the
+    /// connected IP address, which through a proxy is the proxy's).
     static func forTunnel(_ policy: TLSPolicy) throws(IoTHubError) -> NIOSSLContext {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12

@@ -16,13 +16,17 @@ final class DeviceConnection: Sendable {
     let id: UInt64
     let key: IdentityKey
     let transport: MQTTTransport
+    /// The `DeviceClientType` of the CONNECT's user name: the device SDK's user agent (with
+    /// the application's `product_info`), as IoT Hub records it.
+    let userAgent: String?
     let channel: any Channel
     private let discarding = NIOLockedValueBox(false)
 
-    init(id: UInt64, key: IdentityKey, transport: MQTTTransport, channel: any Channel) {
+    init(id: UInt64, key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, channel: any Channel) {
         self.id = id
         self.key = key
         self.transport = transport
+        self.userAgent = userAgent
         self.channel = channel
     }
 

@@ -10,12 +10,12 @@ extension Hub {
 
     /// A new connection of an authenticated identity, with the next connection id; not yet
     /// attached (``attach(_:cleanSession:now:)``).
-    func makeConnection(for key: IdentityKey, transport: MQTTTransport, channel: any Channel) -> DeviceConnection {
+    func makeConnection(for key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, channel: any Channel) -> DeviceConnection {
         let id = state.withLockedValue { state in
             state.lastConnectionId += 1
             return state.lastConnectionId
         }
-        return DeviceConnection(id: id, key: key, transport: transport, channel: channel)
+        return DeviceConnection(id: id, key: key, transport: transport, userAgent: userAgent, channel: channel)
     }
 
     /// Makes `connection` the live connection of its session, and emits a connection-state

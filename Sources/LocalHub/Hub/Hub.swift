@@ -120,10 +120,10 @@ final class Hub: Sendable {
         }
     }
 
-    /// The clients connected now and how each arrived, sorted by client id.
-    func connections() -> [(clientId: String, transport: MQTTTransport)] {
+    /// The clients connected now, how each arrived and its user agent, sorted by client id.
+    func connections() -> [(clientId: String, transport: MQTTTransport, userAgent: String?)] {
         state.withLockedValue { state in
-            state.sessions.compactMap { key, session in session.connection.map { (key.clientId, $0.transport) } }
+            state.sessions.compactMap { key, session in session.connection.map { (key.clientId, $0.transport, $0.userAgent) } }
         }.sorted { $0.clientId < $1.clientId }
     }
 

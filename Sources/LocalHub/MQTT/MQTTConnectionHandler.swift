@@ -136,7 +136,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             tokenExpiry = expiry
         }
 
-        let connection = hub.makeConnection(for: key, transport: transport, channel: context.channel)
+        let userAgent = connect.username.flatMap(MQTTUsername.init(parsing:))?.parameters["DeviceClientType"]
+        let connection = hub.makeConnection(for: key, transport: transport, userAgent: userAgent, channel: context.channel)
         let (sessionPresent, resend, replaced) = hub.attach(connection, cleanSession: connect.cleanSession)
         state = .connected(connection)
         will = connect.will

@@ -18,7 +18,11 @@ struct LocalRoutes: Sendable {
             let connections = hub.connections()
             return .json([
                 "hostName": .string(hub.hostName), "connected": .array(connections.map { JSONValue.string($0.clientId) }),
-                "connections": .array(connections.map { .object(["clientId": .string($0.clientId), "transport": .string($0.transport.rawValue)]) }),
+                "connections": .array(connections.map { connection in
+                    var members: [String: JSONValue] = ["clientId": .string(connection.clientId), "transport": .string(connection.transport.rawValue)]
+                    if let userAgent = connection.userAgent { members["userAgent"] = .string(userAgent) }
+                    return .object(members)
+                }),
                 "identities": .integer(Int64(hub.identityCount)),
                 "lastTelemetrySequenceNumber": .integer(Int64(hub.telemetry.lastSequenceNumber)),
             ])

@@ -32,6 +32,9 @@ public final class DeviceBridge: Service, Sendable {
     let defaultDelivery: TelemetryDeliveryMode
     /// How long a graceful shutdown may take in all: the outbox drains within it.
     let shutdownTimeout: Duration
+    /// Whether the twin is read after every (re)connect (`ensure_desired_properties`), so that
+    /// desired properties changed while disconnected reach the cursor.
+    let ensureDesiredProperties: Bool
     let logger: Logger
     /// The Device Provisioning Service registration, when the identity came from DPS.
     let provisioning: (any ProvisioningController)?
@@ -53,6 +56,9 @@ public final class DeviceBridge: Service, Sendable {
     ///     every message is sent synchronously.
     ///   - defaultDelivery: how `POST /messages` answers without `Prefer: respond-async`.
     ///   - shutdownTimeout: how long a graceful shutdown may take (the outbox drains within it).
+    ///   - ensureDesiredProperties: read the twin after every (re)connect (the Python SDK's
+    ///     `ensure_desired_properties`); when off, the desired cursor moves only with the
+    ///     patches the hub sends while connected (and the first read).
     ///   - inbox: where received cloud-to-device messages are kept (`--state-dir`); without one,
     ///     a private temporary directory that goes with the bridge (nothing survives a restart).
     ///   - provisioning: the DPS registration the identity came from, if it did: the bridge does
@@ -60,10 +66,11 @@ public final class DeviceBridge: Service, Sendable {
     /// - Throws: when the outbox or the inbox cannot be opened.
     public init(
         client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, inbox: InboxConfiguration? = nil,
-        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10), logger: Logger,
-        provisioning: (any ProvisioningController)? = nil
+        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10), ensureDesiredProperties: Bool = true,
+        logger: Logger, provisioning: (any ProvisioningController)? = nil
     ) throws(OutboxError) {
         self.client = client
+        self.ensureDesiredProperties = ensureDesiredProperties
         self.provisioning = provisioning
         self.outbox = try outbox.map { (configuration) throws(OutboxError) in
             try TelemetryOutbox(client: client, configuration: configuration, logger: logger)
@@ -244,7 +251,7 @@ public final class DeviceBridge: Service, Sendable {
         var metadata: Logger.Metadata = ["state": "\(change.state.rawValue)"]
         if let reason = change.reason { metadata["reason"] = "\(reason)" }
         logger.info("connection state changed", metadata: metadata)
-        if change.state == .connected {
+        if change.state == .connected, ensureDesiredProperties {
             // A change made while disconnected is seen too: read the whole twin again.
             Task { await self.refreshDesired() }
         }

@@ -38,13 +38,20 @@ enum MessageMapping {
             case "iothub-contenttype": message.contentType = value
             case "iothub-contentencoding": message.contentEncoding = value
             case "iothub-expiry": message.expiryTimeUTC = value
+            case "iothub-interfaceid":
+                // Only the security agent's interface id: it makes a security message (the
+                // Python SDK's set_as_security_message); IoT Hub gives no other meaning to $.ifid.
+                guard value == Message.securityMessageInterfaceId else {
+                    throw .invalid("iothub-interfaceid can only be \(Message.securityMessageInterfaceId), which marks a security message", field: name)
+                }
+                message.setAsSecurityMessage()
             case "iothub-outputname":
                 guard isModule else { throw .invalid("iothub-outputname is for module identities; this sidecar is a device", field: name) }
                 guard !value.isEmpty else { throw .invalid("iothub-outputname is empty", field: name) }
                 message.outputName = value
             default:
                 guard lower.hasPrefix("iothub-app-") else {
-                    throw .invalid("\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-outputname, iothub-app-<name>)", field: name)
+                    throw .invalid("\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-interfaceid, iothub-outputname, iothub-app-<name>)", field: name)
                 }
                 let key = String(name.dropFirst("iothub-app-".count))
                 guard !key.isEmpty else { throw .invalid("an application property needs a name after iothub-app-", field: name) }

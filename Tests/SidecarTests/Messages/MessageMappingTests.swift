@@ -29,6 +29,24 @@ import Testing
         #expect(message.properties == ["Mixed-Case": "a b%20c"], "names keep their case; values are not percent-decoded")
     }
 
+    /// `iothub-interfaceid` takes the security agent's interface id only (a security message),
+    /// in headers and in batch entries.
+    @Test func theSecurityInterfaceIdMarksASecurityMessageAndNoOtherValueIsTaken() throws {
+        let single = try MessageMapping.message(
+            payload: Data(), headers: Self.fields([("iothub-interfaceid", "urn:azureiot:Security:SecurityAgent:1")]), isModule: false)
+        #expect(single.isSecurityMessage)
+        let batch = try MessageMapping.batch(
+            Data(#"[{"body":"a","properties":{"iothub-interfaceid":"urn:azureiot:Security:SecurityAgent:1"}},{"body":"b"}]"#.utf8), isModule: false)
+        #expect(batch.map(\.isSecurityMessage) == [true, false])
+        do {
+            _ = try MessageMapping.message(payload: Data(), headers: Self.fields([("iothub-interfaceid", "urn:x")]), isModule: false)
+            Issue.record("another interface id was taken")
+        } catch {
+            #expect(error.code == "ValueError")
+            #expect(error.field == "iothub-interfaceid")
+        }
+    }
+
     @Test func aMessageWithoutIdGetsALowerCaseUUID() throws {
         let message = try MessageMapping.message(payload: Data(), headers: HTTPFields(), isModule: false)
         let id = try #require(message.messageId)
