@@ -14,7 +14,7 @@ let swiftSettings: [SwiftSetting] = [
 // Linux only: the code uses Glibc and Linux socket options (TCP_CORK), and its C
 // libraries come from Debian packages. Say so at once rather than fail deep in a build.
 #if !os(Linux)
-#error("iothub-sidecar builds and runs on Linux only (Glibc, TCP_CORK, Debian's libmosquitto, libcurl and OpenSSL)")
+    #error("iothub-sidecar builds and runs on Linux only (Glibc, TCP_CORK, Debian's libmosquitto, libcurl and OpenSSL)")
 #endif
 
 let package = Package(

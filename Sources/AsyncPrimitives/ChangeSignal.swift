@@ -115,7 +115,9 @@ protocol HoldsWaiters: Sendable {
 /// Waits on the waiters of the state behind `box` unless `done` already holds; cancellation
 /// before or after registering ends the wait. The check and the registration happen under the
 /// box's lock, so a signal cannot slip in between them.
-private func waitOnList<State: HoldsWaiters>(_ box: NIOLockedValueBox<State>, unless done: @escaping @Sendable (State) -> Bool) async {
+private func waitOnList<State: HoldsWaiters>(
+    _ box: NIOLockedValueBox<State>, unless done: @escaping @Sendable (State) -> Bool
+) async {
     let id = box.withLockedValue { $0.waiters.makeId() }
     await withTaskCancellationHandler {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

@@ -37,7 +37,9 @@ package final class FairQueue<Element: Sendable>: Sendable {
 
     /// The oldest element that `accepts` takes, waiting up to `timeout` for one; nil on timeout
     /// or cancellation.
-    package func pop(timeout: Duration, where accepts: @escaping @Sendable (Element) -> Bool = { _ in true }) async -> Element? {
+    package func pop(timeout: Duration, where accepts: @escaping @Sendable (Element) -> Bool = { _ in true }) async
+        -> Element?
+    {
         if timeout <= .zero { return take(where: accepts) }
         let id = state.withLockedValue { state -> UInt64 in
             state.lastWaiterId += 1

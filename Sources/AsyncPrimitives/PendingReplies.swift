@@ -45,7 +45,9 @@ package final class PendingReplies<Key: Hashable & Sendable, Value: Sendable, Fa
 
     /// Registers `waiter` for `key`, to be failed by ``failOverdue(now:with:)`` after `deadline`.
     /// Returns the reply instead (and does not keep the waiter) when it is already there.
-    package func register(_ key: Key, deadline: ContinuousClock.Instant? = nil, waiter: @escaping Waiter) -> Result<Value, Failure>? {
+    package func register(_ key: Key, deadline: ContinuousClock.Instant? = nil, waiter: @escaping Waiter) -> Result<
+        Value, Failure
+    >? {
         slots.withLockedValue { slots in
             if case .replied(let result)? = slots[key] {
                 slots[key] = nil
@@ -59,7 +61,9 @@ package final class PendingReplies<Key: Hashable & Sendable, Value: Sendable, Fa
 
     /// Waits for the reply to `key`. Cancelling the caller fails the wait with `cancelled()`
     /// and abandons the key.
-    package func reply(to key: Key, deadline: ContinuousClock.Instant? = nil, cancelled: @escaping @Sendable () -> Failure) async throws(Failure) -> Value {
+    package func reply(
+        to key: Key, deadline: ContinuousClock.Instant? = nil, cancelled: @escaping @Sendable () -> Failure
+    ) async throws(Failure) -> Value {
         let result: Result<Value, Failure> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, Failure>, Never>) in
                 let ready = slots.withLockedValue { slots -> Result<Value, Failure>? in

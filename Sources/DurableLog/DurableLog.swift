@@ -101,7 +101,8 @@ public final class DurableLog: Sendable {
         let last = recovered.segments[recovered.segments.count - 1]
         recovery = recovered.report
         activeFile = NIOLockedValueBox(try FileSystem.openForAppending(last.path))
-        state = NIOLockedValueBox(State(segments: recovered.segments, nextSequence: last.lastSequence + 1, discardedThrough: discarded))
+        state = NIOLockedValueBox(
+            State(segments: recovered.segments, nextSequence: last.lastSequence + 1, discardedThrough: discarded))
         let thread = Thread { [self] in
             runWriter()
             writerFinished.signal()
@@ -119,7 +120,8 @@ public final class DurableLog: Sendable {
     /// Appends one frame per payload, in order, and returns their sequence numbers once all are
     /// on disk. The frames of one call are written together, next to each other.
     public func append(_ payloads: [[UInt8]]) async throws(DurableLogError) -> Range<UInt64> {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Range<UInt64>, DurableLogError>, Never>) in
+        let result = await withCheckedContinuation {
+            (continuation: CheckedContinuation<Result<Range<UInt64>, DurableLogError>, Never>) in
             enqueue(payloads) { continuation.resume(returning: $0) }
         }
         return try result.get()
@@ -141,11 +143,15 @@ public final class DurableLog: Sendable {
     /// Queues an append without waiting: `completion` is called (on the writer thread) once the
     /// frames are on disk, or with the failure. Appends are written in the order they are queued,
     /// so a caller that queues under its own lock gets its lock's order on disk.
-    public func enqueueAppend(_ payloads: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DurableLogError>) -> Void) {
+    public func enqueueAppend(
+        _ payloads: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DurableLogError>) -> Void
+    ) {
         enqueue(payloads, completion: completion)
     }
 
-    private func enqueue(_ payloads: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DurableLogError>) -> Void) {
+    private func enqueue(
+        _ payloads: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DurableLogError>) -> Void
+    ) {
         if let tooLarge = payloads.first(where: { $0.count > options.maximumFrameSize }) {
             return completion(.failure(.frameTooLarge(size: tooLarge.count, limit: options.maximumFrameSize)))
         }
@@ -214,7 +220,9 @@ public final class DurableLog: Sendable {
             let file = activeFile.withLockedValue { $0 }
             let syncResult = fdatasync(file)
             if syncResult != 0 {
-                failure = .writeFailed(FileSystem.describeErrno("cannot sync \(segment.path)"), noSpace: errno == ENOSPC || errno == EDQUOT)
+                failure = .writeFailed(
+                    FileSystem.describeErrno("cannot sync \(segment.path)"), noSpace: errno == ENOSPC || errno == EDQUOT
+                )
             }
             state.withLockedValue { $0.syncs += 1 }
             if syncResult == 0 {
@@ -227,7 +235,10 @@ public final class DurableLog: Sendable {
             // opening cuts off).
             _ = ftruncate(activeFile.withLockedValue { $0 }, off_t(syncedSize))
             segment.size = syncedSize
-            let lastSynced = synced > 0 ? ranges[synced - 1].upperBound : (finished.isEmpty ? state.withLockedValue { $0.nextSequence } : segment.firstSequence)
+            let lastSynced =
+                synced > 0
+                ? ranges[synced - 1].upperBound
+                : (finished.isEmpty ? state.withLockedValue { $0.nextSequence } : segment.firstSequence)
             segment.lastSequence = max(segment.firstSequence, lastSynced) - 1
             nextSequence = segment.lastSequence + 1
         }
@@ -255,12 +266,13 @@ public final class DurableLog: Sendable {
     /// append that needs it is the one that frees it).
     private func reclaimConsumedNewestSegment() {
         let consumed = state.withLockedValue { state -> (Segment, UInt64)? in
-            guard let newest = state.segments.last, newest.size > 0, newest.lastSequence <= state.discardedThrough else { return nil }
+            guard let newest = state.segments.last, newest.size > 0, newest.lastSequence <= state.discardedThrough
+            else { return nil }
             return (newest, state.nextSequence)
         }
         guard let (old, nextSequence) = consumed,
-              let fresh = try? FileSystem.createSegment(directory: directory, firstSequence: nextSequence),
-              let file = try? FileSystem.openForAppending(fresh.path)
+            let fresh = try? FileSystem.createSegment(directory: directory, firstSequence: nextSequence),
+            let file = try? FileSystem.openForAppending(fresh.path)
         else { return }
         let previous = activeFile.withLockedValue { active in
             defer { active = file }
@@ -278,7 +290,9 @@ public final class DurableLog: Sendable {
     /// if any (then the segment is left as it was counted).
     private func flush(_ buffer: inout [UInt8], into segment: inout Segment) -> DurableLogError? {
         guard !buffer.isEmpty else { return nil }
-        if let error = FileSystem.writeAll(buffer, to: activeFile.withLockedValue({ $0 }), path: segment.path) { return error }
+        if let error = FileSystem.writeAll(buffer, to: activeFile.withLockedValue({ $0 }), path: segment.path) {
+            return error
+        }
         segment.size += buffer.count
         // The last frame of the buffer has the highest sequence.
         var offset = 0
@@ -294,9 +308,14 @@ public final class DurableLog: Sendable {
     }
 
     /// Syncs and closes the newest segment and starts a new one at `firstSequence`.
-    private func roll(from segment: inout Segment, firstSequence: UInt64, finished: inout [Segment]) throws(DurableLogError) {
+    private func roll(from segment: inout Segment, firstSequence: UInt64, finished: inout [Segment])
+        throws(DurableLogError)
+    {
         let old = activeFile.withLockedValue { $0 }
-        if fdatasync(old) != 0 { throw .writeFailed(FileSystem.describeErrno("cannot sync \(segment.path)"), noSpace: errno == ENOSPC || errno == EDQUOT) }
+        if fdatasync(old) != 0 {
+            throw .writeFailed(
+                FileSystem.describeErrno("cannot sync \(segment.path)"), noSpace: errno == ENOSPC || errno == EDQUOT)
+        }
         let next = try FileSystem.createSegment(directory: directory, firstSequence: firstSequence)
         let file = try FileSystem.openForAppending(next.path)
         activeFile.withLockedValue { $0 = file }
@@ -309,13 +328,17 @@ public final class DurableLog: Sendable {
 
     /// Up to `maximumFrames` frames after `sequence` (and at least one, if there is one, however
     /// large), in order, at most about `maximumBytes` of payload. Blocking file I/O.
-    public func read(after sequence: UInt64, maximumFrames: Int = .max, maximumBytes: Int = 1 << 20) throws(DurableLogError) -> [Frame] {
+    public func read(after sequence: UInt64, maximumFrames: Int = .max, maximumBytes: Int = 1 << 20)
+        throws(DurableLogError) -> [Frame]
+    {
         let segments = state.withLockedValue { $0.segments }
         var frames: [Frame] = []
         var bytes = 0
         for segment in segments where segment.lastSequence > sequence && segment.size > 0 {
             let done = try SegmentReader.read(segment, after: sequence) { frame in
-                guard frames.count < maximumFrames, frames.isEmpty || bytes + frame.payload.count <= maximumBytes else { return false }
+                guard frames.count < maximumFrames, frames.isEmpty || bytes + frame.payload.count <= maximumBytes else {
+                    return false
+                }
                 bytes += frame.payload.count
                 frames.append(frame)
                 return true
@@ -342,7 +365,9 @@ public final class DurableLog: Sendable {
             return doomed
         }
         let watermark = discardedThrough
-        if !doomed.isEmpty || watermark != 0 { WatermarkFile.write(watermark, directory: directory, sync: !doomed.isEmpty) }
+        if !doomed.isEmpty || watermark != 0 {
+            WatermarkFile.write(watermark, directory: directory, sync: !doomed.isEmpty)
+        }
         for segment in doomed { unlink(segment.path) }
     }
 

@@ -66,7 +66,8 @@ enum FileSystem {
                 let written = Glibc.write(file, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
                 if written < 0 {
                     if errno == EINTR { continue }
-                    return .writeFailed(describeErrno("cannot write \(path)"), noSpace: errno == ENOSPC || errno == EDQUOT)
+                    return .writeFailed(
+                        describeErrno("cannot write \(path)"), noSpace: errno == ENOSPC || errno == EDQUOT)
                 }
                 offset += written
             }

@@ -43,7 +43,9 @@ enum FrameLayout {
         func matches(_ bytes: UnsafeRawBufferPointer, payloadOffset: Int) -> Bool {
             var sequenceBytes = sequence.littleEndian
             let computed = withUnsafeBytes(of: &sequenceBytes) { sequencePart in
-                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[payloadOffset..<(payloadOffset + length)]), continuing: CRC32C.checksum(sequencePart))
+                CRC32C.checksum(
+                    UnsafeRawBufferPointer(rebasing: bytes[payloadOffset..<(payloadOffset + length)]),
+                    continuing: CRC32C.checksum(sequencePart))
             }
             return computed == checksum
         }

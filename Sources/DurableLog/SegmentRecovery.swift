@@ -7,7 +7,9 @@ enum SegmentReader {
 
     /// Calls `body` with each whole frame after `sequence` in `segment`, in order, until it
     /// returns false (then this returns true: the caller has what it wanted).
-    static func read(_ segment: DurableLog.Segment, after sequence: UInt64, _ body: (DurableLog.Frame) -> Bool) throws(DurableLogError) -> Bool {
+    static func read(_ segment: DurableLog.Segment, after sequence: UInt64, _ body: (DurableLog.Frame) -> Bool)
+        throws(DurableLogError) -> Bool
+    {
         let file = open(segment.path, O_RDONLY | O_CLOEXEC)
         // A segment deleted since the list was taken holds only consumed frames.
         guard file >= 0 else { return false }
@@ -43,11 +45,14 @@ enum SegmentReader {
             guard header.magic == FrameLayout.magic, end <= size else { return }
             if end > chunkStart + chunk.count {
                 chunkStart = position
-                chunk = try FileSystem.read(file, path: path, offset: position, count: max(min(chunkSize, size - position), end - position))
+                chunk = try FileSystem.read(
+                    file, path: path, offset: position, count: max(min(chunkSize, size - position), end - position))
             }
             let keepGoing = chunk.withUnsafeBytes { bytes in
                 let payloadStart = position - chunkStart + FrameLayout.headerSize
-                return body(header, UnsafeRawBufferPointer(rebasing: bytes[payloadStart..<(payloadStart + header.length)]), position)
+                return body(
+                    header, UnsafeRawBufferPointer(rebasing: bytes[payloadStart..<(payloadStart + header.length)]),
+                    position)
             }
             if !keepGoing { return }
             position = end
@@ -74,7 +79,9 @@ enum SegmentRecovery {
             let path = directory + "/" + name
             let isNewest = index == names.count - 1
             var segment = DurableLog.Segment(firstSequence: first, lastSequence: first - 1, path: path, size: 0)
-            try check(&segment, isNewest: isNewest, directory: directory, after: result.highestSequence, maximumFrameSize: maximumFrameSize, report: &result.report)
+            try check(
+                &segment, isNewest: isNewest, directory: directory, after: result.highestSequence,
+                maximumFrameSize: maximumFrameSize, report: &result.report)
             result.highestSequence = max(result.highestSequence, segment.lastSequence, first - 1)
             if segment.size == 0, !isNewest {
                 // Nothing readable is left in it.
@@ -88,21 +95,26 @@ enum SegmentRecovery {
 
     /// Checks one segment, fixing it in place: on return it holds whole frames only.
     private static func check(
-        _ segment: inout DurableLog.Segment, isNewest: Bool, directory: String, after previous: UInt64, maximumFrameSize: Int,
+        _ segment: inout DurableLog.Segment, isNewest: Bool, directory: String, after previous: UInt64,
+        maximumFrameSize: Int,
         report: inout DurableLog.RecoveryReport
     ) throws(DurableLogError) {
         let file = open(segment.path, O_RDWR | O_CLOEXEC)
         guard file >= 0 else { throw .cannotOpen(FileSystem.describeErrno("cannot open \(segment.path)")) }
         defer { close(file) }
         var info = stat()
-        guard fstat(file, &info) == 0 else { throw .cannotOpen(FileSystem.describeErrno("cannot read \(segment.path)")) }
+        guard fstat(file, &info) == 0 else {
+            throw .cannotOpen(FileSystem.describeErrno("cannot read \(segment.path)"))
+        }
         let size = Int(info.st_size)
         // The common case: every frame whole, checked in pieces.
         var lastSequence = max(previous, segment.firstSequence - 1)
         var goodEnd = 0
         var frames = 0
         try SegmentReader.scan(file, path: segment.path, size: size) { header, payload, offset in
-            guard header.length <= maximumFrameSize, header.sequence > lastSequence, verify(header, payload) else { return false }
+            guard header.length <= maximumFrameSize, header.sequence > lastSequence, verify(header, payload) else {
+                return false
+            }
             lastSequence = header.sequence
             goodEnd = offset + FrameLayout.headerSize + header.length
             frames += 1
@@ -124,8 +136,9 @@ enum SegmentRecovery {
             while position + FrameLayout.headerSize <= bytes.count {
                 let header = FrameLayout.Header(bytes, at: position)
                 let end = position + FrameLayout.headerSize + header.length
-                if header.magic == FrameLayout.magic, header.length <= maximumFrameSize, end <= bytes.count, header.sequence > lastSequence,
-                   header.matches(bytes, payloadOffset: position + FrameLayout.headerSize)
+                if header.magic == FrameLayout.magic, header.length <= maximumFrameSize, end <= bytes.count,
+                    header.sequence > lastSequence,
+                    header.matches(bytes, payloadOffset: position + FrameLayout.headerSize)
                 {
                     if let start = badStart, start < position { spans.append((start, position)) }
                     badStart = nil
@@ -144,7 +157,9 @@ enum SegmentRecovery {
         for (start, end) in spans {
             // A crash while writing leaves, at the very end of the newest segment, part of a
             // header or a header whose frame runs past the end: cut off, not kept.
-            let isTornTail = isNewest && end == rest.count && start == spans.last?.0 && isTornFrame(rest, at: start, maximumFrameSize: maximumFrameSize)
+            let isTornTail =
+                isNewest && end == rest.count && start == spans.last?.0
+                && isTornFrame(rest, at: start, maximumFrameSize: maximumFrameSize)
             if isTornTail {
                 report.truncatedBytes += end - start
             } else {
@@ -154,13 +169,16 @@ enum SegmentRecovery {
                 if FileSystem.replace(path, with: Array(rest[start..<end]), sync: true) {
                     report.quarantined.append(DurableLog.QuarantinedSpan(path: path, bytes: end - start))
                 } else {
-                    throw .cannotOpen(FileSystem.describeErrno("cannot move unreadable bytes of \(segment.path) to \(path)"))
+                    throw .cannotOpen(
+                        FileSystem.describeErrno("cannot move unreadable bytes of \(segment.path) to \(path)"))
                 }
             }
         }
         // The segment becomes its good prefix followed by the frames found after the damage.
         if kept.isEmpty {
-            guard ftruncate(file, off_t(goodEnd)) == 0 else { throw .cannotOpen(FileSystem.describeErrno("cannot repair \(segment.path)")) }
+            guard ftruncate(file, off_t(goodEnd)) == 0 else {
+                throw .cannotOpen(FileSystem.describeErrno("cannot repair \(segment.path)"))
+            }
             _ = fdatasync(file)
         } else {
             let prefix = try FileSystem.read(file, path: segment.path, offset: 0, count: goodEnd)
@@ -177,7 +195,8 @@ enum SegmentRecovery {
         let remaining = bytes.count - start
         guard remaining >= FrameLayout.headerSize else { return true }
         let header = bytes.withUnsafeBytes { FrameLayout.Header($0, at: start) }
-        return header.magic == FrameLayout.magic && header.length <= maximumFrameSize && FrameLayout.headerSize + header.length > remaining
+        return header.magic == FrameLayout.magic && header.length <= maximumFrameSize
+            && FrameLayout.headerSize + header.length > remaining
     }
 
     private static func verify(_ header: FrameLayout.Header, _ payload: UnsafeRawBufferPointer) -> Bool {

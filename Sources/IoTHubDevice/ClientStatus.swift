@@ -15,7 +15,9 @@ public struct ClientStatus: Sendable {
     /// The kind of credential the client connects with.
     public var credential: CredentialKind
 
-    public init(state: ConnectionState, since: Date, lastError: IoTHubError?, tokenExpiry: Date?, credential: CredentialKind) {
+    public init(
+        state: ConnectionState, since: Date, lastError: IoTHubError?, tokenExpiry: Date?, credential: CredentialKind
+    ) {
         self.state = state
         self.since = since
         self.lastError = lastError

@@ -252,7 +252,8 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
         case .connected, .reconnecting, .renewingCredentials: .proceed
         case .shutDown: .fail(Self.shutDownError)
         case .connecting: .connect
-        case .disconnected: autoConnect ? .connect : .fail(.noConnectionError("the client is not connected and auto_connect is off"))
+        case .disconnected:
+            autoConnect ? .connect : .fail(.noConnectionError("the client is not connected and auto_connect is off"))
         }
     }
 
@@ -347,12 +348,18 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
             // new connection is closed rather than left behind.
             return (.close(connection), .failure(Self.overtakenError))
         case .refused(let code) where code == 4 || code == 5:
-            return (.close(connection), .failure(.credentialError("the hub refused the credentials of \(clientId) (CONNACK \(code))")))
+            return (
+                .close(connection),
+                .failure(.credentialError("the hub refused the credentials of \(clientId) (CONNACK \(code))"))
+            )
         case .refused(let code):
-            return (.close(connection), .failure(.connectionFailedError("the hub refused the connection (CONNACK \(code))")))
+            return (
+                .close(connection), .failure(.connectionFailedError("the hub refused the connection (CONNACK \(code))"))
+            )
         case .connectionClosed(let reason):
             let error = IoTHubError.connectionFailedError(
-                reason.map { "cannot connect to \(endpoint): \($0)" } ?? "the connection to \(endpoint) closed before the hub answered CONNECT")
+                reason.map { "cannot connect to \(endpoint): \($0)" }
+                    ?? "the connection to \(endpoint) closed before the hub answered CONNECT")
             return (.stopNetworkThread(connection), .failure(wanted ? error : Self.overtakenError))
         case .timedOut:
             return (.close(connection), .failure(.operationTimeout("no CONNACK from \(endpoint) within \(timeout)")))
@@ -377,7 +384,8 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
         /// connection retry): report the error, announce `change` (disconnected), fail the
         /// operations still waiting when `failPending` (a reconnect loop that ends), answer the
         /// waiters.
-        case gaveUp(IoTHubError, change: ConnectionStateChange?, failPending: Bool, connection: Connection?, waiters: [Waiter])
+        case gaveUp(
+            IoTHubError, change: ConnectionStateChange?, failPending: Bool, connection: Connection?, waiters: [Waiter])
         /// `disconnect()` or `shutdown()` overtook the attempt: answer its waiters with `error`
         /// (report it too when `report`: the attempt was the client's own); start `next`, a
         /// connect queued meanwhile.
@@ -407,7 +415,9 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
             let change = enter(.connected, reason: nil, at: now)
             connectionId = id
             reconnectDeadline = nil
-            renewalDeadline = finished.renewCredentialsAt.map { now.instant + .seconds(max(0, $0.timeIntervalSince(now.date))) }
+            renewalDeadline = finished.renewCredentialsAt.map {
+                now.instant + .seconds(max(0, $0.timeIntervalSince(now.date)))
+            }
             let lost = finished.lostAfterAcceptance ? connectionLost(at: now) : .none
             return .connected(change: change, waiters: finished.waiters, thenLost: lost)
         case .failure(let error):
@@ -417,7 +427,8 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
             case .reconnect:
                 if case .credentialError = error {
                     return .gaveUp(
-                        error, change: enter(.disconnected, reason: error, at: now), failPending: true, connection: connection,
+                        error, change: enter(.disconnected, reason: error, at: now), failPending: true,
+                        connection: connection,
                         waiters: finished.waiters)
                 }
                 reconnectDeadline = now.instant + retryInterval
@@ -425,12 +436,14 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
             case .renewal:
                 if case .credentialError = error {
                     return .gaveUp(
-                        error, change: enter(.disconnected, reason: error, at: now), failPending: false, connection: connection,
+                        error, change: enter(.disconnected, reason: error, at: now), failPending: false,
+                        connection: connection,
                         waiters: finished.waiters)
                 }
                 guard retriesConnection else {
                     return .gaveUp(
-                        error, change: enter(.disconnected, reason: error, at: now), failPending: false, connection: connection,
+                        error, change: enter(.disconnected, reason: error, at: now), failPending: false,
+                        connection: connection,
                         waiters: finished.waiters)
                 }
                 _ = enter(.reconnecting, reason: nil, at: now)
@@ -488,10 +501,13 @@ struct ConnectionStateMachine<Connection: AnyObject & Sendable, Waiter: Sendable
         let error: IoTHubError =
             shortLived
             ? .connectionDroppedError(
-                "the hub closed the connection \(Int(connectedFor * 1000)) ms after accepting it; is another client connected as \(clientId)?")
+                "the hub closed the connection \(Int(connectedFor * 1000)) ms after accepting it; is another client connected as \(clientId)?"
+            )
             : .connectionDroppedError("the connection to the hub was lost")
         guard retriesConnection else {
-            return .giveUp(error, change: enter(.disconnected, reason: error, at: now), connection: connection, shortLived: shortLived)
+            return .giveUp(
+                error, change: enter(.disconnected, reason: error, at: now), connection: connection,
+                shortLived: shortLived)
         }
         let change = enter(.reconnecting, reason: error, at: now)
         if shortLived {

@@ -43,13 +43,16 @@ final class CredentialStore: Sendable {
             switch state.credential {
             case .symmetricKey(let key):
                 let token = try SASToken(
-                    resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId, moduleId: moduleId), key: key,
+                    resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId, moduleId: moduleId),
+                    key: key,
                     timeToLive: tokenTimeToLive)
                 state.tokenExpiry = token.expiryDate
                 let margin = min(120, Double(tokenTimeToLive) / 2)
                 return (token.string, token.expiryDate.addingTimeInterval(-margin))
             case .sasToken(let token):
-                guard !token.isExpired() else { throw .credentialError("the SAS token expired; give a new one with update_sastoken") }
+                guard !token.isExpired() else {
+                    throw .credentialError("the SAS token expired; give a new one with update_sastoken")
+                }
                 state.tokenExpiry = token.expiryDate
                 return (token.string, nil)
             case .x509:
@@ -72,21 +75,33 @@ final class CredentialStore: Sendable {
     }
 
     /// Host, device and module of a token's resource URI (`{host}/devices/{d}[/modules/{m}]`).
-    static func identity(of token: SASToken) throws(IoTHubError) -> (hostName: String, deviceId: String, moduleId: String?) {
+    static func identity(of token: SASToken) throws(IoTHubError) -> (
+        hostName: String, deviceId: String, moduleId: String?
+    ) {
         let parts = token.resourceURI.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 3 || parts.count == 5, parts[1] == "devices", !parts[0].isEmpty, !parts[2].isEmpty,
-              parts.count == 3 || (parts[3] == "modules" && !parts[4].isEmpty)
-        else { throw .valueError(field: "sastoken", reason: "its resource '\(token.resourceURI)' is not {host}/devices/{id}[/modules/{id}]") }
+            parts.count == 3 || (parts[3] == "modules" && !parts[4].isEmpty)
+        else {
+            throw .valueError(
+                field: "sastoken",
+                reason: "its resource '\(token.resourceURI)' is not {host}/devices/{id}[/modules/{id}]")
+        }
         return (parts[0], parts[2], parts.count == 5 ? parts[4] : nil)
     }
 
     /// Checks that an application's token is for this identity and has not expired.
     static func check(_ token: SASToken, hostName: String, deviceId: String, moduleId: String?) throws(IoTHubError) {
         let (tokenHost, tokenDevice, tokenModule) = try identity(of: token)
-        guard tokenHost.lowercased() == hostName.lowercased() else { throw .valueError(field: "sastoken", reason: "is for hub \(tokenHost), not \(hostName)") }
-        guard tokenDevice == deviceId else { throw .valueError(field: "sastoken", reason: "is for device \(tokenDevice), not \(deviceId)") }
+        guard tokenHost.lowercased() == hostName.lowercased() else {
+            throw .valueError(field: "sastoken", reason: "is for hub \(tokenHost), not \(hostName)")
+        }
+        guard tokenDevice == deviceId else {
+            throw .valueError(field: "sastoken", reason: "is for device \(tokenDevice), not \(deviceId)")
+        }
         guard tokenModule == moduleId else {
-            throw .valueError(field: "sastoken", reason: tokenModule == nil ? "is for a device, not a module" : "is for module \(tokenModule ?? "")")
+            throw .valueError(
+                field: "sastoken",
+                reason: tokenModule == nil ? "is for a device, not a module" : "is for module \(tokenModule ?? "")")
         }
         guard !token.isExpired() else { throw .valueError(field: "sastoken", reason: "has already expired") }
     }

@@ -48,9 +48,12 @@ public struct DeviceClientConfiguration: Sendable {
     public init(
         serverVerificationCertificate: String? = nil, gatewayHostName: String? = nil, cipher: String? = nil,
         productInfo: String = "", sasTokenTimeToLive: Int = 3600, keepAlive: Int = 60, autoConnect: Bool = true,
-        connectionRetry: Bool = true, connectionRetryInterval: Duration = .seconds(10), ensureDesiredProperties: Bool = true,
-        mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100, operationTimeout: Duration = .seconds(60),
-        websockets: Bool = false, proxyOptions: ProxyOptions? = nil, serverVerificationCertificateAddsToSystemStore: Bool = false
+        connectionRetry: Bool = true, connectionRetryInterval: Duration = .seconds(10),
+        ensureDesiredProperties: Bool = true,
+        mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100,
+        operationTimeout: Duration = .seconds(60),
+        websockets: Bool = false, proxyOptions: ProxyOptions? = nil,
+        serverVerificationCertificateAddsToSystemStore: Bool = false
     ) {
         self.serverVerificationCertificateAddsToSystemStore = serverVerificationCertificateAddsToSystemStore
         self.serverVerificationCertificate = serverVerificationCertificate
@@ -79,7 +82,9 @@ public struct DeviceClientConfiguration: Sendable {
     /// Checks every value; the client calls it at creation.
     public func validate() throws(IoTHubError) {
         guard (5...1740).contains(keepAlive) else {
-            throw .valueError(field: "keep_alive", reason: "must be from 5 (the MQTT library's minimum) to 1740 seconds (IoT Hub's maximum)")
+            throw .valueError(
+                field: "keep_alive",
+                reason: "must be from 5 (the MQTT library's minimum) to 1740 seconds (IoT Hub's maximum)")
         }
         guard sasTokenTimeToLive > 0 else {
             throw .valueError(field: "sastoken_ttl", reason: "must be a positive number of seconds")

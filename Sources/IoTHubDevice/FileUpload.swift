@@ -18,7 +18,9 @@ public struct StorageInfo: Sendable, Hashable, Codable {
 
     /// `https://{hostName}/{containerName}/{blobName}{sasToken}`: where to PUT the blob.
     public var blobURL: String {
-        let path = blobName.split(separator: "/", omittingEmptySubsequences: false).map { PercentEncoding.encode(String($0)) }.joined(separator: "/")
+        let path = blobName.split(separator: "/", omittingEmptySubsequences: false).map {
+            PercentEncoding.encode(String($0))
+        }.joined(separator: "/")
         return "https://\(hostName)/\(containerName)/\(path)\(sasToken)"
     }
 }

@@ -30,9 +30,12 @@ struct FileUploadClient: Sendable {
     }
 
     /// Tells the hub how an upload ended.
-    func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String) async throws(IoTHubError) {
+    func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String)
+        async throws(IoTHubError)
+    {
         let body = JSONValue.object([
-            "correlationId": .string(correlationId), "isSuccess": .bool(isSuccess), "statusCode": .integer(Int64(statusCode)),
+            "correlationId": .string(correlationId), "isSuccess": .bool(isSuccess),
+            "statusCode": .integer(Int64(statusCode)),
             "statusDescription": .string(statusDescription),
         ]).encoded()
         let response = try await hubRequest(path: "files/notifications", body: body)
@@ -54,13 +57,19 @@ struct FileUploadClient: Sendable {
         let client = HTTPSClient(policy: storagePolicy, proxy: configuration.proxyOptions, timeoutSeconds: 3600)
         let outcome: Result<HTTPSClient.Response, IoTHubError>
         do throws(IoTHubError) {
-            outcome = .success(try await client.send(method: "PUT", url: info.blobURL, headers: headers, length: length, streaming: body))
+            outcome = .success(
+                try await client.send(
+                    method: "PUT", url: info.blobURL, headers: headers, length: length, streaming: body))
         } catch {
             outcome = .failure(error)
         }
         let (isSuccess, statusCode, description): (Bool, Int, String) =
             switch outcome {
-            case .success(let response): ((200..<300).contains(response.status), response.status, String(decoding: response.body.prefix(256), as: UTF8.self))
+            case .success(let response):
+                (
+                    (200..<300).contains(response.status), response.status,
+                    String(decoding: response.body.prefix(256), as: UTF8.self)
+                )
             case .failure(let error): (false, 500, "\(error)")
             }
         do throws(IoTHubError) {
@@ -68,7 +77,9 @@ struct FileUploadClient: Sendable {
                 correlationId: info.correlationId, isSuccess: isSuccess, statusCode: statusCode,
                 statusDescription: isSuccess ? "Created" : String(description.prefix(200)))
         } catch {
-            if isSuccess { throw BlobUploadFailure(error: error, correlationId: info.correlationId, upstreamStatus: nil) }
+            if isSuccess {
+                throw BlobUploadFailure(error: error, correlationId: info.correlationId, upstreamStatus: nil)
+            }
             logger.warning("could not tell the hub about a failed upload", metadata: ["error": "\(error)"])
         }
         switch outcome {
@@ -76,7 +87,8 @@ struct FileUploadClient: Sendable {
             return BlobUploadResult(storageInfo: info)
         case .success(let response):
             throw BlobUploadFailure(
-                error: .serviceError(status: response.status, message: String(decoding: response.body.prefix(256), as: UTF8.self)),
+                error: .serviceError(
+                    status: response.status, message: String(decoding: response.body.prefix(256), as: UTF8.self)),
                 correlationId: info.correlationId, upstreamStatus: response.status)
         case .failure(let error):
             throw BlobUploadFailure(error: error, correlationId: info.correlationId, upstreamStatus: nil)
@@ -86,7 +98,9 @@ struct FileUploadClient: Sendable {
     /// A POST to the hub's file-upload endpoint `path`, authenticated with the current
     /// credential: a SAS token in the `Authorization` header, or the device's certificate.
     private func hubRequest(path: String, body: Data) async throws(IoTHubError) -> HTTPSClient.Response {
-        guard credentials.moduleId == nil else { throw .clientError("file upload is for device identities, not modules") }
+        guard credentials.moduleId == nil else {
+            throw .clientError("file upload is for device identities, not modules")
+        }
         var headers = [
             "Content-Type": "application/json", "Accept": "application/json",
             "User-Agent": PercentEncoding.encode(UserAgent.string + configuration.productInfo),
@@ -95,14 +109,17 @@ struct FileUploadClient: Sendable {
         switch credentials.credential {
         case .symmetricKey(let key):
             headers["Authorization"] = try SASToken(
-                resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId), key: key, timeToLive: configuration.sasTokenTimeToLive).string
+                resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId), key: key,
+                timeToLive: configuration.sasTokenTimeToLive
+            ).string
         case .sasToken(let token):
             headers["Authorization"] = token.string
         case .x509(let x509):
             clientCertificate = x509
         }
         let authority = hostAndPort(configuration.gatewayHostName ?? hostName, configuration.httpsPort)
-        let url = "https://\(authority)/devices/\(PercentEncoding.encode(deviceId))/\(path)?api-version=\(MQTTIdentity.apiVersion)"
+        let url =
+            "https://\(authority)/devices/\(PercentEncoding.encode(deviceId))/\(path)?api-version=\(MQTTIdentity.apiVersion)"
         var policy = tlsPolicy
         policy.clientCertificate = clientCertificate
         let client = HTTPSClient(policy: policy, proxy: configuration.proxyOptions)

@@ -33,7 +33,11 @@ extension IoTHubDeviceClient {
     /// The first call subscribes, as ``messages()`` does; from then on every message is kept
     /// for the next call. Messages go to a durable inbox instead when one is given
     /// (``deliverMessages(to:)``).
-    @available(*, deprecated, message: "Deprecated as in the Python SDK (receive_message): use messages(), which delivers each message as it arrives.")
+    @available(
+        *, deprecated,
+        message:
+            "Deprecated as in the Python SDK (receive_message): use messages(), which delivers each message as it arrives."
+    )
     public func receiveMessage(timeout: Duration) async throws(IoTHubError) -> Message? {
         try checkNotShutDown()
         let queue = blockingReceives.messages
@@ -50,8 +54,13 @@ extension IoTHubDeviceClient {
     /// its requests go only to callers that name it.
     ///
     /// The first call subscribes, as ``methodRequests()`` does. Answer with ``respond(_:)``.
-    @available(*, deprecated, message: "Deprecated as in the Python SDK (receive_method_request): use methodRequests(), which delivers each request as it arrives.")
-    public func receiveMethodRequest(name: String? = nil, timeout: Duration) async throws(IoTHubError) -> MethodRequest? {
+    @available(
+        *, deprecated,
+        message:
+            "Deprecated as in the Python SDK (receive_method_request): use methodRequests(), which delivers each request as it arrives."
+    )
+    public func receiveMethodRequest(name: String? = nil, timeout: Duration) async throws(IoTHubError) -> MethodRequest?
+    {
         try checkNotShutDown()
         let receives = blockingReceives
         if let name { receives.namedMethods.withLockedValue { _ = $0.insert(name) } }
@@ -71,7 +80,11 @@ extension IoTHubDeviceClient {
     /// `receive_twin_desired_properties_patch(block:timeout:)`.
     ///
     /// The first call subscribes, as ``desiredPropertiesPatches()`` does.
-    @available(*, deprecated, message: "Deprecated as in the Python SDK (receive_twin_desired_properties_patch): use desiredPropertiesPatches(), which delivers each patch as it arrives.")
+    @available(
+        *, deprecated,
+        message:
+            "Deprecated as in the Python SDK (receive_twin_desired_properties_patch): use desiredPropertiesPatches(), which delivers each patch as it arrives."
+    )
     public func receiveTwinDesiredPropertiesPatch(timeout: Duration) async throws(IoTHubError) -> JSONValue? {
         try checkNotShutDown()
         let queue = blockingReceives.desiredPatches

@@ -24,7 +24,8 @@ extension IoTHubDeviceClient {
             try result.get()
         case .waitForReconnect:
             guard try await waitUntilConnected() else {
-                throw lifecycle.withLockedValue { $0.lastError } ?? .connectionFailedError("the client could not reconnect")
+                throw lifecycle.withLockedValue { $0.lastError }
+                    ?? .connectionFailedError("the client could not reconnect")
             }
         }
     }
@@ -49,7 +50,10 @@ extension IoTHubDeviceClient {
         await disconnect()
         changeLifecycle { $0.shutDown(at: .now) }
         await background.cancelAndWait()
-        for broadcaster in [messageStreams as any FinishableBroadcaster, methodStreams, desiredStreams, stateStreams, errorStreams, tokenStreams] {
+        for broadcaster in [
+            messageStreams as any FinishableBroadcaster, methodStreams, desiredStreams, stateStreams, errorStreams,
+            tokenStreams,
+        ] {
             broadcaster.finish()
         }
     }
@@ -123,7 +127,8 @@ extension IoTHubDeviceClient {
     func run(_ attempt: Lifecycle.AttemptStart) {
         let started = background.run { await self.runAttempt(attempt) }
         if !started {
-            perform(changeLifecycle { $0.finishAttempt(attempt.id, result: .failure(Lifecycle.shutDownError), at: .now) })
+            perform(
+                changeLifecycle { $0.finishAttempt(attempt.id, result: .failure(Lifecycle.shutDownError), at: .now) })
         }
     }
 
@@ -184,7 +189,9 @@ extension IoTHubDeviceClient {
         subscriptions.withLockedValue { $0.connectFailureReported = false }
         background.run {
             await self.resubscribe()
-            if self.configuration.ensureDesiredProperties, self.subscriptions.withLockedValue({ $0.enabled.contains(.desiredProperties) }) {
+            if self.configuration.ensureDesiredProperties,
+                self.subscriptions.withLockedValue({ $0.enabled.contains(.desiredProperties) })
+            {
                 await self.refreshDesiredProperties()
             }
         }
@@ -252,7 +259,9 @@ extension IoTHubDeviceClient {
         guard changeLifecycle({ $0.expectConnack(id, renewCredentialsAt: renewAt) }) else {
             return .failure(Lifecycle.overtakenError)
         }
-        let username = MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId, productInfo: configuration.productInfo).username
+        let username = MQTTIdentity(
+            hostName: hostName, deviceId: deviceId, moduleId: moduleId, productInfo: configuration.productInfo
+        ).username
         let outcome: ConnackOutcome
         do throws(IoTHubError) {
             try await mqtt.connect(

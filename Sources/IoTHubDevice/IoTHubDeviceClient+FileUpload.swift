@@ -12,10 +12,13 @@ extension IoTHubDeviceClient {
     }
 
     /// Tells the hub how an upload ended (the Python SDK's `notify_blob_upload_status`).
-    public func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String) async throws(IoTHubError) {
+    public func notifyBlobUploadStatus(
+        correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String
+    ) async throws(IoTHubError) {
         try checkNotShutDown()
         try await fileUpload.notifyBlobUploadStatus(
-            correlationId: correlationId, isSuccess: isSuccess, statusCode: statusCode, statusDescription: statusDescription)
+            correlationId: correlationId, isSuccess: isSuccess, statusCode: statusCode,
+            statusDescription: statusDescription)
     }
 
     /// Uploads a file in one call: asks the hub for a blob (``storageInfo(forBlob:)``), streams

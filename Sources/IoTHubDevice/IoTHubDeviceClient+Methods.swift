@@ -16,6 +16,7 @@ extension IoTHubDeviceClient {
         try checkNotShutDown()
         if !response.payload.isEmpty { _ = try JSONValue(parsing: response.payload) }
         try await ensureConnection()
-        try await publish(topic: response.topic.name, payload: response.payload.isEmpty ? Data("null".utf8) : response.payload)
+        try await publish(
+            topic: response.topic.name, payload: response.payload.isEmpty ? Data("null".utf8) : response.payload)
     }
 }

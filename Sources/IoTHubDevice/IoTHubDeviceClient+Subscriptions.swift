@@ -61,11 +61,16 @@ extension IoTHubDeviceClient {
         let mqtt = current.connection
         let timeout = configuration.operationTimeout
         let filters = missing.map(filter(for:))
-        let granted = try await withTimeout(timeout, timeoutError: { .operationTimeout("no SUBACK from the hub within \(timeout)") }) { () async throws(IoTHubError) -> [Int32] in
+        let granted = try await withTimeout(
+            timeout, timeoutError: { .operationTimeout("no SUBACK from the hub within \(timeout)") }
+        ) { () async throws(IoTHubError) -> [Int32] in
             try await mqtt.subscribe(filters)
         }
         let refused = zip(missing, granted).filter { $0.1 == 0x80 }.map { filter(for: $0.0) }
-        guard refused.isEmpty else { throw .serviceError(status: 403, message: "the hub refused the subscription to \(refused.joined(separator: ", "))") }
+        guard refused.isEmpty else {
+            throw .serviceError(
+                status: 403, message: "the hub refused the subscription to \(refused.joined(separator: ", "))")
+        }
         subscriptions.withLockedValue { $0.markSubscribed(missing, on: current.id) }
     }
 
@@ -136,7 +141,9 @@ extension IoTHubDeviceClient {
 
     func route(topic: String, payload: Data) {
         if let response = TwinResponseTopic(parsing: topic) {
-            twinResponses.complete(response.requestId, with: .success(TwinReply(status: response.status, version: response.version, payload: payload)))
+            twinResponses.complete(
+                response.requestId,
+                with: .success(TwinReply(status: response.status, version: response.version, payload: payload)))
         } else if let request = MethodRequest(topic: topic, payload: payload) {
             methodStreams.yield(request)
         } else if let patch = DesiredPropertiesPatchTopic(parsing: topic) {

@@ -45,11 +45,17 @@ extension IoTHubDeviceClient {
         while !pending.isEmpty {
             do throws(IoTHubError) {
                 try await ensureConnection()
-                guard let mqtt = lifecycle.withLockedValue({ $0.connection }) else { throw .noConnectionError("the client is not connected") }
+                guard let mqtt = lifecycle.withLockedValue({ $0.connection }) else {
+                    throw .noConnectionError("the client is not connected")
+                }
                 let outcomes = await mqtt.publish(batch: pending.map { ($0.topic, $0.payload) })
                 var refused: [(index: Int, topic: String, payload: Data)] = []
                 for (entry, outcome) in zip(pending, outcomes) {
-                    if case .failure(.noConnectionError) = outcome { refused.append(entry) } else { results[entry.index] = outcome }
+                    if case .failure(.noConnectionError) = outcome {
+                        refused.append(entry)
+                    } else {
+                        results[entry.index] = outcome
+                    }
                 }
                 pending = refused
                 // Nothing is handed to libmosquitto while a connection is being made (renewal,

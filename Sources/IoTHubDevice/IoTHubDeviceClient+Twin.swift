@@ -30,7 +30,9 @@ extension IoTHubDeviceClient {
         return stream
     }
 
-    private func twinRequest(_ operation: TwinRequestTopic.Operation, payload: Data) async throws(IoTHubError) -> TwinReply {
+    private func twinRequest(_ operation: TwinRequestTopic.Operation, payload: Data) async throws(IoTHubError)
+        -> TwinReply
+    {
         try checkNotShutDown()
         try await ensureConnection()
         try await ensureSubscribed([.twinResponses])
@@ -44,7 +46,9 @@ extension IoTHubDeviceClient {
             throw error
         }
         let timeout = configuration.operationTimeout
-        return try await withTimeout(timeout, timeoutError: { .operationTimeout("no answer from the hub within \(timeout)") }) { () async throws(IoTHubError) in
+        return try await withTimeout(
+            timeout, timeoutError: { .operationTimeout("no answer from the hub within \(timeout)") }
+        ) { () async throws(IoTHubError) in
             try await self.twinResponses.reply(to: requestId) { .operationCancelled("the caller stopped waiting") }
         }
     }

@@ -68,16 +68,21 @@ public final class IoTHubDeviceClient: Sendable {
     /// Creates a client; validates everything now, so a bad argument fails here and not later.
     public init(
         hostName: String, deviceId: String, moduleId: String? = nil, credential: DeviceCredential,
-        configuration: DeviceClientConfiguration = DeviceClientConfiguration(), logger: Logger = Logger(label: "iothub-device")
+        configuration: DeviceClientConfiguration = DeviceClientConfiguration(),
+        logger: Logger = Logger(label: "iothub-device")
     ) throws(IoTHubError) {
-        guard !hostName.isEmpty, !hostName.contains("/") else { throw .valueError(field: "hostname", reason: "is not a host name") }
+        guard !hostName.isEmpty, !hostName.contains("/") else {
+            throw .valueError(field: "hostname", reason: "is not a host name")
+        }
         guard !deviceId.isEmpty else { throw .valueError(field: "device_id", reason: "is empty") }
         if let moduleId, moduleId.isEmpty { throw .valueError(field: "module_id", reason: "is empty") }
         try configuration.validate()
         switch credential {
         case .symmetricKey(let key):
             // Sign once to prove the key is usable.
-            _ = try SASToken(resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId, moduleId: moduleId), key: key, timeToLive: 60)
+            _ = try SASToken(
+                resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId, moduleId: moduleId), key: key,
+                timeToLive: 60)
         case .sasToken(let token):
             try CredentialStore.check(token, hostName: hostName, deviceId: deviceId, moduleId: moduleId)
         case .x509:
@@ -87,7 +92,9 @@ public final class IoTHubDeviceClient: Sendable {
         if case .x509(let x509) = credential { clientCertificate = x509 }
         let policy = TLSPolicy(configuration: configuration, hostName: hostName, clientCertificate: clientCertificate)
         self.tls = try TLSContext(policy: policy)
-        tunnelPlan = try TunnelPlan.forClient(configuration: configuration, host: configuration.gatewayHostName ?? hostName, policy: policy, verifier: tls)
+        tunnelPlan = try TunnelPlan.forClient(
+            configuration: configuration, host: configuration.gatewayHostName ?? hostName, policy: policy, verifier: tls
+        )
         socketDirectory = tunnelPlan == nil ? nil : try PrivateSocketDirectory()
         self.hostName = hostName
         self.deviceId = deviceId
@@ -95,11 +102,14 @@ public final class IoTHubDeviceClient: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.credentials = CredentialStore(
-            credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId, tokenTimeToLive: configuration.sasTokenTimeToLive)
-        self.fileUpload = FileUploadClient(credentials: credentials, configuration: configuration, tlsPolicy: policy, logger: logger)
+            credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId,
+            tokenTimeToLive: configuration.sasTokenTimeToLive)
+        self.fileUpload = FileUploadClient(
+            credentials: credentials, configuration: configuration, tlsPolicy: policy, logger: logger)
         let clientId = MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId
         var lifecycle = Lifecycle(
-            clientId: clientId, retriesConnection: configuration.connectionRetry, retryInterval: configuration.connectionRetryInterval, at: .now)
+            clientId: clientId, retriesConnection: configuration.connectionRetry,
+            retryInterval: configuration.connectionRetryInterval, at: .now)
         if case .sasToken(let token) = credential { lifecycle.newTokenSupplied(expiringAt: token.expiryDate, at: .now) }
         self.lifecycle = NIOLockedValueBox(lifecycle)
         background.setResident(runTimers())

@@ -18,7 +18,9 @@ public enum BlobName {
         func refuse(_ reason: String) -> IoTHubError { .valueError(field: "blob_name", reason: reason) }
         guard !name.isEmpty else { throw refuse("is empty") }
         let length = name.utf16.count
-        guard length <= maximumLength else { throw refuse("is \(length) characters long; at most \(maximumLength) are allowed") }
+        guard length <= maximumLength else {
+            throw refuse("is \(length) characters long; at most \(maximumLength) are allowed")
+        }
         if let control = name.unicodeScalars.first(where: isControl) {
             throw refuse("contains the control character U+\(hex(control.value))")
         }
@@ -33,13 +35,19 @@ public enum BlobName {
         let form = decoded ? " once percent-decoded" : ""
         let segments = name.split(separator: "/", omittingEmptySubsequences: false)
         guard !segments.contains(where: \.isEmpty) else {
-            throw .valueError(field: "blob_name", reason: "has an empty path segment\(form) (it starts or ends with / or contains //)")
+            throw .valueError(
+                field: "blob_name", reason: "has an empty path segment\(form) (it starts or ends with / or contains //)"
+            )
         }
         guard segments.count <= maximumSegments else {
-            throw .valueError(field: "blob_name", reason: "has \(segments.count) path segments\(form); at most \(maximumSegments) are allowed")
+            throw .valueError(
+                field: "blob_name",
+                reason: "has \(segments.count) path segments\(form); at most \(maximumSegments) are allowed")
         }
         if let dots = segments.first(where: { $0 == "." || $0 == ".." }) {
-            throw .valueError(field: "blob_name", reason: "has the path segment '\(dots)'\(form), which URLs read as a folder, not a name")
+            throw .valueError(
+                field: "blob_name",
+                reason: "has the path segment '\(dots)'\(form), which URLs read as a folder, not a name")
         }
     }
 

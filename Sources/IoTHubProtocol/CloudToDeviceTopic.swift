@@ -16,8 +16,8 @@ public struct CloudToDeviceTopic: Sendable, Hashable {
     /// Parses a cloud-to-device topic; nil for any other topic.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "devices/"),
-              let slash = rest.firstIndex(of: "/"),
-              slash != rest.startIndex
+            let slash = rest.firstIndex(of: "/"),
+            slash != rest.startIndex
         else { return nil }
         let tail = rest[rest.index(after: slash)...]
         let bag: Substring
@@ -56,7 +56,7 @@ public struct ModuleInputTopic: Sendable, Hashable {
     public init?(parsing topic: String) {
         let parts = topic.split(separator: "/", maxSplits: 6, omittingEmptySubsequences: false)
         guard parts.count >= 6, parts[0] == "devices", parts[2] == "modules", parts[4] == "inputs",
-              !parts[1].isEmpty, !parts[3].isEmpty, !parts[5].isEmpty
+            !parts[1].isEmpty, !parts[3].isEmpty, !parts[5].isEmpty
         else { return nil }
         self.init(
             deviceId: String(parts[1]), moduleId: String(parts[3]),

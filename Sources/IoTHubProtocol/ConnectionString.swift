@@ -67,13 +67,17 @@ public struct ConnectionString: Sendable, Hashable {
             guard let equals = segment.firstIndex(of: "=") else {
                 throw .valueError(
                     field: "connection string",
-                    reason: segment.isEmpty ? "has an empty \(position) (two ';' in a row)" : "has a \(position) that is not of the form Key=Value")
+                    reason: segment.isEmpty
+                        ? "has an empty \(position) (two ';' in a row)"
+                        : "has a \(position) that is not of the form Key=Value")
             }
             let key = String(segment[..<equals])
             let value = String(segment[segment.index(after: equals)...])
             guard Self.knownKeys.contains(key) else {
-                let hint = Self.knownKeys.first { $0.lowercased() == key.lowercased() }
-                    .map { " (keys are case-sensitive: did you mean '\($0)'?)" } ?? " (known keys: \(Self.knownKeys.joined(separator: ", ")))"
+                let hint =
+                    Self.knownKeys.first { $0.lowercased() == key.lowercased() }
+                    .map { " (keys are case-sensitive: did you mean '\($0)'?)" }
+                    ?? " (known keys: \(Self.knownKeys.joined(separator: ", ")))"
                 throw .valueError(field: "connection string", reason: "has an unknown key in \(position)\(hint)")
             }
             guard values[key] == nil else {
@@ -143,7 +147,8 @@ public struct ConnectionString: Sendable, Hashable {
             credential = .x509
         } else {
             throw .valueError(
-                field: "SharedAccessKey", reason: "is missing (give SharedAccessKey, SharedAccessSignature or x509=true)")
+                field: "SharedAccessKey",
+                reason: "is missing (give SharedAccessKey, SharedAccessSignature or x509=true)")
         }
         self.init(
             hostName: hostName, deviceId: deviceId, moduleId: moduleId, sharedAccessKeyName: keyName,
@@ -215,7 +220,7 @@ extension String {
     func trimmingWhitespace() -> Substring {
         let isSpace: (Character) -> Bool = { $0.isWhitespace }
         guard let start = firstIndex(where: { !isSpace($0) }),
-              let end = lastIndex(where: { !isSpace($0) })
+            let end = lastIndex(where: { !isSpace($0) })
         else { return "" }
         return self[start...end]
     }

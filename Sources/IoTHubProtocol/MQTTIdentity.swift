@@ -51,7 +51,8 @@ public struct MQTTIdentity: Sendable, Hashable {
 
     /// The MQTT user name.
     public var username: String {
-        let query = usernameParameters
+        let query =
+            usernameParameters
             .map { "\(PercentEncoding.encode($0.key))=\(PercentEncoding.encode($0.value))" }
             .joined(separator: "&")
         return "\(hostName)/\(clientId)/?\(query)"
@@ -69,7 +70,7 @@ public struct MQTTUsername: Sendable, Hashable {
     /// Parses `{host}/{clientId}/?{query}`; nil when the shape is wrong. The query may be empty.
     public init?(parsing username: String) {
         guard let slash = username.firstIndex(of: "/"),
-              let marker = username.range(of: "/?")
+            let marker = username.range(of: "/?")
         else { return nil }
         let host = username[..<slash]
         let clientStart = username.index(after: slash)
@@ -98,21 +99,21 @@ public enum UserAgent {
 
     private static var operatingSystem: String {
         #if os(Linux)
-        "Linux"
+            "Linux"
         #elseif os(macOS)
-        "macOS"
+            "macOS"
         #else
-        "unknown"
+            "unknown"
         #endif
     }
 
     private static var architecture: String {
         #if arch(x86_64)
-        "x86_64"
+            "x86_64"
         #elseif arch(arm64)
-        "aarch64"
+            "aarch64"
         #else
-        "unknown"
+            "unknown"
         #endif
     }
 }

@@ -17,9 +17,9 @@ public struct MethodRequestTopic: Sendable, Hashable {
     /// Parses a method request topic; nil for any other topic.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "$iothub/methods/POST/"),
-              let (path, parameters) = TopicQuery.split(rest),
-              !path.isEmpty, !path.contains("/"),
-              let requestId = parameters["$rid"], !requestId.isEmpty
+            let (path, parameters) = TopicQuery.split(rest),
+            !path.isEmpty, !path.contains("/"),
+            let requestId = parameters["$rid"], !requestId.isEmpty
         else { return nil }
         self.init(methodName: PercentEncoding.decode(path), requestId: requestId)
     }
@@ -44,9 +44,9 @@ public struct MethodResponseTopic: Sendable, Hashable {
     /// Parses a method response topic; nil for any other topic.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "$iothub/methods/res/"),
-              let (path, parameters) = TopicQuery.split(rest),
-              let status = Int(path),
-              let requestId = parameters["$rid"], !requestId.isEmpty
+            let (path, parameters) = TopicQuery.split(rest),
+            let status = Int(path),
+            let requestId = parameters["$rid"], !requestId.isEmpty
         else { return nil }
         self.init(status: status, requestId: requestId)
     }

@@ -91,12 +91,14 @@ public struct SASToken: Sendable, Hashable {
         for (index, field) in parts.enumerated() {
             let position = "field \(index + 1) of \(parts.count)"
             guard let equals = field.firstIndex(of: "=") else {
-                throw .valueError(field: "SAS token", reason: "has a \(position) without '=' (fields are name=value, joined by '&')")
+                throw .valueError(
+                    field: "SAS token", reason: "has a \(position) without '=' (fields are name=value, joined by '&')")
             }
             let name = field[..<equals].trimmingCharacters(in: .whitespaces)
             let value = field[field.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             guard ["sr", "sig", "se", "skn"].contains(name) else {
-                throw .valueError(field: "SAS token", reason: "has an unknown name in \(position) (allowed: sr, sig, se, skn)")
+                throw .valueError(
+                    field: "SAS token", reason: "has an unknown name in \(position) (allowed: sr, sig, se, skn)")
             }
             guard fields[name] == nil else {
                 throw .valueError(field: "SAS token", reason: "gives the field '\(name)' twice")

@@ -40,7 +40,9 @@ public struct TelemetryTopic: Sendable, Hashable {
     public func validatedName() throws(IoTHubError) -> String {
         let name = self.name
         let length = name.utf8.count
-        guard length <= Self.maximumNameLength else { throw .topicTooLong(length: length, limit: Self.maximumNameLength) }
+        guard length <= Self.maximumNameLength else {
+            throw .topicTooLong(length: length, limit: Self.maximumNameLength)
+        }
         return name
     }
 
@@ -48,7 +50,7 @@ public struct TelemetryTopic: Sendable, Hashable {
     /// absent, as some SDKs send `devices/{d}/messages/events`.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "devices/"),
-              let slash = rest.firstIndex(of: "/")
+            let slash = rest.firstIndex(of: "/")
         else { return nil }
         let deviceId = rest[..<slash]
         var tail = rest[rest.index(after: slash)...]

@@ -29,8 +29,8 @@ public struct TwinRequestTopic: Sendable, Hashable {
     /// Parses a twin request topic; nil for any other topic or a missing `$rid`.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "$iothub/twin/"),
-              let (path, parameters) = TopicQuery.split(rest),
-              let requestId = parameters["$rid"], !requestId.isEmpty
+            let (path, parameters) = TopicQuery.split(rest),
+            let requestId = parameters["$rid"], !requestId.isEmpty
         else { return nil }
         switch path {
         case "GET": self.init(.get, requestId: requestId)
@@ -63,9 +63,9 @@ public struct TwinResponseTopic: Sendable, Hashable {
     /// Parses a twin response topic; nil for any other topic.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "$iothub/twin/res/"),
-              let (path, parameters) = TopicQuery.split(rest),
-              let status = Int(path),
-              let requestId = parameters["$rid"], !requestId.isEmpty
+            let (path, parameters) = TopicQuery.split(rest),
+            let status = Int(path),
+            let requestId = parameters["$rid"], !requestId.isEmpty
         else { return nil }
         var version: Int?
         if let text = parameters["$version"] {
@@ -93,9 +93,9 @@ public struct DesiredPropertiesPatchTopic: Sendable, Hashable {
     /// Parses a desired-properties patch topic; nil for any other topic.
     public init?(parsing topic: String) {
         guard let rest = topic[...].dropping(prefix: "$iothub/twin/PATCH/properties/"),
-              let (path, parameters) = TopicQuery.split(rest),
-              path == "desired",
-              let text = parameters["$version"], let version = Int(text)
+            let (path, parameters) = TopicQuery.split(rest),
+            path == "desired",
+            let text = parameters["$version"], let version = Int(text)
         else { return nil }
         self.init(version: version)
     }

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Opens LocalHub's listeners: MQTT over TLS, HTTPS (service API, file upload, `/local`, and
 /// MQTT over WebSockets at `/$iothub/websocket`), and the blob endpoint.
@@ -37,21 +38,30 @@ enum Listeners {
     }
 
     private static func tlsHandler(_ context: NIOSSLContext) -> NIOSSLServerHandler {
-        NIOSSLServerHandler(context: context, customVerificationCallback: { _, promise in
-            promise.succeed(.certificateVerified)
-        })
+        NIOSSLServerHandler(
+            context: context,
+            customVerificationCallback: { _, promise in
+                promise.succeed(.certificateVerified)
+            })
     }
 
     /// Adds the MQTT codec and the connection handler to a pipeline.
-    static func addMQTTHandlers(to pipeline: ChannelPipeline.SynchronousOperations, hub: Hub, transport: MQTTTransport, logger: Logger) throws {
-        try pipeline.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumMQTTPacketSize, requireConnectFirst: true)))
+    static func addMQTTHandlers(
+        to pipeline: ChannelPipeline.SynchronousOperations, hub: Hub, transport: MQTTTransport, logger: Logger
+    ) throws {
+        try pipeline.addHandler(
+            ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumMQTTPacketSize, requireConnectFirst: true))
+        )
         try pipeline.addHandler(MessageToByteHandler(MQTTPacketEncoder()))
         try pipeline.addHandler(MQTTConnectionHandler(hub: hub, transport: transport, logger: logger))
     }
 
     /// Binds a TCP listener. `TCP_NODELAY` is set at the TCP level (`tcpOption`): NIO's
     /// `socketOption(.tcp_nodelay)` sets that number at the socket level, `SO_DEBUG` on Linux.
-    static func bind(host: String, port: Int, group: any EventLoopGroup, name: String, initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) async throws(LocalHubError) -> any Channel {
+    static func bind(
+        host: String, port: Int, group: any EventLoopGroup, name: String,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws(LocalHubError) -> any Channel {
         do {
             return try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 256)
@@ -63,12 +73,17 @@ enum Listeners {
                 .get()
         } catch {
             // NIO's IOError names its own functions (bind(descriptor:ptr:bytes:)): say what happened.
-            let reason = (error as? IOError).map { $0.errnoCode == EADDRINUSE ? "the port is in use" : String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            let reason =
+                (error as? IOError).map {
+                    $0.errnoCode == EADDRINUSE ? "the port is in use" : String(cString: strerror($0.errnoCode))
+                } ?? "\(error)"
             throw .listen("cannot listen for \(name) on \(host):\(port): \(reason)")
         }
     }
 
-    static func mqtt(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, hub: Hub, logger: Logger) async throws(LocalHubError) -> any Channel {
+    static func mqtt(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, hub: Hub, logger: Logger)
+        async throws(LocalHubError) -> any Channel
+    {
         try await bind(host: host, port: port, group: group, name: "MQTT") { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))
@@ -77,7 +92,9 @@ enum Listeners {
         }
     }
 
-    static func https(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router, hub: Hub, logger: Logger) async throws(LocalHubError) -> any Channel {
+    static func https(
+        host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router, hub: Hub, logger: Logger
+    ) async throws(LocalHubError) -> any Channel {
         try await bind(host: host, port: port, group: group, name: "HTTPS") { channel in
             channel.eventLoop.makeCompletedFuture {
                 let httpHandler = HTTPServerHandler(router: router, maximumBodySize: maximumHTTPBodySize)
@@ -94,25 +111,31 @@ enum Listeners {
                     upgradePipelineHandler: { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(WebSocketMQTTAdapter())
-                            try addMQTTHandlers(to: channel.pipeline.syncOperations, hub: hub, transport: .webSocket, logger: logger)
+                            try addMQTTHandlers(
+                                to: channel.pipeline.syncOperations, hub: hub, transport: .webSocket, logger: logger)
                         }
                     })
                 let idleHandler = IdleStateHandler(readTimeout: httpIdleTimeout)
                 let boundHandlers = NIOLoopBound((httpHandler, idleHandler), eventLoop: channel.eventLoop)
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                    withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                        // After the upgrade the connection speaks MQTT, whose keep-alive rules apply.
-                        context.pipeline.syncOperations.removeHandler(boundHandlers.value.0, promise: nil)
-                        context.pipeline.syncOperations.removeHandler(boundHandlers.value.1, promise: nil)
-                    }))
+                    withServerUpgrade: (
+                        upgraders: [upgrader],
+                        completionHandler: { context in
+                            // After the upgrade the connection speaks MQTT, whose keep-alive rules apply.
+                            context.pipeline.syncOperations.removeHandler(boundHandlers.value.0, promise: nil)
+                            context.pipeline.syncOperations.removeHandler(boundHandlers.value.1, promise: nil)
+                        }
+                    ))
                 try channel.pipeline.syncOperations.addHandler(idleHandler)
                 try channel.pipeline.syncOperations.addHandler(httpHandler)
             }
         }
     }
 
-    static func blob(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router) async throws(LocalHubError) -> any Channel {
+    static func blob(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router)
+        async throws(LocalHubError) -> any Channel
+    {
         try await bind(host: host, port: port, group: group, name: "blob storage") { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(tlsHandler(tls))

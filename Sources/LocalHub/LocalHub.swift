@@ -1,8 +1,8 @@
 import Foundation
 public import IoTHubProtocol
 public import Logging
-public import NIOCore
 import NIOConcurrencyHelpers
+public import NIOCore
 public import NIOPosix
 public import ServiceLifecycle
 
@@ -43,7 +43,8 @@ public final class LocalHub: Service, Sendable {
         public init(
             hostName: String = "localhost", bindAddress: String = "127.0.0.1", mqttPort: Int = 8883,
             httpsPort: Int = 8443, blobPort: Int = 10000, dataDirectory: String? = nil, devices: [String] = [],
-            telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, connectTimeout: Duration = .seconds(10),
+            telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20,
+            connectTimeout: Duration = .seconds(10),
             routedEventSources: Set<MessageSource> = []
         ) {
             self.telemetryByteCapacity = telemetryByteCapacity
@@ -78,7 +79,10 @@ public final class LocalHub: Service, Sendable {
     private let listeners = OpenListeners()
 
     /// Loads (or creates) the data directory's certificates, owner key and state.
-    public init(configuration: Configuration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "localhub")) throws(LocalHubError) {
+    public init(
+        configuration: Configuration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "localhub")
+    ) throws(LocalHubError) {
         guard !configuration.hostName.isEmpty, !configuration.hostName.contains("/") else {
             throw .configuration("the host name '\(configuration.hostName)' is not valid")
         }
@@ -94,19 +98,25 @@ public final class LocalHub: Service, Sendable {
             authority = try directory.loadOrCreateCertificates(hostName: configuration.hostName)
             if let data = try directory.read(directory.serviceConnectionString) {
                 let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                guard let existing = try? ConnectionString(parsing: text), existing.deviceId == nil, existing.sharedAccessKeyName != nil,
-                      case .sharedAccessKey(let key) = existing.credential
+                guard let existing = try? ConnectionString(parsing: text), existing.deviceId == nil,
+                    existing.sharedAccessKeyName != nil,
+                    case .sharedAccessKey(let key) = existing.credential
                 else {
-                    throw .dataDirectory("\(directory.serviceConnectionString.path) does not hold a policy connection string")
+                    throw .dataDirectory(
+                        "\(directory.serviceConnectionString.path) does not hold a policy connection string")
                 }
                 ownerKey = key
             }
             let persistence = StatePersistence(directory: directory, logger: logger)
             persisted = try persistence.load()
             self.persistence = persistence
-            let policy = ConnectionString(hostName: configuration.hostName, sharedAccessKeyName: "iothubowner", credential: .sharedAccessKey(ownerKey))
-            try directory.write(Data((policy.rendered() + "\n").utf8), to: directory.serviceConnectionString, permissions: 0o600)
-            (idScope, provisioningKey) = try Self.loadProvisioningIdentity(directory, hostName: configuration.hostName, idScope: idScope, key: provisioningKey)
+            let policy = ConnectionString(
+                hostName: configuration.hostName, sharedAccessKeyName: "iothubowner",
+                credential: .sharedAccessKey(ownerKey))
+            try directory.write(
+                Data((policy.rendered() + "\n").utf8), to: directory.serviceConnectionString, permissions: 0o600)
+            (idScope, provisioningKey) = try Self.loadProvisioningIdentity(
+                directory, hostName: configuration.hostName, idScope: idScope, key: provisioningKey)
         } else {
             do {
                 authority = try CertificateAuthority.generate(hostNames: [configuration.hostName])
@@ -117,11 +127,17 @@ public final class LocalHub: Service, Sendable {
         }
         caCertificatePEM = authority.caCertificatePEM
         hub = Hub(
-            hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted, persistence: persistence,
-            telemetryCapacity: configuration.telemetryCapacity, telemetryByteCapacity: configuration.telemetryByteCapacity,
-            connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000 + configuration.connectTimeout.components.attoseconds / 1_000_000_000),
+            hostName: configuration.hostName, ownerPolicyKey: ownerKey, persistedState: persisted,
+            persistence: persistence,
+            telemetryCapacity: configuration.telemetryCapacity,
+            telemetryByteCapacity: configuration.telemetryByteCapacity,
+            connectTimeout: .nanoseconds(
+                Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000 + configuration.connectTimeout
+                    .components.attoseconds / 1_000_000_000),
             routedEventSources: configuration.routedEventSources,
-            provisioning: ProvisioningService(idScope: idScope, hostName: configuration.hostName, policyKey: provisioningKey, persisted: persisted?.provisioning),
+            provisioning: ProvisioningService(
+                idScope: idScope, hostName: configuration.hostName, policyKey: provisioningKey,
+                persisted: persisted?.provisioning),
             logger: logger)
         persistence?.attach { [hub] in hub.snapshot() }
         for device in configuration.devices {
@@ -158,9 +174,12 @@ public final class LocalHub: Service, Sendable {
     ///   - enabled: false makes registrations answer `disabled`.
     ///   - initialDesired: the created device's desired properties.
     public func enrollDevice(
-        registrationId: String, deviceId: String? = nil, enabled: Bool = true, initialDesired: [String: JSONValue]? = nil
+        registrationId: String, deviceId: String? = nil, enabled: Bool = true,
+        initialDesired: [String: JSONValue]? = nil
     ) throws(LocalHubError) -> String {
-        var body: [String: JSONValue] = ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"]
+        var body: [String: JSONValue] = [
+            "attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled",
+        ]
         if let deviceId { body["deviceId"] = .string(deviceId) }
         if let initialDesired { body["initialTwin"] = ["properties": ["desired": .object(initialDesired)]] }
         return try enroll(registrationId, isGroup: false, body: .object(body))
@@ -170,7 +189,9 @@ public final class LocalHub: Service, Sendable {
     /// clients in the same process; returns the group key (a device's key is
     /// base64(HMAC-SHA256(group key, registration id))).
     public func enrollGroup(_ groupId: String, enabled: Bool = true) throws(LocalHubError) -> String {
-        try enroll(groupId, isGroup: true, body: ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"])
+        try enroll(
+            groupId, isGroup: true,
+            body: ["attestation": ["type": "symmetricKey"], "provisioningStatus": enabled ? "enabled" : "disabled"])
     }
 
     /// How many registrations of `registrationId` the provisioning service handled (0 if none).
@@ -179,9 +200,12 @@ public final class LocalHub: Service, Sendable {
     }
 
     private func enroll(_ id: String, isGroup: Bool, body: JSONValue) throws(LocalHubError) -> String {
-        guard ProvisioningProtocol.isValidRegistrationId(id) else { throw .configuration(ProvisioningProtocol.registrationIdProblem(id)) }
+        guard ProvisioningProtocol.isValidRegistrationId(id) else {
+            throw .configuration(ProvisioningProtocol.registrationIdProblem(id))
+        }
         do throws(ProvisioningFailure) {
-            let request = try ProvisioningJSON.readEnrollment(body, id: id, isGroup: isGroup, hubHostName: hub.hostName, now: Date())
+            let request = try ProvisioningJSON.readEnrollment(
+                body, id: id, isGroup: isGroup, hubHostName: hub.hostName, now: Date())
             let enrollment = try hub.provisioning.put(request, ifMatch: nil)
             hub.stateChanged()
             guard let key = enrollment.attestation.primaryKey else { throw .badRequest("the enrollment has no key") }
@@ -193,28 +217,37 @@ public final class LocalHub: Service, Sendable {
 
     /// Reads the ID scope and the provisioning service key from the data directory, or writes
     /// the given new ones there.
-    private static func loadProvisioningIdentity(_ directory: DataDirectory, hostName: String, idScope: String, key: String) throws(LocalHubError) -> (String, String) {
+    private static func loadProvisioningIdentity(
+        _ directory: DataDirectory, hostName: String, idScope: String, key: String
+    ) throws(LocalHubError) -> (String, String) {
         var idScope = idScope
         var key = key
         if let data = try directory.read(directory.idScope) {
             let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !text.isEmpty, text.count <= 64, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
+            guard !text.isEmpty, text.count <= 64, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) })
+            else {
                 throw .dataDirectory("\(directory.idScope.path) does not hold an ID scope (letters and digits)")
             }
             idScope = text
         }
         if let data = try directory.read(directory.provisioningServiceConnectionString) {
             let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard let existing = try? ConnectionString(parsing: text), existing.sharedAccessKeyName == ProvisioningService.policyName,
-                  case .sharedAccessKey(let existingKey) = existing.credential
+            guard let existing = try? ConnectionString(parsing: text),
+                existing.sharedAccessKeyName == ProvisioningService.policyName,
+                case .sharedAccessKey(let existingKey) = existing.credential
             else {
-                throw .dataDirectory("\(directory.provisioningServiceConnectionString.path) does not hold a provisioning service connection string")
+                throw .dataDirectory(
+                    "\(directory.provisioningServiceConnectionString.path) does not hold a provisioning service connection string"
+                )
             }
             key = existingKey
         }
         try directory.write(Data((idScope + "\n").utf8), to: directory.idScope, permissions: 0o644)
-        let policy = ConnectionString(hostName: hostName, sharedAccessKeyName: ProvisioningService.policyName, credential: .sharedAccessKey(key))
-        try directory.write(Data((policy.rendered() + "\n").utf8), to: directory.provisioningServiceConnectionString, permissions: 0o600)
+        let policy = ConnectionString(
+            hostName: hostName, sharedAccessKeyName: ProvisioningService.policyName, credential: .sharedAccessKey(key))
+        try directory.write(
+            Data((policy.rendered() + "\n").utf8), to: directory.provisioningServiceConnectionString, permissions: 0o600
+        )
         return (idScope, key)
     }
 
@@ -241,7 +274,9 @@ public final class LocalHub: Service, Sendable {
         guard let primaryKey = record.authentication.primaryKey else {
             throw .configuration("\(key) does not use a shared access key")
         }
-        return ConnectionString(hostName: hub.hostName, deviceId: deviceId, moduleId: moduleId, credential: .sharedAccessKey(primaryKey)).rendered()
+        return ConnectionString(
+            hostName: hub.hostName, deviceId: deviceId, moduleId: moduleId, credential: .sharedAccessKey(primaryKey)
+        ).rendered()
     }
 
     /// Opens the listeners; returns the bound ports.
@@ -249,21 +284,29 @@ public final class LocalHub: Service, Sendable {
     public func start() async throws(LocalHubError) -> Ports {
         let tls = try Listeners.tlsContext(authority)
         let host = configuration.bindAddress
-        let mqtt = try await Listeners.mqtt(host: host, port: configuration.mqttPort, group: group, tls: tls, hub: hub, logger: logger)
+        let mqtt = try await Listeners.mqtt(
+            host: host, port: configuration.mqttPort, group: group, tls: tls, hub: hub, logger: logger)
         listeners.append(mqtt)
         let https = try await Listeners.https(
-            host: host, port: configuration.httpsPort, group: group, tls: tls, router: .https(for: hub), hub: hub, logger: logger)
+            host: host, port: configuration.httpsPort, group: group, tls: tls, router: .https(for: hub), hub: hub,
+            logger: logger)
         listeners.append(https)
-        let blob = try await Listeners.blob(host: host, port: configuration.blobPort, group: group, tls: tls, router: .blob(for: hub))
+        let blob = try await Listeners.blob(
+            host: host, port: configuration.blobPort, group: group, tls: tls, router: .blob(for: hub))
         listeners.append(blob)
-        let ports = Ports(mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0)
+        let ports = Ports(
+            mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0
+        )
         hub.blobHost.withLockedValue { $0 = "\(configuration.hostName):\(ports.blob)" }
         listeners.setPorts(ports)
         persistence?.start()
-        logger.info("local IoT Hub listening", metadata: [
-            "hostName": "\(configuration.hostName)", "mqtt": "\(host):\(ports.mqtt)", "https": "\(host):\(ports.https)",
-            "blob": "\(host):\(ports.blob)",
-        ])
+        logger.info(
+            "local IoT Hub listening",
+            metadata: [
+                "hostName": "\(configuration.hostName)", "mqtt": "\(host):\(ports.mqtt)",
+                "https": "\(host):\(ports.https)",
+                "blob": "\(host):\(ports.blob)",
+            ])
         return ports
     }
 

@@ -76,7 +76,8 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
 
     /// A `ValueError` (408) for a request body that stopped arriving; the connection closes.
     static func requestBodyTimedOut(seconds: Int64) -> ProblemDetails {
-        var problem = invalid("the request body timed out after \(seconds) s without data; the connection is closed", status: 408)
+        var problem = invalid(
+            "the request body timed out after \(seconds) s without data; the connection is closed", status: 408)
         problem.closesConnection = true
         return problem
     }
@@ -108,7 +109,9 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
             self.init(status: 504, code: error.code, detail: detail)
         case .serviceError(let status, _, let retryAfter):
             let valid = (400...599).contains(status) ? status : 502
-            self.init(status: valid, code: error.code, detail: detail, retryAfterSeconds: valid == 429 || valid == 503 ? retryAfter : nil)
+            self.init(
+                status: valid, code: error.code, detail: detail,
+                retryAfterSeconds: valid == 429 || valid == 503 ? retryAfter : nil)
         case .clientError:
             self.init(status: 500, code: error.code, detail: detail)
         case .valueError(let field, _):
@@ -126,11 +129,17 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
         case .full(let bytes, let limit):
             self.init(
                 status: 507, code: "OutboxFull",
-                detail: "the outbox is full (\(bytes) bytes wait; its limit is \(limit)): nothing was stored; try again once it has drained (GET /outbox)")
+                detail:
+                    "the outbox is full (\(bytes) bytes wait; its limit is \(limit)): nothing was stored; try again once it has drained (GET /outbox)"
+            )
         case .noSpace(let reason):
-            self.init(status: 507, code: "InsufficientStorage", detail: "no space left on the device for the outbox (\(reason)): nothing was stored")
+            self.init(
+                status: 507, code: "InsufficientStorage",
+                detail: "no space left on the device for the outbox (\(reason)): nothing was stored")
         case .invalid(let index, let error) where inBatch:
-            self.init(status: 400, code: "ValueError", detail: "entry \(index): \(SidecarEvent.message(of: error)); nothing was stored", field: "[\(index)]")
+            self.init(
+                status: 400, code: "ValueError",
+                detail: "entry \(index): \(SidecarEvent.message(of: error)); nothing was stored", field: "[\(index)]")
         case .invalid(_, let error):
             self.init(error, retryAfterSeconds: retryAfterSeconds)
         case .storageFailed(let reason):
@@ -142,6 +151,9 @@ struct ProblemDetails: Error, Sendable, Equatable, Codable {
     func encoded() -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)) ?? Data(#"{"code":"ClientError","detail":"","status":500,"title":"Error","type":"urn:iothub-sidecar:problem:ClientError"}"#.utf8)
+        return (try? encoder.encode(self))
+            ?? Data(
+                #"{"code":"ClientError","detail":"","status":500,"title":"Error","type":"urn:iothub-sidecar:problem:ClientError"}"#
+                    .utf8)
     }
 }

@@ -20,28 +20,46 @@ struct HubCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .customLong("data-dir"), help: ArgumentHelp("Directory for certificates, keys and state (created if missing).", valueName: "dir"))
+    @Option(
+        name: .customLong("data-dir"),
+        help: ArgumentHelp("Directory for certificates, keys and state (created if missing).", valueName: "dir"))
     var dataDirectory: String = HubCommand.defaultDataDirectory
 
-    @Option(name: .customLong("hostname"), help: ArgumentHelp("The hub's host name, as devices' connection strings give it.", valueName: "name"))
+    @Option(
+        name: .customLong("hostname"),
+        help: ArgumentHelp("The hub's host name, as devices' connection strings give it.", valueName: "name"))
     var hostName: String = "localhost"
 
-    @Option(name: .customLong("bind"), help: ArgumentHelp("Address to listen on. Keep 127.0.0.1 unless other hosts must connect.", valueName: "address"))
+    @Option(
+        name: .customLong("bind"),
+        help: ArgumentHelp(
+            "Address to listen on. Keep 127.0.0.1 unless other hosts must connect.", valueName: "address"))
     var bindAddress: String = "127.0.0.1"
 
     @Option(name: .customLong("mqtt-port"), help: "Port for MQTT over TLS (IoT Hub uses 8883; 0 picks a free port).")
     var mqttPort: Int = 8883
 
-    @Option(name: .customLong("https-port"), help: "Port for HTTPS and MQTT over WebSockets (IoT Hub uses 443; 0 picks a free port).")
+    @Option(
+        name: .customLong("https-port"),
+        help: "Port for HTTPS and MQTT over WebSockets (IoT Hub uses 443; 0 picks a free port).")
     var httpsPort: Int = 8443
 
-    @Option(name: .customLong("blob-port"), help: "Port for the blob storage that file uploads go to (0 picks a free port).")
+    @Option(
+        name: .customLong("blob-port"), help: "Port for the blob storage that file uploads go to (0 picks a free port)."
+    )
     var blobPort: Int = 10000
 
-    @Option(name: .customLong("device"), help: ArgumentHelp("Register this device (if new) and print its connection string. Repeatable.", valueName: "id"))
+    @Option(
+        name: .customLong("device"),
+        help: ArgumentHelp(
+            "Register this device (if new) and print its connection string. Repeatable.", valueName: "id"))
     var devices: [String] = []
 
-    @Option(name: .customLong("telemetry-bytes"), help: ArgumentHelp("How much memory the record of received telemetry (GET /local/telemetry) may take; the oldest messages go first. Default 67108864 (64 MiB).", valueName: "bytes"))
+    @Option(
+        name: .customLong("telemetry-bytes"),
+        help: ArgumentHelp(
+            "How much memory the record of received telemetry (GET /local/telemetry) may take; the oldest messages go first. Default 67108864 (64 MiB).",
+            valueName: "bytes"))
     var telemetryBytes: Int = 64 << 20
 
     @Option(name: .customLong("log-level"), help: "Log level: trace, debug, info, notice, warning, error, critical.")
@@ -58,7 +76,8 @@ struct HubCommand: AsyncParsableCommand {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
         guard telemetryBytes > 0 else { throw ValidationError("--telemetry-bytes must be a positive number of bytes") }
-        for (name, port) in [("--mqtt-port", mqttPort), ("--https-port", httpsPort), ("--blob-port", blobPort)] where !(0...65535).contains(port) {
+        for (name, port) in [("--mqtt-port", mqttPort), ("--https-port", httpsPort), ("--blob-port", blobPort)]
+        where !(0...65535).contains(port) {
             throw ValidationError("\(name) must be from 0 to 65535")
         }
     }
@@ -70,9 +89,15 @@ struct HubCommand: AsyncParsableCommand {
         let configuration = LocalHub.Configuration(
             hostName: hostName, bindAddress: bindAddress, mqttPort: mqttPort, httpsPort: httpsPort, blobPort: blobPort,
             dataDirectory: dataDirectory, devices: devices, telemetryByteCapacity: telemetryBytes)
-        for (what, port, flag) in [("MQTT", mqttPort, "--mqtt-port"), ("HTTPS", httpsPort, "--https-port"), ("blob storage", blobPort, "--blob-port")]
+        for (what, port, flag) in [
+            ("MQTT", mqttPort, "--mqtt-port"), ("HTTPS", httpsPort, "--https-port"),
+            ("blob storage", blobPort, "--blob-port"),
+        ]
         where PortCheck.isInUse(host: bindAddress, port: port) {
-            FileHandle.standardError.write(Data("iothub-sidecar hub: \(PortCheck.busy("the local hub's \(what)", host: bindAddress, port: port, flag: "\(flag) (0 picks a free one)"))\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "iothub-sidecar hub: \(PortCheck.busy("the local hub's \(what)", host: bindAddress, port: port, flag: "\(flag) (0 picks a free one)"))\n"
+                        .utf8))
             throw ExitCode.failure
         }
         let hub: LocalHub

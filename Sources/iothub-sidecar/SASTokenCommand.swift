@@ -23,7 +23,9 @@ struct SASTokenCommand: ParsableCommand {
             valueName: "file"))
     var connectionStringFile: String?
 
-    @Option(help: ArgumentHelp("Seconds from now until the token expires; default \(SASToken.defaultTimeToLive).", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds from now until the token expires; default \(SASToken.defaultTimeToLive).", valueName: "seconds"))
     var ttl: Int?
 
     @Option(
@@ -56,7 +58,8 @@ struct SASTokenCommand: ParsableCommand {
         let connectionString = try ConnectionStringSource(file: connectionStringFile).load()
         guard case .sharedAccessKey(let key) = connectionString.credential else {
             throw CommandFailure(
-                "the connection string has no SharedAccessKey to sign with (it uses \(connectionString.credentialKind))")
+                "the connection string has no SharedAccessKey to sign with (it uses \(connectionString.credentialKind))"
+            )
         }
         let expiry = self.expiry ?? Int(Date().timeIntervalSince1970) + (ttl ?? SASToken.defaultTimeToLive)
         return try SASToken(

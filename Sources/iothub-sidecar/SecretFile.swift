@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Reads the files the commands take secrets and other settings from (connection strings,
 /// keys, tokens, certificates, pass phrases): the one place their errors are worded, which never
@@ -25,7 +26,9 @@ enum SecretFile {
             if data == nil { throw CommandFailure("cannot read \(what) from \(path): \(reason(path))") }
         }
         guard let data else { throw CommandFailure("cannot read \(what) from \(path)") }
-        guard let text = String(data: data, encoding: .utf8) else { throw CommandFailure("\(what) in \(path) is not UTF-8 text") }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw CommandFailure("\(what) in \(path) is not UTF-8 text")
+        }
         return text
     }
 
@@ -45,7 +48,8 @@ enum SecretFile {
         case EACCES, EPERM:
             var info = stat()
             if stat(path, &info) == 0 {
-                return "permission denied: the file is mode \(String(info.st_mode & 0o777, radix: 8)), owned by uid \(info.st_uid), and this process runs as uid \(getuid())"
+                return
+                    "permission denied: the file is mode \(String(info.st_mode & 0o777, radix: 8)), owned by uid \(info.st_uid), and this process runs as uid \(getuid())"
             }
             return "permission denied (a directory on the way may not be searched)"
         default:

@@ -47,11 +47,16 @@ struct ServeSettings {
             case .sasToken(let text):
                 return try IoTHubDeviceClient.fromSASToken(text, configuration: configuration, logger: logger)
             case .symmetricKey(let key, let hostName, let deviceId, let moduleId):
-                return try IoTHubDeviceClient.fromSymmetricKey(key, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+                return try IoTHubDeviceClient.fromSymmetricKey(
+                    key, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration,
+                    logger: logger)
             case .x509(let credential, let hostName, let deviceId, let moduleId):
-                return try IoTHubDeviceClient.fromX509Certificate(credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId, configuration: configuration, logger: logger)
+                return try IoTHubDeviceClient.fromX509Certificate(
+                    credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId,
+                    configuration: configuration, logger: logger)
             case .connectionStringWithX509(let text, let credential):
-                return try IoTHubDeviceClient.fromConnectionString(text, x509: credential, configuration: configuration, logger: logger)
+                return try IoTHubDeviceClient.fromConnectionString(
+                    text, x509: credential, configuration: configuration, logger: logger)
             case .localHub:
                 throw CommandFailure("the local hub identity is made by the serve command")
             case .provisioned:
@@ -63,24 +68,30 @@ struct ServeSettings {
     init(command: ServeCommand, environment: [String: String]) throws {
         let options = OptionReader(environment: environment)
         (listen, inheritedListener, apiToken) = try Self.listener(command, options)
-        (listenMode, listenGroup) = try Self.socketPermissions(command, options, listen: listen, activated: inheritedListener != nil)
+        (listenMode, listenGroup) = try Self.socketPermissions(
+            command, options, listen: listen, activated: inheritedListener != nil)
         // Hummingbird's idle timeout (60 s) ends a request that makes no progress anyway.
-        requestBodyTimeout = try options.integer(command.requestBodyTimeout, "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT") ?? 30
+        requestBodyTimeout =
+            try options.integer(command.requestBodyTimeout, "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT") ?? 30
         guard (1...60).contains(requestBodyTimeout) else {
             throw CommandFailure("--request-body-timeout must be 1 to 60 seconds, not \(requestBodyTimeout)")
         }
         let levelText = options.value(command.logLevel, "IOTHUB_SIDECAR_LOG_LEVEL") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else {
-            throw CommandFailure("the log level must be one of trace, debug, info, notice, warning, error, critical, not '\(levelText)'")
+            throw CommandFailure(
+                "the log level must be one of trace, debug, info, notice, warning, error, critical, not '\(levelText)'")
         }
         logLevel = level
         clientConfiguration = try Self.clientConfiguration(command, options)
-        ensureDesiredProperties = try options.boolean(command.ensureDesiredProperties, "IOTHUB_ENSURE_DESIRED_PROPERTIES") ?? true
+        ensureDesiredProperties =
+            try options.boolean(command.ensureDesiredProperties, "IOTHUB_ENSURE_DESIRED_PROPERTIES") ?? true
         identity = try Self.identity(command, options)
         stateDirectory =
             options.value(command.stateDirectory, "IOTHUB_SIDECAR_STATE_DIR")
             // A local hub's device is not a real one: its outbox stays with the local hub's data.
-            ?? (command.localHub ? command.localHubDataDirectory + "/sidecar-state" : StateDirectory.defaultPath(environment: environment))
+            ?? (command.localHub
+                ? command.localHubDataDirectory + "/sidecar-state"
+                : StateDirectory.defaultPath(environment: environment))
         (telemetryDelivery, outbox) = try Self.storeAndForward(command, options, directory: stateDirectory + "/outbox")
     }
 
@@ -88,13 +99,17 @@ struct ServeSettings {
     private static func storeAndForward(
         _ command: ServeCommand, _ options: OptionReader, directory: String
     ) throws -> (TelemetryDeliveryMode, OutboxConfiguration) {
-        let deliveryText = options.value(command.telemetryDelivery, "IOTHUB_SIDECAR_TELEMETRY_DELIVERY") ?? TelemetryDeliveryMode.sync.rawValue
+        let deliveryText =
+            options.value(command.telemetryDelivery, "IOTHUB_SIDECAR_TELEMETRY_DELIVERY")
+            ?? TelemetryDeliveryMode.sync.rawValue
         guard let delivery = TelemetryDeliveryMode(rawValue: deliveryText.lowercased()) else {
             throw CommandFailure("--telemetry-delivery must be sync or async, not '\(deliveryText)'")
         }
         var outbox = OutboxConfiguration(directory: directory)
         if let bytes = try options.integer(command.outboxMaximumBytes, "IOTHUB_SIDECAR_OUTBOX_MAX_BYTES") {
-            guard bytes > 0 else { throw CommandFailure("--outbox-max-bytes must be a positive number of bytes, not \(bytes)") }
+            guard bytes > 0 else {
+                throw CommandFailure("--outbox-max-bytes must be a positive number of bytes, not \(bytes)")
+            }
             outbox.maximumBytes = bytes
         }
         if let policyText = options.value(command.outboxWhenFull, "IOTHUB_SIDECAR_OUTBOX_WHEN_FULL") {
@@ -104,11 +119,16 @@ struct ServeSettings {
             outbox.whenFull = policy
         }
         if let seconds = try options.integer(command.outboxTimeToLive, "IOTHUB_SIDECAR_OUTBOX_TTL") {
-            guard seconds > 0 else { throw CommandFailure("--outbox-ttl must be a positive number of seconds, not \(seconds)") }
+            guard seconds > 0 else {
+                throw CommandFailure("--outbox-ttl must be a positive number of seconds, not \(seconds)")
+            }
             outbox.timeToLive = .seconds(seconds)
         }
         if let rate = try options.integer(command.outboxDrainRate, "IOTHUB_SIDECAR_OUTBOX_DRAIN_RATE") {
-            guard rate >= 0 else { throw CommandFailure("--outbox-drain-rate must be 0 (no limit) or more messages per second, not \(rate)") }
+            guard rate >= 0 else {
+                throw CommandFailure(
+                    "--outbox-drain-rate must be 0 (no limit) or more messages per second, not \(rate)")
+            }
             outbox.drainRate = rate == 0 ? nil : rate
         }
         return (delivery, outbox)
@@ -117,19 +137,26 @@ struct ServeSettings {
     /// Where to listen, and the API token: an address other machines can reach needs one, or
     /// the explicit choice to go without.
     /// A socket passed by systemd wins over `--listen`.
-    private static func listener(_ command: ServeCommand, _ options: OptionReader) throws -> (ListenAddress, CInt?, String?) {
+    private static func listener(_ command: ServeCommand, _ options: OptionReader) throws -> (
+        ListenAddress, CInt?, String?
+    ) {
         let activated = try SocketActivation.listener(environment: options.environment)
-        let listen = try activated?.address ?? ListenAddress(parsing: options.value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
+        let listen =
+            try activated?.address
+            ?? ListenAddress(parsing: options.value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
         var apiToken: String?
         if let file = options.value(command.apiTokenFile, "IOTHUB_SIDECAR_API_TOKEN_FILE") {
             let token = try SecretFile.read(file, what: "the API token").trimmingCharacters(in: .whitespacesAndNewlines)
             guard !token.isEmpty else { throw CommandFailure("the API token file \(file) is empty") }
             apiToken = token
         }
-        let allowUnauthenticated = try options.boolean(command.allowUnauthenticated ? true : nil, "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED") ?? false
+        let allowUnauthenticated =
+            try options.boolean(command.allowUnauthenticated ? true : nil, "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED")
+            ?? false
         if apiToken == nil, !allowUnauthenticated, !listen.isLoopbackOnly {
             throw CommandFailure(
-                "\(listen) can be reached from other machines, and without an API token whoever reaches it acts as the device: give --api-token-file (IOTHUB_SIDECAR_API_TOKEN_FILE), or accept that with --allow-unauthenticated (IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true)")
+                "\(listen) can be reached from other machines, and without an API token whoever reaches it acts as the device: give --api-token-file (IOTHUB_SIDECAR_API_TOKEN_FILE), or accept that with --allow-unauthenticated (IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED=true)"
+            )
         }
         return (listen, activated?.descriptor, apiToken)
     }
@@ -143,15 +170,20 @@ struct ServeSettings {
         let groupText = options.value(command.listenGroup, "IOTHUB_SIDECAR_LISTEN_GROUP")
         guard modeText != nil || groupText != nil else { return (nil, nil) }
         if activated {
-            throw CommandFailure("--listen-mode and --listen-group do not apply to a socket passed by systemd (LISTEN_FDS): set SocketMode= and SocketGroup= in the socket unit")
+            throw CommandFailure(
+                "--listen-mode and --listen-group do not apply to a socket passed by systemd (LISTEN_FDS): set SocketMode= and SocketGroup= in the socket unit"
+            )
         }
         guard case .unix = listen else {
-            throw CommandFailure("--listen-mode and --listen-group apply to a unix socket (--listen unix:/path/to.sock), not to \(listen)")
+            throw CommandFailure(
+                "--listen-mode and --listen-group apply to a unix socket (--listen unix:/path/to.sock), not to \(listen)"
+            )
         }
         var mode: UInt32?
         if let modeText {
             guard let value = UInt32(modeText, radix: 8), value <= 0o777 else {
-                throw CommandFailure("--listen-mode must be permission bits in octal, 0 to 0777 (such as 0660), not '\(modeText)'")
+                throw CommandFailure(
+                    "--listen-mode must be permission bits in octal, 0 to 0777 (such as 0660), not '\(modeText)'")
             }
             mode = value
         }
@@ -169,34 +201,52 @@ struct ServeSettings {
     }
 
     /// The device client's options (azure-iot-device (Python)'s keyword arguments).
-    private static func clientConfiguration(_ command: ServeCommand, _ options: OptionReader) throws -> DeviceClientConfiguration {
+    private static func clientConfiguration(_ command: ServeCommand, _ options: OptionReader) throws
+        -> DeviceClientConfiguration
+    {
         var configuration = DeviceClientConfiguration()
         if let file = options.value(command.serverVerificationCertificateFile, "IOTHUB_SERVER_VERIFICATION_CERT") {
-            configuration.serverVerificationCertificate = try SecretFile.read(file, what: "the server verification certificate")
+            configuration.serverVerificationCertificate = try SecretFile.read(
+                file, what: "the server verification certificate")
         }
         configuration.serverVerificationCertificateAddsToSystemStore =
-            try options.boolean(command.serverVerificationCertificateAddsToSystemStore ? true : nil, "IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE") ?? false
+            try options.boolean(
+                command.serverVerificationCertificateAddsToSystemStore ? true : nil,
+                "IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE") ?? false
         configuration.gatewayHostName = options.value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
         configuration.cipher = options.value(command.cipher, "IOTHUB_CIPHER")
         if let info = options.value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
-        if let ttl = try options.integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL") { configuration.sasTokenTimeToLive = ttl }
-        if let keepAlive = try options.integer(command.keepAlive, "IOTHUB_KEEP_ALIVE") { configuration.keepAlive = keepAlive }
-        if let auto = try options.boolean(command.autoConnect, "IOTHUB_AUTO_CONNECT") { configuration.autoConnect = auto }
-        if let retry = try options.boolean(command.connectionRetry, "IOTHUB_CONNECTION_RETRY") { configuration.connectionRetry = retry }
+        if let ttl = try options.integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL") {
+            configuration.sasTokenTimeToLive = ttl
+        }
+        if let keepAlive = try options.integer(command.keepAlive, "IOTHUB_KEEP_ALIVE") {
+            configuration.keepAlive = keepAlive
+        }
+        if let auto = try options.boolean(command.autoConnect, "IOTHUB_AUTO_CONNECT") {
+            configuration.autoConnect = auto
+        }
+        if let retry = try options.boolean(command.connectionRetry, "IOTHUB_CONNECTION_RETRY") {
+            configuration.connectionRetry = retry
+        }
         if let interval = try options.integer(command.connectionRetryInterval, "IOTHUB_CONNECTION_RETRY_INTERVAL") {
             configuration.connectionRetryInterval = .seconds(interval)
         }
         if let port = try options.integer(command.mqttPort, "IOTHUB_MQTT_PORT") { configuration.mqttPort = port }
         if let port = try options.integer(command.httpsPort, "IOTHUB_HTTPS_PORT") { configuration.httpsPort = port }
-        if let count = try options.integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT") { configuration.maximumInflightMessages = count }
+        if let count = try options.integer(command.maximumInflightMessages, "IOTHUB_MAX_INFLIGHT") {
+            configuration.maximumInflightMessages = count
+        }
         if let seconds = try options.integer(command.operationTimeout, "IOTHUB_OPERATION_TIMEOUT") {
             configuration.operationTimeout = .seconds(seconds)
         }
-        if let websockets = try options.boolean(command.websockets, "IOTHUB_WEBSOCKETS") { configuration.websockets = websockets }
+        if let websockets = try options.boolean(command.websockets, "IOTHUB_WEBSOCKETS") {
+            configuration.websockets = websockets
+        }
         if let url = options.value(command.proxy, "IOTHUB_PROXY") {
             var proxy = try ProxyOptions(url: url)
             if command.proxy != nil, proxy.password != nil {
-                throw CommandFailure("--proxy must not carry a password: put it in --proxy-password-file or IOTHUB_PROXY_PASSWORD")
+                throw CommandFailure(
+                    "--proxy must not carry a password: put it in --proxy-password-file or IOTHUB_PROXY_PASSWORD")
             }
             if let file = command.proxyPasswordFile {
                 proxy.password = try SecretFile.read(file, what: "the proxy password").trimmingCharacters(in: .newlines)
@@ -204,7 +254,8 @@ struct ServeSettings {
                 proxy.password = password
             }
             if proxy.password != nil, proxy.username == nil {
-                throw CommandFailure("a proxy password needs a user name in the proxy URL (\(proxy.kind.rawValue)://user@host:port)")
+                throw CommandFailure(
+                    "a proxy password needs a user name in the proxy URL (\(proxy.kind.rawValue)://user@host:port)")
             }
             configuration.proxyOptions = proxy
         } else if command.proxyPasswordFile != nil {
@@ -222,8 +273,11 @@ struct ServeSettings {
         if let idScope = options.value(command.dpsIdScope, "IOTHUB_DPS_ID_SCOPE") {
             return .provisioned(try provisioning(idScope: idScope, command, options))
         }
-        for (flag, given) in [("--registration-id", options.value(command.registrationId, "IOTHUB_DPS_REGISTRATION_ID")),
-                              ("--group-key-file", command.groupKeyFile), ("--dps-payload-file", options.value(command.dpsPayloadFile, "IOTHUB_DPS_PAYLOAD_FILE"))]
+        for (flag, given) in [
+            ("--registration-id", options.value(command.registrationId, "IOTHUB_DPS_REGISTRATION_ID")),
+            ("--group-key-file", command.groupKeyFile),
+            ("--dps-payload-file", options.value(command.dpsPayloadFile, "IOTHUB_DPS_PAYLOAD_FILE")),
+        ]
         where given != nil {
             throw CommandFailure("\(flag) needs --dps-id-scope (IOTHUB_DPS_ID_SCOPE)")
         }
@@ -233,23 +287,36 @@ struct ServeSettings {
         var candidates: [Identity] = []
         if command.localHub { candidates.append(.localHub) }
         if let file = command.connectionStringFile {
-            candidates.append(.connectionString(try SecretFile.read(file, what: "the connection string").trimmingCharacters(in: .whitespacesAndNewlines)))
+            candidates.append(
+                .connectionString(
+                    try SecretFile.read(file, what: "the connection string").trimmingCharacters(
+                        in: .whitespacesAndNewlines)))
         } else if let text = options.environment["IOTHUB_DEVICE_CONNECTION_STRING"], !text.isEmpty, !command.localHub {
             candidates.append(.connectionString(text.trimmingCharacters(in: .whitespacesAndNewlines)))
         }
         if let file = command.sasTokenFile {
-            candidates.append(.sasToken(try SecretFile.read(file, what: "the SAS token").trimmingCharacters(in: .whitespacesAndNewlines)))
+            candidates.append(
+                .sasToken(
+                    try SecretFile.read(file, what: "the SAS token").trimmingCharacters(in: .whitespacesAndNewlines)))
         } else if let text = options.environment["IOTHUB_DEVICE_SAS_TOKEN"], !text.isEmpty, !command.localHub {
             candidates.append(.sasToken(text.trimmingCharacters(in: .whitespacesAndNewlines)))
         }
         func named() throws -> (String, String) {
-            guard let hostName, let deviceId else { throw CommandFailure("a key or a certificate needs --hostname and --device-id (or IOTHUB_HOSTNAME and IOTHUB_DEVICE_ID)") }
+            guard let hostName, let deviceId else {
+                throw CommandFailure(
+                    "a key or a certificate needs --hostname and --device-id (or IOTHUB_HOSTNAME and IOTHUB_DEVICE_ID)")
+            }
             return (hostName, deviceId)
         }
-        let keyText = try command.keyFile.map { try SecretFile.read($0, what: "the shared access key") } ?? (command.localHub ? nil : options.environment["IOTHUB_DEVICE_KEY"])
+        let keyText =
+            try command.keyFile.map { try SecretFile.read($0, what: "the shared access key") }
+            ?? (command.localHub ? nil : options.environment["IOTHUB_DEVICE_KEY"])
         if let keyText, !keyText.isEmpty {
             let (host, device) = try named()
-            candidates.append(.symmetricKey(key: keyText.trimmingCharacters(in: .whitespacesAndNewlines), hostName: host, deviceId: device, moduleId: moduleId))
+            candidates.append(
+                .symmetricKey(
+                    key: keyText.trimmingCharacters(in: .whitespacesAndNewlines), hostName: host, deviceId: device,
+                    moduleId: moduleId))
         }
         if let certificateFile = options.value(command.x509CertificateFile, "IOTHUB_DEVICE_X509_CERT_FILE") {
             guard let keyFile = options.value(command.x509KeyFile, "IOTHUB_DEVICE_X509_KEY_FILE") else {
@@ -259,10 +326,12 @@ struct ServeSettings {
                 try SecretFile.read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
             }
             let credential = X509Credential(
-                certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"), privateKeyPEM: try SecretFile.read(keyFile, what: "the private key"),
+                certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"),
+                privateKeyPEM: try SecretFile.read(keyFile, what: "the private key"),
                 passPhrase: passPhrase)
             if let index = candidates.firstIndex(where: { if case .connectionString = $0 { true } else { false } }),
-               case .connectionString(let text) = candidates[index] {
+                case .connectionString(let text) = candidates[index]
+            {
                 // A connection string with x509=true names the identity; the files give the certificate.
                 candidates[index] = .connectionStringWithX509(text, credential)
             } else {
@@ -274,7 +343,8 @@ struct ServeSettings {
             throw CommandFailure(
                 candidates.isEmpty
                     ? "no credentials: set IOTHUB_DEVICE_CONNECTION_STRING, or pass --connection-string-file, --sas-token-file, --key-file or --x509-cert-file, or use --local-hub (see --help)"
-                    : "give exactly one credential (connection string, SAS token, key, certificate or --local-hub); \(candidates.count) were given")
+                    : "give exactly one credential (connection string, SAS token, key, certificate or --local-hub); \(candidates.count) were given"
+            )
         }
         return identity
     }
@@ -283,29 +353,45 @@ struct ServeSettings {
 extension ServeSettings {
     /// Provisioning through DPS: an ID scope, a registration id and one credential (the
     /// device's key, the enrollment group's key, or a certificate); no hub, device or module.
-    fileprivate static func provisioning(idScope: String, _ command: ServeCommand, _ options: OptionReader) throws -> ProvisioningSettings {
+    fileprivate static func provisioning(idScope: String, _ command: ServeCommand, _ options: OptionReader) throws
+        -> ProvisioningSettings
+    {
         guard let registrationId = options.value(command.registrationId, "IOTHUB_DPS_REGISTRATION_ID") else {
             throw CommandFailure("--dps-id-scope needs --registration-id (IOTHUB_DPS_REGISTRATION_ID)")
         }
-        if command.localHub { throw CommandFailure("--dps-id-scope and --local-hub exclude each other: give --dps-host to register with a local hub's DPS") }
+        if command.localHub {
+            throw CommandFailure(
+                "--dps-id-scope and --local-hub exclude each other: give --dps-host to register with a local hub's DPS")
+        }
         if options.value(command.moduleId, "IOTHUB_MODULE_ID") != nil {
             throw CommandFailure("DPS provisions devices, not modules: --module-id cannot be used with --dps-id-scope")
         }
         for (flag, given) in [
-            ("--hostname", options.value(command.hostName, "IOTHUB_HOSTNAME")), ("--device-id", options.value(command.deviceId, "IOTHUB_DEVICE_ID")),
-            ("--connection-string-file", command.connectionStringFile ?? options.value(nil, "IOTHUB_DEVICE_CONNECTION_STRING")),
+            ("--hostname", options.value(command.hostName, "IOTHUB_HOSTNAME")),
+            ("--device-id", options.value(command.deviceId, "IOTHUB_DEVICE_ID")),
+            (
+                "--connection-string-file",
+                command.connectionStringFile ?? options.value(nil, "IOTHUB_DEVICE_CONNECTION_STRING")
+            ),
             ("--sas-token-file", command.sasTokenFile ?? options.value(nil, "IOTHUB_DEVICE_SAS_TOKEN")),
         ] where given != nil {
             throw CommandFailure("\(flag) cannot be used with --dps-id-scope: DPS assigns the hub and the device id")
         }
         var credentials: [DeviceCredential] = []
-        if let key = try command.keyFile.map({ try SecretFile.read($0, what: "the shared access key") }) ?? options.value(nil, "IOTHUB_DEVICE_KEY") {
+        if let key = try command.keyFile.map({ try SecretFile.read($0, what: "the shared access key") })
+            ?? options.value(nil, "IOTHUB_DEVICE_KEY")
+        {
             credentials.append(.symmetricKey(key.trimmingCharacters(in: .whitespacesAndNewlines)))
         }
-        if let groupKey = try command.groupKeyFile.map({ try SecretFile.read($0, what: "the enrollment group key") }) ?? options.value(nil, "IOTHUB_DPS_GROUP_KEY") {
+        if let groupKey = try command.groupKeyFile.map({ try SecretFile.read($0, what: "the enrollment group key") })
+            ?? options.value(nil, "IOTHUB_DPS_GROUP_KEY")
+        {
             do {
                 credentials.append(
-                    .symmetricKey(try ProvisioningDeviceClient.deriveDeviceKey(groupKey: groupKey.trimmingCharacters(in: .whitespacesAndNewlines), registrationId: registrationId)))
+                    .symmetricKey(
+                        try ProvisioningDeviceClient.deriveDeviceKey(
+                            groupKey: groupKey.trimmingCharacters(in: .whitespacesAndNewlines),
+                            registrationId: registrationId)))
             } catch {
                 throw CommandFailure("the enrollment group key is not a base64-encoded key")
             }
@@ -318,13 +404,15 @@ extension ServeSettings {
                 try SecretFile.read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
             }
             credentials.append(
-                .x509(X509Credential(
-                    certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"),
-                    privateKeyPEM: try SecretFile.read(keyFile, what: "the private key"), passPhrase: passPhrase)))
+                .x509(
+                    X509Credential(
+                        certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"),
+                        privateKeyPEM: try SecretFile.read(keyFile, what: "the private key"), passPhrase: passPhrase)))
         }
         guard credentials.count == 1, let credential = credentials.first else {
             throw CommandFailure(
-                "--dps-id-scope needs exactly one credential: --key-file (an individual enrollment's key), --group-key-file (an enrollment group's key) or --x509-cert-file with --x509-key-file; \(credentials.count) were given")
+                "--dps-id-scope needs exactly one credential: --key-file (an individual enrollment's key), --group-key-file (an enrollment group's key) or --x509-cert-file with --x509-key-file; \(credentials.count) were given"
+            )
         }
         var payload: JSONValue?
         if let file = options.value(command.dpsPayloadFile, "IOTHUB_DPS_PAYLOAD_FILE") {
@@ -335,7 +423,8 @@ extension ServeSettings {
             }
         }
         return ProvisioningSettings(
-            idScope: idScope, registrationId: registrationId, host: options.value(command.dpsHost, "IOTHUB_DPS_HOST") ?? ProvisioningDeviceClient.globalEndpoint,
+            idScope: idScope, registrationId: registrationId,
+            host: options.value(command.dpsHost, "IOTHUB_DPS_HOST") ?? ProvisioningDeviceClient.globalEndpoint,
             credential: credential, payload: payload)
     }
 }

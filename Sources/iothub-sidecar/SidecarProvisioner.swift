@@ -20,10 +20,12 @@ struct ProvisioningSettings {
         switch credential {
         case .x509(let x509):
             return try ProvisioningDeviceClient.fromX509Certificate(
-                provisioningHost: host, registrationId: registrationId, idScope: idScope, x509: x509, configuration: configuration)
+                provisioningHost: host, registrationId: registrationId, idScope: idScope, x509: x509,
+                configuration: configuration)
         case .symmetricKey(let key):
             return try ProvisioningDeviceClient.fromSymmetricKey(
-                provisioningHost: host, registrationId: registrationId, idScope: idScope, symmetricKey: key, configuration: configuration)
+                provisioningHost: host, registrationId: registrationId, idScope: idScope, symmetricKey: key,
+                configuration: configuration)
         case .sasToken:
             throw .valueError(field: "credential", reason: "DPS takes a key or a certificate, not a SAS token")
         }
@@ -53,12 +55,15 @@ final class SidecarProvisioner: ProvisioningController {
     /// assignment and is never connected).
     private let clientIdentity = NIOLockedValueBox<(hub: String, deviceId: String)?>(nil)
 
-    init(settings: ProvisioningSettings, configuration: DeviceClientConfiguration, stateDirectory: String, logger: Logger) throws(IoTHubError) {
+    init(
+        settings: ProvisioningSettings, configuration: DeviceClientConfiguration, stateDirectory: String, logger: Logger
+    ) throws(IoTHubError) {
         self.settings = settings
         self.client = try settings.client(configuration: configuration)
         self.cachePath = stateDirectory + "/provisioning.json"
         self.logger = logger
-        self.state = NIOLockedValueBox(ProvisioningReport(idScope: settings.idScope, registrationId: settings.registrationId))
+        self.state = NIOLockedValueBox(
+            ProvisioningReport(idScope: settings.idScope, registrationId: settings.registrationId))
     }
 
     var report: ProvisioningReport {
@@ -76,7 +81,10 @@ final class SidecarProvisioner: ProvisioningController {
             }
             logger.info(
                 "using the DPS assignment cached in the state directory",
-                metadata: ["hub": "\(cache.result.assignedHub ?? "")", "device": "\(cache.result.deviceId ?? "")", "registeredAt": "\(cache.registeredAt)"])
+                metadata: [
+                    "hub": "\(cache.result.assignedHub ?? "")", "device": "\(cache.result.deviceId ?? "")",
+                    "registeredAt": "\(cache.registeredAt)",
+                ])
             return
         }
         _ = try? await reprovision()
@@ -89,10 +97,14 @@ final class SidecarProvisioner: ProvisioningController {
                 throw .clientError("DPS assigned no hub or no device id")
             }
             let now = Date()
-            writeCache(Cache(provisioningHost: settings.host, idScope: settings.idScope, registrationId: settings.registrationId, registeredAt: now, result: result))
+            writeCache(
+                Cache(
+                    provisioningHost: settings.host, idScope: settings.idScope, registrationId: settings.registrationId,
+                    registeredAt: now, result: result))
             let usable = isUsable(result)
             let moved = IoTHubError.clientError(
-                "DPS assigned the device to \(result.assignedHub ?? "")/\(result.deviceId ?? ""), not the hub and device id this sidecar was started with: restart the sidecar to use the new assignment")
+                "DPS assigned the device to \(result.assignedHub ?? "")/\(result.deviceId ?? ""), not the hub and device id this sidecar was started with: restart the sidecar to use the new assignment"
+            )
             if !usable { logger.error("the device was assigned elsewhere", metadata: ["error": "\(moved)"]) }
             return state.withLockedValue { report in
                 report.result = result
@@ -109,7 +121,9 @@ final class SidecarProvisioner: ProvisioningController {
     }
 
     func identityRefused(_ error: IoTHubError) async -> Bool {
-        guard clientIdentity.withLockedValue({ $0 }) != nil, let after = try? await reprovision().result else { return false }
+        guard clientIdentity.withLockedValue({ $0 }) != nil, let after = try? await reprovision().result else {
+            return false
+        }
         return isUsable(after)
     }
 
@@ -127,12 +141,14 @@ final class SidecarProvisioner: ProvisioningController {
             var idle = configuration
             idle.autoConnect = false
             return try IoTHubDeviceClient(
-                hostName: settings.host, deviceId: settings.registrationId, credential: client.deviceCredential, configuration: idle,
+                hostName: settings.host, deviceId: settings.registrationId, credential: client.deviceCredential,
+                configuration: idle,
                 logger: Logger(label: "iothub-device"))
         }
         clientIdentity.withLockedValue { $0 = (hub, deviceId) }
         return try IoTHubDeviceClient(
-            hostName: hub, deviceId: deviceId, credential: client.deviceCredential, configuration: configuration, logger: Logger(label: "iothub-device"))
+            hostName: hub, deviceId: deviceId, credential: client.deviceCredential, configuration: configuration,
+            logger: Logger(label: "iothub-device"))
     }
 
     private func readCache() -> Cache? {
@@ -144,9 +160,12 @@ final class SidecarProvisioner: ProvisioningController {
             return nil
         }
         guard cache.provisioningHost.lowercased() == settings.host.lowercased(), cache.idScope == settings.idScope,
-              cache.registrationId == settings.registrationId, cache.result.assignedHub != nil, cache.result.deviceId != nil
+            cache.registrationId == settings.registrationId, cache.result.assignedHub != nil,
+            cache.result.deviceId != nil
         else {
-            logger.notice("the cached DPS assignment is for another registration; registering", metadata: ["path": "\(cachePath)"])
+            logger.notice(
+                "the cached DPS assignment is for another registration; registering", metadata: ["path": "\(cachePath)"]
+            )
             return nil
         }
         return cache
@@ -161,9 +180,10 @@ final class SidecarProvisioner: ProvisioningController {
         let temporary = cachePath + ".new"
         unlink(temporary)
         guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]),
-              rename(temporary, cachePath) == 0
+            rename(temporary, cachePath) == 0
         else {
-            logger.warning("cannot cache the DPS assignment; the next start registers again", metadata: ["path": "\(cachePath)"])
+            logger.warning(
+                "cannot cache the DPS assignment; the next start registers again", metadata: ["path": "\(cachePath)"])
             return
         }
     }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Sidecar
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// systemd socket activation: the listening socket systemd opened (a `.socket` unit, see
 /// `deploy/iothub-sidecar.socket`) arrives as descriptor 3, announced by `LISTEN_FDS` and
@@ -15,19 +16,27 @@ enum SocketActivation {
     static let firstDescriptor: CInt = 3
 
     /// The inherited listener and the address it is bound to, or nil when none was passed.
-    static func listener(environment: [String: String]) throws(CommandFailure) -> (descriptor: CInt, address: ListenAddress)? {
+    static func listener(environment: [String: String]) throws(CommandFailure) -> (
+        descriptor: CInt, address: ListenAddress
+    )? {
         guard let pidText = environment["LISTEN_PID"], let countText = environment["LISTEN_FDS"] else { return nil }
         guard let pid = Int32(pidText), pid == getpid() else { return nil }
-        guard let count = Int(countText), count >= 0 else { throw CommandFailure("LISTEN_FDS must be a number of sockets, not '\(countText)'") }
+        guard let count = Int(countText), count >= 0 else {
+            throw CommandFailure("LISTEN_FDS must be a number of sockets, not '\(countText)'")
+        }
         if count == 0 { return nil }
         guard count == 1 else {
-            throw CommandFailure("systemd passed \(count) sockets (LISTEN_FDS) and the sidecar serves one: give its socket unit a single ListenStream=")
+            throw CommandFailure(
+                "systemd passed \(count) sockets (LISTEN_FDS) and the sidecar serves one: give its socket unit a single ListenStream="
+            )
         }
         let descriptor = firstDescriptor
         var listening: CInt = 0
         var length = socklen_t(MemoryLayout<CInt>.size)
         guard getsockopt(descriptor, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0, listening == 1 else {
-            throw CommandFailure("descriptor 3, passed by systemd (LISTEN_FDS), is not a listening stream socket: the socket unit needs ListenStream=")
+            throw CommandFailure(
+                "descriptor 3, passed by systemd (LISTEN_FDS), is not a listening stream socket: the socket unit needs ListenStream="
+            )
         }
         guard let address = boundAddress(descriptor) else {
             throw CommandFailure("descriptor 3, passed by systemd (LISTEN_FDS), is neither a unix nor a TCP socket")
@@ -61,7 +70,9 @@ enum SocketActivation {
                     var host = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
                     var ip = address.pointee.sin_addr
                     inet_ntop(AF_INET, &ip, &host, socklen_t(host.count))
-                    return .tcp(host: String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), port: Int(UInt16(bigEndian: address.pointee.sin_port)))
+                    return .tcp(
+                        host: String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                        port: Int(UInt16(bigEndian: address.pointee.sin_port)))
                 }
             }
         case AF_INET6:
@@ -70,7 +81,9 @@ enum SocketActivation {
                     var host = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
                     var ip = address.pointee.sin6_addr
                     inet_ntop(AF_INET6, &ip, &host, socklen_t(host.count))
-                    return .tcp(host: String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), port: Int(UInt16(bigEndian: address.pointee.sin6_port)))
+                    return .tcp(
+                        host: String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                        port: Int(UInt16(bigEndian: address.pointee.sin6_port)))
                 }
             }
         default:

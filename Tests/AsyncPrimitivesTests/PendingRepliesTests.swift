@@ -1,9 +1,11 @@
-@testable import AsyncPrimitives
 import NIOConcurrencyHelpers
 import Testing
 
+@testable import AsyncPrimitives
+
 private enum Failure: Error, Equatable {
-    case cancelled, timedOut, failed(String)
+    case cancelled, timedOut
+    case failed(String)
 }
 
 @Suite(.timeLimit(.minutes(2))) struct PendingRepliesTests {
@@ -21,7 +23,9 @@ private enum Failure: Error, Equatable {
         #expect(dropping.register(7, waiter: { _ in }) == nil)
         let keeping = PendingReplies<Int, Int, Failure>(keepingEarlyReplies: true)
         keeping.complete(7, with: .success(1))
-        #expect(try keeping.register(7, waiter: { _ in Issue.record("called although the reply was returned") })?.get() == 1)
+        #expect(
+            try keeping.register(7, waiter: { _ in Issue.record("called although the reply was returned") })?.get() == 1
+        )
     }
 
     @Test func aWaitCancelledBeforeItRegistersEndsAtOnce() async {
@@ -56,7 +60,9 @@ private enum Failure: Error, Equatable {
     @Test func aWaitCancelledWhileWaitingFailsAndLeavesNothingBehind() async {
         let replies = PendingReplies<String, Int, Failure>(keepingEarlyReplies: false)
         replies.expect("x")
-        let task = Task { await Result { () async throws(Failure) -> Int in try await replies.reply(to: "x") { .cancelled } } }
+        let task = Task {
+            await Result { () async throws(Failure) -> Int in try await replies.reply(to: "x") { .cancelled } }
+        }
         while replies.waitingCount == 0 { await Task.yield() }
         task.cancel()
         #expect(await task.value == .failure(.cancelled))
@@ -72,7 +78,8 @@ private enum Failure: Error, Equatable {
                 group.addTask {
                     replies.expect(key)
                     let outcome = await Result { () async throws(Failure) -> Int in
-                        try await withTimeout(.microseconds(Int64(key % 7) * 50), timeoutError: { .timedOut }) { () async throws(Failure) -> Int in
+                        try await withTimeout(.microseconds(Int64(key % 7) * 50), timeoutError: { .timedOut }) {
+                            () async throws(Failure) -> Int in
                             try await replies.reply(to: key) { .cancelled }
                         }
                     }
@@ -95,7 +102,12 @@ private enum Failure: Error, Equatable {
         let count = 5_000
         let calls = NIOLockedValueBox([Int: Int]())
         for key in 0..<count {
-            if let early = replies.register(key, waiter: { result in calls.withLockedValue { $0[key, default: 0] += (try? result.get()) == key ? 1 : 100 } }) {
+            if let early = replies.register(
+                key,
+                waiter: { result in
+                    calls.withLockedValue { $0[key, default: 0] += (try? result.get()) == key ? 1 : 100 }
+                })
+            {
                 Issue.record("no reply can be there yet: \(early)")
             }
         }
@@ -136,7 +148,6 @@ private enum Failure: Error, Equatable {
         #expect(replies.register(3, waiter: { _ in }) == nil)
     }
 }
-
 
 extension Result {
     /// The outcome of a typed-throwing async body.

@@ -1,6 +1,7 @@
-@testable import AsyncPrimitives
 import NIOConcurrencyHelpers
 import Testing
+
+@testable import AsyncPrimitives
 
 @Suite(.timeLimit(.minutes(1))) struct SignalTests {
     @Test func aChangeBetweenTheLookAndTheWaitIsNotMissed() async {
@@ -22,7 +23,9 @@ import Testing
         await withTaskGroup(of: Void.self) { group in
             for _ in 0..<200 {
                 group.addTask {
-                    if await signal.wait(afterGeneration: generation, timeout: .seconds(30)) { woken.withLockedValue { $0 += 1 } }
+                    if await signal.wait(afterGeneration: generation, timeout: .seconds(30)) {
+                        woken.withLockedValue { $0 += 1 }
+                    }
                 }
             }
             group.addTask {

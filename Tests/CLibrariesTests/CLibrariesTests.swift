@@ -6,7 +6,9 @@ import Testing
 /// The system-library targets link and their shims work: one real call into each library.
 @Suite struct CLibrariesTests {
     @Test func libmosquittoIsVersion2() {
-        var major: Int32 = 0, minor: Int32 = 0, revision: Int32 = 0
+        var major: Int32 = 0
+        var minor: Int32 = 0
+        var revision: Int32 = 0
         mosquitto_lib_version(&major, &minor, &revision)
         #expect(major == 2)
         #expect(mosquitto_lib_init() == Int32(MOSQ_ERR_SUCCESS.rawValue))

@@ -1,6 +1,7 @@
-@testable import DurableLog
 import Foundation
 import Testing
+
+@testable import DurableLog
 
 /// A private directory for one test, removed afterwards.
 final class ScratchDirectory {
@@ -15,7 +16,8 @@ final class ScratchDirectory {
     }
 
     var segmentFiles: [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".log") }.sorted().map { path + "/" + $0 }
+        ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+            .map { path + "/" + $0 }
     }
 }
 
@@ -137,7 +139,8 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
         // The second segment loses its last 50 bytes (a half frame).
         #expect(truncate(files[1], off_t(try fileSize(files[1]) - 50)) == 0)
         // A file that only looks like a segment.
-        _ = FileManager.default.createFile(atPath: scratch.path + "/" + "00000000000000000500.log", contents: Data((0..<3000).map { UInt8($0 % 251) }))
+        _ = FileManager.default.createFile(
+            atPath: scratch.path + "/" + "00000000000000000500.log", contents: Data((0..<3000).map { UInt8($0 % 251) }))
         let log = try DurableLog(directory: scratch.path, options: .init(segmentSize: 4096))
         #expect(log.recovery.quarantined.count == 2)
         let frames = try readAll(log)
@@ -207,7 +210,9 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
     @Test func aFrameOverTheLimitIsRefused() async throws {
         let scratch = ScratchDirectory()
         let log = try DurableLog(directory: scratch.path, options: .init(maximumFrameSize: 1000))
-        await #expect(throws: DurableLogError.frameTooLarge(size: 1001, limit: 1000)) { try await log.append([[UInt8](repeating: 1, count: 1001)]) }
+        await #expect(throws: DurableLogError.frameTooLarge(size: 1001, limit: 1000)) {
+            try await log.append([[UInt8](repeating: 1, count: 1001)])
+        }
         log.shutdown()
     }
 

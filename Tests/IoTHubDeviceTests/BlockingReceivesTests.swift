@@ -1,8 +1,9 @@
 import Foundation
 import IoTHubDevice
 import IoTHubProtocol
-@testable import LocalHub
 import Testing
+
+@testable import LocalHub
 
 /// The deprecated blocking receives, reached through a protocol the client conforms to: a
 /// deprecated method may satisfy a requirement without a warning, so their tests build warning
@@ -37,7 +38,9 @@ extension BlockingReceives {
             #expect(try await receives.receiveMessage(timeout: .milliseconds(100)) == nil)
             #expect(await Self.subscribed(fixture, to: TopicFilter.cloudToDevice(deviceId: "dev1")))
             for index in 1...3 {
-                _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("m\(index)".utf8), messageId: "m\(index)"), timeToLive: nil)
+                _ = try fixture.hub.enqueueCloudToDevice(
+                    to: "dev1", message: Message(payload: Data("m\(index)".utf8), messageId: "m\(index)"),
+                    timeToLive: nil)
             }
             var received: [String?] = []
             for _ in 1...3 { received.append(try await receives.receiveMessage(timeout: .seconds(10))?.messageId) }
@@ -55,11 +58,17 @@ extension BlockingReceives {
             #expect(try await receives.receiveMethodRequest(name: "reboot", timeout: .zero) == nil)
             #expect(await Self.subscribed(fixture, to: TopicFilter.methodRequests))
             let hub = fixture.hub
-            let reboot = Task { try await hub.invokeMethod(on: Self.dev1, name: "reboot", payload: Data(#"{"delay":1}"#.utf8), responseTimeout: .seconds(10)) }
+            let reboot = Task {
+                try await hub.invokeMethod(
+                    on: Self.dev1, name: "reboot", payload: Data(#"{"delay":1}"#.utf8), responseTimeout: .seconds(10))
+            }
             // "reboot" goes out first, so that a call without a name would get it if names
             // were not kept apart.
             try await Task.sleep(for: .milliseconds(300))
-            let status = Task { try await hub.invokeMethod(on: Self.dev1, name: "status", payload: Data("1".utf8), responseTimeout: .seconds(10)) }
+            let status = Task {
+                try await hub.invokeMethod(
+                    on: Self.dev1, name: "status", payload: Data("1".utf8), responseTimeout: .seconds(10))
+            }
             let unnamed = try #require(try await receives.receiveMethodRequest(timeout: .seconds(10)))
             #expect(unnamed.name == "status")
             let named = try #require(try await receives.receiveMethodRequest(name: "reboot", timeout: .seconds(10)))
@@ -82,8 +91,14 @@ extension BlockingReceives {
             #expect(await Self.subscribed(fixture, to: TopicFilter.desiredPropertiesPatches))
             _ = try fixture.hub.patchDesired(Self.dev1, patch: ["mode": "eco"], tags: nil, replace: false, ifMatch: nil)
             _ = try fixture.hub.patchDesired(Self.dev1, patch: ["mode": "max"], tags: nil, replace: false, ifMatch: nil)
-            #expect(try await receives.receiveTwinDesiredPropertiesPatch(timeout: .seconds(10)) == ["mode": "eco", "$version": 2])
-            #expect(try await receives.receiveTwinDesiredPropertiesPatch(timeout: .seconds(10)) == ["mode": "max", "$version": 3])
+            #expect(
+                try await receives.receiveTwinDesiredPropertiesPatch(timeout: .seconds(10)) == [
+                    "mode": "eco", "$version": 2,
+                ])
+            #expect(
+                try await receives.receiveTwinDesiredPropertiesPatch(timeout: .seconds(10)) == [
+                    "mode": "max", "$version": 3,
+                ])
             #expect(try await receives.receiveTwinDesiredPropertiesPatch(timeout: .zero) == nil)
             await client.shutdown()
         }

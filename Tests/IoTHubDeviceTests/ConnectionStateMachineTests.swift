@@ -1,7 +1,8 @@
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
 import Testing
+
+@testable import IoTHubDevice
 
 /// The connection lifecycle without a hub: each test drives the machine through events and
 /// checks the actions it returns and the state it is left in.
@@ -36,9 +37,12 @@ import Testing
     struct Abandoned: Error {}
 
     /// Settles attempt `id` with `outcome` and finishes it with the settled result.
-    func finish(_ machine: inout Machine, _ id: Int, outcome: ConnackOutcome, at now: Moment) -> Machine.AttemptFinishedAction {
+    func finish(_ machine: inout Machine, _ id: Int, outcome: ConnackOutcome, at now: Moment)
+        -> Machine.AttemptFinishedAction
+    {
         let connection = machine.connection ?? StandInConnection()
-        let (_, result) = machine.settle(id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(10))
+        let (_, result) = machine.settle(
+            id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(10))
         return machine.finishAttempt(id, result: result, at: now)
     }
 
@@ -79,12 +83,16 @@ import Testing
         machine.connackReceived(returnCode: 0)
         let answer = machine.takeConnackOutcome(attempt.id)
         #expect(answer == .accepted)
-        let (cleanup, result) = machine.settle(attempt.id, outcome: .accepted, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        let (cleanup, result) = machine.settle(
+            attempt.id, outcome: .accepted, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
         guard case .openForPublishing(let opened) = cleanup, opened === connection, case .success = result else {
             Issue.record("\(cleanup) \(result)")
             return
         }
-        guard case .connected(let connectedChange, let waiters, .none) = machine.finishAttempt(attempt.id, result: result, at: later) else {
+        guard
+            case .connected(let connectedChange, let waiters, .none) = machine.finishAttempt(
+                attempt.id, result: result, at: later)
+        else {
             Issue.record("not connected")
             return
         }
@@ -147,7 +155,8 @@ import Testing
         let answer = machine.takeConnackOutcome(attempt.id)
         let outcome = try #require(answer)
         #expect(outcome == .refused(returnCode: code))
-        let (cleanup, result) = machine.settle(attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        let (cleanup, result) = machine.settle(
+            attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
         guard case .close(let closed) = cleanup, closed === connection else {
             Issue.record("the refused connection is not closed: \(cleanup)")
             return
@@ -157,7 +166,10 @@ import Testing
             return
         }
         #expect(detail.contains("dev1") && detail.contains("CONNACK \(code)"))
-        guard case .failed(.credentialError, let change, [1]) = machine.finishAttempt(attempt.id, result: result, at: start) else {
+        guard
+            case .failed(.credentialError, let change, [1]) = machine.finishAttempt(
+                attempt.id, result: result, at: start)
+        else {
             Issue.record("not failed")
             return
         }
@@ -172,7 +184,8 @@ import Testing
         let connection = try begin(&machine, attempt.id, at: start)
         machine.connackReceived(returnCode: code)
         let (cleanup, result) = machine.settle(
-            attempt.id, outcome: .refused(returnCode: code), connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+            attempt.id, outcome: .refused(returnCode: code), connection: connection, endpoint: "hub:8883",
+            timeout: .seconds(1))
         guard case .close = cleanup, case .failure(.connectionFailedError(let detail)) = result else {
             Issue.record("\(cleanup) \(result)")
             return
@@ -184,21 +197,26 @@ import Testing
         var machine = machine()
         guard case .startAttempt(let attempt) = machine.connect(waiter: 1, at: start) else { return }
         let connection = try begin(&machine, attempt.id, at: start)
-        guard case .none = machine.connectionEnded(requested: false, reason: "the hub's TLS certificate was not accepted", at: start) else {
+        guard
+            case .none = machine.connectionEnded(
+                requested: false, reason: "the hub's TLS certificate was not accepted", at: start)
+        else {
             Issue.record("handled as a lost connection")
             return
         }
         let answer = machine.takeConnackOutcome(attempt.id)
         let outcome = try #require(answer)
         #expect(outcome == .connectionClosed(reason: "the hub's TLS certificate was not accepted"))
-        let (cleanup, result) = machine.settle(attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        let (cleanup, result) = machine.settle(
+            attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
         guard case .stopNetworkThread = cleanup, case .failure(.connectionFailedError(let detail)) = result else {
             Issue.record("\(cleanup) \(result)")
             return
         }
         #expect(detail == "cannot connect to hub:8883: the hub's TLS certificate was not accepted")
         let (_, withoutReason) = machine.settle(
-            attempt.id, outcome: .connectionClosed(reason: nil), connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+            attempt.id, outcome: .connectionClosed(reason: nil), connection: connection, endpoint: "hub:8883",
+            timeout: .seconds(1))
         guard case .failure(.connectionFailedError(let plain)) = withoutReason else { return }
         #expect(plain == "the connection to hub:8883 closed before the hub answered CONNECT")
     }
@@ -212,7 +230,8 @@ import Testing
         machine.connackReceived(returnCode: 0)
         let late = machine.takeConnackOutcome(attempt.id)
         #expect(late == nil, "a CONNACK after the timeout does not count")
-        let (cleanup, result) = machine.settle(attempt.id, outcome: .timedOut, connection: connection, endpoint: "hub:8883", timeout: .seconds(10))
+        let (cleanup, result) = machine.settle(
+            attempt.id, outcome: .timedOut, connection: connection, endpoint: "hub:8883", timeout: .seconds(10))
         guard case .close = cleanup, case .failure(.operationTimeout(let detail)) = result else {
             Issue.record("\(cleanup) \(result)")
             return
@@ -233,7 +252,8 @@ import Testing
         let connection = try begin(&machine, attempt.id, at: start)
         let failure = IoTHubError.connectionFailedError("cannot connect to hub:8883: Connection refused")
         let outcome = machine.connectFailed(attempt.id, error: failure)
-        let (cleanup, result) = machine.settle(attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        let (cleanup, result) = machine.settle(
+            attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
         guard case .stopNetworkThread = cleanup, case .failure(let error) = result else { return }
         #expect(error == failure)
         guard case .failed(failure, _, [1]) = machine.finishAttempt(attempt.id, result: result, at: start) else {
@@ -247,7 +267,10 @@ import Testing
     @Test func aConnectionLostAfterASecondIsReconnectedAtOnce() throws {
         var machine = try connected()
         let later = start.advanced(by: .seconds(5))
-        guard case .reconnect(let error, let change, let attempt?, false) = machine.connectionEnded(requested: false, reason: nil, at: later) else {
+        guard
+            case .reconnect(let error, let change, let attempt?, false) = machine.connectionEnded(
+                requested: false, reason: nil, at: later)
+        else {
             Issue.record("not reconnected at once")
             return
         }
@@ -264,7 +287,10 @@ import Testing
         try begin(&machine, attempt.id, at: later)
         #expect(machine.reconnectionAttempts == 1)
         machine.connackReceived(returnCode: 0)
-        guard case .connected(let connectedChange, [], .none) = finish(&machine, attempt.id, outcome: .accepted, at: later) else {
+        guard
+            case .connected(let connectedChange, [], .none) = finish(
+                &machine, attempt.id, outcome: .accepted, at: later)
+        else {
             Issue.record("not connected")
             return
         }
@@ -274,7 +300,9 @@ import Testing
     @Test func aConnectionLostWithinASecondOfItsConnackIsNotRetakenAtOnce() throws {
         var machine = try connected()
         let soon = start.advanced(by: .milliseconds(500))
-        guard case .reconnect(let error, _, nil, true) = machine.connectionEnded(requested: false, reason: nil, at: soon) else {
+        guard
+            case .reconnect(let error, _, nil, true) = machine.connectionEnded(requested: false, reason: nil, at: soon)
+        else {
             Issue.record("reconnected at once")
             return
         }
@@ -290,7 +318,10 @@ import Testing
     @Test func withoutConnectionRetryALostConnectionStaysLostAndFailsWhatIsPending() throws {
         var machine = try connected(retries: false)
         let connection = machine.connection
-        guard case .giveUp(let error, let change, let pending, _) = machine.connectionEnded(requested: false, reason: nil, at: start.advanced(by: .seconds(5))) else {
+        guard
+            case .giveUp(let error, let change, let pending, _) = machine.connectionEnded(
+                requested: false, reason: nil, at: start.advanced(by: .seconds(5)))
+        else {
             Issue.record("not given up")
             return
         }
@@ -303,7 +334,8 @@ import Testing
 
     @Test func aRequestedCloseIsNotALoss() throws {
         var machine = try connected()
-        guard case .none = machine.connectionEnded(requested: true, reason: nil, at: start.advanced(by: .seconds(5))) else {
+        guard case .none = machine.connectionEnded(requested: true, reason: nil, at: start.advanced(by: .seconds(5)))
+        else {
             Issue.record("handled as a loss")
             return
         }
@@ -313,25 +345,34 @@ import Testing
     @Test func refusedCredentialsEndTheReconnectsWithoutRetry() throws {
         var machine = try connected()
         let later = start.advanced(by: .seconds(5))
-        guard case .reconnect(_, _, let attempt?, _) = machine.connectionEnded(requested: false, reason: nil, at: later) else { return }
+        guard case .reconnect(_, _, let attempt?, _) = machine.connectionEnded(requested: false, reason: nil, at: later)
+        else { return }
         try begin(&machine, attempt.id, at: later)
         machine.connackReceived(returnCode: 5)
-        guard case .gaveUp(.credentialError, let change, true, let connection, []) = finish(&machine, attempt.id, outcome: .refused(returnCode: 5), at: later)
+        guard
+            case .gaveUp(.credentialError, let change, true, let connection, []) = finish(
+                &machine, attempt.id, outcome: .refused(returnCode: 5), at: later)
         else {
             Issue.record("not given up")
             return
         }
         #expect(connection != nil)
         #expect(change?.state == .disconnected)
-        #expect(machine.timersDue(at: later.advanced(by: .seconds(60))).actions.isEmpty, "no retry after refused credentials")
+        #expect(
+            machine.timersDue(at: later.advanced(by: .seconds(60))).actions.isEmpty,
+            "no retry after refused credentials")
     }
 
     @Test func aFailedReconnectIsRetriedAfterTheInterval() throws {
         var machine = try connected()
         let later = start.advanced(by: .seconds(5))
-        guard case .reconnect(_, _, let attempt?, _) = machine.connectionEnded(requested: false, reason: nil, at: later) else { return }
+        guard case .reconnect(_, _, let attempt?, _) = machine.connectionEnded(requested: false, reason: nil, at: later)
+        else { return }
         try begin(&machine, attempt.id, at: later)
-        guard case .retryLater(.connectionFailedError, []) = finish(&machine, attempt.id, outcome: .connectionClosed(reason: nil), at: later) else {
+        guard
+            case .retryLater(.connectionFailedError, []) = finish(
+                &machine, attempt.id, outcome: .connectionClosed(reason: nil), at: later)
+        else {
             Issue.record("not retried")
             return
         }
@@ -353,9 +394,13 @@ import Testing
         machine.connackReceived(returnCode: 0)
         let answer = machine.takeConnackOutcome(attempt.id)
         let outcome = try #require(answer)
-        let (_, result) = machine.settle(attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        let (_, result) = machine.settle(
+            attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
         guard case .none = machine.connectionEnded(requested: false, reason: nil, at: start) else { return }
-        guard case .connected(_, [1], .reconnect(_, let change, nil, true)) = machine.finishAttempt(attempt.id, result: result, at: start) else {
+        guard
+            case .connected(_, [1], .reconnect(_, let change, nil, true)) = machine.finishAttempt(
+                attempt.id, result: result, at: start)
+        else {
             Issue.record("the loss was missed")
             return
         }
@@ -373,8 +418,12 @@ import Testing
         guard case .none = machine.connectionEnded(requested: false, reason: nil, at: start) else { return }
         let answer = machine.takeConnackOutcome(attempt.id)
         let outcome = try #require(answer)
-        let (_, result) = machine.settle(attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
-        guard case .connected(_, [1], .reconnect(_, _, nil, true)) = machine.finishAttempt(attempt.id, result: result, at: start) else {
+        let (_, result) = machine.settle(
+            attempt.id, outcome: outcome, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        guard
+            case .connected(_, [1], .reconnect(_, _, nil, true)) = machine.finishAttempt(
+                attempt.id, result: result, at: start)
+        else {
             Issue.record("the loss was missed: the client would report connected with no connection")
             return
         }
@@ -416,7 +465,8 @@ import Testing
         try begin(&machine, renewal.id, at: later)
         #expect(machine.reconnectionAttempts == 1, "a renewal counts as a reconnection attempt")
         machine.connackReceived(returnCode: 0)
-        guard case .connected(let change, [7, 8], .none) = finish(&machine, renewal.id, outcome: .accepted, at: later) else {
+        guard case .connected(let change, [7, 8], .none) = finish(&machine, renewal.id, outcome: .accepted, at: later)
+        else {
             Issue.record("not connected")
             return
         }
@@ -431,7 +481,8 @@ import Testing
         guard case .none = machine.connectionEnded(requested: false, reason: nil, at: later) else { return }
         let answer = machine.takeConnackOutcome(renewal.id)
         let outcome = try #require(answer)
-        guard case .retryLater(.connectionFailedError, []) = finish(&machine, renewal.id, outcome: outcome, at: later) else {
+        guard case .retryLater(.connectionFailedError, []) = finish(&machine, renewal.id, outcome: outcome, at: later)
+        else {
             Issue.record("not retried")
             return
         }
@@ -449,7 +500,10 @@ import Testing
         var machine = try connected()
         guard case .startAttempt(let renewal, _) = machine.renewCredentials(waiter: nil, at: start) else { return }
         try begin(&machine, renewal.id, at: start)
-        guard case .gaveUp(.credentialError, let change, false, _, []) = finish(&machine, renewal.id, outcome: .refused(returnCode: 4), at: start) else {
+        guard
+            case .gaveUp(.credentialError, let change, false, _, []) = finish(
+                &machine, renewal.id, outcome: .refused(returnCode: 4), at: start)
+        else {
             Issue.record("not given up")
             return
         }
@@ -494,7 +548,10 @@ import Testing
         #expect(answer == .connectionClosed(reason: nil), "the wait ends now, not at its timeout")
         let change = machine.disconnected(at: start)
         #expect(change?.state == .disconnected)
-        guard case .overtaken(let error, false, [1], nil) = finish(&machine, attempt.id, outcome: .connectionClosed(reason: nil), at: start) else {
+        guard
+            case .overtaken(let error, false, [1], nil) = finish(
+                &machine, attempt.id, outcome: .connectionClosed(reason: nil), at: start)
+        else {
             Issue.record("not overtaken")
             return
         }
@@ -508,7 +565,8 @@ import Testing
         let connection = try begin(&machine, attempt.id, at: start)
         machine.connackReceived(returnCode: 0)
         _ = machine.disconnect()
-        let (cleanup, result) = machine.settle(attempt.id, outcome: .accepted, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
+        let (cleanup, result) = machine.settle(
+            attempt.id, outcome: .accepted, connection: connection, endpoint: "hub:8883", timeout: .seconds(1))
         guard case .close(let closed) = cleanup, closed === connection else {
             Issue.record("the unwanted connection is kept: \(cleanup)")
             return
@@ -537,7 +595,10 @@ import Testing
             return
         }
         #expect(machine.phase == .connecting)
-        guard case .overtaken(_, _, [1], let next?) = finish(&machine, first.id, outcome: .connectionClosed(reason: nil), at: start) else {
+        guard
+            case .overtaken(_, _, [1], let next?) = finish(
+                &machine, first.id, outcome: .connectionClosed(reason: nil), at: start)
+        else {
             Issue.record("the queued connect does not follow")
             return
         }
@@ -564,12 +625,16 @@ import Testing
         var machine = try connected()
         guard case .startAttempt(let renewal, _) = machine.renewCredentials(waiter: nil, at: start) else { return }
         _ = machine.disconnect()
-        guard case .abandon(let error) = machine.beginAttempt(renewal.id, at: start, makeConnection: { StandInConnection() }) else {
+        guard
+            case .abandon(let error) = machine.beginAttempt(
+                renewal.id, at: start, makeConnection: { StandInConnection() })
+        else {
             Issue.record("the renewal went on")
             return
         }
         _ = machine.disconnected(at: start)
-        guard case .overtaken(_, true, [], nil) = machine.finishAttempt(renewal.id, result: .failure(error), at: start) else {
+        guard case .overtaken(_, true, [], nil) = machine.finishAttempt(renewal.id, result: .failure(error), at: start)
+        else {
             Issue.record("not overtaken")
             return
         }
@@ -595,7 +660,8 @@ import Testing
             Issue.record("a disconnect after shutdown did something")
             return
         }
-        #expect(machine.operationNeedsConnection(autoConnect: true) == .fail(.clientError("the client has been shut down")))
+        #expect(
+            machine.operationNeedsConnection(autoConnect: true) == .fail(.clientError("the client has been shut down")))
     }
 
     // MARK: Operations

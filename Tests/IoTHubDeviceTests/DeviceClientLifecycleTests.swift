@@ -1,18 +1,21 @@
 import Crypto
 import Foundation
-@testable import IoTHubDevice
+import IoTHubProtocol
 import Logging
 import NIOCore
 import NIOPosix
 import SwiftASN1
-import IoTHubProtocol
-@testable import LocalHub
-import X509
 import Testing
+import X509
+
+@testable import IoTHubDevice
+@testable import LocalHub
 
 /// Reconnects, renewal, limits and identities, against a real LocalHub over TLS.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct DeviceClientLifecycleTests {
-    @Test(arguments: Transport.allCases) func aShortTokenLifetimeRenewsWithoutLosingAMessage(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func aShortTokenLifetimeRenewsWithoutLosingAMessage(over transport: Transport)
+        async throws
+    {
         try await HubFixture.with { fixture in
             let client = try fixture.client(over: transport) { $0.sasTokenTimeToLive = 4 }
             try await client.connect()
@@ -24,17 +27,23 @@ import Testing
                 try await Task.sleep(for: .milliseconds(20))
             }
             #expect(Set(fixture.telemetry.compactMap(\.message.messageId)) == Set((0..<sent).map { "r\($0)" }))
-            #expect(fixture.hub.state.withLockedValue { $0.lastConnectionId } >= 3, "the token was renewed by reconnecting")
+            #expect(
+                fixture.hub.state.withLockedValue { $0.lastConnectionId } >= 3, "the token was renewed by reconnecting")
             await client.shutdown()
         }
     }
 
-    @Test(arguments: Transport.allCases) func aDesiredChangeMadeWhileDisconnectedArrivesAfterReconnect(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func aDesiredChangeMadeWhileDisconnectedArrivesAfterReconnect(
+        over transport: Transport
+    ) async throws {
         try await HubFixture.with { fixture in
             let key = IdentityKey(deviceId: "dev1")
             let client = try fixture.client(over: transport)
             let patches = client.desiredPropertiesPatches()
-            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil })
+            #expect(
+                await HubFixture.eventually {
+                    fixture.hub.identity(key)?.subscriptions[TopicFilter.desiredPropertiesPatches] != nil
+                })
             // The initial twin read records the version the reconnect compares with.
             #expect(await HubFixture.eventually { client.lastDesiredVersion.withLockedValue { $0 } != nil })
             fixture.hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(1)))
@@ -53,10 +62,14 @@ import Testing
             let key = IdentityKey(deviceId: "dev1")
             let client = try fixture.client()
             let messages = client.messages()
-            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil })
+            #expect(
+                await HubFixture.eventually {
+                    fixture.hub.identity(key)?.subscriptions[TopicFilter.cloudToDevice(deviceId: "dev1")] != nil
+                })
             await client.disconnect()
             #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
-            _ = try fixture.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("while away".utf8), messageId: "away"), timeToLive: nil)
+            _ = try fixture.hub.enqueueCloudToDevice(
+                to: "dev1", message: Message(payload: Data("while away".utf8), messageId: "away"), timeToLive: nil)
             try await client.connect()
             let message = await first(of: messages)
             #expect(message?.messageId == "away")
@@ -74,7 +87,9 @@ import Testing
             try await older.connect()
             try await newer.connect()
             let error = await first(of: errors, timeout: .seconds(5))
-            #expect("\(String(describing: error))".contains("is another client connected as dev1"), "\(String(describing: error))")
+            #expect(
+                "\(String(describing: error))".contains("is another client connected as dev1"),
+                "\(String(describing: error))")
             let before = fixture.hub.state.withLockedValue { $0.lastConnectionId }
             try await Task.sleep(for: .seconds(2))
             let connections = fixture.hub.state.withLockedValue { $0.lastConnectionId } - before
@@ -90,7 +105,10 @@ import Testing
             let key = IdentityKey(deviceId: "dev1")
             let client = try fixture.client()
             let requests = client.methodRequests()
-            #expect(await HubFixture.eventually { fixture.hub.identity(key)?.subscriptions[TopicFilter.methodRequests] != nil })
+            #expect(
+                await HubFixture.eventually {
+                    fixture.hub.identity(key)?.subscriptions[TopicFilter.methodRequests] != nil
+                })
             let lateResponder = Task { () throws -> Bool in
                 for await request in requests {
                     try await Task.sleep(for: .milliseconds(600))
@@ -100,7 +118,8 @@ import Testing
                 return false
             }
             await #expect(throws: ServiceError.self) {
-                try await fixture.hub.invokeMethod(on: key, name: "slow", payload: Data("null".utf8), responseTimeout: .milliseconds(200))
+                try await fixture.hub.invokeMethod(
+                    on: key, name: "slow", payload: Data("null".utf8), responseTimeout: .milliseconds(200))
             }
             #expect(try await lateResponder.value, "the late answer is still accepted by the hub's MQTT side")
             #expect(fixture.hub.state.withLockedValue { $0.pendingMethods.isEmpty })
@@ -116,7 +135,9 @@ import Testing
                 try await client.send(Message(payload: Data(count: Message.maximumSize - 3), properties: ["ab": "cd"]))
                 Issue.record("an oversized message was sent")
             } catch {
-                #expect(error as? IoTHubError == .messageTooLarge(size: Message.maximumSize + 1, limit: Message.maximumSize))
+                #expect(
+                    error as? IoTHubError == .messageTooLarge(size: Message.maximumSize + 1, limit: Message.maximumSize)
+                )
             }
             #expect(fixture.telemetry.count == 1)
             await client.shutdown()
@@ -129,26 +150,39 @@ import Testing
         try await HubFixture.with { fixture in
             let client = try fixture.client()
             let tooLong = Message(payload: Data("x".utf8), properties: ["big": String(repeating: "v", count: 65_510)])
-            await #expect(throws: IoTHubError.topicTooLong(length: TelemetryTopic(deviceId: "dev1", message: tooLong).name.utf8.count, limit: 65_535)) {
+            await #expect(
+                throws: IoTHubError.topicTooLong(
+                    length: TelemetryTopic(deviceId: "dev1", message: tooLong).name.utf8.count, limit: 65_535)
+            ) {
                 try await client.send(tooLong)
             }
-            let results = await client.send([Message(payload: Data("before".utf8)), tooLong, Message(payload: Data("after".utf8))])
+            let results = await client.send([
+                Message(payload: Data("before".utf8)), tooLong, Message(payload: Data("after".utf8)),
+            ])
             #expect(results.map { (try? $0.get()) != nil } == [true, false, true])
-            if case .failure(let error) = results[1] { #expect(error.code == "ValueError" && "\(error)".contains("at most 65535 fit"), "\(error)") }
+            if case .failure(let error) = results[1] {
+                #expect(error.code == "ValueError" && "\(error)".contains("at most 65535 fit"), "\(error)")
+            }
             #expect(fixture.telemetry.map(\.message.payload) == [Data("before".utf8), Data("after".utf8)])
             await client.shutdown()
         }
     }
 
-    @Test(arguments: Transport.allCases) func aGatewayHostNameIsConnectedToWhileTokensNameTheHub(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func aGatewayHostNameIsConnectedToWhileTokensNameTheHub(
+        over transport: Transport
+    ) async throws {
         var logger = Logger(label: "gateway-test")
         logger.logLevel = .error
-        let localHub = try LocalHub(configuration: .init(hostName: "hub.example.test", mqttPort: 0, httpsPort: 0, blobPort: 0, devices: ["dev1"]), logger: logger)
+        let localHub = try LocalHub(
+            configuration: .init(
+                hostName: "hub.example.test", mqttPort: 0, httpsPort: 0, blobPort: 0, devices: ["dev1"]), logger: logger
+        )
         let ports = try await localHub.start()
         defer { Task { await localHub.stop() } }
         let connectionString = try localHub.deviceConnectionString(deviceId: "dev1") + ";GatewayHostName=localhost"
         let configuration = DeviceClientConfiguration(
-            serverVerificationCertificate: localHub.caCertificatePEM, mqttPort: ports.mqtt, httpsPort: ports.https, websockets: transport == .webSocket)
+            serverVerificationCertificate: localHub.caCertificatePEM, mqttPort: ports.mqtt, httpsPort: ports.https,
+            websockets: transport == .webSocket)
         let client = try IoTHubDeviceClient.fromConnectionString(connectionString, configuration: configuration)
         #expect(client.hostName == "hub.example.test")
         #expect(client.configuration.gatewayHostName == "localhost")
@@ -158,23 +192,33 @@ import Testing
         await localHub.stop()
     }
 
-    @Test(arguments: Transport.allCases) func anX509IdentityConnectsWithItsCertificate(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func anX509IdentityConnectsWithItsCertificate(over transport: Transport)
+        async throws
+    {
         try await HubFixture.with { fixture in
             let key = P256.Signing.PrivateKey()
             let name = try DistinguishedName { CommonName("x509-device") }
             let certificate = try Certificate(
-                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey), notValidBefore: Date().addingTimeInterval(-60),
-                notValidAfter: Date().addingTimeInterval(3600), issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey),
+                notValidBefore: Date().addingTimeInterval(-60),
+                notValidAfter: Date().addingTimeInterval(3600), issuer: name, subject: name,
+                signatureAlgorithm: .ecdsaWithSHA256,
                 extensions: .init(), issuerPrivateKey: .init(key))
             let pem = try certificate.serializeAsPEM().pemString
             var serializer = DER.Serializer()
             try serializer.serialize(certificate)
-            let thumbprint = Insecure.SHA1.hash(data: serializer.serializedBytes).map { String(format: "%02X", $0) }.joined()
+            let thumbprint = Insecure.SHA1.hash(data: serializer.serializedBytes).map { String(format: "%02X", $0) }
+                .joined()
             _ = try fixture.hub.putIdentity(
                 IdentityKey(deviceId: "x509-device"),
-                body: ["authentication": ["type": "selfSigned", "x509Thumbprint": ["primaryThumbprint": .string(thumbprint)]]], ifMatch: nil)
+                body: [
+                    "authentication": [
+                        "type": "selfSigned", "x509Thumbprint": ["primaryThumbprint": .string(thumbprint)],
+                    ]
+                ], ifMatch: nil)
             let client = try IoTHubDeviceClient.fromX509Certificate(
-                X509Credential(certificatePEM: pem, privateKeyPEM: key.pemRepresentation), hostName: "localhost", deviceId: "x509-device",
+                X509Credential(certificatePEM: pem, privateKeyPEM: key.pemRepresentation), hostName: "localhost",
+                deviceId: "x509-device",
                 configuration: fixture.configuration(over: transport))
             try await client.send(Message(payload: Data("signed".utf8)))
             #expect(fixture.telemetry.first?.deviceId == "x509-device")
@@ -182,11 +226,15 @@ import Testing
 
             let stranger = P256.Signing.PrivateKey()
             let strangerCertificate = try Certificate(
-                version: .v3, serialNumber: .init(), publicKey: .init(stranger.publicKey), notValidBefore: Date().addingTimeInterval(-60),
-                notValidAfter: Date().addingTimeInterval(3600), issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+                version: .v3, serialNumber: .init(), publicKey: .init(stranger.publicKey),
+                notValidBefore: Date().addingTimeInterval(-60),
+                notValidAfter: Date().addingTimeInterval(3600), issuer: name, subject: name,
+                signatureAlgorithm: .ecdsaWithSHA256,
                 extensions: .init(), issuerPrivateKey: .init(stranger))
             let impostor = try IoTHubDeviceClient.fromX509Certificate(
-                X509Credential(certificatePEM: try strangerCertificate.serializeAsPEM().pemString, privateKeyPEM: stranger.pemRepresentation),
+                X509Credential(
+                    certificatePEM: try strangerCertificate.serializeAsPEM().pemString,
+                    privateKeyPEM: stranger.pemRepresentation),
                 hostName: "localhost", deviceId: "x509-device", configuration: fixture.configuration(over: transport))
             await #expect(throws: IoTHubError.self) { try await impostor.connect() }
             await impostor.shutdown()
@@ -216,7 +264,8 @@ import Testing
         try await HubFixture.with { fixture in
             let key = try #require(fixture.hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)
             let token = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600)
-            let client = try IoTHubDeviceClient.fromSASToken(token.string, configuration: fixture.configuration(over: transport))
+            let client = try IoTHubDeviceClient.fromSASToken(
+                token.string, configuration: fixture.configuration(over: transport))
             try await client.send(Message(payload: Data("one".utf8)))
             let fresh = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 1200)
             try await client.updateSASToken(fresh.string)
@@ -254,17 +303,24 @@ import Testing
             try Data(fixture.localHub.caCertificatePEM.utf8).write(to: ca)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-            process.arguments = ["-sf", "--cacert", ca.path, "-X", "PUT", "-H", "x-ms-blob-type: BlockBlob", "--data-binary", "file body", info.blobURL]
+            process.arguments = [
+                "-sf", "--cacert", ca.path, "-X", "PUT", "-H", "x-ms-blob-type: BlockBlob", "--data-binary",
+                "file body", info.blobURL,
+            ]
             try process.run()
             process.waitUntilExit()
             #expect(process.terminationStatus == 0)
-            try await client.notifyBlobUploadStatus(correlationId: info.correlationId, isSuccess: true, statusCode: 201, statusDescription: "uploaded")
-            #expect(fixture.hub.blobs.get(container: info.containerName, blob: info.blobName)?.data == Data("file body".utf8))
+            try await client.notifyBlobUploadStatus(
+                correlationId: info.correlationId, isSuccess: true, statusCode: 201, statusDescription: "uploaded")
+            #expect(
+                fixture.hub.blobs.get(container: info.containerName, blob: info.blobName)?.data
+                    == Data("file body".utf8))
             let notification = fixture.hub.fileUploadNotifications.read(after: 0, limit: 10).entries.first?.entry
             #expect(notification?.isSuccess == true)
             #expect(notification?.statusCode == 201)
             do {
-                try await client.notifyBlobUploadStatus(correlationId: "unknown", isSuccess: false, statusCode: 500, statusDescription: "")
+                try await client.notifyBlobUploadStatus(
+                    correlationId: "unknown", isSuccess: false, statusCode: 500, statusDescription: "")
                 Issue.record("an unknown correlation id was accepted")
             } catch {
                 #expect((error as? IoTHubError)?.code == "ServiceError", "\(error)")
@@ -284,7 +340,12 @@ import Testing
                     #expect((error as? IoTHubError)?.code == "ValueError", "\(name): \(error)")
                 }
                 do {
-                    _ = try await client.uploadBlob(named: name, length: 1, body: AsyncStream { $0.yield(Data("x".utf8)); $0.finish() })
+                    _ = try await client.uploadBlob(
+                        named: name, length: 1,
+                        body: AsyncStream {
+                            $0.yield(Data("x".utf8))
+                            $0.finish()
+                        })
                     Issue.record("\(name) was uploaded")
                 } catch {
                     #expect((error as? IoTHubError)?.code == "ValueError", "\(name): \(error)")
@@ -300,7 +361,9 @@ import Testing
     /// its failure is one background error (it was one per listener, and the sidecar, which
     /// starts three, logged each failure three times).
     @Test func listenersStartedWhileTheHubIsUnreachableReportTheFailureOnce() async throws {
-        let closed = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let closed = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(
+            host: "127.0.0.1", port: 0
+        ).get()
         let port = try #require(closed.localAddress?.port)
         try await closed.close()
         try await HubFixture.with { fixture in
@@ -341,16 +404,28 @@ import Testing
             await expectShutDown("connect") { try await client.connect() }
             await expectShutDown("send") { try await client.send(Message(payload: Data("x".utf8))) }
             await expectShutDown("send to an output") { try await client.send(Message(), toOutput: "out") }
-            await expectShutDown("send a batch") { try await client.send([Message(), Message(payload: Data(count: Message.maximumSize + 1))]).forEach { try $0.get() } }
+            await expectShutDown("send a batch") {
+                try await client.send([Message(), Message(payload: Data(count: Message.maximumSize + 1))]).forEach {
+                    try $0.get()
+                }
+            }
             await expectShutDown("respond") { try await client.respond(MethodResponse(requestId: "1", status: 200)) }
             await expectShutDown("twin") { _ = try await client.twin() }
-            await expectShutDown("updateReportedProperties") { try await client.updateReportedProperties(["a": .integer(1)]) }
+            await expectShutDown("updateReportedProperties") {
+                try await client.updateReportedProperties(["a": .integer(1)])
+            }
             await expectShutDown("storageInfo") { _ = try await client.storageInfo(forBlob: "after-shutdown.txt") }
             await expectShutDown("notifyBlobUploadStatus") {
-                try await client.notifyBlobUploadStatus(correlationId: info.correlationId, isSuccess: true, statusCode: 201, statusDescription: "")
+                try await client.notifyBlobUploadStatus(
+                    correlationId: info.correlationId, isSuccess: true, statusCode: 201, statusDescription: "")
             }
             await expectShutDown("uploadBlob") {
-                _ = try await client.uploadBlob(named: "after-shutdown.txt", length: 1, body: AsyncStream { $0.yield(Data("x".utf8)); $0.finish() })
+                _ = try await client.uploadBlob(
+                    named: "after-shutdown.txt", length: 1,
+                    body: AsyncStream {
+                        $0.yield(Data("x".utf8))
+                        $0.finish()
+                    })
             }
             let fresh = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 1200)
             await expectShutDown("updateSASToken") { try await client.updateSASToken(fresh.string) }
@@ -360,14 +435,16 @@ import Testing
 
     /// The network thread sends PINGREQs while nothing else is sent: the hub, which drops a
     /// client silent for 1.5 keep-alive periods, keeps the connection.
-    @Test(arguments: Transport.allCases) func anIdleConnectionIsKeptAliveByPings(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func anIdleConnectionIsKeptAliveByPings(over transport: Transport) async throws
+    {
         try await HubFixture.with { fixture in
             let client = try fixture.client(over: transport) { $0.keepAlive = 5 }
             try await client.connect()
             let connectedSince = client.status.since
             try await Task.sleep(for: .seconds(9))
             #expect(client.status.state == .connected)
-            #expect(client.status.since == connectedSince, "the connection was made again: the hub dropped an idle client")
+            #expect(
+                client.status.since == connectedSince, "the connection was made again: the hub dropped an idle client")
             try await client.send(Message(payload: Data("after a quiet spell".utf8)))
             await client.shutdown()
         }
@@ -376,7 +453,9 @@ import Testing
     /// A hub whose certificate is not trusted fails the connect with a ConnectionFailedError that
     /// says so, not with an OperationTimeout once the CONNACK wait is over (libmosquitto closes
     /// the socket after a failed handshake without calling its disconnect callback).
-    @Test(arguments: Transport.allCases) func anUntrustedHubCertificateFailsTheConnectWithTheReason(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func anUntrustedHubCertificateFailsTheConnectWithTheReason(
+        over transport: Transport
+    ) async throws {
         try await HubFixture.with { fixture in
             let client = try fixture.client(over: transport) {
                 $0.serverVerificationCertificate = nil
@@ -396,17 +475,41 @@ import Testing
     @Test func invalidArgumentsFailAtCreation() throws {
         let key = Data(repeating: 5, count: 32).base64EncodedString()
         #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d") }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d;x509=true") }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey("not base64", hostName: "h", deviceId: "d") }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 0)) }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d;x509=true")
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSymmetricKey("not base64", hostName: "h", deviceId: "d")
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSymmetricKey(
+                key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 0))
+        }
         // libmosquitto refuses a keep-alive under 5 s at connect; the client says so at creation.
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 4)) }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 1741)) }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(cipher: "NOT-A-CIPHER")) }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSymmetricKey(key, hostName: "h", deviceId: "d", configuration: .init(serverVerificationCertificate: "junk")) }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSASToken("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1000") }
-        #expect(throws: IoTHubError.self) { try IoTHubDeviceClient.fromSASToken("SharedAccessSignature sr=h%2Fsomething&sig=x&se=99999999999") }
-        let module = try IoTHubDeviceClient.fromConnectionString("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=\(key)")
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSymmetricKey(
+                key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 4))
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSymmetricKey(
+                key, hostName: "h", deviceId: "d", configuration: .init(keepAlive: 1741))
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSymmetricKey(
+                key, hostName: "h", deviceId: "d", configuration: .init(cipher: "NOT-A-CIPHER"))
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSymmetricKey(
+                key, hostName: "h", deviceId: "d", configuration: .init(serverVerificationCertificate: "junk"))
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSASToken("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=x&se=1000")
+        }
+        #expect(throws: IoTHubError.self) {
+            try IoTHubDeviceClient.fromSASToken("SharedAccessSignature sr=h%2Fsomething&sig=x&se=99999999999")
+        }
+        let module = try IoTHubDeviceClient.fromConnectionString(
+            "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=\(key)")
         #expect(module.moduleId == "m")
     }
 }
@@ -439,7 +542,8 @@ import Testing
             let states = client.connectionStateChanges()
             try await client.connect()
             // New keys end the connection (like IoT Hub) and make the client's key wrong.
-            _ = try fixture.hub.putIdentity(key, body: ["deviceId": "dev1", "authentication": ["type": "sas"]], ifMatch: "*")
+            _ = try fixture.hub.putIdentity(
+                key, body: ["deviceId": "dev1", "authentication": ["type": "sas"]], ifMatch: "*")
             var sawReconnecting = false
             var final: ConnectionStateChange?
             for await change in states {
@@ -453,7 +557,9 @@ import Testing
             #expect(final?.reason?.code == "CredentialError")
             let attempts = fixture.hub.state.withLockedValue { $0.connectAttempts }
             try await Task.sleep(for: .milliseconds(800))  // four retry intervals
-            #expect(fixture.hub.state.withLockedValue { $0.connectAttempts } == attempts, "no retry after refused credentials")
+            #expect(
+                fixture.hub.state.withLockedValue { $0.connectAttempts } == attempts,
+                "no retry after refused credentials")
             #expect(!client.isConnected)
             await client.shutdown()
         }
@@ -505,7 +611,9 @@ import Testing
     /// `ensure_desired_properties`: desired properties changed while the client was away
     /// arrive after the reconnect (the whole desired document, with its `$version`); switched
     /// off, they do not.
-    @Test(arguments: [true, false]) func desiredPropertiesChangedWhileAwayArriveOnlyWithEnsureDesiredProperties(ensure: Bool) async throws {
+    @Test(arguments: [true, false]) func desiredPropertiesChangedWhileAwayArriveOnlyWithEnsureDesiredProperties(
+        ensure: Bool
+    ) async throws {
         try await HubFixture.with { fixture in
             let key = IdentityKey(deviceId: "dev1")
             let client = try fixture.client {
@@ -544,7 +652,8 @@ import Testing
             let lasting = try SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 3600)
             let laterRequests = client.newSASTokenRequired()
             try await client.updateSASToken(lasting.string)
-            #expect(await first(of: laterRequests, timeout: .seconds(2)) == nil, "a lasting token was asked to be replaced")
+            #expect(
+                await first(of: laterRequests, timeout: .seconds(2)) == nil, "a lasting token was asked to be replaced")
             try await client.send(Message(payload: Data("with the new token".utf8)))
             await client.shutdown()
         }

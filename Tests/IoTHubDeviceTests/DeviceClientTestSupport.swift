@@ -1,15 +1,17 @@
 import Foundation
 import IoTHubDevice
 import IoTHubProtocol
-@testable import LocalHub
 import Logging
 import Testing
+
+@testable import LocalHub
 
 /// A LocalHub on ephemeral loopback ports for device-client tests.
 struct HubFixture {
     /// The hub's and clients' log level: error, unless IOTHUB_TEST_LOG_LEVEL says otherwise
     /// (to see what happened in a failing test).
-    static let logLevel = ProcessInfo.processInfo.environment["IOTHUB_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .error
+    static let logLevel =
+        ProcessInfo.processInfo.environment["IOTHUB_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .error
 
     let localHub: LocalHub
     let ports: LocalHub.Ports
@@ -19,7 +21,8 @@ struct HubFixture {
     static func with<T>(devices: [String] = ["dev1"], _ body: (HubFixture) async throws -> T) async throws -> T {
         var logger = Logger(label: "localhub-test")
         logger.logLevel = HubFixture.logLevel
-        let localHub = try LocalHub(configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, devices: devices), logger: logger)
+        let localHub = try LocalHub(
+            configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, devices: devices), logger: logger)
         let ports = try await localHub.start()
         let fixture = HubFixture(localHub: localHub, ports: ports)
         do {
@@ -33,10 +36,13 @@ struct HubFixture {
     }
 
     /// Client options that reach this hub: its CA, its ports, quick retries.
-    func configuration(over transport: Transport = .tcp, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }) -> DeviceClientConfiguration {
+    func configuration(over transport: Transport = .tcp, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in })
+        -> DeviceClientConfiguration
+    {
         var configuration = DeviceClientConfiguration(
             serverVerificationCertificate: localHub.caCertificatePEM, connectionRetryInterval: .milliseconds(200),
-            mqttPort: ports.mqtt, httpsPort: ports.https, operationTimeout: .seconds(10), websockets: transport == .webSocket)
+            mqttPort: ports.mqtt, httpsPort: ports.https, operationTimeout: .seconds(10),
+            websockets: transport == .webSocket)
         adjust(&configuration)
         return configuration
     }
@@ -46,12 +52,14 @@ struct HubFixture {
     }
 
     func client(
-        _ deviceId: String = "dev1", moduleId: String? = nil, over transport: Transport = .tcp, _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }
+        _ deviceId: String = "dev1", moduleId: String? = nil, over transport: Transport = .tcp,
+        _ adjust: (inout DeviceClientConfiguration) -> Void = { _ in }
     ) throws -> IoTHubDeviceClient {
         var logger = Logger(label: "device-test")
         logger.logLevel = HubFixture.logLevel
         return try IoTHubDeviceClient.fromConnectionString(
-            connectionString(deviceId, moduleId: moduleId), configuration: configuration(over: transport, adjust), logger: logger)
+            connectionString(deviceId, moduleId: moduleId), configuration: configuration(over: transport, adjust),
+            logger: logger)
     }
 
     /// How the hub says `clientId` is connected now (nil: not connected).
@@ -85,7 +93,9 @@ func first<Element: Sendable>(of stream: AsyncStream<Element>, timeout: Duration
 
 /// The first `count` elements of a stream; fewer if it ends first, none if they do not all come
 /// within `timeout`.
-func firstElements<Element: Sendable>(_ count: Int, of stream: AsyncStream<Element>, timeout: Duration = .seconds(10)) async -> [Element] {
+func firstElements<Element: Sendable>(_ count: Int, of stream: AsyncStream<Element>, timeout: Duration = .seconds(10))
+    async -> [Element]
+{
     await withTaskGroup(of: [Element]?.self) { group in
         group.addTask {
             var elements: [Element] = []

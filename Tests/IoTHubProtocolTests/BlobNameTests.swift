@@ -3,7 +3,8 @@ import Testing
 
 @Suite struct BlobNameTests {
     @Test(arguments: [
-        "report.csv", "logs/today.txt", "a..b/c.txt", ".hidden/x", "v1.2/..data", "x/y..z", "Grüße/日本.txt", "100%25.txt",
+        "report.csv", "logs/today.txt", "a..b/c.txt", ".hidden/x", "v1.2/..data", "x/y..z", "Grüße/日本.txt",
+        "100%25.txt",
         "a%2Fb", String(repeating: "x", count: BlobName.maximumLength),
         Array(repeating: "s", count: BlobName.maximumSegments).joined(separator: "/"),
     ])
@@ -13,7 +14,10 @@ import Testing
 
     @Test(arguments: [
         ("", "is empty"),
-        (String(repeating: "x", count: BlobName.maximumLength + 1), "is 1025 characters long; at most 1024 are allowed"),
+        (
+            String(repeating: "x", count: BlobName.maximumLength + 1),
+            "is 1025 characters long; at most 1024 are allowed"
+        ),
         ("../../x", "has the path segment '..', which URLs read as a folder, not a name"),
         ("a/../b", "has the path segment '..', which URLs read as a folder, not a name"),
         ("..", "has the path segment '..', which URLs read as a folder, not a name"),
@@ -31,7 +35,10 @@ import Testing
         ("a\u{7F}b", "contains the control character U+007F"),
         ("a\u{85}b", "contains the control character U+0085"),
         ("x.", "ends with '.', which blob storage drops"),
-        (Array(repeating: "s", count: BlobName.maximumSegments + 1).joined(separator: "/"), "has 255 path segments; at most 254 are allowed"),
+        (
+            Array(repeating: "s", count: BlobName.maximumSegments + 1).joined(separator: "/"),
+            "has 255 path segments; at most 254 are allowed"
+        ),
     ])
     func refusesNamesStorageWouldMisread(_ testCase: (String, String)) {
         let (name, reason) = testCase

@@ -5,7 +5,8 @@ import Testing
     static let key = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY="
 
     @Test func parsesADeviceString() throws {
-        let parsed = try ConnectionString(parsing: "HostName=hub.azure-devices.net;DeviceId=dev1;SharedAccessKey=\(Self.key)")
+        let parsed = try ConnectionString(
+            parsing: "HostName=hub.azure-devices.net;DeviceId=dev1;SharedAccessKey=\(Self.key)")
         #expect(parsed.hostName == "hub.azure-devices.net")
         #expect(parsed.deviceId == "dev1")
         #expect(parsed.moduleId == nil)
@@ -15,7 +16,8 @@ import Testing
     }
 
     @Test func parsesAModuleStringWithAGateway() throws {
-        let text = "HostName=hub.azure-devices.net;DeviceId=edge;ModuleId=filter;SharedAccessKey=\(Self.key);GatewayHostName=gateway.local"
+        let text =
+            "HostName=hub.azure-devices.net;DeviceId=edge;ModuleId=filter;SharedAccessKey=\(Self.key);GatewayHostName=gateway.local"
         let parsed = try ConnectionString(parsing: text)
         #expect(parsed.moduleId == "filter")
         #expect(parsed.gatewayHostName == "gateway.local")
@@ -78,21 +80,32 @@ import Testing
         ("HostName=h;DeviceId=d;DeviceId=e;SharedAccessKey=\(key)", "DeviceId", "more than once"),
         ("HostName=;DeviceId=d;SharedAccessKey=\(key)", "HostName", "empty value"),
         ("HostName=h;DeviceId=d;SharedAccessKey=", "SharedAccessKey", "empty value"),
-        ("HostName=h;DeviceId=d;Password=p", "connection string", "unknown key in segment 3 of 3 (known keys: HostName"),
+        (
+            "HostName=h;DeviceId=d;Password=p", "connection string",
+            "unknown key in segment 3 of 3 (known keys: HostName"
+        ),
         ("hostname=h;DeviceId=d;SharedAccessKey=\(key)", "connection string", "did you mean 'HostName'"),
-        ("HostName=h;DeviceId=d;SharedAccessKey=\(key);SharedAccessSignature=SharedAccessSignature sr=a&sig=b&se=1",
-         "SharedAccessSignature", "cannot be combined with SharedAccessKey"),
+        (
+            "HostName=h;DeviceId=d;SharedAccessKey=\(key);SharedAccessSignature=SharedAccessSignature sr=a&sig=b&se=1",
+            "SharedAccessSignature", "cannot be combined with SharedAccessKey"
+        ),
         ("HostName=h;DeviceId=d;SharedAccessKey=\(key);x509=true", "x509", "SharedAccessKey"),
-        ("HostName=h;DeviceId=d;x509=true;SharedAccessSignature=SharedAccessSignature sr=a&sig=b&se=1",
-         "x509", "SharedAccessSignature"),
+        (
+            "HostName=h;DeviceId=d;x509=true;SharedAccessSignature=SharedAccessSignature sr=a&sig=b&se=1",
+            "x509", "SharedAccessSignature"
+        ),
         ("HostName=h;DeviceId=d;x509=yes", "x509", "must be 'true'"),
         ("HostName=h;DeviceId=d;SharedAccessKey=not base64!", "SharedAccessKey", "not base64"),
         ("HostName=h;DeviceId=d;SharedAccessKey=abc", "SharedAccessKey", "not base64"),
         ("HostName=h;DeviceId=d;SharedAccessSignature=sig", "SharedAccessSignature", "SharedAccessSignature"),
-        ("HostName=h;DeviceId=d;SharedAccessSignature=SharedAccessSignature sr=a&se=1",
-         "SharedAccessSignature", "no field 'sig'"),
-        ("HostName=h;DeviceId=d;SharedAccessKeyName=owner;SharedAccessKey=\(key)",
-         "SharedAccessKeyName", "cannot be combined with DeviceId"),
+        (
+            "HostName=h;DeviceId=d;SharedAccessSignature=SharedAccessSignature sr=a&se=1",
+            "SharedAccessSignature", "no field 'sig'"
+        ),
+        (
+            "HostName=h;DeviceId=d;SharedAccessKeyName=owner;SharedAccessKey=\(key)",
+            "SharedAccessKeyName", "cannot be combined with DeviceId"
+        ),
         ("HostName=h;SharedAccessKeyName=owner", "SharedAccessKey", "policy string needs its key"),
         ("HostName=h;;DeviceId=d;SharedAccessKey=\(key)", "connection string", "empty segment 2 of 4"),
         ("HostName=h;DeviceId;SharedAccessKey=\(key)", "connection string", "segment 2 of 3 that is not of the form"),

@@ -27,10 +27,18 @@ import Testing
     }
 
     @Test func descriptionsExplain() {
-        #expect(IoTHubError.serviceError(status: 404, message: "no twin").description == "ServiceError: the hub answered 404: no twin")
-        #expect(IoTHubError.valueError(field: "HostName", reason: "is missing").description == "ValueError: HostName is missing")
+        #expect(
+            IoTHubError.serviceError(status: 404, message: "no twin").description
+                == "ServiceError: the hub answered 404: no twin")
+        #expect(
+            IoTHubError.valueError(field: "HostName", reason: "is missing").description
+                == "ValueError: HostName is missing")
         #expect(IoTHubError.valueError(field: nil, reason: "bad").description == "ValueError: bad")
-        #expect(IoTHubError.messageTooLarge(size: 300_000, limit: 262_144).description == "ValueError: the message is 300000 bytes; IoT Hub accepts at most 262144")
-        #expect(IoTHubError.topicTooLong(length: 65_600, limit: 65_535).description == "ValueError: the message's properties make an MQTT topic of 65600 bytes; at most 65535 fit")
+        #expect(
+            IoTHubError.messageTooLarge(size: 300_000, limit: 262_144).description
+                == "ValueError: the message is 300000 bytes; IoT Hub accepts at most 262144")
+        #expect(
+            IoTHubError.topicTooLong(length: 65_600, limit: 65_535).description
+                == "ValueError: the message's properties make an MQTT topic of 65600 bytes; at most 65535 fit")
     }
 }

@@ -4,11 +4,13 @@ import Testing
 
 @Suite struct JSONValueTests {
     @Test func parsesEveryKindAndKeepsIntegersExact() throws {
-        let value = try JSONValue(parsing: Data(#"{"n":null,"b":true,"i":9007199254740993,"d":1.5,"s":"x","a":[1,"y"],"o":{"k":{}}}"#.utf8))
-        #expect(value == [
-            "n": nil, "b": true, "i": .integer(9_007_199_254_740_993), "d": 1.5, "s": "x",
-            "a": [1, "y"], "o": ["k": [:]],
-        ])
+        let value = try JSONValue(
+            parsing: Data(#"{"n":null,"b":true,"i":9007199254740993,"d":1.5,"s":"x","a":[1,"y"],"o":{"k":{}}}"#.utf8))
+        #expect(
+            value == [
+                "n": nil, "b": true, "i": .integer(9_007_199_254_740_993), "d": 1.5, "s": "x",
+                "a": [1, "y"], "o": ["k": [:]],
+            ])
         #expect(try JSONValue(parsing: value.encoded()) == value)
         #expect(value["i"]?.intValue == 9_007_199_254_740_993)
         #expect(value["d"]?.intValue == nil)

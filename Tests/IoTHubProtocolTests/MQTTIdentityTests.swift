@@ -5,7 +5,10 @@ import Testing
     @Test func deviceUsername() {
         let identity = MQTTIdentity(hostName: "hub.azure-devices.net", deviceId: "d1")
         #expect(identity.clientId == "d1")
-        #expect(identity.username == "hub.azure-devices.net/d1/?api-version=2019-10-01&DeviceClientType=\(PercentEncoding.encode(UserAgent.string))")
+        #expect(
+            identity.username
+                == "hub.azure-devices.net/d1/?api-version=2019-10-01&DeviceClientType=\(PercentEncoding.encode(UserAgent.string))"
+        )
         #expect(UserAgent.string.hasPrefix("iothub-sidecar/"))
     }
 
@@ -21,12 +24,16 @@ import Testing
 
     @Test func modelIdForPlugAndPlay() {
         let identity = MQTTIdentity(hostName: "h", deviceId: "d", productInfo: "dtmi:com:example:Thermostat;1")
-        #expect(identity.username == "h/d/?api-version=2020-09-30&DeviceClientType=\(PercentEncoding.encode(UserAgent.string))&model-id=dtmi%3Acom%3Aexample%3AThermostat%3B1")
+        #expect(
+            identity.username
+                == "h/d/?api-version=2020-09-30&DeviceClientType=\(PercentEncoding.encode(UserAgent.string))&model-id=dtmi%3Acom%3Aexample%3AThermostat%3B1"
+        )
         #expect(MQTTUsername(parsing: identity.username)?.parameters["model-id"] == "dtmi:com:example:Thermostat;1")
     }
 
     @Test func parsesUsernamesOfOtherSDKs() {
-        let python = "hub.azure-devices.net/dev/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0%28%29"
+        let python =
+            "hub.azure-devices.net/dev/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0%28%29"
         let parsed = MQTTUsername(parsing: python)
         #expect(parsed?.clientId == "dev")
         #expect(parsed?.parameters["api-version"] == "2019-10-01")

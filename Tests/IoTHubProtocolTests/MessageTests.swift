@@ -10,11 +10,13 @@ import Testing
             expiryTimeUTC: "2030-01-01T00:00:00", outputName: "out", interfaceId: "urn:x",
             properties: ["zeta": "z", "Alpha": "A", "alpha": "a", "é": "e", "b c": "b c"])
         // Python: system properties via urlencode(quote_via=quote), custom properties sorted.
-        #expect(message.telemetryPropertyBag.encoded == [
-            "%24.on=out", "%24.mid=m1", "%24.cid=c1", "%24.uid=u1", "%24.ct=application%2Fjson",
-            "%24.ce=utf-8", "%24.ifid=urn%3Ax", "%24.exp=2030-01-01T00%3A00%3A00",
-            "Alpha=A", "alpha=a", "b%20c=b%20c", "zeta=z", "%C3%A9=e",
-        ].joined(separator: "&"))
+        #expect(
+            message.telemetryPropertyBag.encoded
+                == [
+                    "%24.on=out", "%24.mid=m1", "%24.cid=c1", "%24.uid=u1", "%24.ct=application%2Fjson",
+                    "%24.ce=utf-8", "%24.ifid=urn%3Ax", "%24.exp=2030-01-01T00%3A00%3A00",
+                    "Alpha=A", "alpha=a", "b%20c=b%20c", "zeta=z", "%C3%A9=e",
+                ].joined(separator: "&"))
     }
 
     /// The Python SDK's `set_as_security_message` sets `$.ifid` to the security agent's
@@ -36,7 +38,10 @@ import Testing
     }
 
     @Test func rebuildsAReceivedCloudToDeviceMessage() {
-        let bag = PropertyBag(decoding: "%24.mid=7&%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound&%24.cid=c&%24.uid=u&%24.ct=text%2Fplain&%24.ce=utf-8&%24.exp=2030&iothub-ack=full&color=blue&flag")
+        let bag = PropertyBag(
+            decoding:
+                "%24.mid=7&%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound&%24.cid=c&%24.uid=u&%24.ct=text%2Fplain&%24.ce=utf-8&%24.exp=2030&iothub-ack=full&color=blue&flag"
+        )
         let message = Message(payload: Data("hi".utf8), propertyBag: bag)
         #expect(message.messageId == "7")
         #expect(message.to == "/devices/d/messages/deviceBound")
@@ -51,7 +56,8 @@ import Testing
     }
 
     @Test func sizeCountsBodyAndPropertiesInUTF8() {
-        let message = Message(payload: Data(count: 100), messageId: "abc", contentType: "é", properties: ["k": "vv", "ü": ""])
+        let message = Message(
+            payload: Data(count: 100), messageId: "abc", contentType: "é", properties: ["k": "vv", "ü": ""])
         #expect(message.size == 100 + 3 + 2 + (1 + 2) + (2 + 0))
     }
 

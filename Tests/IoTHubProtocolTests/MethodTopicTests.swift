@@ -7,11 +7,16 @@ import Testing
         let topic = MethodRequestTopic(methodName: "reboot now", requestId: "1")
         #expect(topic.name == "$iothub/methods/POST/reboot%20now/?$rid=1")
         #expect(MethodRequestTopic(parsing: topic.name) == topic)
-        #expect(MethodRequestTopic(parsing: "$iothub/methods/POST/getTemp/?$rid=ab12") == MethodRequestTopic(methodName: "getTemp", requestId: "ab12"))
+        #expect(
+            MethodRequestTopic(parsing: "$iothub/methods/POST/getTemp/?$rid=ab12")
+                == MethodRequestTopic(methodName: "getTemp", requestId: "ab12"))
         #expect(TopicFilter.methodRequests == "$iothub/methods/POST/#")
     }
 
-    @Test(arguments: ["$iothub/methods/POST/?$rid=1", "$iothub/methods/POST/m/", "$iothub/methods/POST/a/b/?$rid=1", "$iothub/methods/res/200/?$rid=1", "$iothub/methods/POST/m/?$rid="])
+    @Test(arguments: [
+        "$iothub/methods/POST/?$rid=1", "$iothub/methods/POST/m/", "$iothub/methods/POST/a/b/?$rid=1",
+        "$iothub/methods/res/200/?$rid=1", "$iothub/methods/POST/m/?$rid=",
+    ])
     func rejectsForeignRequests(_ topic: String) {
         #expect(MethodRequestTopic(parsing: topic) == nil)
     }

@@ -41,7 +41,10 @@ let hostileStringGenerator = Gen<Character>.oneOf(
     @Test(arguments: hostileStrings)
     func roundTrips(_ value: String) {
         let encoded = PercentEncoding.encode(value)
-        #expect(encoded.utf8.allSatisfy { $0 < 0x80 && ![UInt8(ascii: "&"), UInt8(ascii: "="), UInt8(ascii: "/"), UInt8(ascii: " ")].contains($0) })
+        #expect(
+            encoded.utf8.allSatisfy {
+                $0 < 0x80 && ![UInt8(ascii: "&"), UInt8(ascii: "="), UInt8(ascii: "/"), UInt8(ascii: " ")].contains($0)
+            })
         #expect(PercentEncoding.decode(encoded) == value)
     }
 

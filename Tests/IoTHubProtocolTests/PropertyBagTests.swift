@@ -16,12 +16,13 @@ import Testing
 
     @Test func decodesPresenceEmptinessAndOrder() {
         let bag = PropertyBag(decoding: "%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound&flag&empty=&x=1=2")
-        #expect(bag.entries == [
-            .init(key: "$.to", value: "/devices/d/messages/deviceBound"),
-            .init(key: "flag", value: nil),
-            .init(key: "empty", value: ""),
-            .init(key: "x", value: "1=2"),
-        ])
+        #expect(
+            bag.entries == [
+                .init(key: "$.to", value: "/devices/d/messages/deviceBound"),
+                .init(key: "flag", value: nil),
+                .init(key: "empty", value: ""),
+                .init(key: "x", value: "1=2"),
+            ])
         #expect(bag["flag"] == nil)
         #expect(bag["empty"] == "")
         #expect(bag["missing"] == nil)

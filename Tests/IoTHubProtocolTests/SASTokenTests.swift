@@ -23,8 +23,8 @@ struct SASVector: Decodable, CustomTestStringConvertible, Sendable {
 
     static let all: [SASVector] = {
         guard let url = Bundle.module.url(forResource: "sas_vectors", withExtension: "json", subdirectory: "Fixtures"),
-              let data = try? Data(contentsOf: url),
-              let vectors = try? JSONDecoder().decode([SASVector].self, from: data)
+            let data = try? Data(contentsOf: url),
+            let vectors = try? JSONDecoder().decode([SASVector].self, from: data)
         else { return [] }
         return vectors
     }()
@@ -45,7 +45,9 @@ struct SASVector: Decodable, CustomTestStringConvertible, Sendable {
         }
         #expect(uri == vector.resourceURI)
         #expect(PercentEncoding.encode(uri) == vector.encodedResourceURI)
-        #expect(SASToken.stringToSign(encodedResourceURI: vector.encodedResourceURI, expiry: vector.expiry) == vector.stringToSign)
+        #expect(
+            SASToken.stringToSign(encodedResourceURI: vector.encodedResourceURI, expiry: vector.expiry)
+                == vector.stringToSign)
         let token = try SASToken(resourceURI: uri, key: vector.key, expiry: vector.expiry, keyName: vector.keyName)
         #expect(token.signature == vector.signature)
         #expect(token.string == vector.token)
@@ -72,7 +74,8 @@ struct SASVector: Decodable, CustomTestStringConvertible, Sendable {
         #expect(!token.isSigned(withKey: otherKey))
         #expect(!token.isSigned(withKey: "not base64!"))
 
-        let longer = try SASToken(parsing: token.string.replacingOccurrences(of: "se=2000000000", with: "se=2000000001"))
+        let longer = try SASToken(
+            parsing: token.string.replacingOccurrences(of: "se=2000000000", with: "se=2000000001"))
         #expect(!longer.isSigned(withKey: key))
         let elsewhere = try SASToken(parsing: token.string.replacingOccurrences(of: "d1", with: "d2"))
         #expect(!elsewhere.isSigned(withKey: key))

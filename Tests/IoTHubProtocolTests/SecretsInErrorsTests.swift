@@ -14,27 +14,39 @@ import Testing
     static func connectionStrings(hiding secret: String) -> [String] {
         let token = "SharedAccessSignature sr=h%2Fdevices%2Fd&sig=\(secret)&se=1"
         return [
-            secret, "\(secret);", ";\(secret)", "HostName=h;DeviceId=d;\(secret)", "HostName=h;DeviceId=d;SharedAccessKey:\(secret)",
-            "HostName=h;DeviceId=d;SharedAccessKey \(secret)", "HostName=h;DeviceId=d;sharedaccesskey=\(secret)", "HostName=h;DeviceId=d;\(secret)=x",
-            "HostName=h;\(secret)", "\(secret);HostName=h;DeviceId=d", "HostName=h;DeviceId=d;SharedAccessKey=\(secret);SharedAccessKey=\(secret)",
-            "HostName=h;DeviceId=d;SharedAccessKey=\(secret)!", "HostName=h;DeviceId=d;SharedAccessKey=\(secret) \(secret)",
-            "HostName=h;DeviceId=d;SharedAccessKey=\(secret);x509=true", "HostName=h;DeviceId=d;SharedAccessKey=\(secret);SharedAccessSignature=\(token)",
-            "HostName=h;SharedAccessKey=\(secret)", "HostName=h;SharedAccessKeyName=owner;DeviceId=d;SharedAccessKey=\(secret)",
-            "HostName=h;DeviceId=d;SharedAccessSignature=\(secret)", "HostName=h;DeviceId=d;SharedAccessSignature=\(token)&se=2",
+            secret, "\(secret);", ";\(secret)", "HostName=h;DeviceId=d;\(secret)",
+            "HostName=h;DeviceId=d;SharedAccessKey:\(secret)",
+            "HostName=h;DeviceId=d;SharedAccessKey \(secret)", "HostName=h;DeviceId=d;sharedaccesskey=\(secret)",
+            "HostName=h;DeviceId=d;\(secret)=x",
+            "HostName=h;\(secret)", "\(secret);HostName=h;DeviceId=d",
+            "HostName=h;DeviceId=d;SharedAccessKey=\(secret);SharedAccessKey=\(secret)",
+            "HostName=h;DeviceId=d;SharedAccessKey=\(secret)!",
+            "HostName=h;DeviceId=d;SharedAccessKey=\(secret) \(secret)",
+            "HostName=h;DeviceId=d;SharedAccessKey=\(secret);x509=true",
+            "HostName=h;DeviceId=d;SharedAccessKey=\(secret);SharedAccessSignature=\(token)",
+            "HostName=h;SharedAccessKey=\(secret)",
+            "HostName=h;SharedAccessKeyName=owner;DeviceId=d;SharedAccessKey=\(secret)",
+            "HostName=h;DeviceId=d;SharedAccessSignature=\(secret)",
+            "HostName=h;DeviceId=d;SharedAccessSignature=\(token)&se=2",
             "HostName=h;DeviceId=d;SharedAccessSignature=SharedAccessSignature sr=a&\(secret)&se=1",
             "HostName=h;DeviceId=d;SharedAccessSignature=SharedAccessSignature sr=a&sig=\(secret)&se=soon",
             "HostName=h;DeviceId=d;SharedAccessSignature=SharedAccessSignature sr=a&sig=\(secret)&\(secret)=1",
-            "HostName=h;DeviceId=d;SharedAccessKey=\(secret)\n;DeviceId=e", "HostName=h;DeviceId=d;;SharedAccessKey=\(secret)",
+            "HostName=h;DeviceId=d;SharedAccessKey=\(secret)\n;DeviceId=e",
+            "HostName=h;DeviceId=d;;SharedAccessKey=\(secret)",
         ]
     }
 
     /// Every way a user could misplace `secret` in a SAS token.
     static func tokens(hiding secret: String) -> [String] {
         [
-            secret, "SharedAccessSignature \(secret)", "SharedAccessSignature sr=a&\(secret)&se=1", "SharedAccessSignature sr=a&sig=\(secret)",
-            "SharedAccessSignature sr=a&sig=\(secret)&se=soon", "SharedAccessSignature sr=a&sig=\(secret)&sig=\(secret)&se=1",
-            "SharedAccessSignature sr=a&sig=\(secret)&se=1&\(secret)=x", "SharedAccessSignature sr=a&\(secret)=\(secret)&se=1",
-            "sr=a&sig=\(secret)&se=1", "SharedAccessSignature sr=a&sig=\(secret)&se=1&", "SharedAccessSignature sr=&sig=\(secret)&se=1",
+            secret, "SharedAccessSignature \(secret)", "SharedAccessSignature sr=a&\(secret)&se=1",
+            "SharedAccessSignature sr=a&sig=\(secret)",
+            "SharedAccessSignature sr=a&sig=\(secret)&se=soon",
+            "SharedAccessSignature sr=a&sig=\(secret)&sig=\(secret)&se=1",
+            "SharedAccessSignature sr=a&sig=\(secret)&se=1&\(secret)=x",
+            "SharedAccessSignature sr=a&\(secret)=\(secret)&se=1",
+            "sr=a&sig=\(secret)&se=1", "SharedAccessSignature sr=a&sig=\(secret)&se=1&",
+            "SharedAccessSignature sr=&sig=\(secret)&se=1",
         ]
     }
 

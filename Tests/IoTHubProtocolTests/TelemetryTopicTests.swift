@@ -5,23 +5,37 @@ import Testing
 @Suite struct TelemetryTopicTests {
     @Test func deviceAndModuleTopics() {
         let message = Message(messageId: "m 1", properties: ["k": "v/w"])
-        #expect(TelemetryTopic(deviceId: "d1", message: message).name == "devices/d1/messages/events/%24.mid=m%201&k=v%2Fw")
-        #expect(TelemetryTopic(deviceId: "d1", moduleId: "m1", message: Message()).name == "devices/d1/modules/m1/messages/events/")
+        #expect(
+            TelemetryTopic(deviceId: "d1", message: message).name == "devices/d1/messages/events/%24.mid=m%201&k=v%2Fw")
+        #expect(
+            TelemetryTopic(deviceId: "d1", moduleId: "m1", message: Message()).name
+                == "devices/d1/modules/m1/messages/events/")
     }
 
     @Test func aTopicLongerThanMQTTCarriesIsRefused() throws {
         let prefix = "devices/d1/messages/events/k=".utf8.count
-        let fits = TelemetryTopic(deviceId: "d1", message: Message(properties: ["k": String(repeating: "v", count: TelemetryTopic.maximumNameLength - prefix)]))
+        let fits = TelemetryTopic(
+            deviceId: "d1",
+            message: Message(properties: ["k": String(repeating: "v", count: TelemetryTopic.maximumNameLength - prefix)]
+            ))
         #expect(try fits.validatedName().utf8.count == TelemetryTopic.maximumNameLength)
-        let tooLong = TelemetryTopic(deviceId: "d1", message: Message(properties: ["k": String(repeating: "v", count: TelemetryTopic.maximumNameLength - prefix + 1)]))
+        let tooLong = TelemetryTopic(
+            deviceId: "d1",
+            message: Message(properties: [
+                "k": String(repeating: "v", count: TelemetryTopic.maximumNameLength - prefix + 1)
+            ]))
         #expect(throws: IoTHubError.topicTooLong(length: 65_536, limit: 65_535)) { try tooLong.validatedName() }
         // Encoded bytes count three times: 21,846 spaces are 65,538 bytes on the topic.
-        let encoded = TelemetryTopic(deviceId: "d1", message: Message(properties: ["k": String(repeating: " ", count: 21_846)]))
-        #expect(throws: IoTHubError.topicTooLong(length: prefix + 65_538, limit: 65_535)) { try encoded.validatedName() }
+        let encoded = TelemetryTopic(
+            deviceId: "d1", message: Message(properties: ["k": String(repeating: " ", count: 21_846)]))
+        #expect(throws: IoTHubError.topicTooLong(length: prefix + 65_538, limit: 65_535)) {
+            try encoded.validatedName()
+        }
     }
 
     @Test func parsesWhatItBuilds() {
-        let topic = TelemetryTopic(deviceId: "d1", moduleId: "m1", message: Message(outputName: "o", properties: ["a": "&="]))
+        let topic = TelemetryTopic(
+            deviceId: "d1", moduleId: "m1", message: Message(outputName: "o", properties: ["a": "&="]))
         #expect(TelemetryTopic(parsing: topic.name) == topic)
         let device = TelemetryTopic(deviceId: "d.1-x", message: Message(contentType: "application/json"))
         #expect(TelemetryTopic(parsing: device.name) == device)

@@ -1,10 +1,11 @@
 import Foundation
 import IoTHubProtocol
-@testable import LocalHub
 import NIOCore
 import NIOPosix
 import NIOSSL
 import Testing
+
+@testable import LocalHub
 
 /// Raw TLS connections that misbehave: the hub must close them, stay up, and keep no state
 /// for them.
@@ -38,7 +39,8 @@ import Testing
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: context, serverHostname: "localhost"))
                     try channel.pipeline.syncOperations.addHandler(Recorder(closed: promise))
                 }
             }
@@ -52,7 +54,10 @@ import Testing
         try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
         let closedInTime = await withTaskGroup(of: Bool.self) { group in
             group.addTask { (try? await closed.get()) != nil }
-            group.addTask { try? await Task.sleep(for: timeout); return false }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
             let first = await group.next() ?? false
             group.cancelAll()
             return first
@@ -64,7 +69,10 @@ import Testing
     static func connectPacket(clientId: String = "dev1", password: String = "x") -> [UInt8] {
         var buffer = ByteBuffer()
         MQTTPacketEncoder.encode(
-            .connect(ConnectPacket(cleanSession: false, keepAliveSeconds: 60, clientId: clientId, username: "localhost/\(clientId)/?", password: ByteBuffer(string: password))),
+            .connect(
+                ConnectPacket(
+                    cleanSession: false, keepAliveSeconds: 60, clientId: clientId, username: "localhost/\(clientId)/?",
+                    password: ByteBuffer(string: password))),
             into: &buffer)
         return Array(buffer.readableBytesView)
     }
@@ -73,7 +81,9 @@ import Testing
         try await TestHub.with { hub in
             var generator = SystemRandomNumberGenerator()
             for _ in 0..<20 {
-                let garbage = (0..<Int.random(in: 1...512, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let garbage = (0..<Int.random(in: 1...512, using: &generator)).map { _ in
+                    UInt8.random(in: 0...255, using: &generator)
+                }
                 // A first byte that is a CONNECT with a plausible length may wait for more data; the
                 // connect timeout then closes it, so only count bytes that are not a CONNECT.
                 guard garbage[0] >> 4 != 1 else { continue }
@@ -89,7 +99,8 @@ import Testing
             try await Self.expectClosed(after: [0x10, 0xFF, 0xFF, 0xFF, 0x7F, 0x00, 0x04], hub)
             // The same claim after a valid CONNECT, on a PUBLISH.
             let token = try hub.token(deviceId: "dev1")
-            try await Self.expectClosed(after: Self.connectPacket(password: token.string) + [0x32, 0xFF, 0xFF, 0xFF, 0x7F], hub)
+            try await Self.expectClosed(
+                after: Self.connectPacket(password: token.string) + [0x32, 0xFF, 0xFF, 0xFF, 0x7F], hub)
         }
     }
 
@@ -130,9 +141,15 @@ import Testing
             }
             #expect(await TestHub.eventually { !hub.hub.isConnected(IdentityKey(deviceId: "dev1")) })
             // The hub still serves a well-behaved client afterwards.
-            let run = try await ProgramRun.run("mosquitto_pub", hub.mosquittoArguments(deviceId: "dev1", password: token.string) + ["-q", "1", "-t", "devices/dev1/messages/events/", "-m", "still here"])
+            let run = try await ProgramRun.run(
+                "mosquitto_pub",
+                hub.mosquittoArguments(deviceId: "dev1", password: token.string) + [
+                    "-q", "1", "-t", "devices/dev1/messages/events/", "-m", "still here",
+                ])
             #expect(run.status == 0, "\(run.error)")
-            #expect(hub.hub.state.withLockedValue { state in state.sessions.values.filter { $0.connection != nil }.count } <= 1)
+            #expect(
+                hub.hub.state.withLockedValue { state in state.sessions.values.filter { $0.connection != nil }.count }
+                    <= 1)
         }
     }
 

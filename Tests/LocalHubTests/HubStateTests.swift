@@ -1,20 +1,24 @@
 import Foundation
 import IoTHubProtocol
-@testable import LocalHub
 import Logging
 import NIOCore
 import NIOEmbedded
 import Testing
 
+@testable import LocalHub
+
 /// The hub's rules without sockets: authentication, sessions, twins, queues.
 @Suite struct HubStateTests {
     static func makeHub() throws -> Hub {
-        let hub = Hub(hostName: "localhost", ownerPolicyKey: IdentityAuthentication.randomKey(), logger: Logger(label: "test"))
+        let hub = Hub(
+            hostName: "localhost", ownerPolicyKey: IdentityAuthentication.randomKey(), logger: Logger(label: "test"))
         _ = try hub.ensureDevice("dev1")
         return hub
     }
 
-    static func credentials(_ hub: Hub, clientId: String = "dev1", token: SASToken? = nil, username: String? = nil) throws -> ConnectCredentials {
+    static func credentials(_ hub: Hub, clientId: String = "dev1", token: SASToken? = nil, username: String? = nil)
+        throws -> ConnectCredentials
+    {
         let key = try #require(hub.identity(IdentityKey(deviceId: "dev1"))?.authentication.primaryKey)
         let token = try token ?? SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600)
         return ConnectCredentials(
@@ -40,10 +44,28 @@ import Testing
             (try Self.credentials(hub, clientId: "a/b/c"), .identifierRejected),
             (try Self.credentials(hub, username: "otherhub/dev1/?api-version=2019-10-01"), .badUsernameOrPassword),
             (try Self.credentials(hub, username: "localhost/dev2/?"), .badUsernameOrPassword),
-            (try Self.credentials(hub, token: SASToken(resourceURI: "localhost/devices/dev1", key: key, expiry: 1000)), .notAuthorized),
-            (try Self.credentials(hub, token: SASToken(resourceURI: "localhost/devices/dev2", key: key, timeToLive: 600)), .notAuthorized),
-            (try Self.credentials(hub, token: SASToken(resourceURI: "localhost/devices/dev1", key: IdentityAuthentication.randomKey(), timeToLive: 600)), .notAuthorized),
-            (try Self.credentials(hub, token: SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600, keyName: "owner")), .notAuthorized),
+            (
+                try Self.credentials(
+                    hub, token: SASToken(resourceURI: "localhost/devices/dev1", key: key, expiry: 1000)), .notAuthorized
+            ),
+            (
+                try Self.credentials(
+                    hub, token: SASToken(resourceURI: "localhost/devices/dev2", key: key, timeToLive: 600)),
+                .notAuthorized
+            ),
+            (
+                try Self.credentials(
+                    hub,
+                    token: SASToken(
+                        resourceURI: "localhost/devices/dev1", key: IdentityAuthentication.randomKey(), timeToLive: 600)
+                ), .notAuthorized
+            ),
+            (
+                try Self.credentials(
+                    hub,
+                    token: SASToken(resourceURI: "localhost/devices/dev1", key: key, timeToLive: 600, keyName: "owner")),
+                .notAuthorized
+            ),
             (try Self.credentials(hub, clientId: "ghost", username: "localhost/ghost/?"), .notAuthorized),
         ]
         for (credentials, expected) in cases {
@@ -63,7 +85,8 @@ import Testing
         hub.setFaults(Faults(refuseConnectionsUntil: Date().addingTimeInterval(60)))
         #expect(try hub.authenticate(Self.credentials(hub)).failureCode == .serverUnavailable)
         hub.setFaults(Faults())
-        _ = try hub.putIdentity(IdentityKey(deviceId: "dev1"), body: ["deviceId": "dev1", "status": "disabled"], ifMatch: "*")
+        _ = try hub.putIdentity(
+            IdentityKey(deviceId: "dev1"), body: ["deviceId": "dev1", "status": "disabled"], ifMatch: "*")
         #expect(try hub.authenticate(Self.credentials(hub)).failureCode == .notAuthorized)
     }
 
@@ -74,29 +97,37 @@ import Testing
             try hub.putIdentity(key, body: ["deviceId": "dev1"], ifMatch: nil)
         }
         let etag = try #require(hub.identity(key)?.etag)
-        #expect(throws: ServiceError.self) { try hub.putIdentity(key, body: ["deviceId": "dev1"], ifMatch: "\"bogus\"") }
+        #expect(throws: ServiceError.self) {
+            try hub.putIdentity(key, body: ["deviceId": "dev1"], ifMatch: "\"bogus\"")
+        }
         let updated = try hub.putIdentity(key, body: ["deviceId": "dev1"], ifMatch: "\"\(etag)\"")
         #expect(updated.etag != etag)
         #expect(throws: ServiceError.badRequest("deviceId 'other' in the body does not match 'dev1' in the path")) {
             try hub.putIdentity(key, body: ["deviceId": "other"], ifMatch: "*")
         }
-        #expect(throws: ServiceError.self) { try hub.putIdentity(IdentityKey(deviceId: "bad/id"), body: [:], ifMatch: nil) }
+        #expect(throws: ServiceError.self) {
+            try hub.putIdentity(IdentityKey(deviceId: "bad/id"), body: [:], ifMatch: nil)
+        }
         #expect(throws: ServiceError.notFound(IdentityKey(deviceId: "nodevice"))) {
             try hub.putIdentity(IdentityKey(deviceId: "nodevice", moduleId: "m"), body: [:], ifMatch: nil)
         }
         let module = try hub.putIdentity(IdentityKey(deviceId: "dev1", moduleId: "m1"), body: [:], ifMatch: nil)
         #expect(module.authentication.primaryKey != nil)
         try hub.deleteIdentity(key, ifMatch: nil)
-        #expect(hub.identity(IdentityKey(deviceId: "dev1", moduleId: "m1")) == nil, "deleting a device deletes its modules")
+        #expect(
+            hub.identity(IdentityKey(deviceId: "dev1", moduleId: "m1")) == nil, "deleting a device deletes its modules")
     }
 
     @Test func x509IdentitiesNeedAThumbprint() throws {
         let hub = try Self.makeHub()
         #expect(throws: ServiceError.self) {
-            try hub.putIdentity(IdentityKey(deviceId: "x"), body: ["authentication": ["type": "selfSigned"]], ifMatch: nil)
+            try hub.putIdentity(
+                IdentityKey(deviceId: "x"), body: ["authentication": ["type": "selfSigned"]], ifMatch: nil)
         }
         let record = try hub.putIdentity(
-            IdentityKey(deviceId: "x"), body: ["authentication": ["type": "selfSigned", "x509Thumbprint": ["primaryThumbprint": "AB"]]], ifMatch: nil)
+            IdentityKey(deviceId: "x"),
+            body: ["authentication": ["type": "selfSigned", "x509Thumbprint": ["primaryThumbprint": "AB"]]],
+            ifMatch: nil)
         #expect(record.authentication.primaryKey == nil)
         #expect(record.authentication.type == .selfSigned)
     }
@@ -104,7 +135,8 @@ import Testing
     @Test func desiredPatchesMergeAndVersion() throws {
         let hub = try Self.makeHub()
         let key = IdentityKey(deviceId: "dev1")
-        var record = try hub.patchDesired(key, patch: ["a": 1, "b": ["c": 2]], tags: ["site": "x"], replace: false, ifMatch: nil)
+        var record = try hub.patchDesired(
+            key, patch: ["a": 1, "b": ["c": 2]], tags: ["site": "x"], replace: false, ifMatch: nil)
         #expect(record.desired.version == 2)
         #expect(record.desired.properties == ["a": 1, "b": ["c": 2]])
         record = try hub.patchDesired(key, patch: ["a": nil, "b": ["d": 3]], tags: nil, replace: false, ifMatch: "*")
@@ -114,7 +146,9 @@ import Testing
         record = try hub.patchDesired(key, patch: ["z": true], tags: [:], replace: true, ifMatch: nil)
         #expect(record.desired.properties == ["z": true])
         #expect(record.desired.version == 4)
-        #expect(throws: ServiceError.self) { try hub.patchDesired(key, patch: ["q": 1], tags: nil, replace: false, ifMatch: "\"stale\"") }
+        #expect(throws: ServiceError.self) {
+            try hub.patchDesired(key, patch: ["q": 1], tags: nil, replace: false, ifMatch: "\"stale\"")
+        }
         let big = JSONValue.string(String(repeating: "x", count: 40_000))
         #expect(throws: ServiceError.badRequest("the desired properties exceed 32 KB")) {
             try hub.patchDesired(key, patch: ["big": big], tags: nil, replace: false, ifMatch: nil)
@@ -124,7 +158,8 @@ import Testing
     @Test func cloudToDeviceQueueKeepsIoTHubsLimitsAndPurges() throws {
         let hub = try Self.makeHub()
         for index in 0..<Hub.cloudToDeviceQueueLimit {
-            _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("\(index)".utf8)), timeToLive: nil)
+            _ = try hub.enqueueCloudToDevice(
+                to: "dev1", message: Message(payload: Data("\(index)".utf8)), timeToLive: nil)
         }
         #expect(throws: ServiceError.self) {
             try hub.enqueueCloudToDevice(to: "dev1", message: Message(), timeToLive: nil)
@@ -146,7 +181,13 @@ import Testing
         let first = DeviceConnection(id: 1, key: key, transport: .tcp, channel: EmbeddedChannel())
         var attach = hub.attach(first, cleanSession: false)
         #expect(!attach.sessionPresent)
-        #expect(hub.subscribe(first, [.init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .exactlyOnce), .init(topicFilter: "elsewhere/#", qos: .atLeastOnce)]) == [1, 0x80])
+        #expect(
+            hub.subscribe(
+                first,
+                [
+                    .init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .exactlyOnce),
+                    .init(topicFilter: "elsewhere/#", qos: .atLeastOnce),
+                ]) == [1, 0x80])
         _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("one".utf8)), timeToLive: nil)
         let inflight = hub.state.withLockedValue { $0.sessions[key]?.inflight.count }
         #expect(inflight == 1)
@@ -180,7 +221,8 @@ import Testing
         let channel = EmbeddedChannel()
         let connection = DeviceConnection(id: 1, key: key, transport: .tcp, channel: channel)
         _ = hub.attach(connection, cleanSession: true)
-        _ = hub.subscribe(connection, [.init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .atLeastOnce)])
+        _ = hub.subscribe(
+            connection, [.init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .atLeastOnce)])
         _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("before".utf8)), timeToLive: nil)
         #expect(try channel.readOutbound(as: MQTTPacket.self) != nil)
         #expect(hub.discardTraffic(of: key))
@@ -193,7 +235,8 @@ import Testing
     @Test func methodCallsToOfflineDevicesFailAtOnce() async throws {
         let hub = try Self.makeHub()
         await #expect(throws: ServiceError.deviceNotOnline(IdentityKey(deviceId: "dev1"))) {
-            try await hub.invokeMethod(on: IdentityKey(deviceId: "dev1"), name: "m", payload: Data("null".utf8), responseTimeout: .seconds(5))
+            try await hub.invokeMethod(
+                on: IdentityKey(deviceId: "dev1"), name: "m", payload: Data("null".utf8), responseTimeout: .seconds(5))
         }
     }
 }

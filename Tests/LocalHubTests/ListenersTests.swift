@@ -1,8 +1,9 @@
 import Foundation
-@testable import LocalHub
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import LocalHub
 
 /// The hub's accepted TCP connections, their options read back with `getsockopt`.
 @Suite(.timeLimit(.minutes(1))) struct ListenersTests {
@@ -18,7 +19,9 @@ import Testing
         let child = try await accepted.futureResult.get()
         let noDelay = try await child.getOption(ChannelOptions.tcpOption(.tcp_nodelay)).get()
         // SO_DEBUG has TCP_NODELAY's number at the socket level: what `socketOption(.tcp_nodelay)` set.
-        let socketDebug = try await child.getOption(ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_DEBUG))).get()
+        let socketDebug = try await child.getOption(
+            ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_DEBUG))
+        ).get()
         #expect(noDelay != 0)
         #expect(socketDebug == 0)
         try await client.close()

@@ -81,36 +81,64 @@ enum Samples {
 
     static let connectFull = ConnectPacket(
         cleanSession: true, keepAliveSeconds: 240, clientId: "d1/m1",
-        will: .init(topic: "devices/d1/messages/events/", message: ByteBuffer(string: "gone"), qos: .atLeastOnce, retain: true),
+        will: .init(
+            topic: "devices/d1/messages/events/", message: ByteBuffer(string: "gone"), qos: .atLeastOnce, retain: true),
         username: "hub.azure-devices.net/d1/m1/?api-version=2019-10-01",
         password: ByteBuffer(string: "SharedAccessSignature sr=hub.azure-devices.net%2Fdevices%2Fd1&sig=abc&se=1"))
 
     static let connects: [NamedPacket] = [
         NamedPacket("CONNECT minimal, clean session", .connect(connectMinimal)),
-        NamedPacket("CONNECT without clean session, keep-alive 0, empty client id",
-                    .connect(ConnectPacket(cleanSession: false, keepAliveSeconds: 0, clientId: ""))),
-        NamedPacket("CONNECT keep-alive 65535, unicode client id",
-                    .connect(ConnectPacket(cleanSession: true, keepAliveSeconds: 65535, clientId: "gerät-日本-🚀"))),
-        NamedPacket("CONNECT MQTT 3.1 protocol name and level",
-                    .connect(ConnectPacket(protocolName: "MQIsdp", protocolLevel: 3, cleanSession: true, keepAliveSeconds: 10, clientId: "c"))),
-        NamedPacket("CONNECT will QoS 0", .connect(ConnectPacket(
-            cleanSession: true, keepAliveSeconds: 30, clientId: "c",
-            will: .init(topic: "w", message: ByteBuffer(string: "bye"), qos: .atMostOnce, retain: false)))),
-        NamedPacket("CONNECT will QoS 1 retained, not clean", .connect(ConnectPacket(
-            cleanSession: false, keepAliveSeconds: 30, clientId: "c",
-            will: .init(topic: "a/b", message: ByteBuffer(bytes: [0, 1, 0xFF]), qos: .atLeastOnce, retain: true)))),
-        NamedPacket("CONNECT will QoS 2, empty will message", .connect(ConnectPacket(
-            cleanSession: true, keepAliveSeconds: 30, clientId: "c",
-            will: .init(topic: "a/b", message: ByteBuffer(), qos: .exactlyOnce, retain: false)))),
-        NamedPacket("CONNECT user name only", .connect(ConnectPacket(
-            cleanSession: true, keepAliveSeconds: 30, clientId: "c", username: "user"))),
-        NamedPacket("CONNECT empty user name", .connect(ConnectPacket(
-            cleanSession: true, keepAliveSeconds: 30, clientId: "c", username: ""))),
-        NamedPacket("CONNECT user name and binary password", .connect(ConnectPacket(
-            cleanSession: false, keepAliveSeconds: 30, clientId: "c", username: "user",
-            password: ByteBuffer(bytes: [0x00, 0xC3, 0x28, 0xFF])))),
-        NamedPacket("CONNECT user name and empty password", .connect(ConnectPacket(
-            cleanSession: true, keepAliveSeconds: 30, clientId: "c", username: "user", password: ByteBuffer()))),
+        NamedPacket(
+            "CONNECT without clean session, keep-alive 0, empty client id",
+            .connect(ConnectPacket(cleanSession: false, keepAliveSeconds: 0, clientId: ""))),
+        NamedPacket(
+            "CONNECT keep-alive 65535, unicode client id",
+            .connect(ConnectPacket(cleanSession: true, keepAliveSeconds: 65535, clientId: "gerät-日本-🚀"))),
+        NamedPacket(
+            "CONNECT MQTT 3.1 protocol name and level",
+            .connect(
+                ConnectPacket(
+                    protocolName: "MQIsdp", protocolLevel: 3, cleanSession: true, keepAliveSeconds: 10, clientId: "c"))),
+        NamedPacket(
+            "CONNECT will QoS 0",
+            .connect(
+                ConnectPacket(
+                    cleanSession: true, keepAliveSeconds: 30, clientId: "c",
+                    will: .init(topic: "w", message: ByteBuffer(string: "bye"), qos: .atMostOnce, retain: false)))),
+        NamedPacket(
+            "CONNECT will QoS 1 retained, not clean",
+            .connect(
+                ConnectPacket(
+                    cleanSession: false, keepAliveSeconds: 30, clientId: "c",
+                    will: .init(
+                        topic: "a/b", message: ByteBuffer(bytes: [0, 1, 0xFF]), qos: .atLeastOnce, retain: true)))),
+        NamedPacket(
+            "CONNECT will QoS 2, empty will message",
+            .connect(
+                ConnectPacket(
+                    cleanSession: true, keepAliveSeconds: 30, clientId: "c",
+                    will: .init(topic: "a/b", message: ByteBuffer(), qos: .exactlyOnce, retain: false)))),
+        NamedPacket(
+            "CONNECT user name only",
+            .connect(
+                ConnectPacket(
+                    cleanSession: true, keepAliveSeconds: 30, clientId: "c", username: "user"))),
+        NamedPacket(
+            "CONNECT empty user name",
+            .connect(
+                ConnectPacket(
+                    cleanSession: true, keepAliveSeconds: 30, clientId: "c", username: ""))),
+        NamedPacket(
+            "CONNECT user name and binary password",
+            .connect(
+                ConnectPacket(
+                    cleanSession: false, keepAliveSeconds: 30, clientId: "c", username: "user",
+                    password: ByteBuffer(bytes: [0x00, 0xC3, 0x28, 0xFF])))),
+        NamedPacket(
+            "CONNECT user name and empty password",
+            .connect(
+                ConnectPacket(
+                    cleanSession: true, keepAliveSeconds: 30, clientId: "c", username: "user", password: ByteBuffer()))),
         NamedPacket("CONNECT will, user name and password", .connect(connectFull)),
     ]
 
@@ -121,44 +149,92 @@ enum Samples {
 
     static let connacks: [NamedPacket] = returnCodes.flatMap { code in
         [false, true].map { sessionPresent in
-            NamedPacket("CONNACK \(code) session present \(sessionPresent)",
-                        .connack(ConnackPacket(sessionPresent: sessionPresent, returnCode: code)))
+            NamedPacket(
+                "CONNACK \(code) session present \(sessionPresent)",
+                .connack(ConnackPacket(sessionPresent: sessionPresent, returnCode: code)))
         }
     }
 
     static let largePayload = ByteBuffer(bytes: (0..<262_144).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
 
     static let publishes: [NamedPacket] = [
-        NamedPacket("PUBLISH QoS 0", .publish(PublishPacket(
-            topic: "devices/d1/messages/events/", payload: ByteBuffer(string: "{\"t\":21.5}"), qos: .atMostOnce))),
-        NamedPacket("PUBLISH QoS 0 retain", .publish(PublishPacket(
-            topic: "a/b", payload: ByteBuffer(string: "x"), qos: .atMostOnce, retain: true))),
-        NamedPacket("PUBLISH QoS 1", .publish(PublishPacket(
-            topic: "a/b", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, packetId: 1))),
-        NamedPacket("PUBLISH QoS 1 dup", .publish(PublishPacket(
-            topic: "a/b", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, duplicate: true, packetId: 0x1234))),
-        NamedPacket("PUBLISH QoS 1 dup retain", .publish(PublishPacket(
-            topic: "a/b", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, retain: true, duplicate: true,
-            packetId: 65535))),
-        NamedPacket("PUBLISH QoS 1 retain", .publish(PublishPacket(
-            topic: "a/b", payload: ByteBuffer(string: "r"), qos: .atLeastOnce, retain: true, packetId: 9))),
-        NamedPacket("PUBLISH QoS 2", .publish(PublishPacket(
-            topic: "a/b", payload: ByteBuffer(string: "twice"), qos: .exactlyOnce, packetId: 7))),
-        NamedPacket("PUBLISH QoS 0 empty payload", .publish(PublishPacket(
-            topic: "a", payload: ByteBuffer(), qos: .atMostOnce))),
-        NamedPacket("PUBLISH QoS 1 empty payload", .publish(PublishPacket(
-            topic: "a", payload: ByteBuffer(), qos: .atLeastOnce, packetId: 2))),
-        NamedPacket("PUBLISH QoS 1 payload of 262144 bytes", .publish(PublishPacket(
-            topic: "devices/d1/messages/events/", payload: largePayload, qos: .atLeastOnce, packetId: 3))),
-        NamedPacket("PUBLISH QoS 0 payload of every byte value", .publish(PublishPacket(
-            topic: "bin", payload: ByteBuffer(bytes: Array(0...255)), qos: .atMostOnce))),
-        NamedPacket("PUBLISH unicode topic", .publish(PublishPacket(
-            topic: "capteurs/température/日本/🚀", payload: ByteBuffer(string: "ü"), qos: .atLeastOnce, packetId: 4))),
-        NamedPacket("PUBLISH $iothub topic", .publish(PublishPacket(
-            topic: "$iothub/twin/res/200/?$rid=1&$version=2", payload: ByteBuffer(string: "{}"), qos: .atMostOnce))),
-        NamedPacket("PUBLISH cloud-to-device topic", .publish(PublishPacket(
-            topic: "devices/d/messages/devicebound/%24.mid=1&%24.to=%2Fdevices%2Fd%2Fmessages%2Fdevicebound",
-            payload: ByteBuffer(string: "c2d"), qos: .atLeastOnce, packetId: 5))),
+        NamedPacket(
+            "PUBLISH QoS 0",
+            .publish(
+                PublishPacket(
+                    topic: "devices/d1/messages/events/", payload: ByteBuffer(string: "{\"t\":21.5}"), qos: .atMostOnce)
+            )),
+        NamedPacket(
+            "PUBLISH QoS 0 retain",
+            .publish(
+                PublishPacket(
+                    topic: "a/b", payload: ByteBuffer(string: "x"), qos: .atMostOnce, retain: true))),
+        NamedPacket(
+            "PUBLISH QoS 1",
+            .publish(
+                PublishPacket(
+                    topic: "a/b", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, packetId: 1))),
+        NamedPacket(
+            "PUBLISH QoS 1 dup",
+            .publish(
+                PublishPacket(
+                    topic: "a/b", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, duplicate: true,
+                    packetId: 0x1234))),
+        NamedPacket(
+            "PUBLISH QoS 1 dup retain",
+            .publish(
+                PublishPacket(
+                    topic: "a/b", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, retain: true,
+                    duplicate: true,
+                    packetId: 65535))),
+        NamedPacket(
+            "PUBLISH QoS 1 retain",
+            .publish(
+                PublishPacket(
+                    topic: "a/b", payload: ByteBuffer(string: "r"), qos: .atLeastOnce, retain: true, packetId: 9))),
+        NamedPacket(
+            "PUBLISH QoS 2",
+            .publish(
+                PublishPacket(
+                    topic: "a/b", payload: ByteBuffer(string: "twice"), qos: .exactlyOnce, packetId: 7))),
+        NamedPacket(
+            "PUBLISH QoS 0 empty payload",
+            .publish(
+                PublishPacket(
+                    topic: "a", payload: ByteBuffer(), qos: .atMostOnce))),
+        NamedPacket(
+            "PUBLISH QoS 1 empty payload",
+            .publish(
+                PublishPacket(
+                    topic: "a", payload: ByteBuffer(), qos: .atLeastOnce, packetId: 2))),
+        NamedPacket(
+            "PUBLISH QoS 1 payload of 262144 bytes",
+            .publish(
+                PublishPacket(
+                    topic: "devices/d1/messages/events/", payload: largePayload, qos: .atLeastOnce, packetId: 3))),
+        NamedPacket(
+            "PUBLISH QoS 0 payload of every byte value",
+            .publish(
+                PublishPacket(
+                    topic: "bin", payload: ByteBuffer(bytes: Array(0...255)), qos: .atMostOnce))),
+        NamedPacket(
+            "PUBLISH unicode topic",
+            .publish(
+                PublishPacket(
+                    topic: "capteurs/température/日本/🚀", payload: ByteBuffer(string: "ü"), qos: .atLeastOnce, packetId: 4
+                ))),
+        NamedPacket(
+            "PUBLISH $iothub topic",
+            .publish(
+                PublishPacket(
+                    topic: "$iothub/twin/res/200/?$rid=1&$version=2", payload: ByteBuffer(string: "{}"),
+                    qos: .atMostOnce))),
+        NamedPacket(
+            "PUBLISH cloud-to-device topic",
+            .publish(
+                PublishPacket(
+                    topic: "devices/d/messages/devicebound/%24.mid=1&%24.to=%2Fdevices%2Fd%2Fmessages%2Fdevicebound",
+                    payload: ByteBuffer(string: "c2d"), qos: .atLeastOnce, packetId: 5))),
     ]
 
     static let identifierPackets: [NamedPacket] = [UInt16(1), 0x1234, 65535].flatMap { id in
@@ -172,20 +248,34 @@ enum Samples {
     }
 
     static let subscriptions: [NamedPacket] = [
-        NamedPacket("SUBSCRIBE one filter", .subscribe(SubscribePacket(
-            packetId: 1, subscriptions: [.init(topicFilter: "devices/d1/messages/devicebound/#", qos: .atLeastOnce)]))),
-        NamedPacket("SUBSCRIBE several filters", .subscribe(SubscribePacket(packetId: 0xBEEF, subscriptions: [
-            .init(topicFilter: "devices/d1/messages/devicebound/#", qos: .atLeastOnce),
-            .init(topicFilter: "$iothub/methods/POST/#", qos: .atMostOnce),
-            .init(topicFilter: "$iothub/twin/res/#", qos: .exactlyOnce),
-            .init(topicFilter: "+/capteurs/température/#", qos: .atMostOnce),
-            .init(topicFilter: "#", qos: .atLeastOnce),
-        ]))),
-        NamedPacket("SUBACK granted and refused", .suback(SubackPacket(packetId: 0xBEEF, returnCodes: [1, 0, 2, 0x80, 1]))),
+        NamedPacket(
+            "SUBSCRIBE one filter",
+            .subscribe(
+                SubscribePacket(
+                    packetId: 1,
+                    subscriptions: [.init(topicFilter: "devices/d1/messages/devicebound/#", qos: .atLeastOnce)]))),
+        NamedPacket(
+            "SUBSCRIBE several filters",
+            .subscribe(
+                SubscribePacket(
+                    packetId: 0xBEEF,
+                    subscriptions: [
+                        .init(topicFilter: "devices/d1/messages/devicebound/#", qos: .atLeastOnce),
+                        .init(topicFilter: "$iothub/methods/POST/#", qos: .atMostOnce),
+                        .init(topicFilter: "$iothub/twin/res/#", qos: .exactlyOnce),
+                        .init(topicFilter: "+/capteurs/température/#", qos: .atMostOnce),
+                        .init(topicFilter: "#", qos: .atLeastOnce),
+                    ]))),
+        NamedPacket(
+            "SUBACK granted and refused", .suback(SubackPacket(packetId: 0xBEEF, returnCodes: [1, 0, 2, 0x80, 1]))),
         NamedPacket("SUBACK refused", .suback(SubackPacket(packetId: 1, returnCodes: [SubackPacket.failure]))),
         NamedPacket("UNSUBSCRIBE one filter", .unsubscribe(UnsubscribePacket(packetId: 2, topicFilters: ["a/b"]))),
-        NamedPacket("UNSUBSCRIBE several filters", .unsubscribe(UnsubscribePacket(
-            packetId: 65535, topicFilters: ["devices/d1/messages/devicebound/#", "$iothub/methods/POST/#", "日本/+"]))),
+        NamedPacket(
+            "UNSUBSCRIBE several filters",
+            .unsubscribe(
+                UnsubscribePacket(
+                    packetId: 65535,
+                    topicFilters: ["devices/d1/messages/devicebound/#", "$iothub/methods/POST/#", "日本/+"]))),
     ]
 
     static let empties: [NamedPacket] = [
@@ -237,8 +327,9 @@ enum Samples {
     }
 
     @Test func largePayloadUsesThreeByteRemainingLength() throws {
-        let packet = MQTTPacket.publish(PublishPacket(
-            topic: "t", payload: Samples.largePayload, qos: .atMostOnce))
+        let packet = MQTTPacket.publish(
+            PublishPacket(
+                topic: "t", payload: Samples.largePayload, qos: .atMostOnce))
         let bytes = encodedBytes(packet)
         // Remaining length 2 + 1 + 262144 = 262147 = 0x40003: 0x83 0x80 0x10.
         #expect(Array(bytes.prefix(4)) == [0x30, 0x83, 0x80, 0x10])
@@ -303,66 +394,87 @@ enum Samples {
         ByteCase("PINGREQ", [0xC0, 0x00], .pingreq),
         ByteCase("PINGRESP", [0xD0, 0x00], .pingresp),
         ByteCase("DISCONNECT", [0xE0, 0x00], .disconnect),
-        ByteCase("CONNACK accepted", [0x20, 0x02, 0x00, 0x00],
-                 .connack(ConnackPacket(sessionPresent: false, returnCode: .accepted))),
-        ByteCase("CONNACK session present", [0x20, 0x02, 0x01, 0x00],
-                 .connack(ConnackPacket(sessionPresent: true, returnCode: .accepted))),
-        ByteCase("CONNACK not authorized", [0x20, 0x02, 0x00, 0x05],
-                 .connack(ConnackPacket(sessionPresent: false, returnCode: .notAuthorized))),
+        ByteCase(
+            "CONNACK accepted", [0x20, 0x02, 0x00, 0x00],
+            .connack(ConnackPacket(sessionPresent: false, returnCode: .accepted))),
+        ByteCase(
+            "CONNACK session present", [0x20, 0x02, 0x01, 0x00],
+            .connack(ConnackPacket(sessionPresent: true, returnCode: .accepted))),
+        ByteCase(
+            "CONNACK not authorized", [0x20, 0x02, 0x00, 0x05],
+            .connack(ConnackPacket(sessionPresent: false, returnCode: .notAuthorized))),
         ByteCase("PUBACK", [0x40, 0x02, 0x12, 0x34], .puback(PacketIdentifierPacket(packetId: 0x1234))),
         ByteCase("PUBREC", [0x50, 0x02, 0x00, 0x0A], .pubrec(PacketIdentifierPacket(packetId: 10))),
         ByteCase("PUBREL", [0x62, 0x02, 0x00, 0x0A], .pubrel(PacketIdentifierPacket(packetId: 10))),
         ByteCase("PUBCOMP", [0x70, 0x02, 0xFF, 0xFF], .pubcomp(PacketIdentifierPacket(packetId: 65535))),
         ByteCase("UNSUBACK", [0xB0, 0x02, 0x00, 0x01], .unsuback(PacketIdentifierPacket(packetId: 1))),
         // MQTT 3.1.1 section 3.1.2.10: the variable header example (level 4, flags 0xCE, keep-alive 10).
-        ByteCase("CONNECT of the specification's example",
-                 [0x10, 0x1F,
-                  0x00, 0x04, 0x4D, 0x51, 0x54, 0x54,  // "MQTT"
-                  0x04,  // protocol level
-                  0xCE,  // user name, password, will QoS 1, will, clean session
-                  0x00, 0x0A,  // keep-alive 10 s
-                  0x00, 0x03, 0x63, 0x69, 0x64,  // client id "cid"
-                  0x00, 0x03, 0x77, 0x2F, 0x74,  // will topic "w/t"
-                  0x00, 0x03, 0x62, 0x79, 0x65,  // will message "bye"
-                  0x00, 0x01, 0x75,  // user name "u"
-                  0x00, 0x01, 0x70],  // password "p"
-                 .connect(ConnectPacket(
+        ByteCase(
+            "CONNECT of the specification's example",
+            [
+                0x10, 0x1F,
+                0x00, 0x04, 0x4D, 0x51, 0x54, 0x54,  // "MQTT"
+                0x04,  // protocol level
+                0xCE,  // user name, password, will QoS 1, will, clean session
+                0x00, 0x0A,  // keep-alive 10 s
+                0x00, 0x03, 0x63, 0x69, 0x64,  // client id "cid"
+                0x00, 0x03, 0x77, 0x2F, 0x74,  // will topic "w/t"
+                0x00, 0x03, 0x62, 0x79, 0x65,  // will message "bye"
+                0x00, 0x01, 0x75,  // user name "u"
+                0x00, 0x01, 0x70,
+            ],  // password "p"
+            .connect(
+                ConnectPacket(
                     cleanSession: true, keepAliveSeconds: 10, clientId: "cid",
                     will: .init(topic: "w/t", message: ByteBuffer(string: "bye"), qos: .atLeastOnce, retain: false),
                     username: "u", password: ByteBuffer(string: "p")))),
-        ByteCase("CONNECT minimal",
-                 [0x10, 0x0D, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, 0x61],
-                 .connect(ConnectPacket(cleanSession: true, keepAliveSeconds: 60, clientId: "a"))),
-        ByteCase("CONNECT will QoS 2 retained, no clean session",
-                 [0x10, 0x17, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x34, 0x00, 0x00,
-                  0x00, 0x01, 0x61, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x03, 0x01, 0x02, 0x03],
-                 .connect(ConnectPacket(
+        ByteCase(
+            "CONNECT minimal",
+            [0x10, 0x0D, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, 0x61],
+            .connect(ConnectPacket(cleanSession: true, keepAliveSeconds: 60, clientId: "a"))),
+        ByteCase(
+            "CONNECT will QoS 2 retained, no clean session",
+            [
+                0x10, 0x17, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x34, 0x00, 0x00,
+                0x00, 0x01, 0x61, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x03, 0x01, 0x02, 0x03,
+            ],
+            .connect(
+                ConnectPacket(
                     cleanSession: false, keepAliveSeconds: 0, clientId: "a",
                     will: .init(topic: "a/b", message: ByteBuffer(bytes: [1, 2, 3]), qos: .exactlyOnce, retain: true)))),
         // Section 3.3.2.3: topic "a/b", packet identifier 10.
-        ByteCase("PUBLISH QoS 1 of the specification's example",
-                 [0x32, 0x09, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x0A, 0x68, 0x69],
-                 .publish(PublishPacket(topic: "a/b", payload: ByteBuffer(string: "hi"), qos: .atLeastOnce, packetId: 10))),
-        ByteCase("PUBLISH QoS 0 retain",
-                 [0x31, 0x05, 0x00, 0x03, 0x61, 0x2F, 0x62],
-                 .publish(PublishPacket(topic: "a/b", payload: ByteBuffer(), qos: .atMostOnce, retain: true))),
-        ByteCase("PUBLISH QoS 2 dup",
-                 [0x3C, 0x06, 0x00, 0x02, 0xC3, 0xA9, 0x00, 0x01],
-                 .publish(PublishPacket(topic: "é", payload: ByteBuffer(), qos: .exactlyOnce, duplicate: true, packetId: 1))),
+        ByteCase(
+            "PUBLISH QoS 1 of the specification's example",
+            [0x32, 0x09, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x0A, 0x68, 0x69],
+            .publish(PublishPacket(topic: "a/b", payload: ByteBuffer(string: "hi"), qos: .atLeastOnce, packetId: 10))),
+        ByteCase(
+            "PUBLISH QoS 0 retain",
+            [0x31, 0x05, 0x00, 0x03, 0x61, 0x2F, 0x62],
+            .publish(PublishPacket(topic: "a/b", payload: ByteBuffer(), qos: .atMostOnce, retain: true))),
+        ByteCase(
+            "PUBLISH QoS 2 dup",
+            [0x3C, 0x06, 0x00, 0x02, 0xC3, 0xA9, 0x00, 0x01],
+            .publish(PublishPacket(topic: "é", payload: ByteBuffer(), qos: .exactlyOnce, duplicate: true, packetId: 1))),
         // Section 3.8.3.1: "a/b" QoS 1 and "c/d" QoS 2, packet identifier 10.
-        ByteCase("SUBSCRIBE of the specification's example",
-                 [0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x01, 0x00, 0x03, 0x63, 0x2F, 0x64, 0x02],
-                 .subscribe(SubscribePacket(packetId: 10, subscriptions: [
-                    .init(topicFilter: "a/b", qos: .atLeastOnce), .init(topicFilter: "c/d", qos: .exactlyOnce),
-                 ]))),
+        ByteCase(
+            "SUBSCRIBE of the specification's example",
+            [0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x01, 0x00, 0x03, 0x63, 0x2F, 0x64, 0x02],
+            .subscribe(
+                SubscribePacket(
+                    packetId: 10,
+                    subscriptions: [
+                        .init(topicFilter: "a/b", qos: .atLeastOnce), .init(topicFilter: "c/d", qos: .exactlyOnce),
+                    ]))),
         // Section 3.9.3.1: granted QoS 0, 1, 2 and a failure.
-        ByteCase("SUBACK of the specification's example",
-                 [0x90, 0x06, 0x00, 0x0A, 0x00, 0x01, 0x02, 0x80],
-                 .suback(SubackPacket(packetId: 10, returnCodes: [0, 1, 2, 0x80]))),
+        ByteCase(
+            "SUBACK of the specification's example",
+            [0x90, 0x06, 0x00, 0x0A, 0x00, 0x01, 0x02, 0x80],
+            .suback(SubackPacket(packetId: 10, returnCodes: [0, 1, 2, 0x80]))),
         // Section 3.10.3.1.
-        ByteCase("UNSUBSCRIBE of the specification's example",
-                 [0xA2, 0x0C, 0x00, 0x0A, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x03, 0x63, 0x2F, 0x64],
-                 .unsubscribe(UnsubscribePacket(packetId: 10, topicFilters: ["a/b", "c/d"]))),
+        ByteCase(
+            "UNSUBSCRIBE of the specification's example",
+            [0xA2, 0x0C, 0x00, 0x0A, 0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x03, 0x63, 0x2F, 0x64],
+            .unsubscribe(UnsubscribePacket(packetId: 10, topicFilters: ["a/b", "c/d"]))),
     ]
 
     @Test(arguments: cases)
@@ -402,19 +514,23 @@ enum Samples {
     func incompleteRemainingLengthNeedsMoreData(value: Int, encoding: [UInt8]) throws {
         for count in 0..<encoding.count {
             var buffer = ByteBuffer(bytes: encoding.prefix(count))
-            #expect(try MQTTPacketDecoder.readRemainingLength(from: &buffer) == nil, "\(count) of \(encoding.count) bytes")
+            #expect(
+                try MQTTPacketDecoder.readRemainingLength(from: &buffer) == nil, "\(count) of \(encoding.count) bytes")
         }
     }
 
     /// A packet whose remaining length is exactly `length`: PINGREQ for 0, else a QoS 0 PUBLISH to "t".
     private static func packet(withRemainingLength length: Int) -> MQTTPacket {
         if length == 0 { return .pingreq }
-        return .publish(PublishPacket(
-            topic: "t", payload: ByteBuffer(repeating: 0x5A, count: length - 3), qos: .atMostOnce))
+        return .publish(
+            PublishPacket(
+                topic: "t", payload: ByteBuffer(repeating: 0x5A, count: length - 3), qos: .atMostOnce))
     }
 
     /// The encoder writes the same lengths (up to 2 MiB, the 256 MiB one is checked on the decoding side).
-    static let encodableLengths: [(Int, [UInt8])] = remainingLengths.filter { $0.0 == 0 || (3...2_097_152).contains($0.0) }
+    static let encodableLengths: [(Int, [UInt8])] = remainingLengths.filter {
+        $0.0 == 0 || (3...2_097_152).contains($0.0)
+    }
 
     @Test(arguments: encodableLengths)
     func encodesRemainingLength(value: Int, encoding: [UInt8]) throws {
@@ -442,9 +558,10 @@ enum Samples {
 
 @Suite struct MQTTPacketChannelTests {
     @Test func verifierFeedsBytesInEveryWay() throws {
-        let mediumPublish = MQTTPacket.publish(PublishPacket(
-            topic: "devices/d1/messages/events/", payload: ByteBuffer(repeating: 0x42, count: 20_000),
-            qos: .atLeastOnce, packetId: 77))
+        let mediumPublish = MQTTPacket.publish(
+            PublishPacket(
+                topic: "devices/d1/messages/events/", payload: ByteBuffer(repeating: 0x42, count: 20_000),
+                qos: .atLeastOnce, packetId: 77))
         var twoInOne = encoded(.pingreq)
         MQTTPacketEncoder.encode(.puback(PacketIdentifierPacket(packetId: 5)), into: &twoInOne)
         var pairs: [(ByteBuffer, [MQTTPacket])] = [
@@ -576,17 +693,21 @@ enum Samples {
         ByteCase("reserved packet type 0, first byte only", [0x00], .reservedPacketType(0)),
         ByteCase("reserved packet type 15", [0xF0, 0x00], .reservedPacketType(15)),
         ByteCase("reserved packet type 15 with flags", [0xFF, 0x00], .reservedPacketType(15)),
-        ByteCase("SUBSCRIBE with flags 0",
-                 [0x80, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00], .invalidFixedHeaderFlags(.subscribe, 0)),
-        ByteCase("SUBSCRIBE with flags 3",
-                 [0x83, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00], .invalidFixedHeaderFlags(.subscribe, 3)),
-        ByteCase("UNSUBSCRIBE with flags 0",
-                 [0xA0, 0x05, 0x00, 0x01, 0x00, 0x01, 0x61], .invalidFixedHeaderFlags(.unsubscribe, 0)),
+        ByteCase(
+            "SUBSCRIBE with flags 0",
+            [0x80, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00], .invalidFixedHeaderFlags(.subscribe, 0)),
+        ByteCase(
+            "SUBSCRIBE with flags 3",
+            [0x83, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00], .invalidFixedHeaderFlags(.subscribe, 3)),
+        ByteCase(
+            "UNSUBSCRIBE with flags 0",
+            [0xA0, 0x05, 0x00, 0x01, 0x00, 0x01, 0x61], .invalidFixedHeaderFlags(.unsubscribe, 0)),
         ByteCase("PUBREL with flags 0", [0x60, 0x02, 0x00, 0x01], .invalidFixedHeaderFlags(.pubrel, 0)),
         ByteCase("PUBACK with flags 2", [0x42, 0x02, 0x00, 0x01], .invalidFixedHeaderFlags(.puback, 2)),
-        ByteCase("CONNECT with flags 1",
-                 [0x11, 0x0D] + connectHeader + [0x02, 0x00, 0x3C] + mqttString("a"),
-                 .invalidFixedHeaderFlags(.connect, 1)),
+        ByteCase(
+            "CONNECT with flags 1",
+            [0x11, 0x0D] + connectHeader + [0x02, 0x00, 0x3C] + mqttString("a"),
+            .invalidFixedHeaderFlags(.connect, 1)),
         ByteCase("CONNACK with flags 8", [0x28, 0x02, 0x00, 0x00], .invalidFixedHeaderFlags(.connack, 8)),
         ByteCase("PINGREQ with flags 15", [0xCF, 0x00], .invalidFixedHeaderFlags(.pingreq, 15)),
         ByteCase("DISCONNECT with flags 1", [0xE1, 0x00], .invalidFixedHeaderFlags(.disconnect, 1)),
@@ -596,50 +717,66 @@ enum Samples {
         ByteCase("non-minimal remaining length 0x80 0x00", [0xC0, 0x80, 0x00], .malformedRemainingLength),
         ByteCase("non-minimal remaining length 0xFF 0x00", [0x30, 0xFF, 0x00], .malformedRemainingLength),
         ByteCase("non-minimal remaining length 0x80 0x80 0x00", [0x30, 0x80, 0x80, 0x00], .malformedRemainingLength),
-        ByteCase("non-minimal remaining length 0x81 0x80 0x80 0x00",
-                 [0x30, 0x81, 0x80, 0x80, 0x00], .malformedRemainingLength),
-        ByteCase("remaining length of 256 MB, fixed header only",
-                 [0x30, 0xFF, 0xFF, 0xFF, 0x7F], .packetTooLarge(claimed: 268_435_455, limit: 524_288)),
-        ByteCase("remaining length of 512 KiB + 1, fixed header only",
-                 [0x30, 0x81, 0x80, 0x20], .packetTooLarge(claimed: 524_289, limit: 524_288)),
+        ByteCase(
+            "non-minimal remaining length 0x81 0x80 0x80 0x00",
+            [0x30, 0x81, 0x80, 0x80, 0x00], .malformedRemainingLength),
+        ByteCase(
+            "remaining length of 256 MB, fixed header only",
+            [0x30, 0xFF, 0xFF, 0xFF, 0x7F], .packetTooLarge(claimed: 268_435_455, limit: 524_288)),
+        ByteCase(
+            "remaining length of 512 KiB + 1, fixed header only",
+            [0x30, 0x81, 0x80, 0x20], .packetTooLarge(claimed: 524_289, limit: 524_288)),
         // CONNECT.
-        ByteCase("CONNECT with client id longer than the body",
-                 [0x10, 0x0F] + connectHeader + [0x02, 0x00, 0x3C, 0x00, 0x0A, 0x61, 0x62, 0x63],
-                 .truncated(.connect)),
+        ByteCase(
+            "CONNECT with client id longer than the body",
+            [0x10, 0x0F] + connectHeader + [0x02, 0x00, 0x3C, 0x00, 0x0A, 0x61, 0x62, 0x63],
+            .truncated(.connect)),
         ByteCase("CONNECT protocol name longer than the body", [0x10, 0x03, 0x00, 0x04, 0x4D], .truncated(.connect)),
         ByteCase("CONNECT without keep-alive", [0x10, 0x08] + connectHeader + [0x02], .truncated(.connect)),
-        ByteCase("CONNECT without a client id", [0x10, 0x0A] + connectHeader + [0x02, 0x00, 0x3C], .truncated(.connect)),
-        ByteCase("CONNECT with a will but no will message",
-                 [0x10, 0x10] + connectHeader + [0x06, 0x00, 0x3C] + mqttString("a") + mqttString("w"),
-                 .truncated(.connect)),
-        ByteCase("CONNECT with the user name flag but no user name",
-                 [0x10, 0x0D] + connectHeader + [0x82, 0x00, 0x3C] + mqttString("a"), .truncated(.connect)),
-        ByteCase("CONNECT with the password flag but no password",
-                 [0x10, 0x10] + connectHeader + [0xC2, 0x00, 0x3C] + mqttString("a") + mqttString("u"),
-                 .truncated(.connect)),
-        ByteCase("CONNECT with a password but no user name",
-                 [0x10, 0x10] + connectHeader + [0x42, 0x00, 0x3C] + mqttString("a") + mqttString("p"),
-                 .malformed(.connect, "a password without a user name")),
-        ByteCase("CONNECT with the reserved flag set",
-                 [0x10, 0x0D] + connectHeader + [0x03, 0x00, 0x3C] + mqttString("a"),
-                 .malformed(.connect, "the reserved flag is set")),
-        ByteCase("CONNECT with will QoS 3",
-                 [0x10, 0x13] + connectHeader + [0x1E, 0x00, 0x3C] + mqttString("a") + mqttString("w") + mqttString("m"),
-                 .invalidQoS(3)),
-        ByteCase("CONNECT with will retain but no will",
-                 [0x10, 0x0D] + connectHeader + [0x22, 0x00, 0x3C] + mqttString("a"),
-                 .malformed(.connect, "will flags without a will")),
-        ByteCase("CONNECT with will QoS but no will",
-                 [0x10, 0x0D] + connectHeader + [0x0A, 0x00, 0x3C] + mqttString("a"),
-                 .malformed(.connect, "will flags without a will")),
-        ByteCase("CONNECT with trailing bytes",
-                 [0x10, 0x0E] + connectHeader + [0x02, 0x00, 0x3C] + mqttString("a") + [0x00],
-                 .trailingBytes(.connect)),
-        ByteCase("CONNECT with invalid UTF-8 in the client id",
-                 [0x10, 0x0D] + connectHeader + [0x02, 0x00, 0x3C, 0x00, 0x01, 0xFF], .invalidUTF8String),
-        ByteCase("CONNECT with U+0000 in the user name",
-                 [0x10, 0x11] + connectHeader + [0x82, 0x00, 0x3C] + mqttString("a") + [0x00, 0x02, 0x75, 0x00],
-                 .invalidUTF8String),
+        ByteCase(
+            "CONNECT without a client id", [0x10, 0x0A] + connectHeader + [0x02, 0x00, 0x3C], .truncated(.connect)),
+        ByteCase(
+            "CONNECT with a will but no will message",
+            [0x10, 0x10] + connectHeader + [0x06, 0x00, 0x3C] + mqttString("a") + mqttString("w"),
+            .truncated(.connect)),
+        ByteCase(
+            "CONNECT with the user name flag but no user name",
+            [0x10, 0x0D] + connectHeader + [0x82, 0x00, 0x3C] + mqttString("a"), .truncated(.connect)),
+        ByteCase(
+            "CONNECT with the password flag but no password",
+            [0x10, 0x10] + connectHeader + [0xC2, 0x00, 0x3C] + mqttString("a") + mqttString("u"),
+            .truncated(.connect)),
+        ByteCase(
+            "CONNECT with a password but no user name",
+            [0x10, 0x10] + connectHeader + [0x42, 0x00, 0x3C] + mqttString("a") + mqttString("p"),
+            .malformed(.connect, "a password without a user name")),
+        ByteCase(
+            "CONNECT with the reserved flag set",
+            [0x10, 0x0D] + connectHeader + [0x03, 0x00, 0x3C] + mqttString("a"),
+            .malformed(.connect, "the reserved flag is set")),
+        ByteCase(
+            "CONNECT with will QoS 3",
+            [0x10, 0x13] + connectHeader + [0x1E, 0x00, 0x3C] + mqttString("a") + mqttString("w") + mqttString("m"),
+            .invalidQoS(3)),
+        ByteCase(
+            "CONNECT with will retain but no will",
+            [0x10, 0x0D] + connectHeader + [0x22, 0x00, 0x3C] + mqttString("a"),
+            .malformed(.connect, "will flags without a will")),
+        ByteCase(
+            "CONNECT with will QoS but no will",
+            [0x10, 0x0D] + connectHeader + [0x0A, 0x00, 0x3C] + mqttString("a"),
+            .malformed(.connect, "will flags without a will")),
+        ByteCase(
+            "CONNECT with trailing bytes",
+            [0x10, 0x0E] + connectHeader + [0x02, 0x00, 0x3C] + mqttString("a") + [0x00],
+            .trailingBytes(.connect)),
+        ByteCase(
+            "CONNECT with invalid UTF-8 in the client id",
+            [0x10, 0x0D] + connectHeader + [0x02, 0x00, 0x3C, 0x00, 0x01, 0xFF], .invalidUTF8String),
+        ByteCase(
+            "CONNECT with U+0000 in the user name",
+            [0x10, 0x11] + connectHeader + [0x82, 0x00, 0x3C] + mqttString("a") + [0x00, 0x02, 0x75, 0x00],
+            .invalidUTF8String),
         // CONNACK.
         ByteCase("CONNACK return code 6", [0x20, 0x02, 0x00, 0x06], .malformed(.connack, "flags 0, return code 6")),
         ByteCase("CONNACK reserved flags", [0x20, 0x02, 0x02, 0x00], .malformed(.connack, "flags 2, return code 0")),
@@ -648,56 +785,76 @@ enum Samples {
         // PUBLISH.
         ByteCase("PUBLISH with invalid UTF-8 in the topic", [0x30, 0x04, 0x00, 0x02, 0xC3, 0x28], .invalidUTF8String),
         ByteCase("PUBLISH with byte 0xFF in the topic", [0x30, 0x03, 0x00, 0x01, 0xFF], .invalidUTF8String),
-        ByteCase("PUBLISH with an overlong encoding in the topic", [0x30, 0x04, 0x00, 0x02, 0xC0, 0xAF], .invalidUTF8String),
-        ByteCase("PUBLISH with a UTF-16 surrogate in the topic",
-                 [0x30, 0x05, 0x00, 0x03, 0xED, 0xA0, 0x80], .invalidUTF8String),
-        ByteCase("PUBLISH with a cut UTF-8 sequence in the topic", [0x30, 0x04, 0x00, 0x02, 0x61, 0xE6], .invalidUTF8String),
+        ByteCase(
+            "PUBLISH with an overlong encoding in the topic", [0x30, 0x04, 0x00, 0x02, 0xC0, 0xAF], .invalidUTF8String),
+        ByteCase(
+            "PUBLISH with a UTF-16 surrogate in the topic",
+            [0x30, 0x05, 0x00, 0x03, 0xED, 0xA0, 0x80], .invalidUTF8String),
+        ByteCase(
+            "PUBLISH with a cut UTF-8 sequence in the topic", [0x30, 0x04, 0x00, 0x02, 0x61, 0xE6], .invalidUTF8String),
         ByteCase("PUBLISH with U+0000 in the topic", [0x30, 0x05, 0x00, 0x03, 0x61, 0x00, 0x62], .invalidUTF8String),
         ByteCase("PUBLISH QoS 3", [0x36, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01], .invalidQoS(3)),
         ByteCase("PUBLISH QoS 3 with DUP and retain", [0x3F, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01], .invalidQoS(3)),
-        ByteCase("PUBLISH QoS 0 with DUP", [0x38, 0x03, 0x00, 0x01, 0x61],
-                 .malformed(.publish, "DUP set on a QoS 0 message")),
-        ByteCase("PUBLISH QoS 1 with packet id 0", [0x32, 0x05, 0x00, 0x01, 0x61, 0x00, 0x00],
-                 .malformed(.publish, "packet identifier 0")),
-        ByteCase("PUBLISH QoS 2 with packet id 0", [0x34, 0x05, 0x00, 0x01, 0x61, 0x00, 0x00],
-                 .malformed(.publish, "packet identifier 0")),
+        ByteCase(
+            "PUBLISH QoS 0 with DUP", [0x38, 0x03, 0x00, 0x01, 0x61],
+            .malformed(.publish, "DUP set on a QoS 0 message")),
+        ByteCase(
+            "PUBLISH QoS 1 with packet id 0", [0x32, 0x05, 0x00, 0x01, 0x61, 0x00, 0x00],
+            .malformed(.publish, "packet identifier 0")),
+        ByteCase(
+            "PUBLISH QoS 2 with packet id 0", [0x34, 0x05, 0x00, 0x01, 0x61, 0x00, 0x00],
+            .malformed(.publish, "packet identifier 0")),
         ByteCase("PUBLISH QoS 1 without packet id", [0x32, 0x03, 0x00, 0x01, 0x61], .truncated(.publish)),
         ByteCase("PUBLISH QoS 1 with half a packet id", [0x32, 0x04, 0x00, 0x01, 0x61, 0x00], .truncated(.publish)),
         ByteCase("PUBLISH topic longer than the body", [0x30, 0x03, 0x00, 0x05, 0x61], .truncated(.publish)),
         ByteCase("PUBLISH without a topic", [0x30, 0x00], .truncated(.publish)),
-        ByteCase("PUBLISH with an empty topic", [0x30, 0x03, 0x00, 0x00, 0x61],
-                 .malformed(.publish, "the topic name is empty or has a wildcard")),
-        ByteCase("PUBLISH topic with +", [0x30, 0x05, 0x00, 0x03, 0x61, 0x2F, 0x2B],
-                 .malformed(.publish, "the topic name is empty or has a wildcard")),
-        ByteCase("PUBLISH topic with #", [0x30, 0x05, 0x00, 0x03, 0x61, 0x2F, 0x23],
-                 .malformed(.publish, "the topic name is empty or has a wildcard")),
-        ByteCase("PUBLISH topic #", [0x30, 0x03, 0x00, 0x01, 0x23],
-                 .malformed(.publish, "the topic name is empty or has a wildcard")),
-        ByteCase("PUBLISH topic with + inside a level", [0x32, 0x06, 0x00, 0x02, 0x61, 0x2B, 0x00, 0x01],
-                 .malformed(.publish, "the topic name is empty or has a wildcard")),
+        ByteCase(
+            "PUBLISH with an empty topic", [0x30, 0x03, 0x00, 0x00, 0x61],
+            .malformed(.publish, "the topic name is empty or has a wildcard")),
+        ByteCase(
+            "PUBLISH topic with +", [0x30, 0x05, 0x00, 0x03, 0x61, 0x2F, 0x2B],
+            .malformed(.publish, "the topic name is empty or has a wildcard")),
+        ByteCase(
+            "PUBLISH topic with #", [0x30, 0x05, 0x00, 0x03, 0x61, 0x2F, 0x23],
+            .malformed(.publish, "the topic name is empty or has a wildcard")),
+        ByteCase(
+            "PUBLISH topic #", [0x30, 0x03, 0x00, 0x01, 0x23],
+            .malformed(.publish, "the topic name is empty or has a wildcard")),
+        ByteCase(
+            "PUBLISH topic with + inside a level", [0x32, 0x06, 0x00, 0x02, 0x61, 0x2B, 0x00, 0x01],
+            .malformed(.publish, "the topic name is empty or has a wildcard")),
         // SUBSCRIBE, SUBACK, UNSUBSCRIBE.
         ByteCase("SUBSCRIBE with no filters", [0x82, 0x02, 0x00, 0x01], .malformed(.subscribe, "no topic filter")),
         ByteCase("SUBSCRIBE with options byte 0x04", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x04], .invalidQoS(4)),
         ByteCase("SUBSCRIBE with requested QoS 3", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x03], .invalidQoS(3)),
-        ByteCase("SUBSCRIBE with options byte 0x81", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x81], .invalidQoS(0x81)),
-        ByteCase("SUBSCRIBE second filter with bad options",
-                 [0x82, 0x0A, 0x00, 0x01, 0x00, 0x01, 0x61, 0x01, 0x00, 0x01, 0x62, 0x10], .invalidQoS(0x10)),
-        ByteCase("SUBSCRIBE filter without options", [0x82, 0x05, 0x00, 0x01, 0x00, 0x01, 0x61], .truncated(.subscribe)),
+        ByteCase(
+            "SUBSCRIBE with options byte 0x81", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x81], .invalidQoS(0x81)),
+        ByteCase(
+            "SUBSCRIBE second filter with bad options",
+            [0x82, 0x0A, 0x00, 0x01, 0x00, 0x01, 0x61, 0x01, 0x00, 0x01, 0x62, 0x10], .invalidQoS(0x10)),
+        ByteCase(
+            "SUBSCRIBE filter without options", [0x82, 0x05, 0x00, 0x01, 0x00, 0x01, 0x61], .truncated(.subscribe)),
         ByteCase("SUBSCRIBE without packet id", [0x82, 0x01, 0x00], .truncated(.subscribe)),
-        ByteCase("SUBSCRIBE filter longer than the body", [0x82, 0x06, 0x00, 0x01, 0x00, 0x09, 0x61, 0x00],
-                 .truncated(.subscribe)),
-        ByteCase("SUBSCRIBE filter with invalid UTF-8", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x80, 0x00],
-                 .invalidUTF8String),
-        ByteCase("SUBSCRIBE with packet id 0", [0x82, 0x06, 0x00, 0x00, 0x00, 0x01, 0x61, 0x00],
-                 .malformed(.subscribe, "packet identifier 0")),
-        ByteCase("SUBACK with return code 3", [0x90, 0x03, 0x00, 0x01, 0x03], .malformed(.suback, "invalid return codes")),
+        ByteCase(
+            "SUBSCRIBE filter longer than the body", [0x82, 0x06, 0x00, 0x01, 0x00, 0x09, 0x61, 0x00],
+            .truncated(.subscribe)),
+        ByteCase(
+            "SUBSCRIBE filter with invalid UTF-8", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x80, 0x00],
+            .invalidUTF8String),
+        ByteCase(
+            "SUBSCRIBE with packet id 0", [0x82, 0x06, 0x00, 0x00, 0x00, 0x01, 0x61, 0x00],
+            .malformed(.subscribe, "packet identifier 0")),
+        ByteCase(
+            "SUBACK with return code 3", [0x90, 0x03, 0x00, 0x01, 0x03], .malformed(.suback, "invalid return codes")),
         ByteCase("SUBACK with no return codes", [0x90, 0x02, 0x00, 0x01], .malformed(.suback, "invalid return codes")),
         ByteCase("SUBACK without packet id", [0x90, 0x00], .truncated(.suback)),
         ByteCase("UNSUBSCRIBE with no filters", [0xA2, 0x02, 0x00, 0x01], .malformed(.unsubscribe, "no topic filter")),
-        ByteCase("UNSUBSCRIBE filter longer than the body", [0xA2, 0x05, 0x00, 0x01, 0x00, 0x02, 0x61],
-                 .truncated(.unsubscribe)),
-        ByteCase("UNSUBSCRIBE with packet id 0", [0xA2, 0x05, 0x00, 0x00, 0x00, 0x01, 0x61],
-                 .malformed(.unsubscribe, "packet identifier 0")),
+        ByteCase(
+            "UNSUBSCRIBE filter longer than the body", [0xA2, 0x05, 0x00, 0x01, 0x00, 0x02, 0x61],
+            .truncated(.unsubscribe)),
+        ByteCase(
+            "UNSUBSCRIBE with packet id 0", [0xA2, 0x05, 0x00, 0x00, 0x00, 0x01, 0x61],
+            .malformed(.unsubscribe, "packet identifier 0")),
         // Packets with a packet identifier only, and packets with no body.
         ByteCase("PUBACK with trailing bytes", [0x40, 0x03, 0x00, 0x01, 0x00], .trailingBytes(.puback)),
         ByteCase("PUBACK truncated", [0x40, 0x01, 0x00], .truncated(.puback)),
@@ -734,21 +891,29 @@ enum Samples {
     /// Each rule the malformed table relies on also lets the valid neighbour through, so the
     /// table's bytes are wrong only where they mean to be.
     static let validNeighbours: [ByteCase<MQTTPacket>] = [
-        ByteCase("SUBSCRIBE with flags 2", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00],
-                 .subscribe(SubscribePacket(packetId: 1, subscriptions: [.init(topicFilter: "a", qos: .atMostOnce)]))),
+        ByteCase(
+            "SUBSCRIBE with flags 2", [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00],
+            .subscribe(SubscribePacket(packetId: 1, subscriptions: [.init(topicFilter: "a", qos: .atMostOnce)]))),
         ByteCase("PUBREL with flags 2", [0x62, 0x02, 0x00, 0x01], .pubrel(PacketIdentifierPacket(packetId: 1))),
-        ByteCase("CONNECT with user name and password",
-                 [0x10, 0x13] + connectHeader + [0xC2, 0x00, 0x3C] + mqttString("a") + mqttString("u") + mqttString("p"),
-                 .connect(ConnectPacket(cleanSession: true, keepAliveSeconds: 60, clientId: "a", username: "u",
-                                        password: ByteBuffer(string: "p")))),
-        ByteCase("PUBLISH QoS 1 with DUP", [0x3A, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01],
-                 .publish(PublishPacket(topic: "a", payload: ByteBuffer(), qos: .atLeastOnce, duplicate: true, packetId: 1))),
-        ByteCase("PUBLISH with a 2-byte UTF-8 topic", [0x30, 0x04, 0x00, 0x02, 0xC3, 0xA9],
-                 .publish(PublishPacket(topic: "é", payload: ByteBuffer(), qos: .atMostOnce))),
-        ByteCase("PUBLISH topic with $ and an empty level", [0x30, 0x05, 0x00, 0x03, 0x24, 0x2F, 0x2F],
-                 .publish(PublishPacket(topic: "$//", payload: ByteBuffer(), qos: .atMostOnce))),
-        ByteCase("PUBLISH with a payload", [0x30, 0x05, 0x00, 0x01, 0x61, 0x62, 0x63],
-                 .publish(PublishPacket(topic: "a", payload: ByteBuffer(string: "bc"), qos: .atMostOnce))),
+        ByteCase(
+            "CONNECT with user name and password",
+            [0x10, 0x13] + connectHeader + [0xC2, 0x00, 0x3C] + mqttString("a") + mqttString("u") + mqttString("p"),
+            .connect(
+                ConnectPacket(
+                    cleanSession: true, keepAliveSeconds: 60, clientId: "a", username: "u",
+                    password: ByteBuffer(string: "p")))),
+        ByteCase(
+            "PUBLISH QoS 1 with DUP", [0x3A, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01],
+            .publish(PublishPacket(topic: "a", payload: ByteBuffer(), qos: .atLeastOnce, duplicate: true, packetId: 1))),
+        ByteCase(
+            "PUBLISH with a 2-byte UTF-8 topic", [0x30, 0x04, 0x00, 0x02, 0xC3, 0xA9],
+            .publish(PublishPacket(topic: "é", payload: ByteBuffer(), qos: .atMostOnce))),
+        ByteCase(
+            "PUBLISH topic with $ and an empty level", [0x30, 0x05, 0x00, 0x03, 0x24, 0x2F, 0x2F],
+            .publish(PublishPacket(topic: "$//", payload: ByteBuffer(), qos: .atMostOnce))),
+        ByteCase(
+            "PUBLISH with a payload", [0x30, 0x05, 0x00, 0x01, 0x61, 0x62, 0x63],
+            .publish(PublishPacket(topic: "a", payload: ByteBuffer(string: "bc"), qos: .atMostOnce))),
     ]
 
     @Test(arguments: validNeighbours)
@@ -831,7 +996,8 @@ enum Samples {
                     let index = Int.random(in: bytes.indices, using: &rng)
                     bytes[index] ^= 1 << UInt8.random(in: 0..<8, using: &rng)
                 case 2:
-                    bytes.insert(UInt8.random(in: 0...255, using: &rng), at: Int.random(in: 0...bytes.count, using: &rng))
+                    bytes.insert(
+                        UInt8.random(in: 0...255, using: &rng), at: Int.random(in: 0...bytes.count, using: &rng))
                 case 3 where !bytes.isEmpty:
                     bytes.remove(at: Int.random(in: bytes.indices, using: &rng))
                 default:
@@ -852,12 +1018,22 @@ enum Samples {
     static let samples: [NamedPacket] = [
         NamedPacket("CONNECT with will, user name and password", .connect(Samples.connectFull)),
         NamedPacket("CONNECT minimal", .connect(Samples.connectMinimal)),
-        NamedPacket("PUBLISH QoS 1, 2-byte remaining length", .publish(PublishPacket(
-            topic: "devices/d1/messages/events/", payload: ByteBuffer(repeating: 0x61, count: 300),
-            qos: .atLeastOnce, retain: true, packetId: 12))),
-        NamedPacket("PUBLISH QoS 0", .publish(PublishPacket(topic: "a/b", payload: ByteBuffer(string: "hi"), qos: .atMostOnce))),
-        NamedPacket("SUBSCRIBE", .subscribe(SubscribePacket(
-            packetId: 3, subscriptions: [.init(topicFilter: "a/#", qos: .atLeastOnce), .init(topicFilter: "b", qos: .atMostOnce)]))),
+        NamedPacket(
+            "PUBLISH QoS 1, 2-byte remaining length",
+            .publish(
+                PublishPacket(
+                    topic: "devices/d1/messages/events/", payload: ByteBuffer(repeating: 0x61, count: 300),
+                    qos: .atLeastOnce, retain: true, packetId: 12))),
+        NamedPacket(
+            "PUBLISH QoS 0", .publish(PublishPacket(topic: "a/b", payload: ByteBuffer(string: "hi"), qos: .atMostOnce))),
+        NamedPacket(
+            "SUBSCRIBE",
+            .subscribe(
+                SubscribePacket(
+                    packetId: 3,
+                    subscriptions: [
+                        .init(topicFilter: "a/#", qos: .atLeastOnce), .init(topicFilter: "b", qos: .atMostOnce),
+                    ]))),
         NamedPacket("PUBACK", .puback(PacketIdentifierPacket(packetId: 3))),
     ]
 

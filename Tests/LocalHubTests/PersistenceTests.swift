@@ -1,8 +1,9 @@
 import Foundation
 import IoTHubProtocol
-@testable import LocalHub
 import Logging
 import Testing
+
+@testable import LocalHub
 
 /// What must survive a restart of the hub survives it; a damaged data directory is reported.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct PersistenceTests {
@@ -13,7 +14,9 @@ import Testing
     static func makeHub(_ directory: String) throws -> LocalHub {
         var logger = Logger(label: "test")
         logger.logLevel = .error
-        return try LocalHub(configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: directory, devices: ["dev1"]), logger: logger)
+        return try LocalHub(
+            configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: directory, devices: ["dev1"]),
+            logger: logger)
     }
 
     @Test func registryTwinsQueuesKeysAndCertificatesSurviveARestart() async throws {
@@ -24,13 +27,18 @@ import Testing
         _ = try await first.start()
         let connectionString = try first.deviceConnectionString(deviceId: "dev1")
         let moduleString = try first.deviceConnectionString(deviceId: "dev1", moduleId: "filter")
-        _ = try first.hub.patchDesired(IdentityKey(deviceId: "dev1"), patch: ["fan": 3], tags: ["room": "lab"], replace: false, ifMatch: nil)
-        _ = try first.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("queued".utf8), messageId: "q1", properties: ["p": "v"]), timeToLive: 600)
+        _ = try first.hub.patchDesired(
+            IdentityKey(deviceId: "dev1"), patch: ["fan": 3], tags: ["room": "lab"], replace: false, ifMatch: nil)
+        _ = try first.hub.enqueueCloudToDevice(
+            to: "dev1", message: Message(payload: Data("queued".utf8), messageId: "q1", properties: ["p": "v"]),
+            timeToLive: 600)
         let serviceConnectionString = first.serviceConnectionString
         let ca = first.caCertificatePEM
         await first.stop()
 
-        let mode = try FileManager.default.attributesOfItem(atPath: directory + "/service-connection-string")[.posixPermissions] as? Int
+        let mode =
+            try FileManager.default.attributesOfItem(atPath: directory + "/service-connection-string")[
+                .posixPermissions] as? Int
         #expect(mode == 0o600)
         #expect(FileManager.default.fileExists(atPath: directory + "/state.json"))
 
@@ -61,16 +69,21 @@ import Testing
             #expect("\(error)".contains("move it away"))
         }
         try FileManager.default.removeItem(atPath: directory + "/state.json")
-        try Data("HostName=localhost;DeviceId=x;SharedAccessKey=AAAA".utf8).write(to: URL(fileURLWithPath: directory + "/service-connection-string"))
+        try Data("HostName=localhost;DeviceId=x;SharedAccessKey=AAAA".utf8).write(
+            to: URL(fileURLWithPath: directory + "/service-connection-string"))
         #expect(throws: LocalHubError.self) { try Self.makeHub(directory) }
     }
 
     @Test func aChangedHostNameGetsANewServerCertificate() throws {
         let directory = Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        _ = try LocalHub(configuration: .init(hostName: "localhost", mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: directory))
+        _ = try LocalHub(
+            configuration: .init(
+                hostName: "localhost", mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: directory))
         let before = try String(contentsOfFile: directory + "/server-cert.pem", encoding: .utf8)
-        _ = try LocalHub(configuration: .init(hostName: "hub.example.test", mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: directory))
+        _ = try LocalHub(
+            configuration: .init(
+                hostName: "hub.example.test", mqttPort: 0, httpsPort: 0, blobPort: 0, dataDirectory: directory))
         let after = try String(contentsOfFile: directory + "/server-cert.pem", encoding: .utf8)
         #expect(before != after)
         let authority = CertificateAuthority(caCertificatePEM: "", serverCertificatePEM: after, serverPrivateKeyPEM: "")

@@ -1,10 +1,11 @@
 import Foundation
 import IoTHubProtocol
-@testable import LocalHub
 import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
+
+@testable import LocalHub
 
 /// The HTTPS routes (service API, file upload, `/local`) through the router, without sockets;
 /// the Python conformance suite covers them over TLS with Microsoft's SDKs.
@@ -14,12 +15,17 @@ import Testing
     let owner: String
 
     init() throws {
-        hub = Hub(hostName: "localhost", ownerPolicyKey: IdentityAuthentication.randomKey(), logger: Logger(label: "test"))
+        hub = Hub(
+            hostName: "localhost", ownerPolicyKey: IdentityAuthentication.randomKey(), logger: Logger(label: "test"))
         router = .https(for: hub)
-        owner = try SASToken(resourceURI: "localhost", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner").string
+        owner = try SASToken(resourceURI: "localhost", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner")
+            .string
     }
 
-    func request(_ method: HTTPMethod, _ uri: String, json: JSONValue? = nil, body: Data? = nil, headers: [(String, String)] = [], authorization: String? = nil) async -> (RouterResponse, JSONValue?) {
+    func request(
+        _ method: HTTPMethod, _ uri: String, json: JSONValue? = nil, body: Data? = nil,
+        headers: [(String, String)] = [], authorization: String? = nil
+    ) async -> (RouterResponse, JSONValue?) {
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
         head.headers.add(name: "Authorization", value: authorization ?? owner)
         for (name, value) in headers { head.headers.add(name: name, value: value) }
@@ -32,27 +38,46 @@ import Testing
     @Test func unauthorizedRequestsAreRefused() async throws {
         let (missing, body) = await request(.GET, "/devices/x?api-version=2021-04-12", authorization: "")
         #expect(missing.status == .unauthorized)
-        #expect(body?["Message"].flatMap(RegistryJSON.stringValue)?.hasPrefix("ErrorCode:IotHubUnauthorizedAccess") == true)
-        let wrongKey = try SASToken(resourceURI: "localhost", key: IdentityAuthentication.randomKey(), timeToLive: 600, keyName: "iothubowner").string
+        #expect(
+            body?["Message"].flatMap(RegistryJSON.stringValue)?.hasPrefix("ErrorCode:IotHubUnauthorizedAccess") == true)
+        let wrongKey = try SASToken(
+            resourceURI: "localhost", key: IdentityAuthentication.randomKey(), timeToLive: 600, keyName: "iothubowner"
+        ).string
         #expect(await request(.GET, "/devices", authorization: wrongKey).0.status == .unauthorized)
-        let otherHub = try SASToken(resourceURI: "elsewhere", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner").string
+        let otherHub = try SASToken(
+            resourceURI: "elsewhere", key: hub.ownerPolicyKey, timeToLive: 600, keyName: "iothubowner"
+        ).string
         #expect(await request(.GET, "/devices", authorization: otherHub).0.status == .unauthorized)
-        let expired = try SASToken(resourceURI: "localhost", key: hub.ownerPolicyKey, expiry: 1000, keyName: "iothubowner").string
+        let expired = try SASToken(
+            resourceURI: "localhost", key: hub.ownerPolicyKey, expiry: 1000, keyName: "iothubowner"
+        ).string
         #expect(await request(.GET, "/local/status", authorization: expired).0.status == .unauthorized)
     }
 
     @Test func deviceLifecycle() async throws {
-        let (created, device) = await request(.PUT, "/devices/d1?api-version=2021-04-12", json: ["deviceId": "d1", "status": "enabled", "authentication": ["type": "sas", "symmetricKey": ["primaryKey": nil, "secondaryKey": nil]]])
+        let (created, device) = await request(
+            .PUT, "/devices/d1?api-version=2021-04-12",
+            json: [
+                "deviceId": "d1", "status": "enabled",
+                "authentication": ["type": "sas", "symmetricKey": ["primaryKey": nil, "secondaryKey": nil]],
+            ])
         #expect(created.status == .ok)
         #expect(device?["connectionState"] == "Disconnected")
         let etag = try #require(device?["etag"].flatMap(RegistryJSON.stringValue))
-        #expect(device?["authentication"]?["symmetricKey"]?["primaryKey"].flatMap(RegistryJSON.stringValue)?.isEmpty == false)
+        #expect(
+            device?["authentication"]?["symmetricKey"]?["primaryKey"].flatMap(RegistryJSON.stringValue)?.isEmpty
+                == false)
 
         #expect(await request(.PUT, "/devices/d1", json: ["deviceId": "d1"]).0.status == .conflict)
-        #expect(await request(.PUT, "/devices/d1", json: ["deviceId": "d1"], headers: [("If-Match", "\"nope\"")]).0.status == .preconditionFailed)
-        #expect(await request(.PUT, "/devices/d1", json: ["deviceId": "d1"], headers: [("If-Match", "\"\(etag)\"")]).0.status == .ok)
+        #expect(
+            await request(.PUT, "/devices/d1", json: ["deviceId": "d1"], headers: [("If-Match", "\"nope\"")]).0.status
+                == .preconditionFailed)
+        #expect(
+            await request(.PUT, "/devices/d1", json: ["deviceId": "d1"], headers: [("If-Match", "\"\(etag)\"")]).0
+                .status == .ok)
         #expect(await request(.GET, "/devices").1?.arrayCount == 1)
-        #expect(await request(.PUT, "/devices/d1/modules/m1", json: ["deviceId": "d1", "moduleId": "m1"]).0.status == .ok)
+        #expect(
+            await request(.PUT, "/devices/d1/modules/m1", json: ["deviceId": "d1", "moduleId": "m1"]).0.status == .ok)
         #expect(await request(.GET, "/devices/d1/modules").1?.arrayCount == 1)
         #expect(await request(.DELETE, "/devices/d1").0.status == .noContent)
         let (gone, error) = await request(.GET, "/devices/d1")
@@ -68,12 +93,17 @@ import Testing
 
     @Test func twinsThroughTheServiceAPI() async throws {
         _ = try hub.ensureDevice("d1")
-        let (patched, twin) = await request(.PATCH, "/twins/d1", json: ["properties": ["desired": ["fan": 2]], "tags": ["room": "a"]])
+        let (patched, twin) = await request(
+            .PATCH, "/twins/d1", json: ["properties": ["desired": ["fan": 2]], "tags": ["room": "a"]])
         #expect(patched.status == .ok)
         #expect(twin?["properties"]?["desired"] == ["fan": 2, "$version": 2])
         #expect(twin?["tags"] == ["room": "a"])
-        #expect(await request(.PATCH, "/twins/d1", json: ["properties": ["reported": ["x": 1]]]).0.status == .badRequest)
-        #expect(await request(.PATCH, "/twins/d1", json: ["properties": ["desired": ["fan": 3]]], headers: [("If-Match", "\"old\"")]).0.status == .preconditionFailed)
+        #expect(
+            await request(.PATCH, "/twins/d1", json: ["properties": ["reported": ["x": 1]]]).0.status == .badRequest)
+        #expect(
+            await request(
+                .PATCH, "/twins/d1", json: ["properties": ["desired": ["fan": 3]]], headers: [("If-Match", "\"old\"")]
+            ).0.status == .preconditionFailed)
         let (_, replaced) = await request(.PUT, "/twins/d1", json: ["properties": ["desired": ["mode": "eco"]]])
         #expect(replaced?["properties"]?["desired"] == ["mode": "eco", "$version": 3])
         #expect(await request(.GET, "/twins/nobody").0.status == .notFound)
@@ -82,8 +112,11 @@ import Testing
     @Test func methodsValidateAndReportOfflineDevices() async throws {
         _ = try hub.ensureDevice("d1")
         #expect(await request(.POST, "/twins/d1/methods", json: ["payload": 1]).0.status == .badRequest)
-        #expect(await request(.POST, "/twins/d1/methods", json: ["methodName": "m", "responseTimeoutInSeconds": 1]).0.status == .badRequest)
-        let (offline, error) = await request(.POST, "/twins/d1/methods", json: ["methodName": "m", "payload": ["a": 1]])
+        #expect(
+            await request(.POST, "/twins/d1/methods", json: ["methodName": "m", "responseTimeoutInSeconds": 1]).0.status
+                == .badRequest)
+        let (offline, error) = await request(
+            .POST, "/twins/d1/methods", json: ["methodName": "m", "payload": ["a": 1]])
         #expect(offline.status == .notFound)
         #expect(error?["errorCode"] == .integer(404103))
     }
@@ -92,7 +125,10 @@ import Testing
         _ = try hub.ensureDevice("d1")
         let (accepted, body) = await request(
             .POST, "/local/devices/d1/messages?ttl=60", body: Data("hi".utf8),
-            headers: [("iothub-messageid", "m1"), ("iothub-app-color", "blue"), ("iothub-ack", "full"), ("Content-Type", "text/plain")])
+            headers: [
+                ("iothub-messageid", "m1"), ("iothub-app-color", "blue"), ("iothub-ack", "full"),
+                ("Content-Type", "text/plain"),
+            ])
         #expect(accepted.status == .accepted)
         #expect(body?["messageId"] == "m1")
         let queued = try #require(hub.identity(IdentityKey(deviceId: "d1"))?.cloudToDevice.first)
@@ -101,11 +137,19 @@ import Testing
         #expect(bag["iothub-ack"] == "full")
         #expect(bag["color"] == "blue")
         #expect(bag["$.ct"] == "text/plain")
-        _ = await request(.POST, "/local/devices/d1/messages", body: Data("form".utf8), headers: [("Content-Type", "application/x-www-form-urlencoded")])
+        _ = await request(
+            .POST, "/local/devices/d1/messages", body: Data("form".utf8),
+            headers: [("Content-Type", "application/x-www-form-urlencoded")])
         let formQueued = try #require(hub.identity(IdentityKey(deviceId: "d1"))?.cloudToDevice.last)
-        #expect(PropertyBag(formQueued.properties.map(\.entry))["$.ct"] == nil, "curl -d's default type is not the message's")
-        #expect(await request(.POST, "/local/devices/d1/messages", body: Data(), headers: [("iothub-ack", "sometimes")]).0.status == .badRequest)
-        #expect(await request(.POST, "/local/devices/d1/messages", body: Data(count: Message.maximumSize + 1)).0.status == .payloadTooLarge)
+        #expect(
+            PropertyBag(formQueued.properties.map(\.entry))["$.ct"] == nil,
+            "curl -d's default type is not the message's")
+        #expect(
+            await request(.POST, "/local/devices/d1/messages", body: Data(), headers: [("iothub-ack", "sometimes")]).0
+                .status == .badRequest)
+        #expect(
+            await request(.POST, "/local/devices/d1/messages", body: Data(count: Message.maximumSize + 1)).0.status
+                == .payloadTooLarge)
         let (_, purged) = await request(.DELETE, "/devices/d1/commands")
         #expect(purged?["totalMessagesPurged"] == 2)
     }
@@ -117,7 +161,9 @@ import Testing
         async let poll = request(.GET, "/local/telemetry?after=0&timeout=50")
         try await Task.sleep(for: .milliseconds(100))
         hub.telemetry.append(
-            TelemetryRecord(enqueuedTime: Date(), deviceId: "d1", message: Message(payload: Data("x".utf8), messageId: "t1"), rawProperties: "%24.mid=t1"),
+            TelemetryRecord(
+                enqueuedTime: Date(), deviceId: "d1", message: Message(payload: Data("x".utf8), messageId: "t1"),
+                rawProperties: "%24.mid=t1"),
             size: 10)
         let (response, body) = await poll
         #expect(response.status == .ok)
@@ -134,19 +180,25 @@ import Testing
         let (initial, routes) = await request(.GET, "/local/routes")
         #expect(initial.status == .ok)
         #expect(routes == ["messageSources": ["Telemetry"]])
-        let (set, changed) = await request(.PUT, "/local/routes", json: ["messageSources": ["deviceLifecycleEvents", "Telemetry"]])
+        let (set, changed) = await request(
+            .PUT, "/local/routes", json: ["messageSources": ["deviceLifecycleEvents", "Telemetry"]])
         #expect(set.status == .ok)
         #expect(changed == ["messageSources": ["Telemetry", "deviceLifecycleEvents"]])
-        #expect(await request(.PUT, "/local/routes", json: ["messageSources": ["digitalTwinChangeEvents"]]).0.status == .badRequest)
+        #expect(
+            await request(.PUT, "/local/routes", json: ["messageSources": ["digitalTwinChangeEvents"]]).0.status
+                == .badRequest)
         #expect(await request(.PUT, "/local/routes", json: ["sources": []]).0.status == .badRequest)
         #expect(hub.routedEventSources == [.deviceLifecycleEvents])
 
         _ = try hub.ensureDevice("d1")
         hub.telemetry.append(
-            TelemetryRecord(enqueuedTime: Date(), deviceId: "d1", message: Message(payload: Data("x".utf8), messageId: "t1"), rawProperties: "%24.mid=t1"),
+            TelemetryRecord(
+                enqueuedTime: Date(), deviceId: "d1", message: Message(payload: Data("x".utf8), messageId: "t1"),
+                rawProperties: "%24.mid=t1"),
             size: 10)
         let (_, all) = await request(.GET, "/local/telemetry")
-        #expect(all?["messages"]?.arrayValue?.compactMap { $0["messageSource"] } == ["deviceLifecycleEvents", "Telemetry"])
+        #expect(
+            all?["messages"]?.arrayValue?.compactMap { $0["messageSource"] } == ["deviceLifecycleEvents", "Telemetry"])
         let (_, lifecycle) = await request(.GET, "/local/telemetry?messageSource=deviceLifecycleEvents")
         #expect(lifecycle?["messages"]?.arrayCount == 1)
         #expect(lifecycle?["messages"]?.arrayValue?.first?["properties"]?["opType"] == "createDeviceIdentity")
@@ -157,7 +209,8 @@ import Testing
     }
 
     @Test func faultsCanBeSetReadAndCleared() async throws {
-        let (set, faults) = await request(.PUT, "/local/faults", json: ["throttleNextOperations": 2, "acknowledgementDelayMilliseconds": 50])
+        let (set, faults) = await request(
+            .PUT, "/local/faults", json: ["throttleNextOperations": 2, "acknowledgementDelayMilliseconds": 50])
         #expect(set.status == .ok)
         #expect(faults?["throttleNextOperations"] == 2)
         #expect(hub.faults.acknowledgementDelayMilliseconds == 50)
@@ -169,16 +222,31 @@ import Testing
         let record = try hub.ensureDevice("d1")
         let key = try #require(record.authentication.primaryKey)
         let deviceToken = try SASToken(resourceURI: "localhost/devices/d1", key: key, timeToLive: 600).string
-        let (started, info) = await request(.POST, "/devices/d1/files", json: ["blobName": "dir/file.txt"], authorization: deviceToken)
+        let (started, info) = await request(
+            .POST, "/devices/d1/files", json: ["blobName": "dir/file.txt"], authorization: deviceToken)
         #expect(started.status == .ok)
         #expect(info?["blobName"] == "d1/dir/file.txt")
         #expect(info?["containerName"] == .string(Hub.fileUploadContainer))
         let correlationId = try #require(info?["correlationId"].flatMap(RegistryJSON.stringValue))
         let otherDevice = try SASToken(resourceURI: "localhost/devices/d2", key: key, timeToLive: 600).string
-        #expect(await request(.POST, "/devices/d1/files", json: ["blobName": "x"], authorization: otherDevice).0.status == .unauthorized)
-        #expect(await request(.POST, "/devices/d1/files/notifications", json: ["correlationId": .string(correlationId), "isSuccess": true, "statusCode": 200, "statusDescription": "ok"], authorization: deviceToken).0.status == .noContent)
-        #expect(hub.fileUploadNotifications.read(after: 0, limit: 10).entries.first?.entry.blobName == "d1/dir/file.txt")
-        #expect(await request(.POST, "/devices/d1/files/notifications", json: ["correlationId": .string(correlationId), "isSuccess": true], authorization: deviceToken).0.status == .badRequest)
+        #expect(
+            await request(.POST, "/devices/d1/files", json: ["blobName": "x"], authorization: otherDevice).0.status
+                == .unauthorized)
+        #expect(
+            await request(
+                .POST, "/devices/d1/files/notifications",
+                json: [
+                    "correlationId": .string(correlationId), "isSuccess": true, "statusCode": 200,
+                    "statusDescription": "ok",
+                ], authorization: deviceToken
+            ).0.status == .noContent)
+        #expect(
+            hub.fileUploadNotifications.read(after: 0, limit: 10).entries.first?.entry.blobName == "d1/dir/file.txt")
+        #expect(
+            await request(
+                .POST, "/devices/d1/files/notifications",
+                json: ["correlationId": .string(correlationId), "isSuccess": true], authorization: deviceToken
+            ).0.status == .badRequest)
     }
 }
 

@@ -1,10 +1,11 @@
 import Foundation
 import IoTHubProtocol
-@testable import LocalHub
 import Logging
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import LocalHub
 
 /// A LocalHub on ephemeral loopback ports, in memory, for one test.
 struct TestHub {
@@ -21,7 +22,8 @@ struct TestHub {
         telemetryByteCapacity: Int = 64 << 20,
         _ body: (TestHub) async throws -> T
     ) async throws -> T {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("localhub-test-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "localhub-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var logger = Logger(label: "localhub-test")
         logger.logLevel = .warning
@@ -48,8 +50,11 @@ struct TestHub {
 
     /// A fresh SAS token for a registered identity.
     func token(deviceId: String, moduleId: String? = nil, ttl: Int = 3600) throws -> SASToken {
-        let key = try #require(hub.identity(IdentityKey(deviceId: deviceId, moduleId: moduleId))?.authentication.primaryKey)
-        return try SASToken(resourceURI: SASToken.resourceURI(hostName: "localhost", deviceId: deviceId, moduleId: moduleId), key: key, timeToLive: ttl)
+        let key = try #require(
+            hub.identity(IdentityKey(deviceId: deviceId, moduleId: moduleId))?.authentication.primaryKey)
+        return try SASToken(
+            resourceURI: SASToken.resourceURI(hostName: "localhost", deviceId: deviceId, moduleId: moduleId), key: key,
+            timeToLive: ttl)
     }
 
     /// The owner policy's token, for service and `/local` requests.
@@ -82,11 +87,14 @@ struct ProgramRun: Sendable {
     var output: String
     var error: String
 
-    static func run(_ program: String, _ arguments: [String], timeout: Duration = .seconds(20)) async throws -> ProgramRun {
+    static func run(_ program: String, _ arguments: [String], timeout: Duration = .seconds(20)) async throws
+        -> ProgramRun
+    {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/" + program)
         process.arguments = arguments
-        let output = Pipe(), error = Pipe()
+        let output = Pipe()
+        let error = Pipe()
         process.standardOutput = output
         process.standardError = error
         process.standardInput = FileHandle.nullDevice

@@ -101,7 +101,9 @@ import Testing
 
     static let cloudToDevice: [Case] = [
         Case("devices/d/messages/devicebound/#", "devices/d/messages/devicebound/%24.mid=1", true),
-        Case("devices/d/messages/devicebound/#", "devices/d/messages/devicebound/%24.mid=1&%24.to=%2Fdevices%2Fd%2Fmessages%2Fdevicebound", true),
+        Case(
+            "devices/d/messages/devicebound/#",
+            "devices/d/messages/devicebound/%24.mid=1&%24.to=%2Fdevices%2Fd%2Fmessages%2Fdevicebound", true),
         Case("devices/d/messages/devicebound/#", "devices/d/messages/devicebound", true),
         Case("devices/d/messages/devicebound/#", "devices/d/messages/devicebound/", true),
         Case("devices/d/messages/devicebound/#", "devices/e/messages/devicebound/%24.mid=1", false),

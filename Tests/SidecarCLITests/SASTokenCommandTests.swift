@@ -15,7 +15,8 @@ struct CLI {
         var directory = Bundle.module.bundleURL.deletingLastPathComponent()
         let candidate = directory.appendingPathComponent("iothub-sidecar")
         if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        directory = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(".build/debug")
+        directory = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(
+            ".build/debug")
         return directory.appendingPathComponent("iothub-sidecar")
     }
 
@@ -25,7 +26,9 @@ struct CLI {
         process.arguments = arguments
         // A minimal environment, so a connection string in the developer's shell cannot leak in.
         process.environment = ["PATH": "/usr/bin:/bin"].merging(environment) { _, new in new }
-        let output = Pipe(), error = Pipe(), stdin = Pipe()
+        let output = Pipe()
+        let error = Pipe()
+        let stdin = Pipe()
         process.standardOutput = output
         process.standardError = error
         process.standardInput = stdin
@@ -53,7 +56,7 @@ struct CLITokenCase: Decodable, Sendable, CustomTestStringConvertible {
 
     static let all: [CLITokenCase] = {
         guard let url = Bundle.module.url(forResource: "cli_tokens", withExtension: "json", subdirectory: "Fixtures"),
-              let data = try? Data(contentsOf: url)
+            let data = try? Data(contentsOf: url)
         else { return [] }
         return (try? JSONDecoder().decode([CLITokenCase].self, from: data)) ?? []
     }()
@@ -81,14 +84,16 @@ struct CLITokenCase: Decodable, Sendable, CustomTestStringConvertible {
         defer { try? FileManager.default.removeItem(at: file) }
         let fromFile = try CLI.run(["sas-token", "--connection-string-file", file.path, "--expiry", "1900000000"])
         #expect(fromFile.standardOutput == testCase.token + "\n")
-        let fromStdin = try CLI.run(["sas-token", "--connection-string-file", "-", "--expiry", "1900000000"], input: testCase.connectionString)
+        let fromStdin = try CLI.run(
+            ["sas-token", "--connection-string-file", "-", "--expiry", "1900000000"], input: testCase.connectionString)
         #expect(fromStdin.standardOutput == testCase.token + "\n")
     }
 
     @Test func ttlIsCountedFromNow() throws {
         let device = try #require(CLITokenCase.all.first)
         let before = Int(Date().timeIntervalSince1970)
-        let result = try CLI.run(["sas-token", "--ttl", "120"], environment: ["IOTHUB_DEVICE_CONNECTION_STRING": device.connectionString])
+        let result = try CLI.run(
+            ["sas-token", "--ttl", "120"], environment: ["IOTHUB_DEVICE_CONNECTION_STRING": device.connectionString])
         let after = Int(Date().timeIntervalSince1970)
         let token = try SASToken(parsing: result.standardOutput.trimmingCharacters(in: .newlines))
         #expect((before + 120...after + 120).contains(token.expiry))
@@ -101,14 +106,19 @@ struct CLITokenCase: Decodable, Sendable, CustomTestStringConvertible {
         (["sas-token", "--connection-string-file", "/nonexistent/cs"], [:], "/nonexistent/cs"),
         (["sas-token"], ["IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;DeviceId=d"], "SharedAccessKey is missing"),
         (["sas-token"], ["IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;DeviceId=d;x509=true"], "no SharedAccessKey"),
-        (["sas-token"], ["IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;DeviceId=d;Key=abc"], "unknown key in segment 3 of 3"),
+        (
+            ["sas-token"], ["IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;DeviceId=d;Key=abc"],
+            "unknown key in segment 3 of 3"
+        ),
         (["sas-token", "--ttl", "5", "--expiry", "5"], [:], "not both"),
         (["sas-token", "--ttl", "0"], [:], "--ttl"),
         (["sas-token", "--connection-string", "x"], [:], "--connection-string"),
     ]
 
     @Test(arguments: failures)
-    func failsWithOneClearLineOnStandardError(_ testCase: (arguments: [String], environment: [String: String], mentions: String)) throws {
+    func failsWithOneClearLineOnStandardError(
+        _ testCase: (arguments: [String], environment: [String: String], mentions: String)
+    ) throws {
         let result = try CLI.run(testCase.arguments, environment: testCase.environment)
         #expect(result.status != 0)
         #expect(result.standardOutput.isEmpty)
@@ -126,7 +136,8 @@ struct CLITokenCase: Decodable, Sendable, CustomTestStringConvertible {
 
     @Test func errorsNeverEchoTheKey() throws {
         let key = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY="
-        let result = try CLI.run(["sas-token"], environment: ["IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;SharedAccessKey=\(key)"])
+        let result = try CLI.run(
+            ["sas-token"], environment: ["IOTHUB_DEVICE_CONNECTION_STRING": "HostName=h;SharedAccessKey=\(key)"])
         #expect(result.status != 0)
         #expect(!result.standardError.contains(key))
     }

@@ -1,8 +1,9 @@
 import Foundation
 import IoTHubDevice
 import IoTHubProtocol
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct ProblemDetailsTests {
     static let table: [(IoTHubError, Int, Int?)] = [
@@ -46,7 +47,9 @@ import Testing
         let single = ProblemDetails(OutboxError.invalid(index: 0, tooLarge), inBatch: false, retryAfterSeconds: 10)
         #expect(single == ProblemDetails(tooLarge, retryAfterSeconds: 10), "as the synchronous path answers")
         let entry = ProblemDetails(OutboxError.invalid(index: 3, tooLarge), inBatch: true, retryAfterSeconds: 10)
-        #expect(entry.status == 400 && entry.code == "ValueError" && entry.field == "[3]" && entry.detail.hasPrefix("entry 3: "))
+        #expect(
+            entry.status == 400 && entry.code == "ValueError" && entry.field == "[3]"
+                && entry.detail.hasPrefix("entry 3: "))
         let failed = ProblemDetails(OutboxError.storageFailed("EIO"), inBatch: false, retryAfterSeconds: 10)
         #expect(failed.status == 500 && failed.code == "ClientError")
     }

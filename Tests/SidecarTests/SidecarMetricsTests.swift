@@ -1,5 +1,6 @@
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct SidecarMetricsTests {
     @Test func metricsRenderInTheTextFormat() {

@@ -6,7 +6,8 @@ import Foundation
 import PackageDescription
 
 /// SwiftPM names a path dependency after its directory: whatever the clone is called.
-let root = URL(fileURLWithPath: Context.packageDirectory).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
+let root = URL(fileURLWithPath: Context.packageDirectory).deletingLastPathComponent().deletingLastPathComponent()
+    .lastPathComponent
 
 let package = Package(
     name: "store-bench",

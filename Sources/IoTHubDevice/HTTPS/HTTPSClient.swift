@@ -32,7 +32,8 @@ struct HTTPSClient: Sendable {
     }()
 
     /// Sends a request and returns the status and body.
-    func send(method: String, url: String, headers: [String: String], body: Data?) async throws(IoTHubError) -> Response {
+    func send(method: String, url: String, headers: [String: String], body: Data?) async throws(IoTHubError) -> Response
+    {
         _ = Self.globalInit
         let result: Result<Response, IoTHubError> = await withCheckedContinuation { continuation in
             Self.queue.async {
@@ -89,9 +90,12 @@ struct HTTPSClient: Sendable {
     }
 
     private func perform(
-        method: String, url: String, headers: [String: String], body: Data?, streaming: (pipe: UploadPipe, length: Int)? = nil
+        method: String, url: String, headers: [String: String], body: Data?,
+        streaming: (pipe: UploadPipe, length: Int)? = nil
     ) -> Result<Response, IoTHubError> {
-        guard let handle = curl_easy_init() else { return .failure(.clientError("libcurl could not create a transfer")) }
+        guard let handle = curl_easy_init() else {
+            return .failure(.clientError("libcurl could not create a transfer"))
+        }
         defer { curl_easy_cleanup(handle) }
         let sink = Sink(upload: body ?? Data(), pipe: streaming?.pipe, policy: policy)
         let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
@@ -110,7 +114,9 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, Int(CURL_SSLVERSION_TLSv1_2))
-        if let cipherList = policy.cipherList { _ = iothub_curl_setopt_string(handle, CURLOPT_SSL_CIPHER_LIST, cipherList) }
+        if let cipherList = policy.cipherList {
+            _ = iothub_curl_setopt_string(handle, CURLOPT_SSL_CIPHER_LIST, cipherList)
+        }
         // Trust is the policy's store alone (docs/ARCHITECTURE.md, "TLS"): libcurl loads no CA
         // file or directory of its own, and the store is set on its OpenSSL context before the
         // handshake.
@@ -128,8 +134,14 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
         if let proxy {
             // socks5h: the proxy resolves the host name, as on the MQTT path.
-            let scheme = switch proxy.kind { case .http: "http"; case .socks4: "socks4"; case .socks5: "socks5h" }
-            _ = iothub_curl_setopt_string(handle, CURLOPT_PROXY, "\(scheme)://\(hostAndPort(proxy.address, proxy.port))")
+            let scheme =
+                switch proxy.kind {
+                case .http: "http"
+                case .socks4: "socks4"
+                case .socks5: "socks5h"
+                }
+            _ = iothub_curl_setopt_string(
+                handle, CURLOPT_PROXY, "\(scheme)://\(hostAndPort(proxy.address, proxy.port))")
             _ = iothub_curl_setopt_string(handle, CURLOPT_NOPROXY, "")
             if let username = proxy.username { _ = iothub_curl_setopt_string(handle, CURLOPT_PROXYUSERNAME, username) }
             if let password = proxy.password { _ = iothub_curl_setopt_string(handle, CURLOPT_PROXYPASSWORD, password) }
@@ -152,12 +164,14 @@ struct HTTPSClient: Sendable {
                 let sink = Unmanaged<Sink>.fromOpaque(context).takeUnretainedValue()
                 guard let pipe = sink.pipe else { return 0 }
                 // Blocks this transfer's own thread (never a Swift task) until bytes arrive.
-                return pipe.read(into: UnsafeMutableRawBufferPointer(start: buffer, count: size * count)) ?? Int(CURL_READFUNC_ABORT)
+                return pipe.read(into: UnsafeMutableRawBufferPointer(start: buffer, count: size * count))
+                    ?? Int(CURL_READFUNC_ABORT)
             }
         } else if let body {
             _ = iothub_curl_setopt_long(handle, CURLOPT_UPLOAD, method == "PUT" ? 1 : 0)
             _ = iothub_curl_setopt_long(handle, CURLOPT_POST, method == "PUT" ? 0 : 1)
-            _ = iothub_curl_setopt_long(handle, method == "PUT" ? CURLOPT_INFILESIZE_LARGE : CURLOPT_POSTFIELDSIZE_LARGE, body.count)
+            _ = iothub_curl_setopt_long(
+                handle, method == "PUT" ? CURLOPT_INFILESIZE_LARGE : CURLOPT_POSTFIELDSIZE_LARGE, body.count)
             _ = iothub_curl_setopt_pointer(handle, CURLOPT_READDATA, sinkPointer)
             _ = iothub_curl_setopt_read_function(handle) { buffer, size, count, context in
                 guard let buffer, let context else { return 0 }
@@ -194,7 +208,8 @@ struct HTTPSClient: Sendable {
             case CURLE_RECV_ERROR where proxy != nil:
                 // A proxy that closes the tunnel: the hub was not reached.
                 return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
-            case CURLE_COULDNT_RESOLVE_PROXY, CURLE_PROXY, CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
+            case CURLE_COULDNT_RESOLVE_PROXY, CURLE_PROXY, CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST,
+                CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION:
                 return .failure(.connectionFailedError("\(url.split(separator: "?").first ?? ""): \(message)"))
             case CURLE_ABORTED_BY_CALLBACK:
                 return .failure(.operationCancelled("the upload was aborted"))
@@ -208,7 +223,9 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
         var retryAfter: UnsafeMutablePointer<curl_header>?
         var retryAfterSeconds: Int?
-        if curl_easy_header(handle, "Retry-After", 0, UInt32(CURLH_HEADER), -1, &retryAfter) == CURLHE_OK, let value = retryAfter?.pointee.value {
+        if curl_easy_header(handle, "Retry-After", 0, UInt32(CURLH_HEADER), -1, &retryAfter) == CURLHE_OK,
+            let value = retryAfter?.pointee.value
+        {
             retryAfterSeconds = Int(String(cString: value).trimmingCharacters(in: .whitespaces))
         }
         return .success(Response(status: status, body: sink.data, retryAfterSeconds: retryAfterSeconds))

@@ -125,7 +125,8 @@ final class MosquittoClient: Sendable {
             MosquittoClient.from(object)?.subscribeAcknowledged(mid: mid, granted: codes)
         }
         mosquitto_message_callback_set(handle) { _, object, message in
-            guard let client = MosquittoClient.from(object), let message = message?.pointee, let topic = message.topic else { return }
+            guard let client = MosquittoClient.from(object), let message = message?.pointee, let topic = message.topic
+            else { return }
             let payload = message.payload.map { Data(bytes: $0, count: Int(message.payloadlen)) } ?? Data()
             client.onEvent(.message(topic: String(cString: topic), payload: payload))
         }
@@ -148,7 +149,9 @@ final class MosquittoClient: Sendable {
 
     /// Opens the TCP and TLS connection and sends CONNECT (the CONNACK arrives as an event),
     /// then starts the network thread. `reconnect` keeps the session's queued messages.
-    func connect(host: String, port: Int, keepAlive: Int, username: String, password: String?, reconnect: Bool) async throws(IoTHubError) {
+    func connect(host: String, port: Int, keepAlive: Int, username: String, password: String?, reconnect: Bool)
+        async throws(IoTHubError)
+    {
         let result: Result<Void, IoTHubError> = await withCheckedContinuation { continuation in
             controlQueue.async { [self] in
                 publishGate.withLockedValue { $0 = false }
@@ -159,15 +162,22 @@ final class MosquittoClient: Sendable {
                 }
                 mosquitto_username_pw_set(handle, username, password)
                 tlsContext?.clearRejection()
-                let code = reconnect ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
+                let code =
+                    reconnect
+                    ? mosquitto_reconnect(handle) : mosquitto_connect(handle, host, Int32(port), Int32(keepAlive))
                 guard code == MOSQ_ERR_SUCCESS.rawValue else {
                     // The handshake may end within the connect call (a quick server).
-                    let reason = code == MOSQ_ERR_TLS.rawValue ? tlsContext?.describeHandshakeFailure() ?? Self.describe(code) : Self.describe(code)
-                    continuation.resume(returning: .failure(.connectionFailedError("cannot connect to \(hostAndPort(host, port)): \(reason)")))
+                    let reason =
+                        code == MOSQ_ERR_TLS.rawValue
+                        ? tlsContext?.describeHandshakeFailure() ?? Self.describe(code) : Self.describe(code)
+                    continuation.resume(
+                        returning: .failure(
+                            .connectionFailedError("cannot connect to \(hostAndPort(host, port)): \(reason)")))
                     return
                 }
                 do throws(IoTHubError) {
-                    let thread = try MosquittoNetworkThread(handle: mosquitto, beforeWrite: beforeWrite) { [weak self] failure in
+                    let thread = try MosquittoNetworkThread(handle: mosquitto, beforeWrite: beforeWrite) {
+                        [weak self] failure in
                         self?.networkThreadEnded(failure: failure)
                     }
                     networkThread.withLockedValue { $0 = thread }
@@ -223,7 +233,9 @@ final class MosquittoClient: Sendable {
                 try? await Task.sleep(for: interval)
                 acknowledgements.failOverdue(
                     now: .now,
-                    with: .operationTimeout("the hub did not acknowledge the message within \(timeout); it is still queued and may yet arrive"))
+                    with: .operationTimeout(
+                        "the hub did not acknowledge the message within \(timeout); it is still queued and may yet arrive"
+                    ))
             }
         }
     }
@@ -250,7 +262,9 @@ final class MosquittoClient: Sendable {
         while connectionEnded.wait(timeout: .now()) == .success {}
         mosquitto_disconnect(handle)
         wakeNetworkThread()
-        if networkThread.withLockedValue({ $0 }) != nil, connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut {
+        if networkThread.withLockedValue({ $0 }) != nil,
+            connectionEnded.wait(timeout: .now() + Self.disconnectGrace) == .timedOut
+        {
             // The peer neither answered nor closed (a CONNECT still unanswered, a hub that
             // hangs): end the connection here, so the network thread stops.
             let socket = mosquitto_socket(handle)
@@ -307,7 +321,9 @@ final class MosquittoClient: Sendable {
                 for rest in index..<messages.count { batch.complete(rest, .failure(error)) }
                 break
             }
-            if let early = publishAcknowledgements.register(mid, deadline: deadline, waiter: { batch.complete(index, $0) }) {
+            if let early = publishAcknowledgements.register(
+                mid, deadline: deadline, waiter: { batch.complete(index, $0) })
+            {
                 batch.complete(index, early)
             }
             published.append(mid)

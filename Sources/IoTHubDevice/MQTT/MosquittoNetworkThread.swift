@@ -57,10 +57,14 @@ final class MosquittoNetworkThread: Sendable {
     /// without writing: the hub sends the unacknowledged messages again.
     private let beforeWrite: @Sendable () -> Bool
 
-    init(handle: MosquittoHandle, beforeWrite: @escaping @Sendable () -> Bool = { true }, onConnectionEnded: @escaping @Sendable (Int32) -> Void) throws(IoTHubError) {
+    init(
+        handle: MosquittoHandle, beforeWrite: @escaping @Sendable () -> Bool = { true },
+        onConnectionEnded: @escaping @Sendable (Int32) -> Void
+    ) throws(IoTHubError) {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else {
-            throw .clientError("cannot create the MQTT network thread's wake-up pipe: \(String(cString: strerror(errno)))")
+            throw .clientError(
+                "cannot create the MQTT network thread's wake-up pipe: \(String(cString: strerror(errno)))")
         }
         for end in ends {
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
@@ -119,7 +123,8 @@ final class MosquittoNetworkThread: Sendable {
                 onConnectionEnded(failure)
                 return
             }
-            descriptors[0] = pollfd(fd: socket, events: Int16(POLLIN) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0)
+            descriptors[0] = pollfd(
+                fd: socket, events: Int16(POLLIN) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0)
             descriptors[1].revents = 0
             if poll(&descriptors, 2, Self.pollTimeoutMilliseconds) < 0 {
                 guard errno != EINTR else { continue }

@@ -22,7 +22,8 @@ final class PublishBatch: Sendable {
     }
 
     func complete(_ index: Int, _ result: Result<Void, IoTHubError>) {
-        let finished = state.withLockedValue { state -> (CheckedContinuation<[Result<Void, IoTHubError>], Never>, [Result<Void, IoTHubError>])? in
+        let finished = state.withLockedValue {
+            state -> (CheckedContinuation<[Result<Void, IoTHubError>], Never>, [Result<Void, IoTHubError>])? in
             guard state.results[index] == nil else { return nil }
             state.results[index] = result
             state.remaining -= 1

@@ -45,7 +45,9 @@ public final class ProvisioningDeviceClient: Sendable {
         guard ProvisioningWire.isValidRegistrationId(registrationId) else {
             throw .valueError(
                 field: "registration_id",
-                reason: "is invalid: use 1 to 128 lower-case letters, digits or -._:, beginning and ending with a letter or digit")
+                reason:
+                    "is invalid: use 1 to 128 lower-case letters, digits or -._:, beginning and ending with a letter or digit"
+            )
         }
         guard !idScope.isEmpty, idScope.allSatisfy({ $0.isLetter || $0.isNumber }), idScope.count <= 64 else {
             throw .valueError(field: "id_scope", reason: "is not an ID scope (letters and digits, such as 0ne00000000)")
@@ -55,7 +57,9 @@ public final class ProvisioningDeviceClient: Sendable {
         try configuration.validate()
         if case .symmetricKey(let key) = credential {
             // Sign once to prove the key is usable.
-            _ = try SASToken(resourceURI: ProvisioningWire.resourceURI(idScope: idScope, registrationId: registrationId), key: key, timeToLive: 60)
+            _ = try SASToken(
+                resourceURI: ProvisioningWire.resourceURI(idScope: idScope, registrationId: registrationId), key: key,
+                timeToLive: 60)
         }
         self.provisioningHost = provisioningHost
         self.registrationId = registrationId
@@ -69,20 +73,24 @@ public final class ProvisioningDeviceClient: Sendable {
     /// derived from an enrollment group's key with ``deriveDeviceKey(groupKey:registrationId:)``.
     public static func fromSymmetricKey(
         provisioningHost: String = globalEndpoint, registrationId: String, idScope: String, symmetricKey: String,
-        configuration: DeviceClientConfiguration = DeviceClientConfiguration(), logger: Logger = Logger(label: "iothub-provisioning")
+        configuration: DeviceClientConfiguration = DeviceClientConfiguration(),
+        logger: Logger = Logger(label: "iothub-provisioning")
     ) throws(IoTHubError) -> ProvisioningDeviceClient {
         try ProvisioningDeviceClient(
-            provisioningHost: provisioningHost, registrationId: registrationId, idScope: idScope, credential: .symmetricKey(symmetricKey),
+            provisioningHost: provisioningHost, registrationId: registrationId, idScope: idScope,
+            credential: .symmetricKey(symmetricKey),
             configuration: configuration, logger: logger)
     }
 
     /// `create_from_x509_certificate`: the certificate's common name is the registration id.
     public static func fromX509Certificate(
         provisioningHost: String = globalEndpoint, registrationId: String, idScope: String, x509: X509Credential,
-        configuration: DeviceClientConfiguration = DeviceClientConfiguration(), logger: Logger = Logger(label: "iothub-provisioning")
+        configuration: DeviceClientConfiguration = DeviceClientConfiguration(),
+        logger: Logger = Logger(label: "iothub-provisioning")
     ) throws(IoTHubError) -> ProvisioningDeviceClient {
         try ProvisioningDeviceClient(
-            provisioningHost: provisioningHost, registrationId: registrationId, idScope: idScope, credential: .x509(x509),
+            provisioningHost: provisioningHost, registrationId: registrationId, idScope: idScope,
+            credential: .x509(x509),
             configuration: configuration, logger: logger)
     }
 
@@ -121,7 +129,8 @@ public final class ProvisioningDeviceClient: Sendable {
         do throws(IoTHubError) {
             outcome = .success(
                 try await withTimeout(
-                    timeout, timeoutError: { .operationTimeout("DPS did not finish the registration within \(timeout)") },
+                    timeout,
+                    timeoutError: { .operationTimeout("DPS did not finish the registration within \(timeout)") },
                     { () async throws(IoTHubError) -> RegistrationResult in try await session.run(payload: payload) }))
         } catch {
             outcome = .failure(error)
@@ -131,9 +140,13 @@ public final class ProvisioningDeviceClient: Sendable {
         case .success(let result):
             logger.info(
                 "registered with DPS",
-                metadata: ["registration": "\(registrationId)", "hub": "\(result.assignedHub ?? "")", "device": "\(result.deviceId ?? "")"])
+                metadata: [
+                    "registration": "\(registrationId)", "hub": "\(result.assignedHub ?? "")",
+                    "device": "\(result.deviceId ?? "")",
+                ])
         case .failure(let error):
-            logger.info("registration with DPS failed", metadata: ["registration": "\(registrationId)", "error": "\(error)"])
+            logger.info(
+                "registration with DPS failed", metadata: ["registration": "\(registrationId)", "error": "\(error)"])
         }
         return try outcome.get()
     }
@@ -170,9 +183,11 @@ private final class ProvisioningSession: Sendable {
         self.client = client
         var certificate: X509Credential?
         if case .x509(let x509) = client.credential { certificate = x509 }
-        let policy = TLSPolicy(configuration: client.configuration, hostName: client.provisioningHost, clientCertificate: certificate)
+        let policy = TLSPolicy(
+            configuration: client.configuration, hostName: client.provisioningHost, clientCertificate: certificate)
         let tls = try TLSContext(policy: policy)
-        tunnelPlan = try TunnelPlan.forClient(configuration: client.configuration, host: client.provisioningHost, policy: policy, verifier: tls)
+        tunnelPlan = try TunnelPlan.forClient(
+            configuration: client.configuration, host: client.provisioningHost, policy: policy, verifier: tls)
         socketDirectory = tunnelPlan == nil ? nil : try PrivateSocketDirectory()
         let connack = PendingReplies<Int, Int32, IoTHubError>(keepingEarlyReplies: true)
         let responses = PendingReplies<String, ProvisioningWire.Response, IoTHubError>(keepingEarlyReplies: true)
@@ -187,7 +202,8 @@ private final class ProvisioningSession: Sendable {
                 connack.complete(0, with: .success(returnCode))
             case .disconnected(_, let reason):
                 let detail = reason.map { ": \($0)" } ?? ""
-                connack.complete(0, with: .failure(.connectionFailedError("DPS closed the connection before accepting it\(detail)")))
+                connack.complete(
+                    0, with: .failure(.connectionFailedError("DPS closed the connection before accepting it\(detail)")))
                 responses.failAll(with: .connectionDroppedError("the connection to DPS ended\(detail)"))
             case .message(let topic, let payload):
                 if let response = ProvisioningWire.Response(topic: topic, body: payload) {
@@ -226,7 +242,9 @@ private final class ProvisioningSession: Sendable {
                 let status = result.errorCode.map { $0 / 1000 }.flatMap { (400...599).contains($0) ? $0 : nil } ?? 400
                 throw .serviceError(
                     status: status,
-                    message: "the registration of '\(client.registrationId)' failed: \(result.errorMessage ?? "no reason given") (error code \(result.errorCode.map(String.init) ?? "none"))")
+                    message:
+                        "the registration of '\(client.registrationId)' failed: \(result.errorMessage ?? "no reason given") (error code \(result.errorCode.map(String.init) ?? "none"))"
+                )
             default:
                 throw .clientError(
                     status == "disabled"
@@ -238,17 +256,22 @@ private final class ProvisioningSession: Sendable {
 
     /// Sends one request (a new `$rid` each time) and returns DPS's 200 or 202 answer; after a
     /// throttling or server error (429 and up) asks again once `retry-after` has passed.
-    private func request(_ make: (String) -> (topic: String, body: Data)) async throws(IoTHubError) -> ProvisioningWire.Response {
+    private func request(_ make: (String) -> (topic: String, body: Data)) async throws(IoTHubError)
+        -> ProvisioningWire.Response
+    {
         while true {
             let rid = client.requestId()
             let (topic, body) = make(rid)
             try await mqtt.publish(topic: topic, payload: body)
-            let response = try await responses.reply(to: rid) { .operationCancelled("the registration was cancelled or timed out") }
+            let response = try await responses.reply(to: rid) {
+                .operationCancelled("the registration was cancelled or timed out")
+            }
             switch response.status {
             case 200..<300:
                 return response
             case 401:
-                throw .credentialError("DPS refused the credentials of '\(client.registrationId)' (401\(Self.detail(of: response)))")
+                throw .credentialError(
+                    "DPS refused the credentials of '\(client.registrationId)' (401\(Self.detail(of: response)))")
             case 429...:
                 try await pause(seconds: response.retryAfterSeconds ?? Self.defaultRetryAfter)
             default:
@@ -301,14 +324,18 @@ private final class ProvisioningSession: Sendable {
         switch client.credential {
         case .symmetricKey(let key):
             password = try SASToken(
-                resourceURI: ProvisioningWire.resourceURI(idScope: client.idScope, registrationId: client.registrationId), key: key,
+                resourceURI: ProvisioningWire.resourceURI(
+                    idScope: client.idScope, registrationId: client.registrationId), key: key,
                 timeToLive: configuration.sasTokenTimeToLive, keyName: ProvisioningWire.tokenKeyName
             ).string
         case .x509:
             password = nil
         }
-        let username = ProvisioningWire.username(idScope: client.idScope, registrationId: client.registrationId, productInfo: configuration.productInfo)
-        try await mqtt.connect(host: host, port: port, keepAlive: configuration.keepAlive, username: username, password: password, reconnect: false)
+        let username = ProvisioningWire.username(
+            idScope: client.idScope, registrationId: client.registrationId, productInfo: configuration.productInfo)
+        try await mqtt.connect(
+            host: host, port: port, keepAlive: configuration.keepAlive, username: username, password: password,
+            reconnect: false)
         let code = try await connack.reply(to: 0) { .operationCancelled("the registration was cancelled or timed out") }
         refused.withLockedValue { $0 = code != 0 }
         switch code {
@@ -317,7 +344,8 @@ private final class ProvisioningSession: Sendable {
         case 4, 5:
             throw .credentialError("DPS refused the credentials of '\(client.registrationId)' (CONNACK \(code))")
         case 2:
-            throw .connectionFailedError("DPS refused the registration id '\(client.registrationId)' as client id (CONNACK 2)")
+            throw .connectionFailedError(
+                "DPS refused the registration id '\(client.registrationId)' as client id (CONNACK 2)")
         default:
             throw .connectionFailedError("DPS refused the connection (CONNACK \(code))")
         }

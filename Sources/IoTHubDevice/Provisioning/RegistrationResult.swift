@@ -29,8 +29,10 @@ public struct RegistrationResult: Sendable, Hashable, Codable {
     public var errorMessage: String?
 
     public init(
-        operationId: String, status: String, registrationId: String, assignedHub: String? = nil, deviceId: String? = nil,
-        substatus: String? = nil, createdDateTimeUtc: String? = nil, lastUpdatedDateTimeUtc: String? = nil, etag: String? = nil,
+        operationId: String, status: String, registrationId: String, assignedHub: String? = nil,
+        deviceId: String? = nil,
+        substatus: String? = nil, createdDateTimeUtc: String? = nil, lastUpdatedDateTimeUtc: String? = nil,
+        etag: String? = nil,
         payload: JSONValue? = nil, errorCode: Int? = nil, errorMessage: String? = nil
     ) {
         self.operationId = operationId
@@ -57,7 +59,8 @@ public struct RegistrationResult: Sendable, Hashable, Codable {
         self.init(
             operationId: text(document["operationId"]) ?? "", status: text(document["status"]) ?? "",
             registrationId: text(state?["registrationId"]) ?? registrationId, assignedHub: text(state?["assignedHub"]),
-            deviceId: text(state?["deviceId"]), substatus: text(state?["substatus"]), createdDateTimeUtc: text(state?["createdDateTimeUtc"]),
+            deviceId: text(state?["deviceId"]), substatus: text(state?["substatus"]),
+            createdDateTimeUtc: text(state?["createdDateTimeUtc"]),
             lastUpdatedDateTimeUtc: text(state?["lastUpdatedDateTimeUtc"]), etag: text(state?["etag"]),
             payload: state?["payload"].flatMap { $0 == .null ? nil : $0 }, errorCode: state?["errorCode"]?.intValue,
             errorMessage: text(state?["errorMessage"]))

@@ -17,7 +17,10 @@ public struct InboxConfiguration: Sendable {
     /// How long a received message stays locked before it is delivered again.
     public var lockDuration: Duration
 
-    public init(directory: String, maximumMessages: Int = 10_000, maximumBytes: Int = 64 << 20, lockDuration: Duration = .seconds(60)) {
+    public init(
+        directory: String, maximumMessages: Int = 10_000, maximumBytes: Int = 64 << 20,
+        lockDuration: Duration = .seconds(60)
+    ) {
         self.directory = directory
         self.maximumMessages = maximumMessages
         self.maximumBytes = maximumBytes
@@ -90,12 +93,16 @@ public final class CloudToDeviceInbox: Sendable {
     /// Opens (or creates) the inbox and takes back every message not completed. With `owner`,
     /// the inbox is bound to that client's identity: opening one that holds another identity's
     /// messages fails (a state directory reused with other credentials).
-    public init(configuration: InboxConfiguration, owner: IoTHubDeviceClient? = nil, logger: Logger = Logger(label: "iothub-inbox")) throws(LeaseError) {
+    public init(
+        configuration: InboxConfiguration, owner: IoTHubDeviceClient? = nil,
+        logger: Logger = Logger(label: "iothub-inbox")
+    ) throws(LeaseError) {
         self.configuration = configuration
         self.logger = logger
         do {
             log = try DurableLog(
-                directory: configuration.directory, options: .init(segmentSize: 4 << 20, maximumFrameSize: configuration.maximumBytes + (16 << 20)))
+                directory: configuration.directory,
+                options: .init(segmentSize: 4 << 20, maximumFrameSize: configuration.maximumBytes + (16 << 20)))
         } catch {
             throw .storageFailed("\(error)")
         }
@@ -111,7 +118,8 @@ public final class CloudToDeviceInbox: Sendable {
         if let owner {
             do {
                 try StoreIdentity.claim(
-                    StoreIdentity.name(hostName: owner.hostName, deviceId: owner.deviceId, moduleId: owner.moduleId), directory: configuration.directory,
+                    StoreIdentity.name(hostName: owner.hostName, deviceId: owner.deviceId, moduleId: owner.moduleId),
+                    directory: configuration.directory,
                     holdsMessages: !replayed.entries.isEmpty)
             } catch {
                 log.shutdown()
@@ -123,7 +131,10 @@ public final class CloudToDeviceInbox: Sendable {
         if !recovery.isClean {
             logger.warning(
                 "the cloud-to-device inbox was repaired on opening",
-                metadata: ["truncatedBytes": "\(recovery.truncatedBytes)", "quarantined": "\(recovery.quarantined.map(\.path))"])
+                metadata: [
+                    "truncatedBytes": "\(recovery.truncatedBytes)",
+                    "quarantined": "\(recovery.quarantined.map(\.path))",
+                ])
         }
     }
 
@@ -134,10 +145,11 @@ public final class CloudToDeviceInbox: Sendable {
         switch kind {
         case 10:
             guard let id = reader.readInteger(UInt64.self), let received = reader.readInteger(UInt64.self),
-                  let message = StoredMessageCodec.decode(&reader)
+                let message = StoredMessageCodec.decode(&reader)
             else { return }
             state.entries[id] = Entry(
-                message: message, size: InboxRecord.size(of: message), deliveryCount: 0, receivedAt: Date(timeIntervalSince1970: TimeInterval(received) / 1000))
+                message: message, size: InboxRecord.size(of: message), deliveryCount: 0,
+                receivedAt: Date(timeIntervalSince1970: TimeInterval(received) / 1000))
             state.nextId = max(state.nextId, id + 1)
         case 11, 12:
             guard let id = reader.readInteger(UInt64.self), let count = reader.readInteger(UInt32.self) else { return }
@@ -146,11 +158,13 @@ public final class CloudToDeviceInbox: Sendable {
             guard let id = reader.readInteger(UInt64.self) else { return }
             state.entries[id] = nil
         case 20:
-            guard let nextId = reader.readInteger(UInt64.self), let count = reader.readInteger(UInt32.self) else { return }
+            guard let nextId = reader.readInteger(UInt64.self), let count = reader.readInteger(UInt32.self) else {
+                return
+            }
             var entries: [UInt64: Entry] = [:]
             for _ in 0..<count {
                 guard let id = reader.readInteger(UInt64.self), let delivered = reader.readInteger(UInt32.self),
-                      let received = reader.readInteger(UInt64.self), let message = StoredMessageCodec.decode(&reader)
+                    let received = reader.readInteger(UInt64.self), let message = StoredMessageCodec.decode(&reader)
                 else { return }
                 entries[id] = Entry(
                     message: message, size: InboxRecord.size(of: message), deliveryCount: Int(delivered),
@@ -183,7 +197,9 @@ public final class CloudToDeviceInbox: Sendable {
         let staged = state.withLockedValue { state -> [(id: UInt64, message: Message, receivedAt: Date)] in
             defer { state.staged.removeAll() }
             guard !state.staged.isEmpty else { return [] }
-            log.enqueueAppend(state.staged.map { InboxRecord.received(id: $0.id, message: $0.message, at: $0.receivedAt) }) { result in
+            log.enqueueAppend(
+                state.staged.map { InboxRecord.received(id: $0.id, message: $0.message, at: $0.receivedAt) }
+            ) { result in
                 outcome.withLockedValue { $0 = (try? result.get()) != nil }
                 done.signal()
             }
@@ -199,7 +215,8 @@ public final class CloudToDeviceInbox: Sendable {
         state.withLockedValue { state in
             for item in staged {
                 let size = InboxRecord.size(of: item.message)
-                state.entries[item.id] = Entry(message: item.message, size: size, deliveryCount: 0, receivedAt: item.receivedAt)
+                state.entries[item.id] = Entry(
+                    message: item.message, size: size, deliveryCount: 0, receivedAt: item.receivedAt)
                 state.bytes += size
             }
             evicted = evictOverCapacity(&state)
@@ -210,7 +227,10 @@ public final class CloudToDeviceInbox: Sendable {
             available.removeAll { evicted.contains($0) }
             logger.warning(
                 "the cloud-to-device inbox is full: its oldest waiting messages were dropped; poll the inbox",
-                metadata: ["dropped": "\(evicted.count)", "capacity": "\(configuration.maximumMessages) messages, \(configuration.maximumBytes) bytes"])
+                metadata: [
+                    "dropped": "\(evicted.count)",
+                    "capacity": "\(configuration.maximumMessages) messages, \(configuration.maximumBytes) bytes",
+                ])
         }
         compactIfWorthIt()
         return true
@@ -220,7 +240,7 @@ public final class CloudToDeviceInbox: Sendable {
     private func evictOverCapacity(_ state: inout State) -> [UInt64] {
         var evicted: [UInt64] = []
         while state.entries.count > configuration.maximumMessages || state.bytes > configuration.maximumBytes,
-              let oldest = state.entries.filter({ $0.value.lock == nil }).keys.min()
+            let oldest = state.entries.filter({ $0.value.lock == nil }).keys.min()
         {
             if let entry = state.entries.removeValue(forKey: oldest) { state.bytes -= entry.size }
             state.dropped += 1
@@ -259,7 +279,8 @@ public final class CloudToDeviceInbox: Sendable {
                 entry.lock = (token, until, expiry)
                 state.entries[id] = entry
                 state.locks[token] = id
-                let lease = Lease(lockToken: token, message: entry.message, deliveryCount: entry.deliveryCount, lockedUntil: until)
+                let lease = Lease(
+                    lockToken: token, message: entry.message, deliveryCount: entry.deliveryCount, lockedUntil: until)
                 log.enqueueAppend([InboxRecord.leased(id: id, deliveryCount: entry.deliveryCount)]) { result in
                     continuation.resume(returning: (try? result.get()) == nil ? nil : lease)
                 }
@@ -278,7 +299,9 @@ public final class CloudToDeviceInbox: Sendable {
     public func complete(_ lockToken: String) async throws(LeaseError) {
         let result: Result<Void, LeaseError> = await withCheckedContinuation { continuation in
             let found = state.withLockedValue { state -> Bool in
-                guard let id = state.locks.removeValue(forKey: lockToken), let entry = state.entries.removeValue(forKey: id) else { return false }
+                guard let id = state.locks.removeValue(forKey: lockToken),
+                    let entry = state.entries.removeValue(forKey: id)
+                else { return false }
                 state.bytes -= entry.size
                 entry.lock?.expiry.cancel()
                 log.enqueueAppend([InboxRecord.completed(id: id)]) { result in
@@ -336,7 +359,8 @@ public final class CloudToDeviceInbox: Sendable {
     public var depth: Depth {
         state.withLockedValue { state in
             let locked = state.locks.count
-            return Depth(waiting: state.entries.count - locked, locked: locked, dropped: state.dropped, bytes: state.bytes)
+            return Depth(
+                waiting: state.entries.count - locked, locked: locked, dropped: state.dropped, bytes: state.bytes)
         }
     }
 
@@ -351,7 +375,9 @@ public final class CloudToDeviceInbox: Sendable {
         state.withLockedValue { state in
             guard !state.compacting else { return }
             state.compacting = true
-            let snapshot = InboxRecord.snapshot(state.entries.map { ($0.key, $0.value.deliveryCount, $0.value.receivedAt, $0.value.message) }, nextId: state.nextId)
+            let snapshot = InboxRecord.snapshot(
+                state.entries.map { ($0.key, $0.value.deliveryCount, $0.value.receivedAt, $0.value.message) },
+                nextId: state.nextId)
             log.enqueueAppend([snapshot]) { [weak self] result in
                 guard let self else { return }
                 if case .success(let range) = result { log.discard(through: range.lowerBound - 1) }

@@ -14,12 +14,14 @@ enum StoreIdentity {
     /// when the store holds messages (`holdsMessages`) recorded for another identity.
     static func claim(_ identity: String, directory: String, holdsMessages: Bool) throws(StoreIdentityConflict) {
         let path = directory + "/identity"
-        let recorded = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        let recorded = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(
+            in: .whitespacesAndNewlines)
         if let recorded, recorded != identity, holdsMessages {
             throw StoreIdentityConflict(directory: directory, recorded: recorded, current: identity)
         }
         if recorded != identity {
-            _ = FileManager.default.createFile(atPath: path, contents: Data((identity + "\n").utf8), attributes: [.posixPermissions: 0o600])
+            _ = FileManager.default.createFile(
+                atPath: path, contents: Data((identity + "\n").utf8), attributes: [.posixPermissions: 0o600])
         }
     }
 }

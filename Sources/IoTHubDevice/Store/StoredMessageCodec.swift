@@ -13,7 +13,8 @@ enum StoredMessageCodec {
         bytes.append(version)
         appendBytes(message.payload, to: &bytes)
         for field in [
-            message.messageId, message.correlationId, message.userId, message.contentType, message.contentEncoding, message.expiryTimeUTC,
+            message.messageId, message.correlationId, message.userId, message.contentType, message.contentEncoding,
+            message.expiryTimeUTC,
             message.outputName, message.interfaceId, message.to, message.ack, message.inputName,
         ] {
             if let field {
@@ -51,8 +52,10 @@ enum StoredMessageCodec {
             properties[key] = value
         }
         return Message(
-            payload: Data(payload), messageId: fields[0], correlationId: fields[1], userId: fields[2], contentType: fields[3],
-            contentEncoding: fields[4], expiryTimeUTC: fields[5], outputName: fields[6], interfaceId: fields[7], properties: properties,
+            payload: Data(payload), messageId: fields[0], correlationId: fields[1], userId: fields[2],
+            contentType: fields[3],
+            contentEncoding: fields[4], expiryTimeUTC: fields[5], outputName: fields[6], interfaceId: fields[7],
+            properties: properties,
             to: fields[8], ack: fields[9], inputName: fields[10])
     }
 

@@ -30,7 +30,8 @@ public struct OutboxConfiguration: Sendable {
     public var drainRate: Int?
 
     public init(
-        directory: String, maximumBytes: Int = 256 << 20, whenFull: WhenFull = .rejectNew, timeToLive: Duration = .seconds(7200),
+        directory: String, maximumBytes: Int = 256 << 20, whenFull: WhenFull = .rejectNew,
+        timeToLive: Duration = .seconds(7200),
         drainRate: Int? = nil
     ) {
         self.directory = directory
@@ -148,7 +149,9 @@ public final class TelemetryOutbox: Sendable {
 
     /// Opens (or creates) the outbox in `configuration.directory` for `client`'s identity,
     /// recovering what a crash left.
-    public init(client: IoTHubDeviceClient, configuration: OutboxConfiguration, logger: Logger = Logger(label: "iothub-outbox")) throws(OutboxError) {
+    public init(
+        client: IoTHubDeviceClient, configuration: OutboxConfiguration, logger: Logger = Logger(label: "iothub-outbox")
+    ) throws(OutboxError) {
         guard configuration.maximumBytes > 0 else { throw .storageFailed("the outbox's maximum size must be positive") }
         self.client = client
         self.configuration = configuration
@@ -173,7 +176,8 @@ public final class TelemetryOutbox: Sendable {
         }
         do {
             try StoreIdentity.claim(
-                StoreIdentity.name(hostName: client.hostName, deviceId: client.deviceId, moduleId: client.moduleId), directory: configuration.directory,
+                StoreIdentity.name(hostName: client.hostName, deviceId: client.deviceId, moduleId: client.moduleId),
+                directory: configuration.directory,
                 holdsMessages: initial.messages > 0)
         } catch {
             log.shutdown()
@@ -183,7 +187,11 @@ public final class TelemetryOutbox: Sendable {
         let recovery = log.recovery
         if !recovery.isClean {
             logger.warning(
-                "the outbox was repaired on opening", metadata: ["truncatedBytes": "\(recovery.truncatedBytes)", "quarantined": "\(recovery.quarantined.map(\.path))"])
+                "the outbox was repaired on opening",
+                metadata: [
+                    "truncatedBytes": "\(recovery.truncatedBytes)",
+                    "quarantined": "\(recovery.quarantined.map(\.path))",
+                ])
         }
     }
 
@@ -264,7 +272,11 @@ public final class TelemetryOutbox: Sendable {
                     defer { state.dropping = true }
                     return !state.dropping
                 }
-                if first { logger.warning("the outbox is full: dropping its oldest messages to make room", metadata: ["limit": "\(limit)"]) }
+                if first {
+                    logger.warning(
+                        "the outbox is full: dropping its oldest messages to make room", metadata: ["limit": "\(limit)"]
+                    )
+                }
             }
             // What is on its way to the hub cannot be dropped: over the limit until it is delivered.
             state.withLockedValue { $0.reserved += size }
@@ -281,7 +293,9 @@ public final class TelemetryOutbox: Sendable {
                 let (cursor, needed) = state.withLockedValue { state in
                     (max(state.readThrough, state.droppedThrough), state.bytes + state.reserved + size - limit)
                 }
-                guard needed > 0, let frames = try? log.read(after: cursor, maximumFrames: 64), !frames.isEmpty else { return count }
+                guard needed > 0, let frames = try? log.read(after: cursor, maximumFrames: 64), !frames.isEmpty else {
+                    return count
+                }
                 var freed = 0
                 for frame in frames where freed < needed {
                     let messages = OutboxFrame.messageCount(frame.payload) ?? 0
@@ -327,7 +341,8 @@ public final class TelemetryOutbox: Sendable {
                 if entry.deadline < now { expired += 1 } else { pending.append(entry.message) }
             }
             if let pace = pacer?.delay(for: pending.count) { try? await Task.sleep(for: pace) }
-            let (delivered, lateExpired, stopped) = await send(pending, deadlines: page.entries.filter { $0.deadline >= now }.map(\.deadline))
+            let (delivered, lateExpired, stopped) = await send(
+                pending, deadlines: page.entries.filter { $0.deadline >= now }.map(\.deadline))
             if stopped {
                 giveBack(page, after: previous)
                 return
@@ -347,7 +362,9 @@ public final class TelemetryOutbox: Sendable {
     private func nextPage() async -> Page? {
         await onIO { [self] in
             let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
-            guard let frames = try? log.read(after: cursor, maximumFrames: 256, maximumBytes: 1 << 20), let last = frames.last else { return nil }
+            guard let frames = try? log.read(after: cursor, maximumFrames: 256, maximumBytes: 1 << 20),
+                let last = frames.last
+            else { return nil }
             var page = Page(entries: [], lastSequence: last.sequence, bytes: 0, messages: 0)
             for frame in frames {
                 page.bytes += OutboxFrame.storedSize(frame.payload)
@@ -356,9 +373,14 @@ public final class TelemetryOutbox: Sendable {
                 if let decoded {
                     page.entries += decoded
                 } else {
-                    logger.error("an outbox frame could not be decoded; its messages are dropped", metadata: ["sequence": "\(frame.sequence)"])
+                    logger.error(
+                        "an outbox frame could not be decoded; its messages are dropped",
+                        metadata: ["sequence": "\(frame.sequence)"])
                 }
-                if page.entries.count >= Self.pageSize { page.lastSequence = frame.sequence; break }
+                if page.entries.count >= Self.pageSize {
+                    page.lastSequence = frame.sequence
+                    break
+                }
             }
             state.withLockedValue { $0.readThrough = page.lastSequence }
             return page
@@ -373,7 +395,9 @@ public final class TelemetryOutbox: Sendable {
         var delay = Duration.milliseconds(100)
         while !client.isConnected, !Task.isCancelled {
             await expireAtHead()
-            if client.configuration.autoConnect, client.status.state == .disconnected, state.withLockedValue({ $0.messages }) > 0 {
+            if client.configuration.autoConnect, client.status.state == .disconnected,
+                state.withLockedValue({ $0.messages }) > 0
+            {
                 try? await client.connect()
                 if client.isConnected { return }
             }
@@ -393,7 +417,8 @@ public final class TelemetryOutbox: Sendable {
                 guard let frames = try? log.read(after: cursor, maximumFrames: 64), !frames.isEmpty else { break }
                 var stop = false
                 for frame in frames {
-                    guard let entries = OutboxFrame.decode(frame.payload), entries.allSatisfy({ $0.deadline < now }) else {
+                    guard let entries = OutboxFrame.decode(frame.payload), entries.allSatisfy({ $0.deadline < now })
+                    else {
                         stop = true
                         break
                     }
@@ -436,7 +461,9 @@ public final class TelemetryOutbox: Sendable {
                     return (delivered, expired, true)
                 case .failure(.valueError), .failure(.messageTooLarge), .failure(.topicTooLong):
                     // Checked when accepted; cannot be sent as it is.
-                    logger.error("an outbox message was refused before sending; it is dropped", metadata: ["messageId": "\(entry.0.messageId ?? "")"])
+                    logger.error(
+                        "an outbox message was refused before sending; it is dropped",
+                        metadata: ["messageId": "\(entry.0.messageId ?? "")"])
                     expired += 1
                 case .failure:
                     if entry.1 < Date() { expired += 1 } else { retry.append(entry) }
@@ -486,14 +513,20 @@ public final class TelemetryOutbox: Sendable {
     /// The outbox's figures now.
     public func status() async -> OutboxStatus {
         let oldest = await onIO { [self] () -> Date? in
-            let cursor = state.withLockedValue { $0.droppedThrough > log.discardedThrough ? $0.droppedThrough : log.discardedThrough }
-            return (try? log.read(after: cursor, maximumFrames: 1))?.first.flatMap { OutboxFrame.acceptedAt($0.payload) }
+            let cursor = state.withLockedValue {
+                $0.droppedThrough > log.discardedThrough ? $0.droppedThrough : log.discardedThrough
+            }
+            return (try? log.read(after: cursor, maximumFrames: 1))?.first.flatMap {
+                OutboxFrame.acceptedAt($0.payload)
+            }
         }
         let recovery = log.recovery
         return state.withLockedValue { state in
             OutboxStatus(
-                messages: state.messages, bytes: state.bytes, maximumBytes: configuration.maximumBytes, oldestAcceptedAt: state.messages > 0 ? oldest : nil,
-                delivered: state.delivered, expired: state.expired, dropped: state.dropped, rejected: state.rejected, isFull: state.isFull,
+                messages: state.messages, bytes: state.bytes, maximumBytes: configuration.maximumBytes,
+                oldestAcceptedAt: state.messages > 0 ? oldest : nil,
+                delivered: state.delivered, expired: state.expired, dropped: state.dropped, rejected: state.rejected,
+                isFull: state.isFull,
                 quarantinedSpans: recovery.quarantined.count, truncatedBytes: recovery.truncatedBytes)
         }
     }
@@ -569,10 +602,13 @@ enum OutboxFrame {
 
     static func decode(_ bytes: [UInt8]) -> [(deadline: Date, message: Message)]? {
         var reader = ByteReader(bytes)
-        guard reader.readByte() == kind, reader.readInteger(UInt64.self) != nil, let count = reader.readInteger(UInt32.self) else { return nil }
+        guard reader.readByte() == kind, reader.readInteger(UInt64.self) != nil,
+            let count = reader.readInteger(UInt32.self)
+        else { return nil }
         var entries: [(deadline: Date, message: Message)] = []
         for _ in 0..<count {
-            guard let deadline = reader.readInteger(UInt64.self), let message = StoredMessageCodec.decode(&reader) else { return nil }
+            guard let deadline = reader.readInteger(UInt64.self), let message = StoredMessageCodec.decode(&reader)
+            else { return nil }
             entries.append((Date(timeIntervalSince1970: TimeInterval(deadline) / 1000), message))
         }
         return entries

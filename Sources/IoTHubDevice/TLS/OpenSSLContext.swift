@@ -40,8 +40,9 @@ final class TLSContext: @unchecked Sendable {
         // application's; unretained: the object outlives the context it frees in deinit).
         SSL_CTX_set_ex_data(context, 0, Unmanaged.passUnretained(self).toOpaque())
         SSL_CTX_set_verify(context, SSL_VERIFY_PEER) { accepted, store in
-            guard accepted == 0, let store, let ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
-                  let owner = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(OpaquePointer(ssl)), 0)
+            guard accepted == 0, let store,
+                let ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
+                let owner = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(OpaquePointer(ssl)), 0)
             else { return accepted }
             let context = Unmanaged<TLSContext>.fromOpaque(owner).takeUnretainedValue()
             context.lastRejection.withLockedValue { $0 = Int(X509_STORE_CTX_get_error(store)) }
@@ -78,7 +79,8 @@ final class TLSContext: @unchecked Sendable {
     /// tell: the refused certificate's reason, or a general statement.
     func describeHandshakeFailure() -> String {
         guard let result = lastRejection.withLockedValue({ $0 }) else { return "the TLS handshake failed" }
-        return "the hub's TLS certificate was not accepted: \(Self.describe(verificationResult: result, peer: policy.peer))"
+        return
+            "the hub's TLS certificate was not accepted: \(Self.describe(verificationResult: result, peer: policy.peer))"
     }
 
     /// Verifies a server's certificate chain (DER, leaf first, as the server sent it) exactly as
@@ -112,8 +114,8 @@ final class TLSContext: @unchecked Sendable {
         guard let verification = X509_STORE_CTX_new() else { return "OpenSSL could not allocate a verification" }
         defer { X509_STORE_CTX_free(verification) }
         guard X509_STORE_CTX_init(verification, SSL_CTX_get_cert_store(pointer), leaf, intermediates) == 1,
-              X509_STORE_CTX_set_default(verification, "ssl_server") == 1,
-              X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(verification), SSL_CTX_get0_param(pointer)) == 1
+            X509_STORE_CTX_set_default(verification, "ssl_server") == 1,
+            X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(verification), SSL_CTX_get0_param(pointer)) == 1
         else {
             ERR_clear_error()
             return "OpenSSL could not set up the verification"
@@ -149,7 +151,9 @@ final class TLSContext: @unchecked Sendable {
         return certificates
     }
 
-    private static func useClientCertificate(_ credential: X509Credential, in context: OpaquePointer) throws(IoTHubError) {
+    private static func useClientCertificate(_ credential: X509Credential, in context: OpaquePointer)
+        throws(IoTHubError)
+    {
         let certificates = try readCertificates(credential.certificatePEM, what: "x509 certificate")
         defer { certificates.forEach { X509_free($0) } }
         guard SSL_CTX_use_certificate(context, certificates[0]) == 1 else {
@@ -182,7 +186,10 @@ final class TLSContext: @unchecked Sendable {
         }
         guard let key else {
             ERR_clear_error()
-            throw .valueError(field: "x509 key", reason: passPhrase == nil ? "is not a PEM private key (or it needs a pass phrase)" : "cannot be read with this pass phrase")
+            throw .valueError(
+                field: "x509 key",
+                reason: passPhrase == nil
+                    ? "is not a PEM private key (or it needs a pass phrase)" : "cannot be read with this pass phrase")
         }
         return key
     }
@@ -190,7 +197,9 @@ final class TLSContext: @unchecked Sendable {
     /// Runs `body` with an OpenSSL memory BIO that holds its own copy of `text`. No pointer
     /// into Swift memory is kept by OpenSSL (`BIO_new_mem_buf` would keep one past the closure
     /// that made it valid). A `secret` text goes into secure memory, cleared when freed.
-    private static func withMemoryBIO<T>(holding text: String, secret: Bool, _ body: (OpaquePointer) throws(IoTHubError) -> T) throws(IoTHubError) -> T {
+    private static func withMemoryBIO<T>(
+        holding text: String, secret: Bool, _ body: (OpaquePointer) throws(IoTHubError) -> T
+    ) throws(IoTHubError) -> T {
         guard let bio = BIO_new(secret ? BIO_s_secmem() : BIO_s_mem()) else {
             throw .clientError("OpenSSL could not allocate a buffer")
         }
@@ -198,7 +207,9 @@ final class TLSContext: @unchecked Sendable {
         let bytes = Array(text.utf8)
         if !bytes.isEmpty {
             let written = bytes.withUnsafeBytes { BIO_write(bio, $0.baseAddress, Int32(clamping: $0.count)) }
-            guard written == bytes.count else { throw .clientError("OpenSSL could not buffer \(bytes.count) bytes of PEM text") }
+            guard written == bytes.count else {
+                throw .clientError("OpenSSL could not buffer \(bytes.count) bytes of PEM text")
+            }
         }
         return try body(bio)
     }
@@ -212,9 +223,10 @@ extension TLSPolicy {
     /// tunnel (through ``TLSContext/rejectionReason(forServerChain:)``) and libcurl (set on its
     /// context before each handshake, ``HTTPSClient``). The caller owns the store.
     func makeTrustStore() throws(IoTHubError) -> OpaquePointer {
-        let certificates = try extraTrustedCertificatesPEM.map { pem throws(IoTHubError) in
-            try TLSContext.readCertificates(pem, what: "server_verification_cert")
-        } ?? []
+        let certificates =
+            try extraTrustedCertificatesPEM.map { pem throws(IoTHubError) in
+                try TLSContext.readCertificates(pem, what: "server_verification_cert")
+            } ?? []
         defer { certificates.forEach { X509_free($0) } }
         guard let store = X509_STORE_new() else { throw .clientError("OpenSSL could not create a certificate store") }
         // A missing system location only means fewer trusted CAs.

@@ -37,13 +37,15 @@ struct TLSPolicy: Sendable, Hashable {
     init(configuration: DeviceClientConfiguration, hostName: String, clientCertificate: X509Credential?) {
         peer = PeerName(host: configuration.gatewayHostName ?? hostName)
         extraTrustedCertificatesPEM = configuration.serverVerificationCertificate.flatMap { $0.isEmpty ? nil : $0 }
-        trustsSystemCertificates = extraTrustedCertificatesPEM == nil || configuration.serverVerificationCertificateAddsToSystemStore
+        trustsSystemCertificates =
+            extraTrustedCertificatesPEM == nil || configuration.serverVerificationCertificateAddsToSystemStore
         cipherList = configuration.cipher.flatMap { $0.isEmpty ? nil : $0 }
         self.clientCertificate = clientCertificate
     }
 
     init(
-        peer: PeerName, extraTrustedCertificatesPEM: String? = nil, trustsSystemCertificates: Bool? = nil, cipherList: String? = nil,
+        peer: PeerName, extraTrustedCertificatesPEM: String? = nil, trustsSystemCertificates: Bool? = nil,
+        cipherList: String? = nil,
         clientCertificate: X509Credential? = nil
     ) {
         self.peer = peer

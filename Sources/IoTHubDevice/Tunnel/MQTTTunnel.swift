@@ -28,7 +28,9 @@ struct TunnelPlan: Sendable {
 
     /// "wss://hub:443/$iothub/websocket through HTTP proxy p:3128", for errors and logs.
     var description: String {
-        let target = webSocket ? "wss://\(hostAndPort(host, port))\(WebSocketHandshake.path)" : "mqtts://\(hostAndPort(host, port))"
+        let target =
+            webSocket
+            ? "wss://\(hostAndPort(host, port))\(WebSocketHandshake.path)" : "mqtts://\(hostAndPort(host, port))"
         return proxy.map { "\(target) through the \($0.name)" } ?? target
     }
 }
@@ -75,7 +77,9 @@ final class MQTTTunnel: Sendable {
         let deadline = NIODeadline.now() + TimeAmount(plan.timeout)
         var resolved: [UInt8]?
         if let proxy = plan.proxy, proxy.kind == .socks4 {
-            guard let address = await resolveIPv4(plan.host) else { throw failure("SOCKS4 needs an IPv4 address and '\(plan.host)' has none") }
+            guard let address = await resolveIPv4(plan.host) else {
+                throw failure("SOCKS4 needs an IPv4 address and '\(plan.host)' has none")
+            }
             resolved = address
         }
         let socks4Address = resolved
@@ -97,14 +101,20 @@ final class MQTTTunnel: Sendable {
                 steps = steps.flatMap { _ in
                     switch proxy.kind {
                     case .http:
-                        return handshake(HTTPConnectHandshake(
-                            targetHost: plan.host, targetPort: plan.port, username: proxy.username, password: proxy.password, proxyName: proxy.name), on: channel)
+                        return handshake(
+                            HTTPConnectHandshake(
+                                targetHost: plan.host, targetPort: plan.port, username: proxy.username,
+                                password: proxy.password, proxyName: proxy.name), on: channel)
                     case .socks4:
-                        return handshake(SOCKS4Handshake(
-                            address: socks4Address ?? [], port: plan.port, userId: proxy.username ?? "", proxyName: proxy.name), on: channel)
+                        return handshake(
+                            SOCKS4Handshake(
+                                address: socks4Address ?? [], port: plan.port, userId: proxy.username ?? "",
+                                proxyName: proxy.name), on: channel)
                     case .socks5:
-                        return handshake(SOCKS5Handshake(
-                            targetHost: plan.host, targetPort: plan.port, username: proxy.username, password: proxy.password, proxyName: proxy.name), on: channel)
+                        return handshake(
+                            SOCKS5Handshake(
+                                targetHost: plan.host, targetPort: plan.port, username: proxy.username,
+                                password: proxy.password, proxyName: proxy.name), on: channel)
                     }
                 }
             }
@@ -114,13 +124,16 @@ final class MQTTTunnel: Sendable {
                 do {
                     let rejection = NIOLockedValueBox<String?>(nil)
                     let verifier = plan.verifier
-                    let tls = try NIOSSLClientHandler(context: plan.tls, serverHostname: verifier.policy.peer.serverNameIndication) { chain, verdict in
+                    let tls = try NIOSSLClientHandler(
+                        context: plan.tls, serverHostname: verifier.policy.peer.serverNameIndication
+                    ) { chain, verdict in
                         let reason = verifier.rejectionReason(forServerChain: chain.compactMap { try? $0.toDERBytes() })
                         rejection.withLockedValue { $0 = reason }
                         verdict.succeed(reason == nil ? .certificateVerified : .failed)
                     }
                     try channel.pipeline.syncOperations.addHandler(tls)
-                    try channel.pipeline.syncOperations.addHandler(TLSReadyHandler(rejection: rejection, promise: ready))
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSReadyHandler(rejection: rejection, promise: ready))
                     if !leftover.isEmpty { channel.pipeline.fireChannelRead(channel.allocator.buffer(bytes: leftover)) }
                 } catch {
                     ready.fail(TunnelFailure("TLS could not start: \(error)"))
@@ -129,7 +142,8 @@ final class MQTTTunnel: Sendable {
             }
             if plan.webSocket {
                 steps = steps.flatMap { _ in
-                    handshake(WebSocketHandshake(host: plan.host, port: plan.port, userAgent: plan.userAgent), on: channel)
+                    handshake(
+                        WebSocketHandshake(host: plan.host, port: plan.port, userAgent: plan.userAgent), on: channel)
                 }.flatMapThrowing { leftover in
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(WebSocketFrameEncoder())
@@ -187,7 +201,9 @@ final class MQTTTunnel: Sendable {
     }
 
     /// Runs one handshake on `channel`; the future holds the bytes received after it.
-    private static func handshake<H: TunnelHandshake>(_ handshake: H, on channel: any Channel) -> EventLoopFuture<[UInt8]> {
+    private static func handshake<H: TunnelHandshake>(_ handshake: H, on channel: any Channel) -> EventLoopFuture<
+        [UInt8]
+    > {
         let promise = channel.eventLoop.makePromise(of: [UInt8].self)
         do {
             try channel.pipeline.syncOperations.addHandler(HandshakeHandler(handshake, promise: promise))
@@ -215,7 +231,9 @@ final class MQTTTunnel: Sendable {
                 hints.ai_family = AF_INET
                 hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
                 var result: UnsafeMutablePointer<addrinfo>?
-                guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result, let address = first.pointee.ai_addr else {
+                guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result,
+                    let address = first.pointee.ai_addr
+                else {
                     continuation.resume(returning: nil)
                     return
                 }
@@ -370,7 +388,9 @@ private final class WebSocketByteStream: ChannelDuplexHandler {
             var data = context.channel.allocator.buffer(capacity: 2)
             data.write(webSocketErrorCode: .unacceptableData)
             closeSent = true
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)),
+                promise: nil)
             context.close(promise: nil)
         default:
             break
@@ -379,7 +399,9 @@ private final class WebSocketByteStream: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let bytes = unwrapOutboundIn(data)
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: bytes)), promise: promise)
+        context.write(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: bytes)),
+            promise: promise)
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -393,7 +415,9 @@ private final class WebSocketByteStream: ChannelDuplexHandler {
         closeSent = true
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: .normalClosure)
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)),
+            promise: nil)
     }
 }
 

@@ -46,7 +46,8 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
     /// repeat a part of the URL: a password in the wrong place must not reach a log.
     public init(url text: String) throws(IoTHubError) {
         guard let schemeEnd = text.range(of: "://") else {
-            throw .valueError(field: "proxy", reason: "must be a URL such as http://proxy.example:3128 or socks5://10.0.0.1:1080")
+            throw .valueError(
+                field: "proxy", reason: "must be a URL such as http://proxy.example:3128 or socks5://10.0.0.1:1080")
         }
         let scheme = text[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
@@ -82,7 +83,9 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
             }
             host = hostPart[hostPart.index(after: hostPart.startIndex)..<close]
             let after = hostPart[hostPart.index(after: close)...]
-            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty {
+            if after.hasPrefix(":") {
+                portText = after.dropFirst()
+            } else if !after.isEmpty {
                 throw .valueError(field: "proxy", reason: "unexpected text after the IPv6 address")
             }
         } else if let colon = hostPart.lastIndex(of: ":") {
@@ -116,13 +119,23 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
 
     /// Checks the values; the client configuration calls it.
     func validate() throws(IoTHubError) {
-        guard !address.isEmpty, !address.contains("/") else { throw .valueError(field: "proxy_addr", reason: "is not a host name") }
-        guard (1...65535).contains(port) else { throw .valueError(field: "proxy_port", reason: "must be from 1 to 65535") }
+        guard !address.isEmpty, !address.contains("/") else {
+            throw .valueError(field: "proxy_addr", reason: "is not a host name")
+        }
+        guard (1...65535).contains(port) else {
+            throw .valueError(field: "proxy_port", reason: "must be from 1 to 65535")
+        }
         if kind == .socks5 {
             // RFC 1929 carries each in one length byte.
-            if let username, username.utf8.count > 255 { throw .valueError(field: "proxy_username", reason: "is longer than 255 bytes") }
-            if let password, password.utf8.count > 255 { throw .valueError(field: "proxy_password", reason: "is longer than 255 bytes") }
-            if password != nil, username == nil { throw .valueError(field: "proxy_username", reason: "is needed with a password") }
+            if let username, username.utf8.count > 255 {
+                throw .valueError(field: "proxy_username", reason: "is longer than 255 bytes")
+            }
+            if let password, password.utf8.count > 255 {
+                throw .valueError(field: "proxy_password", reason: "is longer than 255 bytes")
+            }
+            if password != nil, username == nil {
+                throw .valueError(field: "proxy_username", reason: "is needed with a password")
+            }
         }
         if kind == .socks4, password != nil {
             throw .valueError(field: "proxy_password", reason: "SOCKS4 has no passwords (only a user id)")

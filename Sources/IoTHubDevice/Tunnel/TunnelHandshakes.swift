@@ -52,7 +52,9 @@ struct HTTPResponseHead: Equatable {
     /// - Parameter peer: Names the other side in errors ("the HTTP proxy …").
     static func take(from buffer: inout [UInt8], peer: String) throws(TunnelFailure) -> HTTPResponseHead? {
         guard let end = headEnd(in: buffer) else {
-            if buffer.count > maximumLength { throw TunnelFailure("\(peer) sent more than \(maximumLength) bytes without ending its HTTP answer") }
+            if buffer.count > maximumLength {
+                throw TunnelFailure("\(peer) sent more than \(maximumLength) bytes without ending its HTTP answer")
+            }
             return nil
         }
         let text = String(decoding: buffer[..<end], as: UTF8.self)
@@ -61,7 +63,8 @@ struct HTTPResponseHead: Equatable {
         guard !lines.isEmpty else { throw TunnelFailure("\(peer) sent an empty HTTP answer") }
         let statusLine = lines.removeFirst()
         let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true)
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]), (100...999).contains(status) else {
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]), (100...999).contains(status)
+        else {
             throw TunnelFailure("\(peer) did not answer in HTTP (it sent '\(statusLine.prefix(60))')")
         }
         var headers: [(name: String, value: String)] = []
@@ -107,7 +110,9 @@ struct HTTPConnectHandshake: TunnelHandshake {
     }
 
     func advance(_ received: inout [UInt8]) throws(TunnelFailure) -> HandshakeStep {
-        guard let head = try HTTPResponseHead.take(from: &received, peer: "the \(proxyName)") else { return .needMoreBytes }
+        guard let head = try HTTPResponseHead.take(from: &received, peer: "the \(proxyName)") else {
+            return .needMoreBytes
+        }
         switch head.status {
         case 200..<300:
             return .finished
@@ -118,7 +123,9 @@ struct HTTPConnectHandshake: TunnelHandshake {
                     ? "the \(proxyName) requires authentication (\(head.status) \(head.reason)); give a user name and password"
                     : "the \(proxyName) refused the user name and password (\(head.status) \(head.reason))")
         default:
-            throw TunnelFailure("the \(proxyName) refused to connect to \(hostAndPort(targetHost, targetPort)) (\(head.status) \(head.reason))")
+            throw TunnelFailure(
+                "the \(proxyName) refused to connect to \(hostAndPort(targetHost, targetPort)) (\(head.status) \(head.reason))"
+            )
         }
     }
 }
@@ -145,7 +152,9 @@ struct SOCKS4Handshake: TunnelHandshake {
         switch code {
         case 0x5A: return .finished
         case 0x5B: throw TunnelFailure("the \(proxyName) rejected the connection (SOCKS4 reply 91: rejected or failed)")
-        case 0x5C: throw TunnelFailure("the \(proxyName) rejected the connection (SOCKS4 reply 92: it cannot reach an identd on this host)")
+        case 0x5C:
+            throw TunnelFailure(
+                "the \(proxyName) rejected the connection (SOCKS4 reply 92: it cannot reach an identd on this host)")
         case 0x5D: throw TunnelFailure("the \(proxyName) rejected the user id '\(userId)' (SOCKS4 reply 93)")
         default: throw TunnelFailure("the \(proxyName) sent a reply that is not SOCKS4 (code \(code))")
         }
@@ -185,7 +194,9 @@ struct SOCKS5Handshake: TunnelHandshake {
             guard received.count >= 2 else { return .needMoreBytes }
             let (version, method) = (received[0], received[1])
             received.removeFirst(2)
-            guard version == 5 else { throw TunnelFailure("the \(proxyName) does not speak SOCKS5 (version byte \(version))") }
+            guard version == 5 else {
+                throw TunnelFailure("the \(proxyName) does not speak SOCKS5 (version byte \(version))")
+            }
             switch method {
             case 0:
                 phase = .connect
@@ -208,14 +219,20 @@ struct SOCKS5Handshake: TunnelHandshake {
             guard received.count >= 2 else { return .needMoreBytes }
             let status = received[1]
             received.removeFirst(2)
-            guard status == 0 else { throw TunnelFailure("the \(proxyName) refused the user name and password (status \(status))") }
+            guard status == 0 else {
+                throw TunnelFailure("the \(proxyName) refused the user name and password (status \(status))")
+            }
             phase = .connect
             return .send(connectRequest())
         case .connect:
             guard received.count >= 2 else { return .needMoreBytes }
             guard received[0] == 5 else { throw TunnelFailure("the \(proxyName) sent a reply that is not SOCKS5") }
             let reply = received[1]
-            guard reply == 0 else { throw TunnelFailure("the \(proxyName) could not connect to \(hostAndPort(targetHost, targetPort)): \(Self.describe(reply))") }
+            guard reply == 0 else {
+                throw TunnelFailure(
+                    "the \(proxyName) could not connect to \(hostAndPort(targetHost, targetPort)): \(Self.describe(reply))"
+                )
+            }
             guard received.count >= 5 else { return .needMoreBytes }
             let addressLength: Int
             switch received[3] {
@@ -312,7 +329,8 @@ struct WebSocketHandshake: TunnelHandshake {
 
     func start() -> [UInt8] {
         let hostHeader = port == 443 ? (host.contains(":") ? "[\(host)]" : host) : hostAndPort(host, port)
-        let request = "GET \(Self.path) HTTP/1.1\r\nHost: \(hostHeader)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        let request =
+            "GET \(Self.path) HTTP/1.1\r\nHost: \(hostHeader)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\nUser-Agent: \(userAgent)\r\n\r\n"
         return Array(request.utf8)
     }

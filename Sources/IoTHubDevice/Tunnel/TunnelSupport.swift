@@ -20,7 +20,8 @@ final class PrivateSocketDirectory: Sendable {
         var template = Array((base + "/iothub-device-XXXXXX").utf8CString)
         let created = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }
         guard created != nil else {
-            throw .clientError("cannot create a private directory for the MQTT tunnel in \(base): \(String(cString: strerror(errno)))")
+            throw .clientError(
+                "cannot create a private directory for the MQTT tunnel in \(base): \(String(cString: strerror(errno)))")
         }
         path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         chmod(path, 0o700)
@@ -53,7 +54,8 @@ extension NIOSSLContext {
         if let cipher = policy.cipherList { tls.cipherSuites = cipher }
         if let clientCertificate = policy.clientCertificate {
             do {
-                tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(clientCertificate.certificatePEM.utf8)).map { .certificate($0) }
+                tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(clientCertificate.certificatePEM.utf8))
+                    .map { .certificate($0) }
             } catch {
                 throw .valueError(field: "x509 certificate", reason: "holds no readable PEM certificate")
             }
@@ -61,7 +63,8 @@ extension NIOSSLContext {
             // terminal for an encrypted key.
             let passPhrase = Array((clientCertificate.passPhrase ?? "").utf8)
             do {
-                let key = try NIOSSLPrivateKey(bytes: Array(clientCertificate.privateKeyPEM.utf8), format: .pem) { (setter: ([UInt8]) -> Void) in
+                let key = try NIOSSLPrivateKey(bytes: Array(clientCertificate.privateKeyPEM.utf8), format: .pem) {
+                    (setter: ([UInt8]) -> Void) in
                     setter(passPhrase)
                 }
                 tls.privateKey = .privateKey(key)
@@ -86,8 +89,10 @@ extension TunnelPlan {
     ) throws(IoTHubError) -> TunnelPlan? {
         guard configuration.websockets || configuration.proxyOptions != nil else { return nil }
         return TunnelPlan(
-            host: host, port: configuration.websockets ? configuration.httpsPort : configuration.mqttPort, webSocket: configuration.websockets,
+            host: host, port: configuration.websockets ? configuration.httpsPort : configuration.mqttPort,
+            webSocket: configuration.websockets,
             proxy: configuration.proxyOptions, tls: try NIOSSLContext.forTunnel(policy), verifier: verifier,
-            userAgent: UserAgent.string + configuration.productInfo, timeout: min(configuration.operationTimeout, .seconds(30)))
+            userAgent: UserAgent.string + configuration.productInfo,
+            timeout: min(configuration.operationTimeout, .seconds(30)))
     }
 }

@@ -39,11 +39,16 @@ final class HTTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let head else { return }
             self.head = nil
             if bodyTooLarge {
-                write(.error(.payloadTooLarge("the request body exceeds \(maximumBodySize) bytes")), for: head, context: context)
+                write(
+                    .error(.payloadTooLarge("the request body exceeds \(maximumBodySize) bytes")), for: head,
+                    context: context)
                 return
             }
-            let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
-            let request = RouterRequest(head: head, body: body ?? ByteBuffer(), clientCertificateDER: certificate.flatMap { try? $0.toDERBytes() })
+            let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
+                .peerCertificate
+            let request = RouterRequest(
+                head: head, body: body ?? ByteBuffer(),
+                clientCertificateDER: certificate.flatMap { try? $0.toDERBytes() })
             body = nil
             let router = self.router
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -83,7 +88,10 @@ final class HTTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch response.body {
         case .buffer(let buffer):
             headers.replaceOrAdd(name: "Content-Length", value: String(buffer.readableBytes))
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(
+                    .head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))),
+                promise: nil)
             if buffer.readableBytes > 0, request.method != .HEAD {
                 context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
             }
@@ -95,7 +103,10 @@ final class HTTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .stream(let stream):
             headers.remove(name: "Content-Length")
             headers.replaceOrAdd(name: "Transfer-Encoding", value: "chunked")
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(
+                    .head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))),
+                promise: nil)
             let channel = context.channel
             task = Task {
                 for await chunk in stream {

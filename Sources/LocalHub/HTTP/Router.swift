@@ -41,8 +41,10 @@ struct Router: Sendable {
             }
         }
         if !allowed.isEmpty {
-            var response = RouterResponse.error(.badRequest("method \(request.method.rawValue) is not allowed on \(request.path)"))
-                .withStatus(.methodNotAllowed)
+            var response = RouterResponse.error(
+                .badRequest("method \(request.method.rawValue) is not allowed on \(request.path)")
+            )
+            .withStatus(.methodNotAllowed)
             response.headers.replaceOrAdd(name: "Allow", value: allowed.joined(separator: ", "))
             return response
         }

@@ -29,7 +29,8 @@ struct RouterRequest: Sendable {
             for pair in uri[uri.index(after: questionMark)...].split(separator: "&") {
                 let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let key = PercentEncoding.decode(parts[0].replacingOccurrences(of: "+", with: " "))
-                let value = parts.count > 1 ? PercentEncoding.decode(parts[1].replacingOccurrences(of: "+", with: " ")) : ""
+                let value =
+                    parts.count > 1 ? PercentEncoding.decode(parts[1].replacingOccurrences(of: "+", with: " ")) : ""
                 query[key] = value
             }
             self.query = query
@@ -38,7 +39,9 @@ struct RouterRequest: Sendable {
             query = [:]
         }
         path = String(pathPart)
-        pathSegments = pathPart.split(separator: "/", omittingEmptySubsequences: true).map { PercentEncoding.decode($0) }
+        pathSegments = pathPart.split(separator: "/", omittingEmptySubsequences: true).map {
+            PercentEncoding.decode($0)
+        }
     }
 
     var bodyData: Data { Data(body.readableBytesView) }

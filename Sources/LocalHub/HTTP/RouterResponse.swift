@@ -22,7 +22,8 @@ struct RouterResponse: Sendable {
         self.body = body
     }
 
-    static func json(_ value: JSONValue, status: HTTPResponseStatus = .ok, headers: HTTPHeaders = [:]) -> RouterResponse {
+    static func json(_ value: JSONValue, status: HTTPResponseStatus = .ok, headers: HTTPHeaders = [:]) -> RouterResponse
+    {
         var headers = headers
         headers.replaceOrAdd(name: "Content-Type", value: "application/json; charset=utf-8")
         return RouterResponse(status: status, headers: headers, body: .buffer(ByteBuffer(data: value.encoded())))

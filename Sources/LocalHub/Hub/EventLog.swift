@@ -71,7 +71,8 @@ final class EventLog<Entry: Sendable>: Sendable {
             let oldest = live.first?.sequenceNumber ?? state.lastSequenceNumber + 1
             let dropped = oldest > cursor + 1 ? oldest - cursor - 1 : 0
             // Binary search for the first entry after the cursor.
-            var low = state.head, high = state.entries.count
+            var low = state.head
+            var high = state.entries.count
             while low < high {
                 let middle = (low + high) / 2
                 if state.entries[middle].sequenceNumber <= cursor { low = middle + 1 } else { high = middle }
@@ -89,7 +90,9 @@ final class EventLog<Entry: Sendable>: Sendable {
     }
 
     /// Like ``read(after:limit:where:)`` but waits up to `timeout` for a first entry.
-    func poll(after cursor: UInt64, limit: Int, timeout: Duration, where filter: @Sendable (Entry) -> Bool = { _ in true }) async -> Page {
+    func poll(
+        after cursor: UInt64, limit: Int, timeout: Duration, where filter: @Sendable (Entry) -> Bool = { _ in true }
+    ) async -> Page {
         let deadline = ContinuousClock.now + timeout
         var cursor = cursor
         var dropped: UInt64 = 0

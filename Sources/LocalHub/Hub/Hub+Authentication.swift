@@ -17,11 +17,13 @@ extension Hub {
     ///
     /// - Returns: the identity and, for SAS, when the token expires (the hub then closes the
     ///   connection, as IoT Hub does).
-    func authenticate(_ credentials: ConnectCredentials, now: Date = Date()) -> Result<(IdentityKey, Date?), ConnackPacket.ReturnCode> {
+    func authenticate(_ credentials: ConnectCredentials, now: Date = Date()) -> Result<
+        (IdentityKey, Date?), ConnackPacket.ReturnCode
+    > {
         guard let key = IdentityKey(clientId: credentials.clientId) else { return .failure(.identifierRejected) }
         guard let usernameText = credentials.username, let username = MQTTUsername(parsing: usernameText),
-              username.clientId == credentials.clientId,
-              username.hostName.lowercased() == hostName.lowercased()
+            username.clientId == credentials.clientId,
+            username.hostName.lowercased() == hostName.lowercased()
         else { return .failure(.badUsernameOrPassword) }
 
         let (record, refused) = state.withLockedValue { state in
@@ -33,12 +35,13 @@ extension Hub {
         switch record.authentication.type {
         case .sas:
             guard let password = credentials.password,
-                  let text = password.getString(at: password.readerIndex, length: password.readableBytes),
-                  let token = try? SASToken(parsing: text)
+                let text = password.getString(at: password.readerIndex, length: password.readableBytes),
+                let token = try? SASToken(parsing: text)
             else { return .failure(.badUsernameOrPassword) }
-            let expectedResource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId, moduleId: key.moduleId)
+            let expectedResource = SASToken.resourceURI(
+                hostName: hostName, deviceId: key.deviceId, moduleId: key.moduleId)
             guard token.resourceURI.lowercased() == expectedResource.lowercased(), token.keyName == nil,
-                  !token.isExpired(at: now)
+                !token.isExpired(at: now)
             else { return .failure(.notAuthorized) }
             let keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
             guard keys.contains(where: { token.isSigned(withKey: $0) }) else { return .failure(.notAuthorized) }
@@ -51,7 +54,9 @@ extension Hub {
                     .compactMap { $0?.uppercased() }
                 guard presented.contains(where: registered.contains) else { return .failure(.notAuthorized) }
             } else {
-                guard CertificateInspection.commonName(ofDER: der) == key.deviceId else { return .failure(.notAuthorized) }
+                guard CertificateInspection.commonName(ofDER: der) == key.deviceId else {
+                    return .failure(.notAuthorized)
+                }
             }
             return .success((key, nil))
         case .none:
@@ -66,12 +71,16 @@ extension Hub {
         guard let header = authorization else {
             throw .unauthorized("missing Authorization header: send a SAS token of the '\(ownerPolicyName)' policy")
         }
-        guard let token = try? SASToken(parsing: header) else { throw .unauthorized("the Authorization header is not a SAS token") }
+        guard let token = try? SASToken(parsing: header) else {
+            throw .unauthorized("the Authorization header is not a SAS token")
+        }
         let resource = token.resourceURI.lowercased()
         guard resource == hostName.lowercased() || resource.hasPrefix(hostName.lowercased() + "/") else {
             throw .unauthorized("the token is for '\(token.resourceURI)', not for \(hostName)")
         }
-        guard token.keyName == ownerPolicyName else { throw .unauthorized("the token is not signed by the '\(ownerPolicyName)' policy") }
+        guard token.keyName == ownerPolicyName else {
+            throw .unauthorized("the token is not signed by the '\(ownerPolicyName)' policy")
+        }
         guard !token.isExpired(at: now) else { throw .unauthorized("the token expired") }
         guard token.isSigned(withKey: ownerPolicyKey) else { throw .unauthorized("the token's signature is not valid") }
     }
@@ -81,29 +90,39 @@ extension Hub {
     /// - Parameters:
     ///   - authorization: the request's `Authorization` header, if any.
     ///   - clientCertificateDER: the TLS client certificate, if one was presented.
-    func authorizeDevice(_ key: IdentityKey, authorization: String?, clientCertificateDER: [UInt8]?, now: Date = Date()) throws(ServiceError) {
+    func authorizeDevice(_ key: IdentityKey, authorization: String?, clientCertificateDER: [UInt8]?, now: Date = Date())
+        throws(ServiceError)
+    {
         if let header = authorization, let token = try? SASToken(parsing: header) {
             let resource = SASToken.resourceURI(hostName: hostName, deviceId: key.deviceId).lowercased()
-            guard token.resourceURI.lowercased() == resource || token.resourceURI.lowercased().hasPrefix(resource + "/modules/") else {
+            guard
+                token.resourceURI.lowercased() == resource
+                    || token.resourceURI.lowercased().hasPrefix(resource + "/modules/")
+            else {
                 throw .unauthorized("the token is for '\(token.resourceURI)', not for device \(key.deviceId)")
             }
             guard !token.isExpired(at: now) else { throw .unauthorized("the token expired") }
             // The token's own identity (the device, or one of its modules) must exist and be enabled;
             // an unknown identity is refused like a bad signature, so callers cannot probe the registry.
             var signer = key
-            if token.resourceURI.lowercased().hasPrefix(resource + "/modules/"), let moduleId = token.resourceURI.split(separator: "/").last {
+            if token.resourceURI.lowercased().hasPrefix(resource + "/modules/"),
+                let moduleId = token.resourceURI.split(separator: "/").last
+            {
                 signer = IdentityKey(deviceId: key.deviceId, moduleId: String(moduleId))
             }
             guard let record = identity(signer), record.status == "enabled" else {
                 throw .unauthorized("the token's signature is not valid")
             }
             let keys = [record.authentication.primaryKey, record.authentication.secondaryKey].compactMap { $0 }
-            guard keys.contains(where: { token.isSigned(withKey: $0) }) else { throw .unauthorized("the token's signature is not valid") }
+            guard keys.contains(where: { token.isSigned(withKey: $0) }) else {
+                throw .unauthorized("the token's signature is not valid")
+            }
             return
         }
         if let der = clientCertificateDER {
             let credentials = ConnectCredentials(
-                clientId: key.clientId, username: "\(hostName)/\(key.clientId)/?", password: nil, clientCertificateDER: der)
+                clientId: key.clientId, username: "\(hostName)/\(key.clientId)/?", password: nil,
+                clientCertificateDER: der)
             if case .success = authenticate(credentials, now: now) { return }
             throw .unauthorized("the client certificate does not match \(key)")
         }

@@ -27,7 +27,10 @@ extension Hub {
     func route(_ source: MessageSource, in state: State, _ event: () -> HubEvent) {
         guard state.routedEventSources.contains(source) else { return }
         let record = event().record(hubName: hubName)
-        telemetry.append(record, size: TelemetryRecord.memoryFootprint(bodyBytes: record.message.size, propertyBytes: record.rawProperties.utf8.count))
+        telemetry.append(
+            record,
+            size: TelemetryRecord.memoryFootprint(
+                bodyBytes: record.message.size, propertyBytes: record.rawProperties.utf8.count))
     }
 
     /// Records a connection-state event with the next sequence number, if such events are
@@ -35,7 +38,9 @@ extension Hub {
     func routeConnectionState(of key: IdentityKey, connected: Bool, at time: Date, in state: inout State) {
         guard state.routedEventSources.contains(.deviceConnectionStateEvents) else { return }
         let sequenceNumber = nextConnectionStateSequenceNumber(in: &state)
-        route(.deviceConnectionStateEvents, in: state) { .connectionState(key, connected: connected, sequenceNumber: sequenceNumber, at: time) }
+        route(.deviceConnectionStateEvents, in: state) {
+            .connectionState(key, connected: connected, sequenceNumber: sequenceNumber, at: time)
+        }
     }
 
     /// The next connection-state sequence number: 64 hexadecimal digits that grow with every
@@ -44,7 +49,8 @@ extension Hub {
     func nextConnectionStateSequenceNumber(in state: inout State) -> String {
         state.lastConnectionStateSequence += 1
         let digits = String(state.lastConnectionStateSequence, radix: 16, uppercase: true)
-        return String(repeating: "0", count: 16) + startTimeDigits + String(repeating: "0", count: 32 - digits.count) + digits
+        return String(repeating: "0", count: 16) + startTimeDigits + String(repeating: "0", count: 32 - digits.count)
+            + digits
     }
 
     /// The hub's start as a Windows file time (100 ns since 1601), in 16 hexadecimal digits.

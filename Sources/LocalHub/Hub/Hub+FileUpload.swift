@@ -9,7 +9,9 @@ extension Hub {
     static let fileUploadSASLifetime: TimeInterval = 3600
 
     /// Starts a file upload: `POST /devices/{id}/files`. The blob lands under `{deviceId}/{blobName}`.
-    func startFileUpload(for key: IdentityKey, blobName: String, now: Date = Date()) throws(ServiceError) -> (correlationId: String, hostName: String, containerName: String, blobName: String, sasToken: String) {
+    func startFileUpload(for key: IdentityKey, blobName: String, now: Date = Date()) throws(ServiceError) -> (
+        correlationId: String, hostName: String, containerName: String, blobName: String, sasToken: String
+    ) {
         guard !blobName.isEmpty, blobName.utf8.count <= 1024, !blobName.hasPrefix("/") else {
             throw .badRequest("blobName must be 1 to 1024 characters and not start with '/'")
         }
@@ -20,15 +22,21 @@ extension Hub {
             guard state.identities[key] != nil else { throw .notFound(key) }
             if state.faults.takeThrottle() { throw .throttled }
             // Uploads a device never reported on are forgotten when their SAS has expired.
-            state.fileUploads = state.fileUploads.filter { now.timeIntervalSince($0.value.created) < Self.fileUploadSASLifetime }
-            state.fileUploads[correlationId] = PendingFileUpload(key: key, containerName: Self.fileUploadContainer, blobName: fullName, created: now)
+            state.fileUploads = state.fileUploads.filter {
+                now.timeIntervalSince($0.value.created) < Self.fileUploadSASLifetime
+            }
+            state.fileUploads[correlationId] = PendingFileUpload(
+                key: key, containerName: Self.fileUploadContainer, blobName: fullName, created: now)
         }
         let sas = blobs.signature(container: Self.fileUploadContainer, blob: fullName, expiry: expiry)
         return (correlationId, blobHost.withLockedValue { $0 }, Self.fileUploadContainer, fullName, sas)
     }
 
     /// Completes a file upload: `POST /devices/{id}/files/notifications`.
-    func completeFileUpload(for key: IdentityKey, correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String, now: Date = Date()) throws(ServiceError) {
+    func completeFileUpload(
+        for key: IdentityKey, correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String,
+        now: Date = Date()
+    ) throws(ServiceError) {
         let upload = try state.withLock { state throws(ServiceError) -> PendingFileUpload in
             if state.faults.takeThrottle() { throw .throttled }
             guard let upload = state.fileUploads[correlationId], upload.key == key else {
@@ -38,7 +46,8 @@ extension Hub {
             return upload
         }
         let host = blobHost.withLockedValue { $0 }
-        let uri = "https://\(host)/\(upload.containerName)/\(upload.blobName.split(separator: "/").map { PercentEncoding.encode(String($0)) }.joined(separator: "/"))"
+        let uri =
+            "https://\(host)/\(upload.containerName)/\(upload.blobName.split(separator: "/").map { PercentEncoding.encode(String($0)) }.joined(separator: "/"))"
         fileUploadNotifications.append(
             FileUploadNotification(
                 deviceId: key.deviceId, blobName: upload.blobName, blobUri: uri, correlationId: correlationId,

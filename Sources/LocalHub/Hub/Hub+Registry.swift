@@ -6,31 +6,40 @@ extension Hub {
     /// Creates or updates an identity from a service-API PUT body, with IoT Hub's etag rules:
     /// no `If-Match` creates (409 if it exists), `If-Match: *` or the current etag updates
     /// (412 on another etag). A creation emits a lifecycle event (`createDeviceIdentity`).
-    func putIdentity(_ key: IdentityKey, body: JSONValue, ifMatch: String?, now: Date = Date()) throws(ServiceError) -> IdentityRecord {
+    func putIdentity(_ key: IdentityKey, body: JSONValue, ifMatch: String?, now: Date = Date()) throws(ServiceError)
+        -> IdentityRecord
+    {
         guard let members = body.objectValue else { throw .badRequest("the body must be a JSON object") }
         if let bodyId = members["deviceId"].flatMap(RegistryJSON.stringValue), bodyId != key.deviceId {
             throw .badRequest("deviceId '\(bodyId)' in the body does not match '\(key.deviceId)' in the path")
         }
-        if let moduleId = key.moduleId, let bodyModule = members["moduleId"].flatMap(RegistryJSON.stringValue), bodyModule != moduleId {
+        if let moduleId = key.moduleId, let bodyModule = members["moduleId"].flatMap(RegistryJSON.stringValue),
+            bodyModule != moduleId
+        {
             throw .badRequest("moduleId '\(bodyModule)' in the body does not match '\(moduleId)' in the path")
         }
         try Self.validateIdentifier(key.deviceId, name: "deviceId")
         if let moduleId = key.moduleId { try Self.validateIdentifier(moduleId, name: "moduleId") }
         // An update without `authentication` keeps the identity's keys; only a create generates them.
-        let authentication: IdentityAuthentication? = members["authentication"] == nil && identity(key) != nil
+        let authentication: IdentityAuthentication? =
+            members["authentication"] == nil && identity(key) != nil
             ? nil : try RegistryJSON.readAuthentication(members["authentication"])
         let status = members["status"].flatMap(RegistryJSON.stringValue) ?? "enabled"
-        guard status == "enabled" || status == "disabled" else { throw .badRequest("status must be 'enabled' or 'disabled'") }
+        guard status == "enabled" || status == "disabled" else {
+            throw .badRequest("status must be 'enabled' or 'disabled'")
+        }
         let etagWanted = ETag.requested(ifMatch)
 
-        let (record, disconnect) = try state.withLock { state throws(ServiceError) -> (IdentityRecord, DeviceConnection?) in
+        let (record, disconnect) = try state.withLock {
+            state throws(ServiceError) -> (IdentityRecord, DeviceConnection?) in
             if key.moduleId != nil, state.identities[IdentityKey(deviceId: key.deviceId)] == nil {
                 throw .notFound(IdentityKey(deviceId: key.deviceId))
             }
             var record: IdentityRecord
             if let existing = state.identities[key] {
                 guard let etagWanted else {
-                    throw key.moduleId == nil ? .conflict("\(key) already exists") : .moduleConflict("\(key) already exists")
+                    throw key.moduleId == nil
+                        ? .conflict("\(key) already exists") : .moduleConflict("\(key) already exists")
                 }
                 guard etagWanted == "*" || etagWanted == existing.etag else {
                     throw .preconditionFailed("the identity's etag is \(existing.etag)")
@@ -47,7 +56,8 @@ extension Hub {
             record.statusReason = members["statusReason"].flatMap(RegistryJSON.stringValue)
             record.managedBy = members["managedBy"].flatMap(RegistryJSON.stringValue)
             if case .bool(let edge)? = members["capabilities"]?["iotEdge"] { record.iotEdge = edge }
-            let credentialsChanged = state.identities[key].map { $0.authentication != record.authentication || $0.status != status } ?? false
+            let credentialsChanged =
+                state.identities[key].map { $0.authentication != record.authentication || $0.status != status } ?? false
             let created = state.identities[key] == nil
             state.identities[key] = record
             if created { route(.deviceLifecycleEvents, in: state) { .lifecycle(record, created: true, at: now) } }
@@ -74,7 +84,9 @@ extension Hub {
     func identities(modulesOf deviceId: String? = nil) -> [IdentityRecord] {
         state.withLockedValue { state in
             state.identities.values
-                .filter { deviceId == nil ? $0.key.moduleId == nil : ($0.key.deviceId == deviceId && $0.key.moduleId != nil) }
+                .filter {
+                    deviceId == nil ? $0.key.moduleId == nil : ($0.key.deviceId == deviceId && $0.key.moduleId != nil)
+                }
                 .sorted { $0.key.clientId < $1.key.clientId }
         }
     }

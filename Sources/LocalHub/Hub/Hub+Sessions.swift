@@ -10,7 +10,9 @@ extension Hub {
 
     /// A new connection of an authenticated identity, with the next connection id; not yet
     /// attached (``attach(_:cleanSession:now:)``).
-    func makeConnection(for key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, channel: any Channel) -> DeviceConnection {
+    func makeConnection(for key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, channel: any Channel)
+        -> DeviceConnection
+    {
         let id = state.withLockedValue { state in
             state.lastConnectionId += 1
             return state.lastConnectionId
@@ -97,7 +99,9 @@ extension Hub {
     /// The filters a client may subscribe to, with the QoS granted: IoT Hub's topics only.
     func subscribe(_ connection: DeviceConnection, _ subscriptions: [SubscribePacket.Subscription]) -> [UInt8] {
         let key = connection.key
-        var allowed: Set<String> = [TopicFilter.methodRequests, TopicFilter.twinResponses, TopicFilter.desiredPropertiesPatches]
+        var allowed: Set<String> = [
+            TopicFilter.methodRequests, TopicFilter.twinResponses, TopicFilter.desiredPropertiesPatches,
+        ]
         if let moduleId = key.moduleId {
             allowed.insert(TopicFilter.moduleInputs(deviceId: key.deviceId, moduleId: moduleId))
         } else {
@@ -127,7 +131,7 @@ extension Hub {
         let completed = state.withLockedValue { state -> Bool in
             let key = connection.key
             guard var session = state.sessions[key], session.connection === connection,
-                  let index = session.inflight.firstIndex(where: { $0.packetId == packetId })
+                let index = session.inflight.firstIndex(where: { $0.packetId == packetId })
             else { return false }
             let item = session.inflight.remove(at: index)
             state.sessions[key] = session
@@ -146,8 +150,8 @@ extension Hub {
         in state: inout State, to key: IdentityKey, topic: String, payload: ByteBuffer, kind: OutboundKind
     ) -> (DeviceConnection, MQTTPacket)? {
         guard var session = state.sessions[key], let connection = session.connection,
-              let subscriptions = state.identities[key]?.subscriptions,
-              let qos = subscriptions.first(where: { TopicFilterMatching.matches(filter: $0.key, topic: topic) })?.value
+            let subscriptions = state.identities[key]?.subscriptions,
+            let qos = subscriptions.first(where: { TopicFilterMatching.matches(filter: $0.key, topic: topic) })?.value
         else { return nil }
         var publish = PublishPacket(topic: topic, payload: payload, qos: qos == 0 ? .atMostOnce : .atLeastOnce)
         if publish.qos == .atLeastOnce {
@@ -159,4 +163,3 @@ extension Hub {
         return (connection, .publish(publish))
     }
 }
-

@@ -11,16 +11,21 @@ extension Hub {
 
     /// Records a telemetry message from `connection`. The topic's identity must be the connection's.
     func receiveTelemetry(
-        from connection: DeviceConnection, topic: TelemetryTopic, rawProperties: Substring, payload: ByteBuffer, redelivered: Bool = false,
+        from connection: DeviceConnection, topic: TelemetryTopic, rawProperties: Substring, payload: ByteBuffer,
+        redelivered: Bool = false,
         now: Date = Date()
     ) throws(TelemetryRefusal) {
-        guard topic.deviceId == connection.key.deviceId, topic.moduleId == connection.key.moduleId else { throw .foreignIdentity }
+        guard topic.deviceId == connection.key.deviceId, topic.moduleId == connection.key.moduleId else {
+            throw .foreignIdentity
+        }
         let message = Message(payload: Data(payload.readableBytesView), propertyBag: topic.properties)
         guard message.size <= Message.maximumSize else { throw .tooLarge(size: message.size) }
         telemetry.append(
             TelemetryRecord(
-                enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message, rawProperties: String(rawProperties),
+                enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message,
+                rawProperties: String(rawProperties),
                 redelivered: redelivered),
-            size: TelemetryRecord.memoryFootprint(bodyBytes: payload.readableBytes, propertyBytes: rawProperties.utf8.count))
+            size: TelemetryRecord.memoryFootprint(
+                bodyBytes: payload.readableBytes, propertyBytes: rawProperties.utf8.count))
     }
 }

@@ -12,12 +12,17 @@ extension Hub {
     ///
     /// A reported patch that is applied emits a twin change notification (`updateTwin`) with
     /// the patch, the reported properties' new `$version` and the twin's new version.
-    func handleTwinRequest(from connection: DeviceConnection, _ request: TwinRequestTopic, payload: ByteBuffer, now: Date = Date()) {
+    func handleTwinRequest(
+        from connection: DeviceConnection, _ request: TwinRequestTopic, payload: ByteBuffer, now: Date = Date()
+    ) {
         let key = connection.key
         let outgoing = state.withLockedValue { state -> (DeviceConnection, MQTTPacket)? in
             let response: (status: Int, version: Int?, body: Data)
             if state.faults.takeThrottle() {
-                response = (429, nil, Data(#"{"errorCode":429001,"message":"Throttled by the local hub's fault injection"}"#.utf8))
+                response = (
+                    429, nil,
+                    Data(#"{"errorCode":429001,"message":"Throttled by the local hub's fault injection"}"#.utf8)
+                )
             } else if var record = state.identities[key] {
                 switch request.operation {
                 case .get:
@@ -28,7 +33,10 @@ extension Hub {
                         var reported = record.reported
                         reported.apply(patch: patch)
                         if reported.json.encoded().count > Self.twinSectionLimit {
-                            response = (400, nil, Data(#"{"errorCode":400004,"message":"The reported properties exceed 32 KB"}"#.utf8))
+                            response = (
+                                400, nil,
+                                Data(#"{"errorCode":400004,"message":"The reported properties exceed 32 KB"}"#.utf8)
+                            )
                         } else {
                             record.reported = reported
                             record.twinVersion += 1
@@ -37,19 +45,27 @@ extension Hub {
                             route(.twinChangeEvents, in: state) {
                                 var changed = patch
                                 changed["$version"] = .integer(Int64(reported.version))
-                                let body: JSONValue = ["version": .integer(Int64(record.twinVersion)), "properties": ["reported": .object(changed)]]
+                                let body: JSONValue = [
+                                    "version": .integer(Int64(record.twinVersion)),
+                                    "properties": ["reported": .object(changed)],
+                                ]
                                 return .twinChange(key, operation: .updateTwin, body: body, at: now)
                             }
                         }
                     } else {
-                        response = (400, nil, Data(#"{"errorCode":400004,"message":"The reported patch is not a JSON object"}"#.utf8))
+                        response = (
+                            400, nil,
+                            Data(#"{"errorCode":400004,"message":"The reported patch is not a JSON object"}"#.utf8)
+                        )
                     }
                 }
             } else {
                 response = (404, nil, Data())
             }
-            let topic = TwinResponseTopic(status: response.status, requestId: request.requestId, version: response.version)
-            return Self.preparePublish(in: &state, to: key, topic: topic.name, payload: ByteBuffer(data: response.body), kind: .transient)
+            let topic = TwinResponseTopic(
+                status: response.status, requestId: request.requestId, version: response.version)
+            return Self.preparePublish(
+                in: &state, to: key, topic: topic.name, payload: ByteBuffer(data: response.body), kind: .transient)
         }
         if request.operation == .patchReportedProperties { stateChanged() }
         if let (target, packet) = outgoing { target.send([packet]) }
@@ -61,9 +77,11 @@ extension Hub {
     /// with the changed desired properties (and their new `$version`) and tags.
     /// - Returns: the updated record.
     func patchDesired(
-        _ key: IdentityKey, patch: [String: JSONValue], tags: [String: JSONValue]?, replace: Bool, ifMatch: String?, now: Date = Date()
+        _ key: IdentityKey, patch: [String: JSONValue], tags: [String: JSONValue]?, replace: Bool, ifMatch: String?,
+        now: Date = Date()
     ) throws(ServiceError) -> IdentityRecord {
-        let (record, outgoing) = try state.withLock { state throws(ServiceError) -> (IdentityRecord, (DeviceConnection, MQTTPacket)?) in
+        let (record, outgoing) = try state.withLock {
+            state throws(ServiceError) -> (IdentityRecord, (DeviceConnection, MQTTPacket)?) in
             guard var record = state.identities[key] else { throw .notFound(key) }
             guard ETag.matches(ifMatch, current: record.twinEtag) else {
                 throw .preconditionFailed("the twin's etag is \(record.twinEtag)")
@@ -89,12 +107,16 @@ extension Hub {
             let changedDesired = desired != record.desired
             record.desired = desired
             if let tags {
-                record.tags = replace ? tags : (JSONValue.object(record.tags).merging(.object(tags)).objectValue ?? record.tags)
+                record.tags =
+                    replace ? tags : (JSONValue.object(record.tags).merging(.object(tags)).objectValue ?? record.tags)
             }
             record.twinVersion += 1
             state.identities[key] = record
             if replace {
-                route(.twinChangeEvents, in: state) { .twinChange(key, operation: .replaceTwin, body: HubEvent.twinDocument(record, withTags: true), at: now) }
+                route(.twinChangeEvents, in: state) {
+                    .twinChange(
+                        key, operation: .replaceTwin, body: HubEvent.twinDocument(record, withTags: true), at: now)
+                }
             } else if changedDesired || tags != nil {
                 route(.twinChangeEvents, in: state) {
                     var body: [String: JSONValue] = ["version": .integer(Int64(record.twinVersion))]
@@ -110,7 +132,9 @@ extension Hub {
             guard changedDesired || replace else { return (record, nil) }
             pushed["$version"] = .integer(Int64(desired.version))
             let topic = DesiredPropertiesPatchTopic(version: desired.version).name
-            let outgoing = Self.preparePublish(in: &state, to: key, topic: topic, payload: ByteBuffer(data: JSONValue.object(pushed).encoded()), kind: .transient)
+            let outgoing = Self.preparePublish(
+                in: &state, to: key, topic: topic, payload: ByteBuffer(data: JSONValue.object(pushed).encoded()),
+                kind: .transient)
             return (record, outgoing)
         }
         stateChanged()

@@ -54,12 +54,17 @@ final class Hub: Sendable {
     init(
         hostName: String, ownerPolicyName: String = "iothubowner", ownerPolicyKey: String,
         persistedState: PersistedState? = nil, persistence: StatePersistence? = nil,
-        telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20, connectTimeout: TimeAmount = .seconds(10),
-        routedEventSources: Set<MessageSource> = [], provisioning: ProvisioningService? = nil, logger: Logger, now: Date = Date()
+        telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20,
+        connectTimeout: TimeAmount = .seconds(10),
+        routedEventSources: Set<MessageSource> = [], provisioning: ProvisioningService? = nil, logger: Logger,
+        now: Date = Date()
     ) {
-        self.provisioning = provisioning ?? ProvisioningService(
-            idScope: ProvisioningService.newIdScope(), hostName: hostName, policyKey: IdentityAuthentication.randomKey(),
-            persisted: persistedState?.provisioning)
+        self.provisioning =
+            provisioning
+            ?? ProvisioningService(
+                idScope: ProvisioningService.newIdScope(), hostName: hostName,
+                policyKey: IdentityAuthentication.randomKey(),
+                persisted: persistedState?.provisioning)
         self.startTimeDigits = Self.fileTimeDigits(now)
         self.connectTimeout = connectTimeout
         self.hostName = hostName
@@ -74,14 +79,17 @@ final class Hub: Sendable {
         for record in persistedState?.identities ?? [] {
             initial.identities[record.key] = record
         }
-        initial.routedEventSources = routedEventSources.union(persistedState?.routedEventSources ?? []).subtracting([.telemetry])
+        initial.routedEventSources = routedEventSources.union(persistedState?.routedEventSources ?? []).subtracting([
+            .telemetry
+        ])
         self.state = NIOLockedValueBox(initial)
         self.persistence = persistence
     }
 
     /// The owner policy's connection string (service SDKs use it).
     var serviceConnectionString: ConnectionString {
-        ConnectionString(hostName: hostName, sharedAccessKeyName: ownerPolicyName, credential: .sharedAccessKey(ownerPolicyKey))
+        ConnectionString(
+            hostName: hostName, sharedAccessKeyName: ownerPolicyName, credential: .sharedAccessKey(ownerPolicyKey))
     }
 
     /// Records that the persisted part of the state changed; it is written soon after.
@@ -123,7 +131,9 @@ final class Hub: Sendable {
     /// The clients connected now, how each arrived and its user agent, sorted by client id.
     func connections() -> [(clientId: String, transport: MQTTTransport, userAgent: String?)] {
         state.withLockedValue { state in
-            state.sessions.compactMap { key, session in session.connection.map { (key.clientId, $0.transport, $0.userAgent) } }
+            state.sessions.compactMap { key, session in
+                session.connection.map { (key.clientId, $0.transport, $0.userAgent) }
+            }
         }.sorted { $0.clientId < $1.clientId }
     }
 

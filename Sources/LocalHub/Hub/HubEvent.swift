@@ -16,8 +16,12 @@ struct HubEvent: Sendable {
     var time: Date
 
     /// A twin change notification (`twinChangeNotification`).
-    static func twinChange(_ key: IdentityKey, operation: TwinChangeOperation, body: JSONValue, at time: Date) -> HubEvent {
-        HubEvent(source: .twinChangeEvents, key: key, schema: "twinChangeNotification", operation: operation.rawValue, body: body, time: time)
+    static func twinChange(_ key: IdentityKey, operation: TwinChangeOperation, body: JSONValue, at time: Date)
+        -> HubEvent
+    {
+        HubEvent(
+            source: .twinChangeEvents, key: key, schema: "twinChangeNotification", operation: operation.rawValue,
+            body: body, time: time)
     }
 
     /// A device or module was created or deleted (`deviceLifecycleNotification`); the body is
@@ -25,15 +29,18 @@ struct HubEvent: Sendable {
     static func lifecycle(_ record: IdentityRecord, created: Bool, at time: Date) -> HubEvent {
         HubEvent(
             source: .deviceLifecycleEvents, key: record.key, schema: "deviceLifecycleNotification",
-            operation: created ? "createDeviceIdentity" : "deleteDeviceIdentity", body: twinDocument(record, withTags: false), time: time)
+            operation: created ? "createDeviceIdentity" : "deleteDeviceIdentity",
+            body: twinDocument(record, withTags: false), time: time)
     }
 
     /// A device or module connected or disconnected (`deviceConnectionStateNotification`); the
     /// body carries the sequence number that orders these events.
-    static func connectionState(_ key: IdentityKey, connected: Bool, sequenceNumber: String, at time: Date) -> HubEvent {
+    static func connectionState(_ key: IdentityKey, connected: Bool, sequenceNumber: String, at time: Date) -> HubEvent
+    {
         HubEvent(
             source: .deviceConnectionStateEvents, key: key, schema: "deviceConnectionStateNotification",
-            operation: connected ? "deviceConnected" : "deviceDisconnected", body: ["sequenceNumber": .string(sequenceNumber)], time: time)
+            operation: connected ? "deviceConnected" : "deviceDisconnected",
+            body: ["sequenceNumber": .string(sequenceNumber)], time: time)
     }
 
     /// The twin as lifecycle events and replace notifications carry it: ids, etag, version,
@@ -63,7 +70,9 @@ struct HubEvent: Sendable {
             "iothub-message-schema": schema, "opType": operation,
         ]
         if let moduleId = key.moduleId { message.properties["moduleId"] = moduleId }
-        return TelemetryRecord(enqueuedTime: time, deviceId: key.deviceId, moduleId: key.moduleId, message: message, rawProperties: "", source: source)
+        return TelemetryRecord(
+            enqueuedTime: time, deviceId: key.deviceId, moduleId: key.moduleId, message: message, rawProperties: "",
+            source: source)
     }
 
     /// ISO 8601 in UTC with fractional seconds, as `operationTimestamp` is written.

@@ -15,5 +15,7 @@ public enum MessageSource: String, Sendable, Hashable, Codable, CaseIterable {
 
     /// The sources that reach the built-in endpoint only through a route of their own: in IoT
     /// Hub the fallback route carries device messages alone.
-    public static let events: [MessageSource] = [.twinChangeEvents, .deviceLifecycleEvents, .deviceConnectionStateEvents]
+    public static let events: [MessageSource] = [
+        .twinChangeEvents, .deviceLifecycleEvents, .deviceConnectionStateEvents,
+    ]
 }

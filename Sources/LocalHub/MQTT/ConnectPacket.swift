@@ -21,8 +21,8 @@ struct ConnectPacket: Sendable, Equatable {
     static func decode(from buffer: inout ByteBuffer) throws(MQTTProtocolError) -> ConnectPacket {
         let protocolName = try buffer.readMQTTString(in: .connect)
         guard let level = buffer.readInteger(as: UInt8.self),
-              let flags = buffer.readInteger(as: UInt8.self),
-              let keepAlive = buffer.readInteger(as: UInt16.self)
+            let flags = buffer.readInteger(as: UInt8.self),
+            let keepAlive = buffer.readInteger(as: UInt16.self)
         else { throw .truncated(.connect) }
         guard flags & 0x01 == 0 else { throw .malformed(.connect, "the reserved flag is set") }
         let hasUsername = flags & 0x80 != 0

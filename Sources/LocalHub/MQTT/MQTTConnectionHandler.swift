@@ -50,9 +50,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private func startConnectTimer(context: ChannelHandlerContext) {
         let channel = context.channel
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timers.append(context.eventLoop.scheduleTask(in: hub.connectTimeout) {
-            if case .awaitingConnect = loopBoundSelf.value.state { channel.close(promise: nil) }
-        })
+        timers.append(
+            context.eventLoop.scheduleTask(in: hub.connectTimeout) {
+                if case .awaitingConnect = loopBoundSelf.value.state { channel.close(promise: nil) }
+            })
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -92,7 +93,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         timers.removeAll()
         if case .connected(let connection) = state {
             if let will, let topic = TelemetryTopic(parsing: will.topic) {
-                try? hub.receiveTelemetry(from: connection, topic: topic, rawProperties: Self.bag(of: will.topic), payload: will.message)
+                try? hub.receiveTelemetry(
+                    from: connection, topic: topic, rawProperties: Self.bag(of: will.topic), payload: will.message)
             }
             hub.detach(connection)
         }
@@ -116,7 +118,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     private func handleConnect(context: ChannelHandlerContext, _ connect: ConnectPacket) {
         guard connect.protocolName == "MQTT", connect.protocolLevel == 4 else {
-            return refuse(context, .unacceptableProtocolVersion, "protocol \(connect.protocolName) level \(connect.protocolLevel)")
+            return refuse(
+                context, .unacceptableProtocolVersion, "protocol \(connect.protocolName) level \(connect.protocolLevel)"
+            )
         }
         hub.recordConnectAttempt()
         let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
@@ -137,7 +141,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
 
         let userAgent = connect.username.flatMap(MQTTUsername.init(parsing:))?.parameters["DeviceClientType"]
-        let connection = hub.makeConnection(for: key, transport: transport, userAgent: userAgent, channel: context.channel)
+        let connection = hub.makeConnection(
+            for: key, transport: transport, userAgent: userAgent, channel: context.channel)
         let (sessionPresent, resend, replaced) = hub.attach(connection, cleanSession: connect.cleanSession)
         state = .connected(connection)
         will = connect.will
@@ -152,18 +157,23 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             // IoT Hub ends a connection when its SAS token expires; the client renews by reconnecting.
             let delay = max(0, tokenExpiry.timeIntervalSinceNow)
             let channel = context.channel
-            timers.append(context.eventLoop.scheduleTask(in: .milliseconds(Int64(delay * 1000))) {
-                channel.close(promise: nil)
-            })
+            timers.append(
+                context.eventLoop.scheduleTask(in: .milliseconds(Int64(delay * 1000))) {
+                    channel.close(promise: nil)
+                })
         }
-        context.write(wrapOutboundOut(.connack(ConnackPacket(sessionPresent: sessionPresent, returnCode: .accepted))), promise: nil)
+        context.write(
+            wrapOutboundOut(.connack(ConnackPacket(sessionPresent: sessionPresent, returnCode: .accepted))),
+            promise: nil)
         for packet in resend { context.write(wrapOutboundOut(packet), promise: nil) }
         context.flush()
         hub.deliverCloudToDevice(to: key)
     }
 
     /// A CONNECT whose user name names this hub's ID scope: a device of the provisioning service.
-    private func handleProvisioningConnect(context: ChannelHandlerContext, _ connect: ConnectPacket, credentials: ConnectCredentials) {
+    private func handleProvisioningConnect(
+        context: ChannelHandlerContext, _ connect: ConnectPacket, credentials: ConnectCredentials
+    ) {
         if hub.state.withLockedValue({ $0.faults.refusesConnections(at: Date()) }) {
             return refuse(context, .serverUnavailable, "provisioning client refused by fault injection")
         }
@@ -182,12 +192,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if let expiry = identity.tokenExpiry {
             let channel = context.channel
-            timers.append(context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, expiry.timeIntervalSinceNow) * 1000))) {
-                channel.close(promise: nil)
-            })
+            timers.append(
+                context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, expiry.timeIntervalSinceNow) * 1000))) {
+                    channel.close(promise: nil)
+                })
         }
         logger.info("provisioning client connected", metadata: ["registrationId": "\(identity.registrationId)"])
-        context.writeAndFlush(wrapOutboundOut(.connack(ConnackPacket(sessionPresent: false, returnCode: .accepted))), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(.connack(ConnackPacket(sessionPresent: false, returnCode: .accepted))), promise: nil)
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ code: ConnackPacket.ReturnCode, _ reason: String) {
@@ -208,13 +220,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             hub.acknowledge(connection, packetId: ack.packetId)
         case .subscribe(let subscribe):
             let codes = hub.subscribe(connection, subscribe.subscriptions)
-            context.writeAndFlush(wrapOutboundOut(.suback(SubackPacket(packetId: subscribe.packetId, returnCodes: codes))), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(.suback(SubackPacket(packetId: subscribe.packetId, returnCodes: codes))), promise: nil)
             if subscribe.subscriptions.contains(where: { $0.topicFilter.hasSuffix("/messages/devicebound/#") }) {
                 hub.deliverCloudToDevice(to: connection.key)
             }
         case .unsubscribe(let unsubscribe):
             hub.unsubscribe(connection, unsubscribe.topicFilters)
-            context.writeAndFlush(wrapOutboundOut(.unsuback(PacketIdentifierPacket(packetId: unsubscribe.packetId))), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(.unsuback(PacketIdentifierPacket(packetId: unsubscribe.packetId))), promise: nil)
         case .pingreq:
             context.write(wrapOutboundOut(.pingresp), promise: nil)
             needsFlush = true
@@ -228,13 +242,16 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func handlePublish(_ publish: PublishPacket, from connection: DeviceConnection, context: ChannelHandlerContext) {
+    private func handlePublish(
+        _ publish: PublishPacket, from connection: DeviceConnection, context: ChannelHandlerContext
+    ) {
         guard publish.qos != .exactlyOnce else { return close(context, "QoS 2 publish") }
         let topic = publish.topic
         if let telemetry = TelemetryTopic(parsing: topic) {
             do {
                 try hub.receiveTelemetry(
-                    from: connection, topic: telemetry, rawProperties: Self.bag(of: topic), payload: publish.payload, redelivered: publish.duplicate)
+                    from: connection, topic: telemetry, rawProperties: Self.bag(of: topic), payload: publish.payload,
+                    redelivered: publish.duplicate)
             } catch .tooLarge(let size) {
                 return close(context, "message of \(size) bytes exceeds \(Message.maximumSize)")
             } catch {

@@ -21,7 +21,8 @@ enum MQTTPacket: Sendable, Equatable {
 
 /// The control packet type, the high nibble of the first byte.
 enum MQTTPacketType: UInt8, Sendable {
-    case connect = 1, connack, publish, puback, pubrec, pubrel, pubcomp, subscribe, suback,
+    case connect = 1
+    case connack, publish, puback, pubrec, pubrel, pubcomp, subscribe, suback,
         unsubscribe, unsuback, pingreq, pingresp, disconnect
 }
 
@@ -41,7 +42,9 @@ enum MQTTProtocolError: Error, Equatable, Sendable {
 
 /// The QoS levels of MQTT.
 enum MQTTQoS: UInt8, Sendable, Comparable {
-    case atMostOnce = 0, atLeastOnce = 1, exactlyOnce = 2
+    case atMostOnce = 0
+    case atLeastOnce = 1
+    case exactlyOnce = 2
 
     static func < (lhs: MQTTQoS, rhs: MQTTQoS) -> Bool { lhs.rawValue < rhs.rawValue }
 }

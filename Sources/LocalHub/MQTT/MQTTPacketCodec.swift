@@ -32,14 +32,18 @@ struct MQTTPacketDecoder: ByteToMessageDecoder {
         return .continue
     }
 
-    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws
+        -> DecodingState
+    {
         // A partial packet at EOF is dropped with the connection.
         while try decode(context: context, buffer: &buffer) == .continue {}
         return .needMoreData
     }
 
     /// Decodes one packet if `buffer` holds all of it; consumes nothing otherwise.
-    static func decodePacket(from buffer: inout ByteBuffer, maximumPacketSize: Int) throws(MQTTProtocolError) -> MQTTPacket? {
+    static func decodePacket(from buffer: inout ByteBuffer, maximumPacketSize: Int) throws(MQTTProtocolError)
+        -> MQTTPacket?
+    {
         var peek = buffer
         guard let first = peek.readInteger(as: UInt8.self) else { return nil }
         guard let type = MQTTPacketType(rawValue: first >> 4) else { throw .reservedPacketType(first >> 4) }
@@ -70,7 +74,9 @@ struct MQTTPacketDecoder: ByteToMessageDecoder {
         throw .malformedRemainingLength
     }
 
-    private static func decodeBody(type: MQTTPacketType, flags: UInt8, body: inout ByteBuffer) throws(MQTTProtocolError) -> MQTTPacket {
+    private static func decodeBody(type: MQTTPacketType, flags: UInt8, body: inout ByteBuffer) throws(MQTTProtocolError)
+        -> MQTTPacket
+    {
         // Fixed-header flags are fixed for every type but PUBLISH.
         let requiredFlags: UInt8 = (type == .pubrel || type == .subscribe || type == .unsubscribe) ? 0x02 : 0x00
         if type != .publish, flags != requiredFlags {
@@ -142,17 +148,39 @@ struct MQTTPacketEncoder: MessageToByteEncoder {
 
     private static func writeBody(_ packet: MQTTPacket, into out: inout ByteBuffer) -> (MQTTPacketType, UInt8) {
         switch packet {
-        case .connect(let connect): connect.encode(into: &out); return (.connect, 0)
-        case .connack(let connack): connack.encode(into: &out); return (.connack, 0)
-        case .publish(let publish): publish.encode(into: &out); return (.publish, publish.flags)
-        case .puback(let ack): ack.encode(into: &out); return (.puback, 0)
-        case .pubrec(let ack): ack.encode(into: &out); return (.pubrec, 0)
-        case .pubrel(let ack): ack.encode(into: &out); return (.pubrel, 0x02)
-        case .pubcomp(let ack): ack.encode(into: &out); return (.pubcomp, 0)
-        case .subscribe(let subscribe): subscribe.encode(into: &out); return (.subscribe, 0x02)
-        case .suback(let suback): suback.encode(into: &out); return (.suback, 0)
-        case .unsubscribe(let unsubscribe): unsubscribe.encode(into: &out); return (.unsubscribe, 0x02)
-        case .unsuback(let ack): ack.encode(into: &out); return (.unsuback, 0)
+        case .connect(let connect):
+            connect.encode(into: &out)
+            return (.connect, 0)
+        case .connack(let connack):
+            connack.encode(into: &out)
+            return (.connack, 0)
+        case .publish(let publish):
+            publish.encode(into: &out)
+            return (.publish, publish.flags)
+        case .puback(let ack):
+            ack.encode(into: &out)
+            return (.puback, 0)
+        case .pubrec(let ack):
+            ack.encode(into: &out)
+            return (.pubrec, 0)
+        case .pubrel(let ack):
+            ack.encode(into: &out)
+            return (.pubrel, 0x02)
+        case .pubcomp(let ack):
+            ack.encode(into: &out)
+            return (.pubcomp, 0)
+        case .subscribe(let subscribe):
+            subscribe.encode(into: &out)
+            return (.subscribe, 0x02)
+        case .suback(let suback):
+            suback.encode(into: &out)
+            return (.suback, 0)
+        case .unsubscribe(let unsubscribe):
+            unsubscribe.encode(into: &out)
+            return (.unsubscribe, 0x02)
+        case .unsuback(let ack):
+            ack.encode(into: &out)
+            return (.unsuback, 0)
         case .pingreq: return (.pingreq, 0)
         case .pingresp: return (.pingresp, 0)
         case .disconnect: return (.disconnect, 0)

@@ -2,8 +2,10 @@
 /// subscribed to what the hub is about to send.
 enum TopicFilterMatching {
     static func matches(filter: String, topic: String) -> Bool {
-        var filterLevels = filter.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).makeIterator()
-        var topicLevels = topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).makeIterator()
+        var filterLevels = filter.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .makeIterator()
+        var topicLevels = topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .makeIterator()
         // Topics starting with '$' are not matched by a leading wildcard.
         if topic.hasPrefix("$"), filter.hasPrefix("+") || filter.hasPrefix("#") { return false }
         while true {

@@ -19,7 +19,9 @@ struct ProvisioningAttestation: Sendable, Codable, Equatable {
 
     var keys: [String] { [primaryKey, secondaryKey].compactMap { $0 } }
     var certificates: [[UInt8]] {
-        [primaryCertificate, secondaryCertificate].compactMap { $0.flatMap { Data(base64Encoded: $0) }.map { Array($0) } }
+        [primaryCertificate, secondaryCertificate].compactMap {
+            $0.flatMap { Data(base64Encoded: $0) }.map { Array($0) }
+        }
     }
 }
 

@@ -17,7 +17,8 @@ struct ProvisioningReply: Sendable, Equatable {
             status: 429, retryAfter: 1,
             body: [
                 "errorCode": 429001, "trackingId": .string(UUID().uuidString.lowercased()),
-                "message": "Throttled by the local hub's fault injection", "timestampUtc": ProvisioningJSON.timestamp(Date()),
+                "message": "Throttled by the local hub's fault injection",
+                "timestampUtc": ProvisioningJSON.timestamp(Date()),
             ])
     }
 }
@@ -34,10 +35,15 @@ extension Hub {
     /// The device's custom payload is returned in `registrationState.payload` whenever it sent
     /// one, as if a custom allocation function echoed it (the real service returns a payload
     /// only with custom allocation).
-    func register(_ identity: ProvisioningIdentity, request: ProvisioningProtocol.RegistrationRequest, now: Date = Date()) -> ProvisioningReply {
+    func register(
+        _ identity: ProvisioningIdentity, request: ProvisioningProtocol.RegistrationRequest, now: Date = Date()
+    ) -> ProvisioningReply {
         if state.withLockedValue({ $0.faults.takeThrottle() }) { return .throttled }
         if let requested = request.registrationId, requested != identity.registrationId {
-            return .failure(.badRequest("registrationId '\(requested.prefix(128))' in the request is not the registration id '\(identity.registrationId)' the device connected with"))
+            return .failure(
+                .badRequest(
+                    "registrationId '\(requested.prefix(128))' in the request is not the registration id '\(identity.registrationId)' the device connected with"
+                ))
         }
         guard let enrollment = provisioning.enrollment(for: identity) else {
             return .failure(.unauthorized("the enrollment of '\(identity.registrationId)' no longer exists"))
@@ -50,9 +56,11 @@ extension Hub {
         record.payload = request.payload
         if !enrollment.isEnabled {
             record.status = "disabled"
-            record.errorMessage = "the enrollment \(enrollment.isGroup ? "group '\(enrollment.id)'" : "'\(enrollment.id)'") is disabled"
+            record.errorMessage =
+                "the enrollment \(enrollment.isGroup ? "group '\(enrollment.id)'" : "'\(enrollment.id)'") is disabled"
         } else {
-            let deviceId = enrollment.isGroup ? identity.registrationId : (enrollment.deviceId ?? identity.registrationId)
+            let deviceId =
+                enrollment.isGroup ? identity.registrationId : (enrollment.deviceId ?? identity.registrationId)
             let firstAssignment = previous?.status != "assigned"
             let substatus: String
             if firstAssignment {
@@ -62,9 +70,12 @@ extension Hub {
             } else {
                 substatus = previous?.substatus ?? "initialAssignment"
             }
-            let resetTwin = !firstAssignment && enrollment.reprovisionPolicy.updateHubAssignment && !enrollment.reprovisionPolicy.migrateDeviceData
+            let resetTwin =
+                !firstAssignment && enrollment.reprovisionPolicy.updateHubAssignment
+                && !enrollment.reprovisionPolicy.migrateDeviceData
             do {
-                try provisionDevice(deviceId, identity: identity, enrollment: enrollment, resetTwin: resetTwin, now: now)
+                try provisionDevice(
+                    deviceId, identity: identity, enrollment: enrollment, resetTwin: resetTwin, now: now)
                 record.deviceId = deviceId
                 record.assignedHub = hostName
                 record.substatus = substatus
@@ -85,10 +96,14 @@ extension Hub {
             return record
         }
         stateChanged()
-        logger.info("device registered with the provisioning service", metadata: [
-            "registrationId": "\(identity.registrationId)", "status": "\(record.status)", "deviceId": "\(record.deviceId ?? "-")",
-        ])
-        let operationId = provisioning.recordOperation(registrationId: identity.registrationId, status: record.status, registration: record)
+        logger.info(
+            "device registered with the provisioning service",
+            metadata: [
+                "registrationId": "\(identity.registrationId)", "status": "\(record.status)",
+                "deviceId": "\(record.deviceId ?? "-")",
+            ])
+        let operationId = provisioning.recordOperation(
+            registrationId: identity.registrationId, status: record.status, registration: record)
         return ProvisioningReply(
             status: 202, retryAfter: ProvisioningService.retryAfterSeconds,
             body: ProvisioningJSON.operationStatus(operationId: operationId, status: "assigning", registration: nil))
@@ -99,7 +114,8 @@ extension Hub {
     func provisioningOperationStatus(_ identity: ProvisioningIdentity, operationId: String) -> ProvisioningReply {
         if state.withLockedValue({ $0.faults.takeThrottle() }) { return .throttled }
         guard let answer = provisioning.operation(operationId, of: identity.registrationId) else {
-            return .failure(.notFound("no registration operation '\(operationId.prefix(128))' for '\(identity.registrationId)'"))
+            return .failure(
+                .notFound("no registration operation '\(operationId.prefix(128))' for '\(identity.registrationId)'"))
         }
         return ProvisioningReply(status: 200, retryAfter: nil, body: answer)
     }
@@ -107,7 +123,9 @@ extension Hub {
     /// Creates the device a registration assigns to this hub, or updates it: its credentials
     /// become the enrollment's (a change ends its connection, like any change of keys), and
     /// the twin gets the enrollment's initial twin when the device is created or `resetTwin`.
-    private func provisionDevice(_ deviceId: String, identity: ProvisioningIdentity, enrollment: Enrollment, resetTwin: Bool, now: Date) throws(ServiceError) {
+    private func provisionDevice(
+        _ deviceId: String, identity: ProvisioningIdentity, enrollment: Enrollment, resetTwin: Bool, now: Date
+    ) throws(ServiceError) {
         try Self.validateIdentifier(deviceId, name: "deviceId")
         let key = IdentityKey(deviceId: deviceId)
         let disconnect = state.withLockedValue { state -> DeviceConnection? in
@@ -125,7 +143,8 @@ extension Hub {
             record.authentication = identity.deviceAuthentication
             record.iotEdge = enrollment.iotEdge
             if created || resetTwin {
-                var desired = TwinProperties(properties: enrollment.initialDesired ?? [:], version: created ? 1 : record.desired.version + 1)
+                var desired = TwinProperties(
+                    properties: enrollment.initialDesired ?? [:], version: created ? 1 : record.desired.version + 1)
                 desired.properties = desired.properties.filter { !$0.key.hasPrefix("$") }
                 record.desired = desired
                 record.tags = enrollment.initialTags ?? [:]

@@ -25,7 +25,9 @@ enum ProvisioningJSON {
     /// - Parameters:
     ///   - id: the id in the path, which the body's `registrationId`/`enrollmentGroupId` must match.
     ///   - hubHostName: LocalHub's host name, the only hub an enrollment may name.
-    static func readEnrollment(_ body: JSONValue, id: String, isGroup: Bool, hubHostName: String, now: Date) throws(ProvisioningFailure) -> EnrollmentRequest {
+    static func readEnrollment(_ body: JSONValue, id: String, isGroup: Bool, hubHostName: String, now: Date)
+        throws(ProvisioningFailure) -> EnrollmentRequest
+    {
         guard let members = body.objectValue else { throw .badRequest("the body must be a JSON object") }
         let idMember = isGroup ? "enrollmentGroupId" : "registrationId"
         if let bodyId = members[idMember], bodyId != .null {
@@ -45,12 +47,16 @@ enum ProvisioningJSON {
         }
         let attestation = try readAttestation(members["attestation"], isGroup: isGroup)
         let status = try optionalString(members["provisioningStatus"], "provisioningStatus") ?? "enabled"
-        guard status == "enabled" || status == "disabled" else { throw .badRequest("provisioningStatus must be 'enabled' or 'disabled'") }
+        guard status == "enabled" || status == "disabled" else {
+            throw .badRequest("provisioningStatus must be 'enabled' or 'disabled'")
+        }
         var policy = ReprovisionPolicy()
         if let value = members["reprovisionPolicy"], value != .null {
             guard let object = value.objectValue else { throw .badRequest("reprovisionPolicy must be an object") }
-            policy.updateHubAssignment = try optionalBool(object["updateHubAssignment"], "reprovisionPolicy.updateHubAssignment") ?? true
-            policy.migrateDeviceData = try optionalBool(object["migrateDeviceData"], "reprovisionPolicy.migrateDeviceData") ?? true
+            policy.updateHubAssignment =
+                try optionalBool(object["updateHubAssignment"], "reprovisionPolicy.updateHubAssignment") ?? true
+            policy.migrateDeviceData =
+                try optionalBool(object["migrateDeviceData"], "reprovisionPolicy.migrateDeviceData") ?? true
         }
         let allocation = try optionalString(members["allocationPolicy"], "allocationPolicy")
         if let allocation, !allocationPolicies.contains(allocation) {
@@ -64,27 +70,38 @@ enum ProvisioningJSON {
                 return name
             }
         }
-        let hubHostName_ = try optionalString(members["iotHubHostName"], "iotHubHostName")
-        for hub in (hubs ?? []) + [hubHostName_].compactMap({ $0 }) where hub.lowercased() != hubHostName.lowercased() {
-            throw .badRequest("the hub '\(hub)' is not linked to this provisioning service: LocalHub (\(hubHostName)) is its only linked hub")
+        let singleHub = try optionalString(members["iotHubHostName"], "iotHubHostName")
+        for hub in (hubs ?? []) + [singleHub].compactMap({ $0 }) where hub.lowercased() != hubHostName.lowercased() {
+            throw .badRequest(
+                "the hub '\(hub)' is not linked to this provisioning service: LocalHub (\(hubHostName)) is its only linked hub"
+            )
         }
         var tags: [String: JSONValue]?
         var desired: [String: JSONValue]?
         if let twin = members["initialTwin"], twin != .null {
             guard let object = twin.objectValue else { throw .badRequest("initialTwin must be an object") }
             if let value = object["tags"], value != .null {
-                guard let tagMembers = value.objectValue else { throw .badRequest("initialTwin.tags must be an object") }
+                guard let tagMembers = value.objectValue else {
+                    throw .badRequest("initialTwin.tags must be an object")
+                }
                 tags = tagMembers.filter { !$0.key.hasPrefix("$") }
             }
             if let properties = object["properties"], properties != .null {
-                guard let propertyMembers = properties.objectValue else { throw .badRequest("initialTwin.properties must be an object") }
+                guard let propertyMembers = properties.objectValue else {
+                    throw .badRequest("initialTwin.properties must be an object")
+                }
                 if let value = propertyMembers["desired"], value != .null {
-                    guard let desiredMembers = value.objectValue else { throw .badRequest("initialTwin.properties.desired must be an object") }
+                    guard let desiredMembers = value.objectValue else {
+                        throw .badRequest("initialTwin.properties.desired must be an object")
+                    }
                     desired = desiredMembers.filter { !$0.key.hasPrefix("$") }
                 }
             }
-            let size = JSONValue.object(["tags": .object(tags ?? [:]), "desired": .object(desired ?? [:])]).encoded().count
-            guard size <= Hub.twinSectionLimit else { throw .badRequest("initialTwin exceeds \(Hub.twinSectionLimit) bytes") }
+            let size = JSONValue.object(["tags": .object(tags ?? [:]), "desired": .object(desired ?? [:])]).encoded()
+                .count
+            guard size <= Hub.twinSectionLimit else {
+                throw .badRequest("initialTwin exceeds \(Hub.twinSectionLimit) bytes")
+            }
         }
         var iotEdge = false
         if let capabilities = members["capabilities"], capabilities != .null {
@@ -92,16 +109,22 @@ enum ProvisioningJSON {
         }
         let etag = try optionalString(members["etag"], "etag")
         let enrollment = Enrollment(
-            id: id, isGroup: isGroup, deviceId: deviceId, attestation: attestation, provisioningStatus: status, reprovisionPolicy: policy,
-            allocationPolicy: allocation, iotHubs: hubs, iotHubHostName: hubHostName_, initialTags: tags, initialDesired: desired, iotEdge: iotEdge,
+            id: id, isGroup: isGroup, deviceId: deviceId, attestation: attestation, provisioningStatus: status,
+            reprovisionPolicy: policy,
+            allocationPolicy: allocation, iotHubs: hubs, iotHubHostName: singleHub, initialTags: tags,
+            initialDesired: desired, iotEdge: iotEdge,
             customAllocationDefinition: members["customAllocationDefinition"].flatMap { $0 == .null ? nil : $0 },
             optionalDeviceInformation: members["optionalDeviceInformation"].flatMap { $0 == .null ? nil : $0 },
             etagCounter: 1, created: now, lastUpdated: now)
         return EnrollmentRequest(enrollment: enrollment, etag: etag)
     }
 
-    private static func readAttestation(_ json: JSONValue?, isGroup: Bool) throws(ProvisioningFailure) -> ProvisioningAttestation {
-        guard let json, let members = json.objectValue else { throw .badRequest("attestation is required (an object with a type)") }
+    private static func readAttestation(_ json: JSONValue?, isGroup: Bool) throws(ProvisioningFailure)
+        -> ProvisioningAttestation
+    {
+        guard let json, let members = json.objectValue else {
+            throw .badRequest("attestation is required (an object with a type)")
+        }
         let type = try optionalString(members["type"], "attestation.type")
         switch type {
         case "symmetricKey":
@@ -117,9 +140,13 @@ enum ProvisioningJSON {
             secondary = secondary ?? IdentityAuthentication.randomKey()
             return ProvisioningAttestation(type: .symmetricKey, primaryKey: primary, secondaryKey: secondary)
         case "x509":
-            guard let x509 = members["x509"]?.objectValue else { throw .badRequest("attestation.x509 is required for x509 attestation") }
+            guard let x509 = members["x509"]?.objectValue else {
+                throw .badRequest("attestation.x509 is required for x509 attestation")
+            }
             if let references = x509["caReferences"], references != .null {
-                throw .badRequest("caReferences (certificates uploaded to the service) are not supported by LocalHub: give signingCertificates")
+                throw .badRequest(
+                    "caReferences (certificates uploaded to the service) are not supported by LocalHub: give signingCertificates"
+                )
             }
             let member = isGroup ? "signingCertificates" : "clientCertificates"
             guard let certificates = x509[member]?.objectValue else {
@@ -128,21 +155,32 @@ enum ProvisioningJSON {
             var attestation = ProvisioningAttestation(type: .x509)
             for slot in ["primary", "secondary"] {
                 guard let entry = certificates[slot], entry != .null else { continue }
-                guard let text = try optionalString(entry["certificate"], "attestation.x509.\(member).\(slot).certificate") else {
+                guard
+                    let text = try optionalString(
+                        entry["certificate"], "attestation.x509.\(member).\(slot).certificate")
+                else {
                     throw .badRequest("attestation.x509.\(member).\(slot).certificate is required")
                 }
                 guard let der = certificateDER(from: text) else {
-                    throw .badRequest("attestation.x509.\(member).\(slot).certificate is not a PEM or base64 DER X.509 certificate")
+                    throw .badRequest(
+                        "attestation.x509.\(member).\(slot).certificate is not a PEM or base64 DER X.509 certificate")
                 }
                 let encoded = Data(der).base64EncodedString()
-                if slot == "primary" { attestation.primaryCertificate = encoded } else { attestation.secondaryCertificate = encoded }
+                if slot == "primary" {
+                    attestation.primaryCertificate = encoded
+                } else {
+                    attestation.secondaryCertificate = encoded
+                }
             }
-            guard attestation.primaryCertificate != nil else { throw .badRequest("attestation.x509.\(member).primary is required") }
+            guard attestation.primaryCertificate != nil else {
+                throw .badRequest("attestation.x509.\(member).primary is required")
+            }
             return attestation
         case nil:
             throw .badRequest("attestation.type is required")
         case let other?:
-            throw .badRequest("attestation type '\(other.prefix(32))' is not supported by LocalHub: use symmetricKey or x509")
+            throw .badRequest(
+                "attestation type '\(other.prefix(32))' is not supported by LocalHub: use symmetricKey or x509")
         }
     }
 
@@ -150,11 +188,15 @@ enum ProvisioningJSON {
     static func certificateDER(from text: String) -> [UInt8]? {
         var body = Substring(text)
         if let begin = text.range(of: "-----BEGIN CERTIFICATE-----") {
-            guard let end = text.range(of: "-----END CERTIFICATE-----", range: begin.upperBound..<text.endIndex) else { return nil }
+            guard let end = text.range(of: "-----END CERTIFICATE-----", range: begin.upperBound..<text.endIndex) else {
+                return nil
+            }
             body = text[begin.upperBound..<end.lowerBound]
         }
         let compact = body.filter { !$0.isWhitespace }
-        guard let data = Data(base64Encoded: String(compact)), (try? Certificate(derEncoded: Array(data))) != nil else { return nil }
+        guard let data = Data(base64Encoded: String(compact)), (try? Certificate(derEncoded: Array(data))) != nil else {
+            return nil
+        }
         return Array(data)
     }
 
@@ -218,11 +260,15 @@ enum ProvisioningJSON {
             ]
         case .x509:
             var certificates: [String: JSONValue] = [:]
-            for (slot, encoded) in [("primary", attestation.primaryCertificate), ("secondary", attestation.secondaryCertificate)] {
+            for (slot, encoded) in [
+                ("primary", attestation.primaryCertificate), ("secondary", attestation.secondaryCertificate),
+            ] {
                 guard let encoded, let der = Data(base64Encoded: encoded) else { continue }
                 certificates[slot] = ["info": certificateInfo(Array(der))]
             }
-            return ["type": "x509", "x509": [isGroup ? "signingCertificates" : "clientCertificates": .object(certificates)]]
+            return [
+                "type": "x509", "x509": [isGroup ? "signingCertificates" : "clientCertificates": .object(certificates)],
+            ]
         }
     }
 

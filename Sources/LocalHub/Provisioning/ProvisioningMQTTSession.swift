@@ -28,7 +28,9 @@ final class ProvisioningMQTTSession {
         switch packet {
         case .subscribe(let subscribe):
             let codes = subscribe.subscriptions.map { subscription -> UInt8 in
-                guard subscription.topicFilter == ProvisioningProtocol.responseFilter else { return SubackPacket.failure }
+                guard subscription.topicFilter == ProvisioningProtocol.responseFilter else {
+                    return SubackPacket.failure
+                }
                 subscribed = true
                 return min(subscription.qos, .atLeastOnce).rawValue
             }
@@ -54,15 +56,20 @@ final class ProvisioningMQTTSession {
     private func handlePublish(_ publish: PublishPacket) -> Outcome {
         guard publish.qos != .exactlyOnce else { return Outcome(closeReason: "QoS 2 publish") }
         guard let request = ProvisioningProtocol.Request(topic: publish.topic) else {
-            return Outcome(closeReason: "publish to a topic the provisioning service does not accept: \(publish.topic.prefix(200))")
+            return Outcome(
+                closeReason: "publish to a topic the provisioning service does not accept: \(publish.topic.prefix(200))"
+            )
         }
         var outcome = Outcome()
-        if let packetId = publish.packetId { outcome.packets.append(.puback(PacketIdentifierPacket(packetId: packetId))) }
+        if let packetId = publish.packetId {
+            outcome.packets.append(.puback(PacketIdentifierPacket(packetId: packetId)))
+        }
         let reply: ProvisioningReply
         switch request {
         case .register:
             do {
-                let body = try ProvisioningProtocol.RegistrationRequest(parsing: Data(publish.payload.readableBytesView))
+                let body = try ProvisioningProtocol.RegistrationRequest(
+                    parsing: Data(publish.payload.readableBytesView))
                 reply = hub.register(identity, request: body)
             } catch {
                 reply = .failure(error)
@@ -72,8 +79,10 @@ final class ProvisioningMQTTSession {
         }
         // Like the real service, answers go only to a device that subscribed to them.
         guard subscribed else { return outcome }
-        let topic = ProvisioningProtocol.responseTopic(status: reply.status, requestId: request.requestId, retryAfter: reply.retryAfter)
-        outcome.packets.append(.publish(PublishPacket(topic: topic, payload: ByteBuffer(data: reply.body.encoded()), qos: .atMostOnce)))
+        let topic = ProvisioningProtocol.responseTopic(
+            status: reply.status, requestId: request.requestId, retryAfter: reply.retryAfter)
+        outcome.packets.append(
+            .publish(PublishPacket(topic: topic, payload: ByteBuffer(data: reply.body.encoded()), qos: .atMostOnce)))
         return outcome
     }
 }

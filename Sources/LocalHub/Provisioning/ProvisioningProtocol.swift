@@ -51,7 +51,7 @@ enum ProvisioningProtocol {
         init?(parsing text: String) {
             let parts = text.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false)
             guard parts.count >= 3, !parts[0].isEmpty, parts[1] == "registrations", !parts[2].isEmpty,
-                  !parts[2].contains("?")
+                !parts[2].contains("?")
             else { return nil }
             var parameters: [String: String] = [:]
             if parts.count == 4 {
@@ -59,7 +59,8 @@ enum ProvisioningProtocol {
                 if query.hasPrefix("?") { query = query.dropFirst() }
                 for pair in query.split(separator: "&") {
                     guard let equals = pair.firstIndex(of: "=") else { return nil }
-                    parameters[PercentEncoding.decode(pair[..<equals])] = PercentEncoding.decode(pair[pair.index(after: equals)...])
+                    parameters[PercentEncoding.decode(pair[..<equals])] = PercentEncoding.decode(
+                        pair[pair.index(after: equals)...])
                 }
             }
             idScope = String(parts[0])
@@ -122,7 +123,9 @@ enum ProvisioningProtocol {
         /// Parses the body; an empty body is a request without a payload (some clients send none).
         init(parsing data: Data) throws(ProvisioningFailure) {
             guard data.count <= ProvisioningProtocol.maximumRequestSize else {
-                throw .payloadTooLarge("the registration request is \(data.count) bytes; at most \(ProvisioningProtocol.maximumRequestSize) are accepted")
+                throw .payloadTooLarge(
+                    "the registration request is \(data.count) bytes; at most \(ProvisioningProtocol.maximumRequestSize) are accepted"
+                )
             }
             let trimmed = data.drop(while: { [0x20, 0x0A, 0x0D, 0x09].contains($0) })
             if trimmed.isEmpty { return }
@@ -177,7 +180,8 @@ enum ProvisioningFailure: Error, Sendable, Equatable {
 
     var message: String {
         switch self {
-        case .badRequest(let text), .unauthorized(let text), .notFound(let text), .conflict(let text), .preconditionFailed(let text),
+        case .badRequest(let text), .unauthorized(let text), .notFound(let text), .conflict(let text),
+            .preconditionFailed(let text),
             .payloadTooLarge(let text):
             text
         }

@@ -23,7 +23,9 @@ struct ProvisioningRoutes: Sendable {
                 Self.answer { () throws(ProvisioningFailure) in
                     try service.authorizeProvisioningService(request.authorization)
                     let enrollment = try service.get(parameters["id"], isGroup: isGroup)
-                    return .json(ProvisioningJSON.enrollment(enrollment, registration: isGroup ? nil : service.registration(enrollment.id)))
+                    return .json(
+                        ProvisioningJSON.enrollment(
+                            enrollment, registration: isGroup ? nil : service.registration(enrollment.id)))
                 }
             }
             router.add(.PUT, collection + "/:id") { request, parameters in
@@ -31,10 +33,13 @@ struct ProvisioningRoutes: Sendable {
                     try service.authorizeProvisioningService(request.authorization)
                     let id = parameters["id"]
                     try Self.validate(id, isGroup: isGroup)
-                    let parsed = try ProvisioningJSON.readEnrollment(try Self.json(request), id: id, isGroup: isGroup, hubHostName: hub.hostName, now: Date())
+                    let parsed = try ProvisioningJSON.readEnrollment(
+                        try Self.json(request), id: id, isGroup: isGroup, hubHostName: hub.hostName, now: Date())
                     let enrollment = try service.put(parsed, ifMatch: request.ifMatch)
                     hub.stateChanged()
-                    return .json(ProvisioningJSON.enrollment(enrollment, registration: isGroup ? nil : service.registration(enrollment.id)))
+                    return .json(
+                        ProvisioningJSON.enrollment(
+                            enrollment, registration: isGroup ? nil : service.registration(enrollment.id)))
                 }
             }
             router.add(.DELETE, collection + "/:id") { request, parameters in
@@ -57,7 +62,8 @@ struct ProvisioningRoutes: Sendable {
                     try service.authorizeProvisioningService(request.authorization)
                     try Self.readQuery(request)
                     let items = service.all(groups: isGroup).map { enrollment in
-                        ProvisioningJSON.enrollment(enrollment, registration: isGroup ? nil : service.registration(enrollment.id))
+                        ProvisioningJSON.enrollment(
+                            enrollment, registration: isGroup ? nil : service.registration(enrollment.id))
                     }
                     return try Self.page(items, itemType: isGroup ? "EnrollmentGroup" : "Enrollment", request: request)
                 }
@@ -66,7 +72,9 @@ struct ProvisioningRoutes: Sendable {
         router.add(.GET, "registrations/:id") { request, parameters in
             Self.answer { () throws(ProvisioningFailure) in
                 try service.authorizeProvisioningService(request.authorization)
-                guard let record = service.registration(parameters["id"]) else { throw .notFound("no registration '\(parameters["id"].prefix(128))'") }
+                guard let record = service.registration(parameters["id"]) else {
+                    throw .notFound("no registration '\(parameters["id"].prefix(128))'")
+                }
                 return .json(ProvisioningJSON.registrationState(record))
             }
         }
@@ -95,16 +103,19 @@ struct ProvisioningRoutes: Sendable {
                 "enrollments": .integer(Int64(service.all(groups: false).count)),
                 "enrollmentGroups": .integer(Int64(service.all(groups: true).count)),
                 "registrationCount": .integer(Int64(registrations.reduce(0) { $0 + $1.registrationCount })),
-                "registrations": .array(registrations.map { record in
-                    var members: [String: JSONValue] = [
-                        "registrationId": .string(record.registrationId), "count": .integer(Int64(record.registrationCount)),
-                        "status": .string(record.status), "lastUpdatedDateTimeUtc": ProvisioningJSON.timestamp(record.lastUpdated),
-                    ]
-                    if let deviceId = record.deviceId { members["deviceId"] = .string(deviceId) }
-                    if let substatus = record.substatus { members["substatus"] = .string(substatus) }
-                    if let group = record.enrollmentGroupId { members["enrollmentGroupId"] = .string(group) }
-                    return .object(members)
-                }),
+                "registrations": .array(
+                    registrations.map { record in
+                        var members: [String: JSONValue] = [
+                            "registrationId": .string(record.registrationId),
+                            "count": .integer(Int64(record.registrationCount)),
+                            "status": .string(record.status),
+                            "lastUpdatedDateTimeUtc": ProvisioningJSON.timestamp(record.lastUpdated),
+                        ]
+                        if let deviceId = record.deviceId { members["deviceId"] = .string(deviceId) }
+                        if let substatus = record.substatus { members["substatus"] = .string(substatus) }
+                        if let group = record.enrollmentGroupId { members["enrollmentGroupId"] = .string(group) }
+                        return .object(members)
+                    }),
             ])
         }
     }
@@ -124,34 +135,47 @@ struct ProvisioningRoutes: Sendable {
 
     private static func validate(_ id: String, isGroup: Bool) throws(ProvisioningFailure) {
         guard ProvisioningProtocol.isValidRegistrationId(id) else {
-            throw .badRequest(isGroup ? "the enrollment group id '\(id.prefix(64))' is invalid: use 1 to 128 lower-case letters, digits or -._:, beginning and ending with a letter or digit" : ProvisioningProtocol.registrationIdProblem(id))
+            throw .badRequest(
+                isGroup
+                    ? "the enrollment group id '\(id.prefix(64))' is invalid: use 1 to 128 lower-case letters, digits or -._:, beginning and ending with a letter or digit"
+                    : ProvisioningProtocol.registrationIdProblem(id))
         }
     }
 
     private static func json(_ request: RouterRequest) throws(ProvisioningFailure) -> JSONValue {
         guard request.body.readableBytes > 0 else { throw .badRequest("the request has no body") }
         guard request.body.readableBytes <= 1 << 20 else { throw .payloadTooLarge("the request body exceeds 1 MiB") }
-        guard let json = try? JSONValue(parsing: request.bodyData) else { throw .badRequest("the body is not valid JSON") }
+        guard let json = try? JSONValue(parsing: request.bodyData) else {
+            throw .badRequest("the body is not valid JSON")
+        }
         return json
     }
 
     /// Checks a query specification (`{"query": "…"}`); an empty body is allowed.
     private static func readQuery(_ request: RouterRequest) throws(ProvisioningFailure) {
         guard request.body.readableBytes > 0 else { return }
-        guard case .string? = try json(request)["query"] else { throw .badRequest("the query specification needs a query string") }
+        guard case .string? = try json(request)["query"] else {
+            throw .badRequest("the query specification needs a query string")
+        }
     }
 
     /// One page of a query's items: `x-ms-max-item-count` items (all by default) after the
     /// offset in `x-ms-continuation`; the header comes back while more remain.
-    private static func page(_ items: [JSONValue], itemType: String, request: RouterRequest) throws(ProvisioningFailure) -> RouterResponse {
+    private static func page(_ items: [JSONValue], itemType: String, request: RouterRequest) throws(ProvisioningFailure)
+        -> RouterResponse
+    {
         var size = items.count
         if let text = request.headers.first(name: "x-ms-max-item-count") {
-            guard let value = Int(text), value > 0 else { throw .badRequest("x-ms-max-item-count must be a positive integer") }
+            guard let value = Int(text), value > 0 else {
+                throw .badRequest("x-ms-max-item-count must be a positive integer")
+            }
             size = value
         }
         var offset = 0
         if let text = request.headers.first(name: "x-ms-continuation") {
-            guard let value = Int(text), value >= 0 else { throw .badRequest("x-ms-continuation is not a continuation token of this service") }
+            guard let value = Int(text), value >= 0 else {
+                throw .badRequest("x-ms-continuation is not a continuation token of this service")
+            }
             offset = value
         }
         let end = min(items.count, offset + size)

@@ -66,7 +66,8 @@ final class ProvisioningService: Sendable {
 
     /// The service policy's connection string (the provisioning service SDKs use it).
     var serviceConnectionString: ConnectionString {
-        ConnectionString(hostName: hostName, sharedAccessKeyName: Self.policyName, credential: .sharedAccessKey(policyKey))
+        ConnectionString(
+            hostName: hostName, sharedAccessKeyName: Self.policyName, credential: .sharedAccessKey(policyKey))
     }
 
     func snapshot() -> ProvisioningPersistedState {
@@ -92,9 +93,12 @@ final class ProvisioningService: Sendable {
     /// enrollment group's) or the client certificate (an individual enrollment's, or one
     /// signed by a group's signing certificate, with the registration id as common name)
     /// admits the device. An individual enrollment takes precedence over groups.
-    func authenticate(_ credentials: ConnectCredentials, now: Date = Date()) -> Result<ProvisioningIdentity, ConnackPacket.ReturnCode> {
-        guard let usernameText = credentials.username, let username = ProvisioningProtocol.Username(parsing: usernameText),
-              username.idScope.lowercased() == idScope.lowercased()
+    func authenticate(_ credentials: ConnectCredentials, now: Date = Date()) -> Result<
+        ProvisioningIdentity, ConnackPacket.ReturnCode
+    > {
+        guard let usernameText = credentials.username,
+            let username = ProvisioningProtocol.Username(parsing: usernameText),
+            username.idScope.lowercased() == idScope.lowercased()
         else { return .failure(.badUsernameOrPassword) }
         let registrationId = username.registrationId
         guard credentials.clientId == registrationId, ProvisioningProtocol.isValidRegistrationId(registrationId) else {
@@ -105,45 +109,66 @@ final class ProvisioningService: Sendable {
         }
         if let password = credentials.password {
             guard let text = password.getString(at: password.readerIndex, length: password.readableBytes),
-                  let token = try? SASToken(parsing: text)
+                let token = try? SASToken(parsing: text)
             else { return .failure(.badUsernameOrPassword) }
             let resource = ProvisioningProtocol.resourceURI(idScope: idScope, registrationId: registrationId)
             guard token.resourceURI.lowercased() == resource.lowercased(),
-                  token.keyName == nil || token.keyName == ProvisioningProtocol.registrationKeyName,
-                  !token.isExpired(at: now)
+                token.keyName == nil || token.keyName == ProvisioningProtocol.registrationKeyName,
+                !token.isExpired(at: now)
             else { return .failure(.notAuthorized) }
             if let individual {
-                guard individual.attestation.type == .symmetricKey, individual.attestation.keys.contains(where: token.isSigned(withKey:)) else {
+                guard individual.attestation.type == .symmetricKey,
+                    individual.attestation.keys.contains(where: token.isSigned(withKey:))
+                else {
                     return .failure(.notAuthorized)
                 }
                 let authentication = IdentityAuthentication(
-                    type: .sas, primaryKey: individual.attestation.primaryKey, secondaryKey: individual.attestation.secondaryKey)
-                return .success(ProvisioningIdentity(registrationId: registrationId, deviceAuthentication: authentication, tokenExpiry: token.expiryDate))
+                    type: .sas, primaryKey: individual.attestation.primaryKey,
+                    secondaryKey: individual.attestation.secondaryKey)
+                return .success(
+                    ProvisioningIdentity(
+                        registrationId: registrationId, deviceAuthentication: authentication,
+                        tokenExpiry: token.expiryDate))
             }
             for group in groups where group.attestation.type == .symmetricKey {
-                let derived = group.attestation.keys.compactMap { ProvisioningProtocol.derivedDeviceKey(groupKey: $0, registrationId: registrationId) }
+                let derived = group.attestation.keys.compactMap {
+                    ProvisioningProtocol.derivedDeviceKey(groupKey: $0, registrationId: registrationId)
+                }
                 guard derived.contains(where: token.isSigned(withKey:)) else { continue }
-                let authentication = IdentityAuthentication(type: .sas, primaryKey: derived.first, secondaryKey: derived.count > 1 ? derived[1] : nil)
-                return .success(ProvisioningIdentity(
-                    registrationId: registrationId, enrollmentGroupId: group.id, deviceAuthentication: authentication, tokenExpiry: token.expiryDate))
+                let authentication = IdentityAuthentication(
+                    type: .sas, primaryKey: derived.first, secondaryKey: derived.count > 1 ? derived[1] : nil)
+                return .success(
+                    ProvisioningIdentity(
+                        registrationId: registrationId, enrollmentGroupId: group.id,
+                        deviceAuthentication: authentication, tokenExpiry: token.expiryDate))
             }
             return .failure(.notAuthorized)
         }
         guard let der = credentials.clientCertificateDER, let leaf = try? Certificate(derEncoded: der),
-              CertificateInspection.commonName(ofDER: der) == registrationId
+            CertificateInspection.commonName(ofDER: der) == registrationId
         else { return .failure(.notAuthorized) }
         if let individual {
-            guard individual.attestation.type == .x509, individual.attestation.certificates.contains(der) else { return .failure(.notAuthorized) }
+            guard individual.attestation.type == .x509, individual.attestation.certificates.contains(der) else {
+                return .failure(.notAuthorized)
+            }
             let thumbprints = individual.attestation.certificates.map { CertificateThumbprint.sha256($0) }
             let authentication = IdentityAuthentication(
-                type: .selfSigned, primaryThumbprint: thumbprints.first, secondaryThumbprint: thumbprints.count > 1 ? thumbprints[1] : nil)
+                type: .selfSigned, primaryThumbprint: thumbprints.first,
+                secondaryThumbprint: thumbprints.count > 1 ? thumbprints[1] : nil)
             return .success(ProvisioningIdentity(registrationId: registrationId, deviceAuthentication: authentication))
         }
         for group in groups where group.attestation.type == .x509 {
             let signers = group.attestation.certificates.compactMap { try? Certificate(derEncoded: $0) }
-            guard signers.contains(where: { $0.subject == leaf.issuer && $0.publicKey.isValidSignature(leaf.signature, for: leaf) }) else { continue }
-            let authentication = IdentityAuthentication(type: .selfSigned, primaryThumbprint: CertificateThumbprint.sha256(der))
-            return .success(ProvisioningIdentity(registrationId: registrationId, enrollmentGroupId: group.id, deviceAuthentication: authentication))
+            guard
+                signers.contains(where: {
+                    $0.subject == leaf.issuer && $0.publicKey.isValidSignature(leaf.signature, for: leaf)
+                })
+            else { continue }
+            let authentication = IdentityAuthentication(
+                type: .selfSigned, primaryThumbprint: CertificateThumbprint.sha256(der))
+            return .success(
+                ProvisioningIdentity(
+                    registrationId: registrationId, enrollmentGroupId: group.id, deviceAuthentication: authentication))
         }
         return .failure(.notAuthorized)
     }
@@ -160,7 +185,8 @@ final class ProvisioningService: Sendable {
     func recordOperation(registrationId: String, status: String, registration: RegistrationRecord?) -> String {
         let hex = String(format: "%016llx", UInt64.random(in: 0...UInt64.max))
         let operationId = "4.\(hex).\(UUID().uuidString.lowercased())"
-        let answer = ProvisioningJSON.operationStatus(operationId: operationId, status: status, registration: registration)
+        let answer = ProvisioningJSON.operationStatus(
+            operationId: operationId, status: status, registration: registration)
         state.withLockedValue { state in
             state.operations[operationId] = Operation(registrationId: registrationId, answer: answer)
             state.operationOrder.append(operationId)
@@ -176,7 +202,9 @@ final class ProvisioningService: Sendable {
     /// The status of an operation of `registrationId`; nil for an unknown id or another device's.
     func operation(_ operationId: String, of registrationId: String) -> JSONValue? {
         state.withLockedValue { state in
-            guard let operation = state.operations[operationId], operation.registrationId == registrationId else { return nil }
+            guard let operation = state.operations[operationId], operation.registrationId == registrationId else {
+                return nil
+            }
             return operation.answer
         }
     }
@@ -189,19 +217,25 @@ final class ProvisioningService: Sendable {
         guard let header = authorization else {
             throw .unauthorized("missing Authorization header: send a SAS token of the '\(Self.policyName)' policy")
         }
-        guard let token = try? SASToken(parsing: header) else { throw .unauthorized("the Authorization header is not a SAS token") }
+        guard let token = try? SASToken(parsing: header) else {
+            throw .unauthorized("the Authorization header is not a SAS token")
+        }
         let resource = token.resourceURI.lowercased()
         guard resource == hostName.lowercased() || resource.hasPrefix(hostName.lowercased() + "/") else {
             throw .unauthorized("the token is for '\(token.resourceURI.prefix(128))', not for \(hostName)")
         }
-        guard token.keyName == Self.policyName else { throw .unauthorized("the token is not signed by the '\(Self.policyName)' policy") }
+        guard token.keyName == Self.policyName else {
+            throw .unauthorized("the token is not signed by the '\(Self.policyName)' policy")
+        }
         guard !token.isExpired(at: now) else { throw .unauthorized("the token expired") }
         guard token.isSigned(withKey: policyKey) else { throw .unauthorized("the token's signature is not valid") }
     }
 
     /// Creates or replaces an enrollment (or group): no `If-Match` (nor body etag) creates or
     /// replaces, `*` or the current etag replaces, another etag is refused (412).
-    func put(_ request: ProvisioningJSON.EnrollmentRequest, ifMatch: String?, now: Date = Date()) throws(ProvisioningFailure) -> Enrollment {
+    func put(_ request: ProvisioningJSON.EnrollmentRequest, ifMatch: String?, now: Date = Date())
+        throws(ProvisioningFailure) -> Enrollment
+    {
         let wanted = ETag.requested(ifMatch) ?? request.etag.flatMap { ETag.requested($0) }
         var enrollment = request.enrollment
         return try state.withLock { state throws(ProvisioningFailure) -> Enrollment in
@@ -216,7 +250,11 @@ final class ProvisioningService: Sendable {
             } else if let wanted, wanted != "*" {
                 throw .notFound("no enrollment '\(enrollment.id)' to update")
             }
-            if enrollment.isGroup { state.groups[enrollment.id] = enrollment } else { state.enrollments[enrollment.id] = enrollment }
+            if enrollment.isGroup {
+                state.groups[enrollment.id] = enrollment
+            } else {
+                state.enrollments[enrollment.id] = enrollment
+            }
             return enrollment
         }
     }
@@ -234,13 +272,17 @@ final class ProvisioningService: Sendable {
             guard let existing = isGroup ? state.groups[id] : state.enrollments[id] else {
                 throw .notFound(isGroup ? "no enrollment group '\(id)'" : "no enrollment '\(id)'")
             }
-            if let wanted, wanted != "*", wanted != existing.etag { throw .preconditionFailed("the enrollment's etag is \(existing.etag)") }
+            if let wanted, wanted != "*", wanted != existing.etag {
+                throw .preconditionFailed("the enrollment's etag is \(existing.etag)")
+            }
             if isGroup { state.groups[id] = nil } else { state.enrollments[id] = nil }
         }
     }
 
     func all(groups: Bool) -> [Enrollment] {
-        state.withLockedValue { state in (groups ? Array(state.groups.values) : Array(state.enrollments.values)).sorted { $0.id < $1.id } }
+        state.withLockedValue { state in
+            (groups ? Array(state.groups.values) : Array(state.enrollments.values)).sorted { $0.id < $1.id }
+        }
     }
 
     func registration(_ registrationId: String) -> RegistrationRecord? {
@@ -249,15 +291,21 @@ final class ProvisioningService: Sendable {
 
     func registrations(ofGroup groupId: String? = nil) -> [RegistrationRecord] {
         state.withLockedValue { state in
-            state.registrations.values.filter { groupId == nil || $0.enrollmentGroupId == groupId }.sorted { $0.registrationId < $1.registrationId }
+            state.registrations.values.filter { groupId == nil || $0.enrollmentGroupId == groupId }.sorted {
+                $0.registrationId < $1.registrationId
+            }
         }
     }
 
     func deleteRegistration(_ registrationId: String, ifMatch: String?) throws(ProvisioningFailure) {
         let wanted = ETag.requested(ifMatch)
         try state.withLock { state throws(ProvisioningFailure) in
-            guard let existing = state.registrations[registrationId] else { throw .notFound("no registration '\(registrationId)'") }
-            if let wanted, wanted != "*", wanted != existing.etag { throw .preconditionFailed("the registration's etag is \(existing.etag)") }
+            guard let existing = state.registrations[registrationId] else {
+                throw .notFound("no registration '\(registrationId)'")
+            }
+            if let wanted, wanted != "*", wanted != existing.etag {
+                throw .preconditionFailed("the registration's etag is \(existing.etag)")
+            }
             state.registrations[registrationId] = nil
         }
     }

@@ -9,7 +9,8 @@ struct FileUploadRoutes: Sendable {
     func register(on router: inout Router) {
         router.add(.POST, "devices/:id/files") { request, parameters throws(ServiceError) in
             let key = IdentityKey(deviceId: parameters["id"])
-            try hub.authorizeDevice(key, authorization: request.authorization, clientCertificateDER: request.clientCertificateDER)
+            try hub.authorizeDevice(
+                key, authorization: request.authorization, clientCertificateDER: request.clientCertificateDER)
             guard let blobName = try request.json()["blobName"].flatMap(RegistryJSON.stringValue) else {
                 throw .badRequest("blobName is required")
             }
@@ -22,12 +23,15 @@ struct FileUploadRoutes: Sendable {
         }
         router.add(.POST, "devices/:id/files/notifications") { request, parameters throws(ServiceError) in
             let key = IdentityKey(deviceId: parameters["id"])
-            try hub.authorizeDevice(key, authorization: request.authorization, clientCertificateDER: request.clientCertificateDER)
+            try hub.authorizeDevice(
+                key, authorization: request.authorization, clientCertificateDER: request.clientCertificateDER)
             let body = try request.json()
             guard let correlationId = body["correlationId"].flatMap(RegistryJSON.stringValue) else {
                 throw .badRequest("correlationId is required")
             }
-            guard case .bool(let isSuccess)? = body["isSuccess"] else { throw .badRequest("isSuccess must be true or false") }
+            guard case .bool(let isSuccess)? = body["isSuccess"] else {
+                throw .badRequest("isSuccess must be true or false")
+            }
             try hub.completeFileUpload(
                 for: key, correlationId: correlationId, isSuccess: isSuccess,
                 statusCode: body["statusCode"]?.intValue ?? (isSuccess ? 200 : 500),

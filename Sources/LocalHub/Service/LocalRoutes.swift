@@ -17,12 +17,17 @@ struct LocalRoutes: Sendable {
             try hub.authorizeService(request.authorization)
             let connections = hub.connections()
             return .json([
-                "hostName": .string(hub.hostName), "connected": .array(connections.map { JSONValue.string($0.clientId) }),
-                "connections": .array(connections.map { connection in
-                    var members: [String: JSONValue] = ["clientId": .string(connection.clientId), "transport": .string(connection.transport.rawValue)]
-                    if let userAgent = connection.userAgent { members["userAgent"] = .string(userAgent) }
-                    return .object(members)
-                }),
+                "hostName": .string(hub.hostName),
+                "connected": .array(connections.map { JSONValue.string($0.clientId) }),
+                "connections": .array(
+                    connections.map { connection in
+                        var members: [String: JSONValue] = [
+                            "clientId": .string(connection.clientId),
+                            "transport": .string(connection.transport.rawValue),
+                        ]
+                        if let userAgent = connection.userAgent { members["userAgent"] = .string(userAgent) }
+                        return .object(members)
+                    }),
                 "identities": .integer(Int64(hub.identityCount)),
                 "lastTelemetrySequenceNumber": .integer(Int64(hub.telemetry.lastSequenceNumber)),
             ])
@@ -31,16 +36,21 @@ struct LocalRoutes: Sendable {
             try hub.authorizeService(request.authorization)
             let message = try Self.message(from: request)
             let ttl = try request.integer("ttl", default: Int(Hub.cloudToDeviceDefaultTimeToLive), range: 1...172_800)
-            let (messageId, _) = try hub.enqueueCloudToDevice(to: parameters["id"], message: message, timeToLive: TimeInterval(ttl))
+            let (messageId, _) = try hub.enqueueCloudToDevice(
+                to: parameters["id"], message: message, timeToLive: TimeInterval(ttl))
             return .json(["messageId": .string(messageId)], status: .accepted)
         }
-        router.add(.POST, "local/devices/:id/modules/:mid/inputs/:input/messages") { request, parameters throws(ServiceError) in
+        router.add(.POST, "local/devices/:id/modules/:mid/inputs/:input/messages") {
+            request, parameters throws(ServiceError) in
             try hub.authorizeService(request.authorization)
             let key = IdentityKey(deviceId: parameters["id"], moduleId: parameters["mid"])
-            let messageId = try hub.sendToModuleInput(key, input: parameters["input"], message: try Self.message(from: request))
+            let messageId = try hub.sendToModuleInput(
+                key, input: parameters["input"], message: try Self.message(from: request))
             return .json(["messageId": .string(messageId)], status: .accepted)
         }
-        for (prefix, isModule) in [("local/devices/:id/disconnect", false), ("local/devices/:id/modules/:mid/disconnect", true)] {
+        for (prefix, isModule) in [
+            ("local/devices/:id/disconnect", false), ("local/devices/:id/modules/:mid/disconnect", true),
+        ] {
             router.add(.POST, prefix) { request, parameters throws(ServiceError) in
                 try hub.authorizeService(request.authorization)
                 let key = parameters.identityKey(isModule: isModule)
@@ -49,7 +59,9 @@ struct LocalRoutes: Sendable {
                 return .empty()
             }
         }
-        for (prefix, isModule) in [("local/devices/:id/discard-traffic", false), ("local/devices/:id/modules/:mid/discard-traffic", true)] {
+        for (prefix, isModule) in [
+            ("local/devices/:id/discard-traffic", false), ("local/devices/:id/modules/:mid/discard-traffic", true),
+        ] {
             router.add(.POST, prefix) { request, parameters throws(ServiceError) in
                 try hub.authorizeService(request.authorization)
                 let key = parameters.identityKey(isModule: isModule)
@@ -66,7 +78,8 @@ struct LocalRoutes: Sendable {
             let filter = try Self.telemetryFilter(request)
             let page = await hub.telemetry.poll(after: after, limit: limit, timeout: .seconds(timeout), where: filter)
             return .json([
-                "messages": .array(page.entries.map { Self.telemetryJSON($0.entry, sequenceNumber: $0.sequenceNumber) }),
+                "messages": .array(
+                    page.entries.map { Self.telemetryJSON($0.entry, sequenceNumber: $0.sequenceNumber) }),
                 "next": .integer(Int64(page.next)), "dropped": .integer(Int64(page.dropped)),
             ])
         }
@@ -74,7 +87,9 @@ struct LocalRoutes: Sendable {
             try hub.authorizeService(request.authorization)
             // Where to start: `after`, else the SSE `Last-Event-ID` of a reconnecting client, else now.
             let resume = request.query["after"] ?? request.headers.first(name: "Last-Event-ID")
-            guard resume == nil || UInt64(resume ?? "") != nil else { throw .badRequest("after must be a sequence number") }
+            guard resume == nil || UInt64(resume ?? "") != nil else {
+                throw .badRequest("after must be a sequence number")
+            }
             let start = resume.flatMap { UInt64($0) } ?? hub.telemetry.lastSequenceNumber
             let filter = try Self.telemetryFilter(request)
             let log = hub.telemetry
@@ -88,8 +103,11 @@ struct LocalRoutes: Sendable {
                             continuation.yield(ByteBuffer(string: ": keep-alive\n\n"))
                         }
                         for (sequenceNumber, record) in page.entries {
-                            let json = String(decoding: Self.telemetryJSON(record, sequenceNumber: sequenceNumber).encoded(), as: UTF8.self)
-                            continuation.yield(ByteBuffer(string: "id: \(sequenceNumber)\nevent: telemetry\ndata: \(json)\n\n"))
+                            let json = String(
+                                decoding: Self.telemetryJSON(record, sequenceNumber: sequenceNumber).encoded(),
+                                as: UTF8.self)
+                            continuation.yield(
+                                ByteBuffer(string: "id: \(sequenceNumber)\nevent: telemetry\ndata: \(json)\n\n"))
                         }
                         cursor = page.next
                     }
@@ -97,7 +115,9 @@ struct LocalRoutes: Sendable {
                 }
                 continuation.onTermination = { _ in task.cancel() }
             }
-            return RouterResponse(status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], body: .stream(stream))
+            return RouterResponse(
+                status: .ok, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"],
+                body: .stream(stream))
         }
         router.add(.GET, "local/routes") { request, _ throws(ServiceError) in
             try hub.authorizeService(request.authorization)
@@ -111,7 +131,9 @@ struct LocalRoutes: Sendable {
             var sources: Set<MessageSource> = []
             for name in names {
                 guard let text = RegistryJSON.stringValue(name), let source = MessageSource(rawValue: text) else {
-                    throw .badRequest("unknown message source \(String(decoding: name.encoded(), as: UTF8.self)): use \(Self.sourceNames)")
+                    throw .badRequest(
+                        "unknown message source \(String(decoding: name.encoded(), as: UTF8.self)): use \(Self.sourceNames)"
+                    )
                 }
                 sources.insert(source)
             }
@@ -124,15 +146,17 @@ struct LocalRoutes: Sendable {
             let timeout = try request.integer("timeout", default: 0, range: 0...Self.maximumPollSeconds)
             let page = await hub.fileUploadNotifications.poll(after: after, limit: 1000, timeout: .seconds(timeout))
             return .json([
-                "notifications": .array(page.entries.map { sequenceNumber, note in
-                    [
-                        "sequenceNumber": .integer(Int64(sequenceNumber)), "deviceId": .string(note.deviceId),
-                        "blobName": .string(note.blobName), "blobUri": .string(note.blobUri),
-                        "correlationId": .string(note.correlationId), "isSuccess": .bool(note.isSuccess),
-                        "statusCode": .integer(Int64(note.statusCode)), "statusDescription": .string(note.statusDescription),
-                        "enqueuedTime": RegistryJSON.timestamp(note.enqueuedTime),
-                    ]
-                }),
+                "notifications": .array(
+                    page.entries.map { sequenceNumber, note in
+                        [
+                            "sequenceNumber": .integer(Int64(sequenceNumber)), "deviceId": .string(note.deviceId),
+                            "blobName": .string(note.blobName), "blobUri": .string(note.blobUri),
+                            "correlationId": .string(note.correlationId), "isSuccess": .bool(note.isSuccess),
+                            "statusCode": .integer(Int64(note.statusCode)),
+                            "statusDescription": .string(note.statusDescription),
+                            "enqueuedTime": RegistryJSON.timestamp(note.enqueuedTime),
+                        ]
+                    }),
                 "next": .integer(Int64(page.next)), "dropped": .integer(Int64(page.dropped)),
             ])
         }
@@ -146,7 +170,8 @@ struct LocalRoutes: Sendable {
                 throw .resourceNotFound("no blob \(parameters["container"])/\(parameters["blob"])")
             }
             return RouterResponse(
-                status: .ok, headers: ["Content-Type": blob.contentType ?? "application/octet-stream", "ETag": blob.etag],
+                status: .ok,
+                headers: ["Content-Type": blob.contentType ?? "application/octet-stream", "ETag": blob.etag],
                 body: .buffer(ByteBuffer(data: blob.data)))
         }
         router.add(.GET, "local/faults") { request, _ throws(ServiceError) in
@@ -161,7 +186,8 @@ struct LocalRoutes: Sendable {
                 faults.refuseConnectionsUntil = Date().addingTimeInterval(TimeInterval(seconds))
             }
             faults.throttleNextOperations = max(0, body["throttleNextOperations"]?.intValue ?? 0)
-            faults.acknowledgementDelayMilliseconds = min(max(0, body["acknowledgementDelayMilliseconds"]?.intValue ?? 0), 60_000)
+            faults.acknowledgementDelayMilliseconds = min(
+                max(0, body["acknowledgementDelayMilliseconds"]?.intValue ?? 0), 60_000)
             hub.setFaults(faults)
             return .json(Self.faultsJSON(faults))
         }
@@ -184,7 +210,10 @@ struct LocalRoutes: Sendable {
     /// The routes as `GET /local/routes` shows them: every source the built-in endpoint
     /// receives, telemetry first.
     static func routesJSON(_ routed: Set<MessageSource>) -> JSONValue {
-        ["messageSources": .array(MessageSource.allCases.filter { $0 == .telemetry || routed.contains($0) }.map { .string($0.rawValue) })]
+        [
+            "messageSources": .array(
+                MessageSource.allCases.filter { $0 == .telemetry || routed.contains($0) }.map { .string($0.rawValue) })
+        ]
     }
 
     static let sourceNames = MessageSource.allCases.map(\.rawValue).joined(separator: ", ")
@@ -220,7 +249,9 @@ struct LocalRoutes: Sendable {
         message.userId = headers.first(name: "iothub-userid")
         // The request's Content-Type stands in for iothub-contenttype, except the form encoding
         // that curl -d and HTML forms send without being asked.
-        let requestType = headers.first(name: "Content-Type").flatMap { $0.lowercased().hasPrefix("application/x-www-form-urlencoded") ? nil : $0 }
+        let requestType = headers.first(name: "Content-Type").flatMap {
+            $0.lowercased().hasPrefix("application/x-www-form-urlencoded") ? nil : $0
+        }
         message.contentType = headers.first(name: "iothub-contenttype") ?? requestType
         message.contentEncoding = headers.first(name: "iothub-contentencoding")
         message.expiryTimeUTC = headers.first(name: "iothub-expiry")
@@ -240,7 +271,8 @@ struct LocalRoutes: Sendable {
             throw .badRequest("the message's properties take more than 60,000 bytes once encoded")
         }
         guard message.size <= Message.maximumSize else {
-            throw .payloadTooLarge("the message is \(message.size) bytes; IoT Hub accepts at most \(Message.maximumSize)")
+            throw .payloadTooLarge(
+                "the message is \(message.size) bytes; IoT Hub accepts at most \(Message.maximumSize)")
         }
         return message
     }
@@ -259,8 +291,10 @@ struct LocalRoutes: Sendable {
         ]
         let optional: [(String, String?)] = [
             ("moduleId", record.moduleId), ("messageId", message.messageId), ("correlationId", message.correlationId),
-            ("userId", message.userId), ("contentType", message.contentType), ("contentEncoding", message.contentEncoding),
-            ("expiryTimeUtc", message.expiryTimeUTC), ("outputName", message.outputName), ("interfaceId", message.interfaceId),
+            ("userId", message.userId), ("contentType", message.contentType),
+            ("contentEncoding", message.contentEncoding),
+            ("expiryTimeUtc", message.expiryTimeUTC), ("outputName", message.outputName),
+            ("interfaceId", message.interfaceId),
         ]
         for (name, value) in optional {
             if let value { members[name] = .string(value) }

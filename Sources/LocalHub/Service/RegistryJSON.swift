@@ -68,7 +68,8 @@ enum RegistryJSON {
             secondaryThumbprint: thumbprints?["secondaryThumbprint"].flatMap(stringValue))
         switch type {
         case .sas:
-            for key in [result.primaryKey, result.secondaryKey].compactMap({ $0 }) where Data(base64Encoded: key) == nil {
+            for key in [result.primaryKey, result.secondaryKey].compactMap({ $0 }) where Data(base64Encoded: key) == nil
+            {
                 throw .badRequest("the symmetric key '\(key.prefix(4))…' is not base64")
             }
             result.primaryKey = result.primaryKey ?? IdentityAuthentication.randomKey()

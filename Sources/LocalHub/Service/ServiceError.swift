@@ -55,11 +55,13 @@ enum ServiceError: Error, Sendable, Equatable {
 
     var message: String {
         switch self {
-        case .notFound(let key): key.moduleId == nil ? "Device \(key.deviceId) not registered" : "Module \(key) not registered"
+        case .notFound(let key):
+            key.moduleId == nil ? "Device \(key.deviceId) not registered" : "Module \(key) not registered"
         case .deviceNotOnline(let key): "Timed out waiting for \(key) to connect"
         case .throttled: "Throttled by the local hub's fault injection"
         case .resourceNotFound(let detail), .conflict(let detail), .preconditionFailed(let detail),
-            .badRequest(let detail), .unauthorized(let detail), .moduleConflict(let detail), .blobAuthenticationFailed(let detail), .gatewayTimeout(let detail),
+            .badRequest(let detail), .unauthorized(let detail), .moduleConflict(let detail),
+            .blobAuthenticationFailed(let detail), .gatewayTimeout(let detail),
             .queueFull(let detail), .payloadTooLarge(let detail), .internalError(let detail):
             detail
         }

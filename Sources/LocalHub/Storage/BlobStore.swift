@@ -18,23 +18,31 @@ final class BlobStore: Sendable {
     /// A SAS query (`?sv=…&sr=b&sp=rcw&se=…&sig=…`) for one blob.
     func signature(container: String, blob: String, expiry: Date) -> String {
         let se = Self.timestamp(expiry)
-        let sig = (try? SASToken.sign(Self.stringToSign(container: container, blob: blob, permissions: "rcw", expiry: se), key: key)) ?? ""
+        let sig =
+            (try? SASToken.sign(
+                Self.stringToSign(container: container, blob: blob, permissions: "rcw", expiry: se), key: key)) ?? ""
         return "?sv=2018-03-28&sr=b&sp=rcw&se=\(PercentEncoding.encode(se))&sig=\(PercentEncoding.encode(sig))"
     }
 
     /// Checks a SAS query for `permission` (`r` read, `w` write) on a blob.
-    func authorize(container: String, blob: String, query: [String: String], permission: Character, now: Date = Date()) -> Bool {
+    func authorize(container: String, blob: String, query: [String: String], permission: Character, now: Date = Date())
+        -> Bool
+    {
         guard let sig = query["sig"], let se = query["se"], let sp = query["sp"], query["sr"] == "b",
-              sp.contains(permission),
-              let expiry = ISO8601DateFormatter().date(from: se), expiry > now,
-              let expected = try? SASToken.sign(Self.stringToSign(container: container, blob: blob, permissions: sp, expiry: se), key: key)
+            sp.contains(permission),
+            let expiry = ISO8601DateFormatter().date(from: se), expiry > now,
+            let expected = try? SASToken.sign(
+                Self.stringToSign(container: container, blob: blob, permissions: sp, expiry: se), key: key)
         else { return false }
         return expected.utf8.elementsEqual(sig.utf8)
     }
 
     func put(container: String, blob: String, data: Data, contentType: String?, now: Date = Date()) -> String {
-        let etag = "\"0x\(String(UInt64(now.timeIntervalSince1970 * 1000), radix: 16, uppercase: true))\(String(UInt32.random(in: 0...UInt32.max), radix: 16, uppercase: true))\""
-        blobs.withLockedValue { $0["\(container)/\(blob)"] = Blob(data: data, contentType: contentType, lastModified: now, etag: etag) }
+        let etag =
+            "\"0x\(String(UInt64(now.timeIntervalSince1970 * 1000), radix: 16, uppercase: true))\(String(UInt32.random(in: 0...UInt32.max), radix: 16, uppercase: true))\""
+        blobs.withLockedValue {
+            $0["\(container)/\(blob)"] = Blob(data: data, contentType: contentType, lastModified: now, etag: etag)
+        }
         return etag
     }
 

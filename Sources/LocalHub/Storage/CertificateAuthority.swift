@@ -59,7 +59,8 @@ struct CertificateAuthority: Sendable {
                 try ExtendedKeyUsage([.serverAuth])
                 SubjectAlternativeNames(names)
                 SubjectKeyIdentifier(hash: Certificate.PrivateKey(serverKey).publicKey)
-                AuthorityKeyIdentifier(keyIdentifier: SubjectKeyIdentifier(hash: Certificate.PrivateKey(caKey).publicKey).keyIdentifier)
+                AuthorityKeyIdentifier(
+                    keyIdentifier: SubjectKeyIdentifier(hash: Certificate.PrivateKey(caKey).publicKey).keyIdentifier)
             },
             issuerPrivateKey: Certificate.PrivateKey(caKey))
 
@@ -72,7 +73,7 @@ struct CertificateAuthority: Sendable {
     /// Whether the server certificate names `hostName` (so a changed `--hostname` gets a new one).
     func serverCertificateCovers(_ hostName: String) -> Bool {
         guard let certificate = try? Certificate(pemEncoded: serverCertificatePEM),
-              let names = try? certificate.extensions.subjectAlternativeNames
+            let names = try? certificate.extensions.subjectAlternativeNames
         else { return false }
         return names.contains { name in
             if case .dnsName(let dnsName) = name { return dnsName.lowercased() == hostName.lowercased() }

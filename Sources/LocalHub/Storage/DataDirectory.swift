@@ -21,7 +21,9 @@ struct DataDirectory: Sendable {
     var serviceConnectionString: URL { url.appendingPathComponent("service-connection-string") }
     var state: URL { url.appendingPathComponent("state.json") }
     var idScope: URL { url.appendingPathComponent("dps-id-scope") }
-    var provisioningServiceConnectionString: URL { url.appendingPathComponent("provisioning-service-connection-string") }
+    var provisioningServiceConnectionString: URL {
+        url.appendingPathComponent("provisioning-service-connection-string")
+    }
 
     /// Creates the directory (mode 0700) if needed.
     init(path: String) throws(LocalHubError) {
@@ -69,9 +71,11 @@ struct DataDirectory: Sendable {
 
     /// Loads the certificates, making new ones when they are missing or do not cover `hostName`.
     func loadOrCreateCertificates(hostName: String) throws(LocalHubError) -> CertificateAuthority {
-        if let ca = try read(caCertificate), let cert = try read(serverCertificate), let key = try read(serverPrivateKey) {
+        if let ca = try read(caCertificate), let cert = try read(serverCertificate),
+            let key = try read(serverPrivateKey)
+        {
             guard let caText = String(data: ca, encoding: .utf8), let certText = String(data: cert, encoding: .utf8),
-                  let keyText = String(data: key, encoding: .utf8)
+                let keyText = String(data: key, encoding: .utf8)
             else { throw .dataDirectory("the certificate files in \(url.path) are not PEM text") }
             let authority = CertificateAuthority(
                 caCertificatePEM: caText, serverCertificatePEM: certText, serverPrivateKeyPEM: keyText)

@@ -27,7 +27,9 @@ final class StatePersistence: Sendable {
             decoder.dateDecodingStrategy = .iso8601
             return try decoder.decode(PersistedState.self, from: data)
         } catch {
-            throw .dataDirectory("\(directory.state.path) is not a state file this version can read (\(error)); move it away to start afresh")
+            throw .dataDirectory(
+                "\(directory.state.path) is not a state file this version can read (\(error)); move it away to start afresh"
+            )
         }
     }
 

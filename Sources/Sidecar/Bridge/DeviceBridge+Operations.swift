@@ -53,7 +53,8 @@ extension DeviceBridge {
     /// The outbox's figures and settings; nil without an outbox.
     func outboxReport() async -> OutboxReport? {
         guard let outbox else { return nil }
-        return OutboxReport(status: await outbox.status(), configuration: outbox.configuration, defaultDelivery: defaultDelivery)
+        return OutboxReport(
+            status: await outbox.status(), configuration: outbox.configuration, defaultDelivery: defaultDelivery)
     }
 
     // MARK: Cloud-to-device messages
@@ -157,13 +158,18 @@ extension DeviceBridge {
     }
 
     /// Tells the hub how an upload ended.
-    func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String) async throws(IoTHubError) {
-        try await client.notifyBlobUploadStatus(correlationId: correlationId, isSuccess: isSuccess, statusCode: statusCode, statusDescription: statusDescription)
+    func notifyBlobUploadStatus(correlationId: String, isSuccess: Bool, statusCode: Int, statusDescription: String)
+        async throws(IoTHubError)
+    {
+        try await client.notifyBlobUploadStatus(
+            correlationId: correlationId, isSuccess: isSuccess, statusCode: statusCode,
+            statusDescription: statusDescription)
     }
 
     /// Uploads a file in one call (storage info, the upload, the notification). Errors after
     /// the hub gave a blob are ``BlobUploadFailure``s.
-    func uploadBlob<Body: AsyncSequence>(named blobName: String, length: Int, contentType: String?, body: Body) async throws -> BlobUploadResult
+    func uploadBlob<Body: AsyncSequence>(named blobName: String, length: Int, contentType: String?, body: Body)
+        async throws -> BlobUploadResult
     where Body.Element == Data {
         try await client.uploadBlob(named: blobName, length: length, contentType: contentType, body: body)
     }
@@ -175,8 +181,10 @@ extension DeviceBridge {
         let connection = self.connection
         let configuration = client.configuration
         return DeviceStatus(
-            hostName: client.hostName, deviceId: client.deviceId, moduleId: client.moduleId, gatewayHostName: configuration.gatewayHostName,
-            authentication: connection.credential, state: connection.state, since: connection.since, lastError: connection.lastError,
+            hostName: client.hostName, deviceId: client.deviceId, moduleId: client.moduleId,
+            gatewayHostName: configuration.gatewayHostName,
+            authentication: connection.credential, state: connection.state, since: connection.since,
+            lastError: connection.lastError,
             tokenExpiry: connection.tokenExpiry, isNewSASTokenRequired: isNewSASTokenRequired,
             transport: configuration.websockets ? "mqtt-websockets" : "mqtt",
             // The proxy's description leaves its password out.
@@ -232,7 +240,9 @@ extension DeviceBridge {
     func eventStream() -> (current: SidecarEvent, later: AsyncStream<SidecarEvent>) {
         let later = events.stream()
         let connection = self.connection
-        return (.connection(ConnectionStateChange(state: connection.state, since: connection.since, reason: nil)), later)
+        return (
+            .connection(ConnectionStateChange(state: connection.state, since: connection.since, reason: nil)), later
+        )
     }
 
     /// The metrics in the Prometheus text format, with the gauges read now.

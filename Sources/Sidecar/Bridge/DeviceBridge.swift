@@ -66,7 +66,8 @@ public final class DeviceBridge: Service, Sendable {
     /// - Throws: when the outbox or the inbox cannot be opened.
     public init(
         client: IoTHubDeviceClient, outbox: OutboxConfiguration? = nil, inbox: InboxConfiguration? = nil,
-        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10), ensureDesiredProperties: Bool = true,
+        defaultDelivery: TelemetryDeliveryMode = .sync, shutdownTimeout: Duration = .seconds(10),
+        ensureDesiredProperties: Bool = true,
         logger: Logger, provisioning: (any ProvisioningController)? = nil
     ) throws(OutboxError) {
         self.client = client
@@ -79,21 +80,26 @@ public final class DeviceBridge: Service, Sendable {
         self.shutdownTimeout = shutdownTimeout
         var inboxConfiguration = inbox
         if inboxConfiguration == nil {
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("iothub-inbox-\(UUID().uuidString)").path
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "iothub-inbox-\(UUID().uuidString)"
+            ).path
             inboxConfiguration = InboxConfiguration(directory: directory)
             temporaryInboxDirectory = directory
         } else {
             temporaryInboxDirectory = nil
         }
         do {
-            self.inbox = try CloudToDeviceInbox(configuration: inboxConfiguration ?? InboxConfiguration(directory: ""), owner: client, logger: logger)
+            self.inbox = try CloudToDeviceInbox(
+                configuration: inboxConfiguration ?? InboxConfiguration(directory: ""), owner: client, logger: logger)
         } catch {
             throw .storageFailed("the cloud-to-device inbox cannot be opened: \(error)")
         }
         self.logger = logger
         let repair = self.inbox.repair
         if !repair.isClean {
-            logger.warning("the inbox was repaired on opening", metadata: ["quarantined": "\(repair.quarantinePaths)", "truncatedBytes": "\(repair.truncatedBytes)"])
+            logger.warning(
+                "the inbox was repaired on opening",
+                metadata: ["quarantined": "\(repair.quarantinePaths)", "truncatedBytes": "\(repair.truncatedBytes)"])
         }
     }
 
@@ -137,7 +143,10 @@ public final class DeviceBridge: Service, Sendable {
                 if left.messages > 0 {
                     logger.notice(
                         "the outbox holds messages from before; delivering them",
-                        metadata: ["messages": "\(left.messages)", "bytes": "\(left.bytes)", "directory": "\(outbox.configuration.directory)"])
+                        metadata: [
+                            "messages": "\(left.messages)", "bytes": "\(left.bytes)",
+                            "directory": "\(outbox.configuration.directory)",
+                        ])
                 }
             }
             try? await gracefulShutdown()
@@ -161,7 +170,9 @@ public final class DeviceBridge: Service, Sendable {
         let budget = began + shutdownTimeout - .seconds(1) - ContinuousClock.now
         let waiting = await outbox.status().messages
         guard waiting > 0 else { return }
-        logger.info("delivering the outbox before stopping", metadata: ["messages": "\(waiting)", "within": "\(max(budget, .zero))"])
+        logger.info(
+            "delivering the outbox before stopping",
+            metadata: ["messages": "\(waiting)", "within": "\(max(budget, .zero))"])
         if budget > .zero, await outbox.waitUntilEmpty(timeout: budget) {
             logger.info("the outbox is delivered")
             return
@@ -169,7 +180,10 @@ public final class DeviceBridge: Service, Sendable {
         let left = await outbox.status()
         logger.warning(
             "stopping with messages in the outbox: they stay on disk and are delivered after the next start",
-            metadata: ["messages": "\(left.messages)", "bytes": "\(left.bytes)", "directory": "\(outbox.configuration.directory)"])
+            metadata: [
+                "messages": "\(left.messages)", "bytes": "\(left.bytes)",
+                "directory": "\(outbox.configuration.directory)",
+            ])
     }
 
     /// Ends long-polls and event streams at once (they answer 204 or end): the first step of
@@ -186,7 +200,9 @@ public final class DeviceBridge: Service, Sendable {
     /// works, the credentials are refused, or the sidecar stops.
     private func connectAtStart() async {
         if let provisioning, provisioning.report.result == nil {
-            logger.error("not connecting: the device has no assignment from DPS", metadata: ["error": "\(provisioning.report.lastError.map { "\($0)" } ?? "")"])
+            logger.error(
+                "not connecting: the device has no assignment from DPS",
+                metadata: ["error": "\(provisioning.report.lastError.map { "\($0)" } ?? "")"])
             return
         }
         // With DPS, a refused identity is registered again once: a hub that still refuses it
@@ -195,7 +211,9 @@ public final class DeviceBridge: Service, Sendable {
         while !draining.isSignalled {
             do throws(IoTHubError) {
                 try await client.connect()
-                logger.info("connected to the hub", metadata: ["host": "\(client.configuration.gatewayHostName ?? client.hostName)"])
+                logger.info(
+                    "connected to the hub",
+                    metadata: ["host": "\(client.configuration.gatewayHostName ?? client.hostName)"])
                 return
             } catch {
                 if !isRepeat(error) {
@@ -227,7 +245,8 @@ public final class DeviceBridge: Service, Sendable {
         methods.deliver(request)
         metrics.increment(.methodRequests)
         events.yield(.method(request))
-        logger.debug("method request received", metadata: ["method": "\(request.name)", "requestId": "\(request.requestId)"])
+        logger.debug(
+            "method request received", metadata: ["method": "\(request.name)", "requestId": "\(request.requestId)"])
     }
 
     private func received(desiredPatch patch: JSONValue) {
@@ -300,7 +319,9 @@ public final class DeviceBridge: Service, Sendable {
         setNewSASTokenRequired(true)
         let expiry = connection.tokenExpiry ?? Date()
         events.yield(.sasToken(expiry: expiry))
-        logger.warning("the SAS token expires soon; give a new one with PUT /sastoken", metadata: ["expiry": "\(Timestamp.string(expiry))"])
+        logger.warning(
+            "the SAS token expires soon; give a new one with PUT /sastoken",
+            metadata: ["expiry": "\(Timestamp.string(expiry))"])
     }
 
     /// Reads the twin and sets the desired cursor from it.
@@ -326,7 +347,9 @@ public final class DeviceBridge: Service, Sendable {
     private func outboxChanged(_ event: OutboxEvent) async {
         guard let outbox else { return }
         let status = await outbox.status()
-        let metadata: Logger.Metadata = ["messages": "\(status.messages)", "bytes": "\(status.bytes)", "limit": "\(status.maximumBytes)"]
+        let metadata: Logger.Metadata = [
+            "messages": "\(status.messages)", "bytes": "\(status.bytes)", "limit": "\(status.maximumBytes)",
+        ]
         let episode = outboxEpisode.withLockedValue { episode in
             defer { episode.note(event) }
             return episode
@@ -335,7 +358,9 @@ public final class DeviceBridge: Service, Sendable {
         case .full where outbox.configuration.whenFull == .rejectNew:
             logger.warning("the outbox is full: new messages are refused (507) until it drains", metadata: metadata)
         case .expired(let count) where !episode.expiring:
-            logger.warning("outbox messages expired before they could be sent; they are dropped", metadata: metadata.merging(["expired": "\(count)"]) { $1 })
+            logger.warning(
+                "outbox messages expired before they could be sent; they are dropped",
+                metadata: metadata.merging(["expired": "\(count)"]) { $1 })
         case .emptied where episode.troubled:
             logger.info("the outbox is empty again")
         default:

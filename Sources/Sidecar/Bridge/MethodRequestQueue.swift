@@ -53,7 +53,9 @@ final class MethodRequestQueue: Sendable {
     func claimAnswer(for requestId: String, now: Date = Date()) throws(ResponseError) {
         let outcome: ResponseError? = state.withLockedValue { state in
             // A second answer is as unknown as an id never handed out.
-            guard let arrived = state.arrival[requestId], !state.answered.contains(requestId) else { return .unknownRequest }
+            guard let arrived = state.arrival[requestId], !state.answered.contains(requestId) else {
+                return .unknownRequest
+            }
             guard now.timeIntervalSince(arrived) <= Self.answerWindow else { return .expired }
             state.answered.insert(requestId)
             state.handedOut.remove(requestId)

@@ -18,7 +18,8 @@ public struct ProvisioningReport: Sendable, Equatable {
     public var lastError: IoTHubError?
 
     public init(
-        idScope: String, registrationId: String, result: RegistrationResult? = nil, registeredAt: Date? = nil, source: String? = nil,
+        idScope: String, registrationId: String, result: RegistrationResult? = nil, registeredAt: Date? = nil,
+        source: String? = nil,
         lastError: IoTHubError? = nil
     ) {
         self.idScope = idScope
@@ -34,8 +35,10 @@ public struct ProvisioningReport: Sendable, Equatable {
         var members: [String: JSONValue] = ["idScope": .string(idScope), "registrationId": .string(registrationId)]
         if let result {
             let optional: [(String, String?)] = [
-                ("assignedHub", result.assignedHub), ("deviceId", result.deviceId), ("status", result.status), ("substatus", result.substatus),
-                ("createdDateTimeUtc", result.createdDateTimeUtc), ("lastUpdatedDateTimeUtc", result.lastUpdatedDateTimeUtc), ("source", source),
+                ("assignedHub", result.assignedHub), ("deviceId", result.deviceId), ("status", result.status),
+                ("substatus", result.substatus),
+                ("createdDateTimeUtc", result.createdDateTimeUtc),
+                ("lastUpdatedDateTimeUtc", result.lastUpdatedDateTimeUtc), ("source", source),
             ]
             for case (let key, let value?) in optional { members[key] = .string(value) }
             if let payload = result.payload { members["payload"] = payload }

@@ -16,23 +16,35 @@ struct SidecarEvent: Sendable, Equatable {
     static let keepAlive = ": keep-alive\n\n"
 
     static func connection(_ change: ConnectionStateChange) -> SidecarEvent {
-        var members: [String: JSONValue] = ["state": .string(change.state.rawValue), "since": .string(Timestamp.string(change.since))]
+        var members: [String: JSONValue] = [
+            "state": .string(change.state.rawValue), "since": .string(Timestamp.string(change.since)),
+        ]
         if let reason = change.reason { members["reason"] = lastError(reason) }
         return SidecarEvent(name: "connection", data: .object(members))
     }
 
     static func error(_ error: IoTHubError, at time: Date = Date()) -> SidecarEvent {
-        SidecarEvent(name: "error", data: ["code": .string(error.code), "message": .string(Self.message(of: error)), "time": .string(Timestamp.string(time))])
+        SidecarEvent(
+            name: "error",
+            data: [
+                "code": .string(error.code), "message": .string(Self.message(of: error)),
+                "time": .string(Timestamp.string(time)),
+            ])
     }
 
     static func message(_ message: Message, queued: Int) -> SidecarEvent {
-        var members: [String: JSONValue] = ["queued": .integer(Int64(queued)), "size": .integer(Int64(message.payload.count))]
+        var members: [String: JSONValue] = [
+            "queued": .integer(Int64(queued)), "size": .integer(Int64(message.payload.count)),
+        ]
         let optional: [(String, String?)] = [
-            ("messageId", message.messageId), ("correlationId", message.correlationId), ("contentType", message.contentType),
+            ("messageId", message.messageId), ("correlationId", message.correlationId),
+            ("contentType", message.contentType),
             ("contentEncoding", message.contentEncoding), ("inputName", message.inputName),
         ]
         for case (let key, let value?) in optional { members[key] = .string(value) }
-        if !message.properties.isEmpty { members["properties"] = .object(message.properties.mapValues(JSONValue.string)) }
+        if !message.properties.isEmpty {
+            members["properties"] = .object(message.properties.mapValues(JSONValue.string))
+        }
         return SidecarEvent(name: "message", data: .object(members))
     }
 
@@ -51,8 +63,10 @@ struct SidecarEvent: Sendable, Equatable {
     /// The outbox filled, emptied, dropped or expired messages; with its figures now.
     static func outbox(_ event: OutboxEvent, status: OutboxStatus, at time: Date = Date()) -> SidecarEvent {
         var members: [String: JSONValue] = [
-            "messages": .integer(Int64(status.messages)), "bytes": .integer(Int64(status.bytes)), "full": .bool(status.isFull),
-            "dropped": .integer(Int64(status.dropped)), "expired": .integer(Int64(status.expired)), "time": .string(Timestamp.string(time)),
+            "messages": .integer(Int64(status.messages)), "bytes": .integer(Int64(status.bytes)),
+            "full": .bool(status.isFull),
+            "dropped": .integer(Int64(status.dropped)), "expired": .integer(Int64(status.expired)),
+            "time": .string(Timestamp.string(time)),
         ]
         switch event {
         case .full: members["kind"] = "full"

@@ -55,7 +55,8 @@ final class AcceptFailureBackoffHandler: ChannelDuplexHandler, RemovableChannelH
     /// before NIO's handlers do.
     static func install(on serverChannel: any Channel, logger: Logger) async throws {
         try await serverChannel.eventLoop.submit {
-            try serverChannel.pipeline.syncOperations.addHandler(AcceptFailureBackoffHandler(logger: logger), position: .first)
+            try serverChannel.pipeline.syncOperations.addHandler(
+                AcceptFailureBackoffHandler(logger: logger), position: .first)
         }.get()
     }
 
@@ -68,7 +69,9 @@ final class AcceptFailureBackoffHandler: ChannelDuplexHandler, RemovableChannelH
         ending = nil
         var current = episode ?? Episode()
         if episode == nil {
-            let shortage = [EMFILE, ENFILE].contains(error.errnoCode) ? "no file descriptor is left" : "the system is out of socket memory"
+            let shortage =
+                [EMFILE, ENFILE].contains(error.errnoCode)
+                ? "no file descriptor is left" : "the system is out of socket memory"
             logger.warning(
                 "cannot accept connections: \(shortage); new connections wait until it recovers, open ones are still served",
                 metadata: ["errno": "\(error.errnoCode)"])
@@ -139,7 +142,6 @@ final class AcceptFailureBackoffHandler: ChannelDuplexHandler, RemovableChannelH
             metadata: ["failedAccepts": "\(episode.failures)", "seconds": "\(String(format: "%.1f", max(0, seconds)))"])
         self.episode = nil
     }
-
 
     private func cancelTimers() {
         resumption?.cancel()

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -13,6 +8,12 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The sidecar's HTTP server on a listening socket it was given rather than one it binds:
 /// systemd socket activation (`LISTEN_FDS`, see `deploy/iothub-sidecar.socket`), where the
@@ -49,21 +50,26 @@ struct InheritedSocketServer: Service {
                 response.headers[.date] = Self.httpDate()
                 try await responseWriter.write(response: response.head, body: response.body)
             },
-            configuration: HTTP1Channel.Configuration(idleTimeout: .seconds(configuration.idleTimeout.components.seconds)))
-        let child = SidecarHTTP1Channel(http1: http1, requestBodyTimeout: configuration.requestBodyTimeout, logger: logger)
+            configuration: HTTP1Channel.Configuration(
+                idleTimeout: .seconds(configuration.idleTimeout.components.seconds)))
+        let child = SidecarHTTP1Channel(
+            http1: http1, requestBodyTimeout: configuration.requestBodyTimeout, logger: logger)
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
-        let server: NIOAsyncChannel<SidecarHTTP1Channel.Value, Never> = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .bind(NIOBSDSocket.Handle(descriptor)) { (channel: any Channel) -> EventLoopFuture<SidecarHTTP1Channel.Value> in
-                let key = ObjectIdentifier(channel)
-                connections.withLockedValue { $0[key] = channel }
-                channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: key) } }
-                return child.setup(channel: channel, logger: logger)
-            }
+        let server: NIOAsyncChannel<SidecarHTTP1Channel.Value, Never> = try await ServerBootstrap(
+            group: MultiThreadedEventLoopGroup.singleton
+        )
+        .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+        .bind(NIOBSDSocket.Handle(descriptor)) { (channel: any Channel) -> EventLoopFuture<SidecarHTTP1Channel.Value> in
+            let key = ObjectIdentifier(channel)
+            connections.withLockedValue { $0[key] = channel }
+            channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: key) } }
+            return child.setup(channel: channel, logger: logger)
+        }
         do {
             try await AcceptFailureBackoffHandler.install(on: server.channel, logger: logger)
         } catch {
-            logger.warning("could not guard the listener against running out of file descriptors", metadata: ["error": "\(error)"])
+            logger.warning(
+                "could not guard the listener against running out of file descriptors", metadata: ["error": "\(error)"])
         }
         await onRunning(configuration.listen.description)
         try await withGracefulShutdownHandler {

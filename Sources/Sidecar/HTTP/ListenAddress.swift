@@ -15,8 +15,11 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
             self = .unix(path: path)
             return
         }
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
-            throw .valueError(field: "--listen", reason: "must be HOST:PORT (such as 127.0.0.1:8080) or unix:/path/to.sock")
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65535).contains(port)
+        else {
+            throw .valueError(
+                field: "--listen", reason: "must be HOST:PORT (such as 127.0.0.1:8080) or unix:/path/to.sock")
         }
         var host = String(text[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }

@@ -13,18 +13,22 @@ enum LongPoll {
     ///   - timeout: seconds to wait, already checked.
     ///   - render: the answer's headers and body for what came (`Connection: close` is added).
     static func respond<Value: Sendable>(
-        to request: Request, timeout: Int, from source: LongPollSource<Value>, render: (Value) -> (headers: HTTPFields, body: Data)
+        to request: Request, timeout: Int, from source: LongPollSource<Value>,
+        render: (Value) -> (headers: HTTPFields, body: Data)
     ) async throws -> Response {
         try await source.prepare()
         guard let value = try await wait(request, timeout: timeout, source) else { return .noContent(closing: true) }
         let rendered = render(value)
         var headers = rendered.headers
         headers[.connection] = "close"
-        return Response(status: .ok, headers: headers, body: .data(rendered.body, ifNotWritten: { source.giveBack(value) }))
+        return Response(
+            status: .ok, headers: headers, body: .data(rendered.body, ifNotWritten: { source.giveBack(value) }))
     }
 
     /// Waits, cancelled when the caller's connection closes.
-    private static func wait<Value: Sendable>(_ request: Request, timeout: Int, _ source: LongPollSource<Value>) async throws -> Value? {
+    private static func wait<Value: Sendable>(_ request: Request, timeout: Int, _ source: LongPollSource<Value>)
+        async throws -> Value?
+    {
         let taken = SharedSlot<Value>()
         do {
             let value = try await request.body.consumeWithCancellationOnInboundClose { _ in
@@ -53,5 +57,10 @@ final class SharedSlot<T: Sendable>: Sendable {
 
     func set(_ newValue: T) { value.withLockedValue { $0 = newValue } }
 
-    func take() -> T? { value.withLockedValue { value in defer { value = nil }; return value } }
+    func take() -> T? {
+        value.withLockedValue { value in
+            defer { value = nil }
+            return value
+        }
+    }
 }

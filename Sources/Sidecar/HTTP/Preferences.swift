@@ -35,7 +35,9 @@ struct Preferences: Sendable, Equatable {
     var respondAsync: Bool { contains(Self.respondAsync) }
 
     /// Splits at `separator` outside quoted strings (where `\` escapes the next character).
-    private static func split(_ text: some StringProtocol, separator: Character, maximumSplits: Int = .max) -> [Substring] {
+    private static func split(_ text: some StringProtocol, separator: Character, maximumSplits: Int = .max)
+        -> [Substring]
+    {
         let text = Substring(text)
         var parts: [Substring] = []
         var start = text.startIndex
@@ -62,7 +64,8 @@ struct Preferences: Sendable, Equatable {
 
     private static func trimmed(_ text: Substring) -> Substring {
         let isBlank = { (character: Character) in character == " " || character == "\t" }
-        guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) }) else { return "" }
+        guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) })
+        else { return "" }
         return text[first...last]
     }
 

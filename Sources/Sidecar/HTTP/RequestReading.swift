@@ -23,13 +23,18 @@ extension Request {
         let utf8 = value.utf8
         let end = utf8.firstIndex(of: UInt8(ascii: ";")) ?? utf8.endIndex
         let isBlank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
-        guard let first = utf8[..<end].firstIndex(where: { !isBlank($0) }), let last = utf8[..<end].lastIndex(where: { !isBlank($0) }) else {
+        guard let first = utf8[..<end].firstIndex(where: { !isBlank($0) }),
+            let last = utf8[..<end].lastIndex(where: { !isBlank($0) })
+        else {
             return ""
         }
         let type = utf8[first...last]
         // Usually already lower case: no copy byte by byte.
-        if !type.contains(where: { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) { return String(Substring(type)) }
-        return String(decoding: type.map { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) ? $0 + 32 : $0 }, as: UTF8.self)
+        if !type.contains(where: { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) {
+            return String(Substring(type))
+        }
+        return String(
+            decoding: type.map { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) ? $0 + 32 : $0 }, as: UTF8.self)
     }
 
     /// A JSON endpoint takes no `Content-Type` as JSON, and refuses any other media type.

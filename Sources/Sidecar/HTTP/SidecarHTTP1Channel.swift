@@ -169,7 +169,9 @@ final class MalformedRequestHandler: ChannelDuplexHandler, RemovableChannelHandl
         headers.add(name: "content-length", value: String(body.count))
         headers.add(name: "connection", value: "close")
         // Through the handlers in front of this one: the persistence handler closes after it.
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
+            promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
@@ -224,7 +226,9 @@ final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
         waitingSince = nil
         switch unwrapInboundIn(data) {
         case .head(let head):
-            request = (head.method, head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+            request = (
+                head.method, head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+            )
             isAnswered = false
         case .body:
             break

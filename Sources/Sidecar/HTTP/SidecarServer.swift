@@ -26,7 +26,8 @@ public struct SidecarServerConfiguration: Sendable {
     public var unixSocketGroup: UInt32?
 
     public init(
-        listen: ListenAddress = .tcp(host: "127.0.0.1", port: 8080), apiToken: String? = nil, idleTimeout: Duration = .seconds(60),
+        listen: ListenAddress = .tcp(host: "127.0.0.1", port: 8080), apiToken: String? = nil,
+        idleTimeout: Duration = .seconds(60),
         requestBodyTimeout: Duration = .seconds(30), inheritedDescriptor: CInt? = nil, unixSocketMode: UInt32? = nil,
         unixSocketGroup: UInt32? = nil
     ) {
@@ -55,7 +56,9 @@ public enum SidecarServer {
         for candidate in candidates {
             if let data = try? Data(contentsOf: candidate) { return data }
         }
-        return Data("openapi: 3.1.0\ninfo: {title: iothub-sidecar, version: unknown, description: the document was not installed next to the executable}\npaths: {}\n".utf8)
+        return Data(
+            "openapi: 3.1.0\ninfo: {title: iothub-sidecar, version: unknown, description: the document was not installed next to the executable}\npaths: {}\n"
+                .utf8)
     }
 
     /// The router: every area's routes behind the middleware. The routes are recorded as they
@@ -65,7 +68,9 @@ public enum SidecarServer {
         SidecarRoutes(bridge: bridge, openAPIDocument: openAPIDocument()).addRoutes(to: routes)
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: RequestMetricsMiddleware(metrics: bridge.metrics, logger: logger))
-        router.add(middleware: ProblemMiddleware(routes: routes.table, retryAfterSeconds: bridge.retryAfterSeconds, logger: logger))
+        router.add(
+            middleware: ProblemMiddleware(
+                routes: routes.table, retryAfterSeconds: bridge.retryAfterSeconds, logger: logger))
         if let apiToken {
             router.add(middleware: APITokenMiddleware(token: apiToken))
         }
@@ -82,7 +87,9 @@ public enum SidecarServer {
     ) -> any Service {
         if let descriptor = configuration.inheritedDescriptor {
             return InheritedSocketServer(
-                descriptor: descriptor, responder: makeRouter(bridge: bridge, apiToken: configuration.apiToken, logger: logger).buildResponder(),
+                descriptor: descriptor,
+                responder: makeRouter(bridge: bridge, apiToken: configuration.apiToken, logger: logger)
+                    .buildResponder(),
                 configuration: configuration, logger: logger, onRunning: onRunning)
         }
         return application(bridge: bridge, configuration: configuration, logger: logger, onRunning: onRunning)
@@ -102,23 +109,29 @@ public enum SidecarServer {
             router: router,
             server: HTTPServerBuilder { responder in
                 SidecarHTTP1Channel(
-                    http1: HTTP1Channel(responder: responder, configuration: http1), requestBodyTimeout: requestBodyTimeout, logger: logger)
+                    http1: HTTP1Channel(responder: responder, configuration: http1),
+                    requestBodyTimeout: requestBodyTimeout, logger: logger)
             },
             configuration: ApplicationConfiguration(address: listen.bindAddress, serverName: nil, reuseAddress: true),
             onServerRunning: { channel in
                 do {
                     try await AcceptFailureBackoffHandler.install(on: channel, logger: logger)
                 } catch {
-                    logger.warning("could not guard the listener against running out of file descriptors", metadata: ["error": "\(error)"])
+                    logger.warning(
+                        "could not guard the listener against running out of file descriptors",
+                        metadata: ["error": "\(error)"])
                 }
                 let bound: String
                 switch listen {
                 case .unix(let path):
                     if let group = configuration.unixSocketGroup, chown(path, uid_t.max, group) != 0 {
-                        logger.error("cannot give the socket \(path) to group \(group): \(String(cString: strerror(errno)))")
+                        logger.error(
+                            "cannot give the socket \(path) to group \(group): \(String(cString: strerror(errno)))")
                     }
                     if let mode = configuration.unixSocketMode, chmod(path, mode_t(mode)) != 0 {
-                        logger.error("cannot set the mode of the socket \(path) to \(String(mode, radix: 8)): \(String(cString: strerror(errno)))")
+                        logger.error(
+                            "cannot set the mode of the socket \(path) to \(String(mode, radix: 8)): \(String(cString: strerror(errno)))"
+                        )
                     }
                     bound = listen.description
                 case .tcp(let host, _):

@@ -63,7 +63,9 @@ struct BatchEnvelopeParser {
                 skipWhitespace()
                 let separator = try next("',' or ']' after entry \(entries.count - 1)")
                 if separator == UInt8(ascii: "]") { break }
-                guard separator == UInt8(ascii: ",") else { throw fail("expected ',' or ']' after entry \(entries.count - 1)", back: 1) }
+                guard separator == UInt8(ascii: ",") else {
+                    throw fail("expected ',' or ']' after entry \(entries.count - 1)", back: 1)
+                }
             }
         }
         skipWhitespace()
@@ -79,7 +81,9 @@ struct BatchEnvelopeParser {
         try members { (parser: inout BatchEnvelopeParser, name: [UInt8]) throws(Failure) in
             if name == Self.bodyName {
                 guard body == nil else { throw parser.fail("entry \(index): body is given twice") }
-                guard parser.peek() == UInt8(ascii: "\"") else { throw parser.wrongType("entry \(index): body must be a string") }
+                guard parser.peek() == UInt8(ascii: "\"") else {
+                    throw parser.wrongType("entry \(index): body must be a string")
+                }
                 body = Data(try parser.stringBytes())
             } else if name == Self.base64EncodedName {
                 guard base64Encoded == nil else { throw parser.fail("entry \(index): base64Encoded is given twice") }
@@ -102,14 +106,20 @@ struct BatchEnvelopeParser {
     }
 
     private mutating func properties(index: Int) throws(Failure) -> [(name: String, value: String)] {
-        guard peek() == UInt8(ascii: "{") else { throw wrongType("entry \(index): properties must be an object of strings") }
+        guard peek() == UInt8(ascii: "{") else {
+            throw wrongType("entry \(index): properties must be an object of strings")
+        }
         position += 1
         var pairs: [(name: String, value: String)] = []
         try members { (parser: inout BatchEnvelopeParser, name: [UInt8]) throws(Failure) in
             let key = String(decoding: name, as: UTF8.self)
-            guard parser.peek() == UInt8(ascii: "\"") else { throw parser.wrongType("entry \(index): the property \(key) must be a string") }
+            guard parser.peek() == UInt8(ascii: "\"") else {
+                throw parser.wrongType("entry \(index): the property \(key) must be a string")
+            }
             let value = String(decoding: try parser.stringBytes(), as: UTF8.self)
-            guard !pairs.contains(where: { $0.name == key }) else { throw parser.fail("entry \(index): the property \(key) is given twice") }
+            guard !pairs.contains(where: { $0.name == key }) else {
+                throw parser.fail("entry \(index): the property \(key) is given twice")
+            }
             pairs.append((key, value))
         }
         return pairs
@@ -117,7 +127,9 @@ struct BatchEnvelopeParser {
 
     /// Reads the members of an object whose `{` is consumed, up to and including its `}`; calls
     /// `member` with each name, positioned at the value, which `member` must consume.
-    private mutating func members(_ member: (inout BatchEnvelopeParser, [UInt8]) throws(Failure) -> Void) throws(Failure) {
+    private mutating func members(_ member: (inout BatchEnvelopeParser, [UInt8]) throws(Failure) -> Void)
+        throws(Failure)
+    {
         if consumeAfterWhitespace(UInt8(ascii: "}")) { return }
         while true {
             skipWhitespace()
@@ -150,7 +162,9 @@ struct BatchEnvelopeParser {
             case UInt8(ascii: "\""):
                 output.append(contentsOf: bytes[runStart..<position])
                 position += 1
-                if !ascii, String(validating: output, as: UTF8.self) == nil { throw fail("a string is not valid UTF-8", at: start) }
+                if !ascii, String(validating: output, as: UTF8.self) == nil {
+                    throw fail("a string is not valid UTF-8", at: start)
+                }
                 return output
             case UInt8(ascii: "\\"):
                 output.append(contentsOf: bytes[runStart..<position])
@@ -218,7 +232,9 @@ struct BatchEnvelopeParser {
             _ = try stringBytes()
         case UInt8(ascii: "{"):
             position += 1
-            try members { (parser: inout BatchEnvelopeParser, _: [UInt8]) throws(Failure) in try parser.skipValue(depth: depth + 1) }
+            try members { (parser: inout BatchEnvelopeParser, _: [UInt8]) throws(Failure) in
+                try parser.skipValue(depth: depth + 1)
+            }
         case UInt8(ascii: "["):
             position += 1
             if consumeAfterWhitespace(UInt8(ascii: "]")) { return }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Message ids for messages sent without one: random UUIDs (version 4, lower case).
 ///
@@ -27,8 +28,10 @@ enum MessageIdentifiers {
             }
             defer { pool.offset += 16 }
             return pool.bytes.withUnsafeBytes { bytes in
-                (bytes.loadUnaligned(fromByteOffset: pool.offset, as: UInt64.self),
-                 bytes.loadUnaligned(fromByteOffset: pool.offset + 8, as: UInt64.self))
+                (
+                    bytes.loadUnaligned(fromByteOffset: pool.offset, as: UInt64.self),
+                    bytes.loadUnaligned(fromByteOffset: pool.offset + 8, as: UInt64.self)
+                )
             }
         }
         return withUnsafeMutableBytes(of: &random) { bytes in

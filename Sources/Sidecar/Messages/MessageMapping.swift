@@ -15,7 +15,8 @@ enum MessageMapping {
     ///   - othersAreErrors: whether a name without `iothub-` is refused (a batch entry's
     ///     properties) or skipped (request headers).
     static func message(
-        payload: Data, properties: some Sequence<(name: String, value: String)>, isModule: Bool, defaultContentType: String? = nil,
+        payload: Data, properties: some Sequence<(name: String, value: String)>, isModule: Bool,
+        defaultContentType: String? = nil,
         othersAreErrors: Bool = false
     ) throws(ProblemDetails) -> Message {
         var message = Message(payload: payload)
@@ -26,7 +27,8 @@ enum MessageMapping {
                 if othersAreErrors { throw .invalid("\(name) is not a message property", field: name) }
                 continue
             }
-            guard seen.insert(lower.hasPrefix("iothub-app-") ? "iothub-app-" + name.dropFirst(11) : lower).inserted else {
+            guard seen.insert(lower.hasPrefix("iothub-app-") ? "iothub-app-" + name.dropFirst(11) : lower).inserted
+            else {
                 throw .invalid("the property \(name) is given twice", field: name)
             }
             switch lower {
@@ -42,19 +44,27 @@ enum MessageMapping {
                 // Only the security agent's interface id: it makes a security message (the
                 // Python SDK's set_as_security_message); IoT Hub gives no other meaning to $.ifid.
                 guard value == Message.securityMessageInterfaceId else {
-                    throw .invalid("iothub-interfaceid can only be \(Message.securityMessageInterfaceId), which marks a security message", field: name)
+                    throw .invalid(
+                        "iothub-interfaceid can only be \(Message.securityMessageInterfaceId), which marks a security message",
+                        field: name)
                 }
                 message.setAsSecurityMessage()
             case "iothub-outputname":
-                guard isModule else { throw .invalid("iothub-outputname is for module identities; this sidecar is a device", field: name) }
+                guard isModule else {
+                    throw .invalid("iothub-outputname is for module identities; this sidecar is a device", field: name)
+                }
                 guard !value.isEmpty else { throw .invalid("iothub-outputname is empty", field: name) }
                 message.outputName = value
             default:
                 guard lower.hasPrefix("iothub-app-") else {
-                    throw .invalid("\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-interfaceid, iothub-outputname, iothub-app-<name>)", field: name)
+                    throw .invalid(
+                        "\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-interfaceid, iothub-outputname, iothub-app-<name>)",
+                        field: name)
                 }
                 let key = String(name.dropFirst("iothub-app-".count))
-                guard !key.isEmpty else { throw .invalid("an application property needs a name after iothub-app-", field: name) }
+                guard !key.isEmpty else {
+                    throw .invalid("an application property needs a name after iothub-app-", field: name)
+                }
                 message.properties[key] = value
             }
         }
@@ -69,7 +79,8 @@ enum MessageMapping {
             try requireUTF8(field)
         }
         let pairs = headers.lazy.map { (name: $0.name.rawName, value: $0.value) }
-        return try message(payload: payload, properties: pairs, isModule: isModule, defaultContentType: headers[.contentType])
+        return try message(
+            payload: payload, properties: pairs, isModule: isModule, defaultContentType: headers[.contentType])
     }
 
     /// Refuses a header value that was not valid UTF-8. The HTTP server hands header values on
@@ -81,7 +92,9 @@ enum MessageMapping {
         let value = field.value
         guard value.utf8.contains(0xEF), value.unicodeScalars.contains("\u{FFFD}") else { return }
         let name = field.name.rawName
-        throw .invalid("the value of \(name) is not valid UTF-8 (U+FFFD is refused too: it stands for bytes that were not)", field: name)
+        throw .invalid(
+            "the value of \(name) is not valid UTF-8 (U+FFFD is refused too: it stands for bytes that were not)",
+            field: name)
     }
 
     /// The messages of a batch envelope, each checked like a single message; any invalid
@@ -110,7 +123,9 @@ enum MessageMapping {
                 payload = entry.body
             }
             do {
-                messages.append(try message(payload: payload, properties: entry.properties, isModule: isModule, othersAreErrors: true))
+                messages.append(
+                    try message(
+                        payload: payload, properties: entry.properties, isModule: isModule, othersAreErrors: true))
             } catch {
                 var problem = error
                 problem.detail = "entry \(index): " + problem.detail

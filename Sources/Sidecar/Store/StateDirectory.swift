@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 public import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The sidecar's state directory (`--state-dir`): the telemetry outbox (`outbox/`), and later
 /// the cloud-to-device inbox and a provisioning cache. Created mode 0700, and held with an
@@ -23,7 +24,9 @@ public final class StateDirectory: Sendable {
         try Self.createPrivateDirectory(path)
         let lockPath = path + "/lock"
         let file = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard file >= 0 else { throw Failure(description: "cannot open the state directory's lock file \(lockPath): \(Self.reason())") }
+        guard file >= 0 else {
+            throw Failure(description: "cannot open the state directory's lock file \(lockPath): \(Self.reason())")
+        }
         guard flock(file, LOCK_EX | LOCK_NB) == 0 else {
             let busy = errno == EWOULDBLOCK
             let reason = Self.reason()
@@ -49,7 +52,8 @@ public final class StateDirectory: Sendable {
     /// `~/.local/state/iothub-sidecar`.
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let base = environment["XDG_STATE_HOME"], base.hasPrefix("/") { return base + "/iothub-sidecar" }
-        return (environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()) + "/.local/state/iothub-sidecar"
+        return (environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory())
+            + "/.local/state/iothub-sidecar"
     }
 
     private static func createPrivateDirectory(_ path: String) throws(Failure) {
@@ -66,7 +70,9 @@ public final class StateDirectory: Sendable {
         guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             throw Failure(description: "the state directory \(path) is not a directory")
         }
-        guard access(path, R_OK | W_OK | X_OK) == 0 else { throw Failure(description: "cannot write in the state directory \(path): \(reason())") }
+        guard access(path, R_OK | W_OK | X_OK) == 0 else {
+            throw Failure(description: "cannot write in the state directory \(path): \(reason())")
+        }
     }
 
     private static func reason() -> String {

@@ -1,8 +1,9 @@
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
 import Logging
 import Testing
+
+@testable import IoTHubDevice
 
 /// The durable inbox on its own (the client's network thread is played by stage/commit).
 @Suite(.timeLimit(.minutes(2))) struct CloudToDeviceInboxTests {
@@ -11,7 +12,9 @@ import Testing
         deinit { try? FileManager.default.removeItem(atPath: path) }
     }
 
-    private func open(_ scratch: Scratch, _ adjust: (inout InboxConfiguration) -> Void = { _ in }) throws -> CloudToDeviceInbox {
+    private func open(_ scratch: Scratch, _ adjust: (inout InboxConfiguration) -> Void = { _ in }) throws
+        -> CloudToDeviceInbox
+    {
         var configuration = InboxConfiguration(directory: scratch.path)
         adjust(&configuration)
         var logger = Logger(label: "inbox-test")
@@ -34,11 +37,15 @@ import Testing
         let again = try #require(await inbox.receive(timeout: .seconds(1)))
         #expect(again.message.messageId == "a" && again.deliveryCount == 2)
         try await inbox.complete(again.lockToken)
-        await #expect(throws: CloudToDeviceInbox.LeaseError.unknownLockToken) { try await inbox.complete(again.lockToken) }
+        await #expect(throws: CloudToDeviceInbox.LeaseError.unknownLockToken) {
+            try await inbox.complete(again.lockToken)
+        }
         let second = try #require(await inbox.receive(timeout: .seconds(1)))
         #expect(second.message.messageId == "b")
         try await inbox.giveBack(second.lockToken)
-        #expect(try #require(await inbox.receive(timeout: .seconds(1))).deliveryCount == 1, "a message given back was not delivered")
+        #expect(
+            try #require(await inbox.receive(timeout: .seconds(1))).deliveryCount == 1,
+            "a message given back was not delivered")
         #expect(inbox.depth == .init(waiting: 1, locked: 1, dropped: 0, bytes: inbox.depth.bytes))
         inbox.close()
     }
@@ -73,7 +80,9 @@ import Testing
         let first = try #require(await inbox.receive(timeout: .seconds(1)))
         let again = try #require(await inbox.receive(timeout: .seconds(5)))
         #expect(again.message.messageId == "x" && again.deliveryCount == 2)
-        await #expect(throws: CloudToDeviceInbox.LeaseError.unknownLockToken) { try await inbox.complete(first.lockToken) }
+        await #expect(throws: CloudToDeviceInbox.LeaseError.unknownLockToken) {
+            try await inbox.complete(first.lockToken)
+        }
         inbox.close()
     }
 
@@ -115,7 +124,9 @@ import Testing
         #expect(reopened.depth.waiting == 1)
         #expect(try #require(await reopened.receive(timeout: .seconds(1))).message.messageId == "last")
         let size = try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.hasSuffix(".log") }
-            .reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: scratch.path + "/" + $1)[.size] as? Int) ?? 0) }
+            .reduce(0) {
+                $0 + ((try? FileManager.default.attributesOfItem(atPath: scratch.path + "/" + $1)[.size] as? Int) ?? 0)
+            }
         #expect(size < 20 << 20, "12 MB went through; \(size) bytes are left")
         reopened.close()
     }

@@ -1,9 +1,10 @@
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
-@testable import LocalHub
 import Logging
 import Testing
+
+@testable import IoTHubDevice
+@testable import LocalHub
 
 /// The outbox against a real LocalHub: what it accepts reaches the hub in order, survives a
 /// reopening, expires, and respects its bounds.
@@ -13,7 +14,9 @@ import Testing
         deinit { try? FileManager.default.removeItem(atPath: path) }
     }
 
-    private func makeOutbox(_ client: IoTHubDeviceClient, _ scratch: Scratch, _ adjust: (inout OutboxConfiguration) -> Void = { _ in }) throws -> TelemetryOutbox {
+    private func makeOutbox(
+        _ client: IoTHubDeviceClient, _ scratch: Scratch, _ adjust: (inout OutboxConfiguration) -> Void = { _ in }
+    ) throws -> TelemetryOutbox {
         var configuration = OutboxConfiguration(directory: scratch.path)
         adjust(&configuration)
         var logger = Logger(label: "outbox-test")
@@ -22,7 +25,9 @@ import Testing
     }
 
     private func message(_ index: Int, size: Int = 10) -> Message {
-        Message(payload: Data("message \(index) ".utf8 + [UInt8](repeating: 0x2e, count: size)), properties: ["index": String(index)])
+        Message(
+            payload: Data("message \(index) ".utf8 + [UInt8](repeating: 0x2e, count: size)),
+            properties: ["index": String(index)])
     }
 
     @Test func acceptedMessagesReachTheHubInTheirOrderWithTheirIds() async throws {
@@ -180,19 +185,26 @@ import Testing
 
     /// The hub drops the connection while a backlog drains: every message arrives, and the only
     /// copies are of messages sent again after the drop, with the same id.
-    @Test(arguments: Transport.allCases) func aBacklogDrainsAcrossDroppedConnections(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func aBacklogDrainsAcrossDroppedConnections(over transport: Transport)
+        async throws
+    {
         try await HubFixture.with { fixture in
             let scratch = Scratch()
             let client = try fixture.client(over: transport)
             let outbox = try makeOutbox(client, scratch)
-            for start in stride(from: 0, to: 3000, by: 100) { _ = try await outbox.accept((start..<(start + 100)).map { message($0) }) }
+            for start in stride(from: 0, to: 3000, by: 100) {
+                _ = try await outbox.accept((start..<(start + 100)).map { message($0) })
+            }
             let delivery = Task { await outbox.run() }
             for _ in 0..<3 {
                 _ = await HubFixture.eventually { fixture.telemetry.count > 500 }
                 _ = fixture.hub.dropConnection(of: IdentityKey(deviceId: "dev1"))
                 try await Task.sleep(for: .milliseconds(300))
             }
-            #expect(await HubFixture.eventually(timeout: .seconds(60)) { Set(fixture.telemetry.compactMap { $0.message.properties["index"] }).count == 3000 })
+            #expect(
+                await HubFixture.eventually(timeout: .seconds(60)) {
+                    Set(fixture.telemetry.compactMap { $0.message.properties["index"] }).count == 3000
+                })
             // The last acknowledgements are counted a moment after the hub has the messages.
             #expect(await outbox.waitUntilEmpty(timeout: .seconds(30)))
             delivery.cancel()

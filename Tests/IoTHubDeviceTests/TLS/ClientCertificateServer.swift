@@ -28,9 +28,13 @@ final class ClientCertificateServer: Sendable {
         self.port = channel.localAddress?.port ?? 0
     }
 
-    static func start(speaking protocolKind: Speech, certificateChainPEM: String, privateKeyPEM: String, clientCA: String) async throws -> ClientCertificateServer {
+    static func start(
+        speaking protocolKind: Speech, certificateChainPEM: String, privateKeyPEM: String, clientCA: String
+    ) async throws -> ClientCertificateServer {
         var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(certificateChainPEM.utf8)).map { .certificate($0) },
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(certificateChainPEM.utf8)).map {
+                .certificate($0)
+            },
             privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(privateKeyPEM.utf8), format: .pem)))
         configuration.certificateVerification = .noHostnameVerification
         configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(clientCA.utf8)))
@@ -40,7 +44,8 @@ final class ClientCertificateServer: Sendable {
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
-                    try child.pipeline.syncOperations.addHandler(Responder(protocolKind: protocolKind, subjects: subjects))
+                    try child.pipeline.syncOperations.addHandler(
+                        Responder(protocolKind: protocolKind, subjects: subjects))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -68,8 +73,10 @@ private final class Responder: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         received += Array(buffer: unwrapInboundIn(data))
         guard !answered else { return }
-        if let der = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate?.toDERBytes(),
-           let certificate = try? Certificate(derEncoded: der) {
+        if let der = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate?
+            .toDERBytes(),
+            let certificate = try? Certificate(derEncoded: der)
+        {
             subjects.withLockedValue { $0.append("\(certificate.subject)") }
         }
         switch protocolKind {
@@ -81,12 +88,15 @@ private final class Responder: ChannelInboundHandler {
         case .https:
             guard let end = received.firstRange(of: Array("\r\n\r\n".utf8)) else { return }
             let head = String(decoding: received[..<end.lowerBound], as: UTF8.self).lowercased()
-            let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+            let length =
+                head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
                 .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
             guard received.count - end.upperBound >= length else { return }
             answered = true
-            let body = #"{"correlationId":"c1","hostName":"127.0.0.1","containerName":"c","blobName":"dev1/rsa.txt","sasToken":"?sv=1"}"#
-            let response = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            let body =
+                #"{"correlationId":"c1","hostName":"127.0.0.1","containerName":"c","blobName":"dev1/rsa.txt","sasToken":"?sv=1"}"#
+            let response =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response)), promise: nil)
         }
     }

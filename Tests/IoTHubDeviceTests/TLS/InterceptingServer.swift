@@ -19,7 +19,9 @@ final class InterceptingServer: Sendable {
     /// Connections accepted.
     var connectionCount: Int { connections.withLockedValue { $0 } }
 
-    private init(channel: any Channel, host: String, decrypted: NIOLockedValueBox<Int>, connections: NIOLockedValueBox<Int>) {
+    private init(
+        channel: any Channel, host: String, decrypted: NIOLockedValueBox<Int>, connections: NIOLockedValueBox<Int>
+    ) {
         self.channel = channel
         self.host = host
         self.port = channel.localAddress?.port ?? 0
@@ -29,9 +31,13 @@ final class InterceptingServer: Sendable {
 
     /// Listens on `host` (any loopback address, e.g. 127.0.0.2 for a proxy that is not the
     /// hub) on a free port.
-    static func start(host: String = "127.0.0.1", identity: TestServerIdentity, actingAsHTTPProxy: Bool = false) async throws -> InterceptingServer {
+    static func start(host: String = "127.0.0.1", identity: TestServerIdentity, actingAsHTTPProxy: Bool = false)
+        async throws -> InterceptingServer
+    {
         var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(identity.certificatePEM.utf8)).map { .certificate($0) },
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(identity.certificatePEM.utf8)).map {
+                .certificate($0)
+            },
             privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(identity.privateKeyPEM.utf8), format: .pem)))
         configuration.minimumTLSVersion = .tlsv12
         let context = try NIOSSLContext(configuration: configuration)
@@ -94,7 +100,8 @@ private final class ProxyConnectResponder: ChannelInboundHandler, RemovableChann
         request += Array(buffer: unwrapInboundIn(data))
         guard let end = request.firstRange(of: Array("\r\n\r\n".utf8)) else { return }
         let leftover = Array(request[end.upperBound...])
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 Connection established\r\n\r\n")), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 Connection established\r\n\r\n")), promise: nil)
         do {
             try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .after(self))
         } catch {

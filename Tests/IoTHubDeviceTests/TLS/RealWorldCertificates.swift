@@ -32,7 +32,8 @@ struct RealWorldCertificates: Sendable {
     /// tasks run there).
     static func shared() async throws(OpenSSLCommandFailure) -> RealWorldCertificates {
         if let made = made.withLockedValue({ $0 }) { return try made.get() }
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<RealWorldCertificates, OpenSSLCommandFailure>, Never>) in
+        let result = await withCheckedContinuation {
+            (continuation: CheckedContinuation<Result<RealWorldCertificates, OpenSSLCommandFailure>, Never>) in
             DispatchQueue.global().async {
                 let result = made.withLockedValue { made in
                     if let made { return made }
@@ -47,29 +48,64 @@ struct RealWorldCertificates: Sendable {
     }
 
     private static func make() throws(OpenSSLCommandFailure) -> RealWorldCertificates {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("iothub-rsa-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("iothub-rsa-\(UUID().uuidString)")
+            .path
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         func path(_ name: String) -> String { directory + "/" + name }
         func read(_ name: String) -> String { (try? String(contentsOfFile: path(name), encoding: .utf8)) ?? "" }
-        let caExtensions = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
-        try run(["req", "-x509", "-newkey", "rsa:4096", "-nodes", "-keyout", path("root.key"), "-out", path("root.pem"), "-days", "2", "-subj", "/CN=Test RSA Root"] + caExtensions)
-        try run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", path("devices.key"), "-out", path("devices.pem"), "-days", "2", "-subj", "/CN=Test Device CA"] + caExtensions)
-        _ = FileManager.default.createFile(atPath: path("server.ext"), contents: Data("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".utf8))
-        _ = FileManager.default.createFile(atPath: path("client.ext"), contents: Data("extendedKeyUsage=clientAuth\n".utf8))
-        try run(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", path("server.key"), "-out", path("server.csr"), "-subj", "/CN=localhost"])
-        try run(["x509", "-req", "-in", path("server.csr"), "-CA", path("root.pem"), "-CAkey", path("root.key"), "-CAcreateserial", "-days", "2", "-out", path("server.pem"), "-extfile", path("server.ext")])
-        try run(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", path("device.key"), "-out", path("device.csr"), "-subj", "/CN=dev1"])
-        try run(["x509", "-req", "-in", path("device.csr"), "-CA", path("devices.pem"), "-CAkey", path("devices.key"), "-CAcreateserial", "-days", "2", "-out", path("device.pem"), "-extfile", path("client.ext")])
+        let caExtensions = [
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ]
+        try run(
+            [
+                "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-keyout", path("root.key"), "-out", path("root.pem"),
+                "-days", "2", "-subj", "/CN=Test RSA Root",
+            ] + caExtensions)
+        try run(
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", path("devices.key"), "-out",
+                path("devices.pem"), "-days", "2", "-subj", "/CN=Test Device CA",
+            ] + caExtensions)
+        _ = FileManager.default.createFile(
+            atPath: path("server.ext"),
+            contents: Data("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".utf8))
+        _ = FileManager.default.createFile(
+            atPath: path("client.ext"), contents: Data("extendedKeyUsage=clientAuth\n".utf8))
+        try run([
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", path("server.key"), "-out", path("server.csr"), "-subj",
+            "/CN=localhost",
+        ])
+        try run([
+            "x509", "-req", "-in", path("server.csr"), "-CA", path("root.pem"), "-CAkey", path("root.key"),
+            "-CAcreateserial", "-days", "2", "-out", path("server.pem"), "-extfile", path("server.ext"),
+        ])
+        try run([
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", path("device.key"), "-out", path("device.csr"), "-subj",
+            "/CN=dev1",
+        ])
+        try run([
+            "x509", "-req", "-in", path("device.csr"), "-CA", path("devices.pem"), "-CAkey", path("devices.key"),
+            "-CAcreateserial", "-days", "2", "-out", path("device.pem"), "-extfile", path("client.ext"),
+        ])
         try run(["rsa", "-in", path("device.key"), "-traditional", "-out", path("device-traditional.key")])
-        try run(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", path("device.key"), "-out", path("device-encrypted.key"), "-passout", "pass:correct horse battery staple"])
+        try run([
+            "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", path("device.key"), "-out", path("device-encrypted.key"),
+            "-passout", "pass:correct horse battery staple",
+        ])
         for index in 1...3 {
-            try run(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path("ec\(index).key"), "-out", path("ec\(index).pem"), "-days", "2", "-subj", "/CN=EC \(index)"])
+            try run([
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                path("ec\(index).key"), "-out", path("ec\(index).pem"), "-days", "2", "-subj", "/CN=EC \(index)",
+            ])
         }
         return RealWorldCertificates(
-            rootCA: read("root.pem"), serverCertificate: read("server.pem"), serverKey: read("server.key"), deviceCA: read("devices.pem"),
-            deviceCertificate: read("device.pem"), deviceKeyPKCS8: read("device.key"), deviceKeyTraditional: read("device-traditional.key"),
-            deviceKeyEncrypted: read("device-encrypted.key"), ecBundle: read("ec1.pem") + read("ec2.pem") + read("ec3.pem"),
+            rootCA: read("root.pem"), serverCertificate: read("server.pem"), serverKey: read("server.key"),
+            deviceCA: read("devices.pem"),
+            deviceCertificate: read("device.pem"), deviceKeyPKCS8: read("device.key"),
+            deviceKeyTraditional: read("device-traditional.key"),
+            deviceKeyEncrypted: read("device-encrypted.key"),
+            ecBundle: read("ec1.pem") + read("ec2.pem") + read("ec3.pem"),
             systemBundle: (try? String(contentsOfFile: "/etc/ssl/certs/ca-certificates.crt", encoding: .utf8)) ?? "")
     }
 
@@ -88,7 +124,10 @@ struct RealWorldCertificates: Sendable {
         let output = errors.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw OpenSSLCommandFailure(description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: output, as: UTF8.self))")
+            throw OpenSSLCommandFailure(
+                description:
+                    "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: output, as: UTF8.self))"
+            )
         }
     }
 }

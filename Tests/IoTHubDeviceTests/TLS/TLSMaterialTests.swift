@@ -1,9 +1,10 @@
 internal import COpenSSL
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
 import Logging
 import Testing
+
+@testable import IoTHubDevice
 
 /// Certificates and keys of the sizes users have (RSA-2048 and 4096, encrypted keys, bundles,
 /// the system's CA bundle) go through OpenSSL and libcurl whole. These tests also run against
@@ -29,8 +30,10 @@ import Testing
     @Test func readsRSACertificatesAndBundlesWhole() async throws {
         let material = try await material()
         let inputs = [
-            ("RSA-4096 root", material.rootCA), ("RSA-2048 CA", material.deviceCA), ("three EC certificates", material.ecBundle),
-            ("a chain", material.serverCertificate + material.rootCA), ("the system bundle and a private CA", material.systemBundle + material.deviceCA),
+            ("RSA-4096 root", material.rootCA), ("RSA-2048 CA", material.deviceCA),
+            ("three EC certificates", material.ecBundle),
+            ("a chain", material.serverCertificate + material.rootCA),
+            ("the system bundle and a private CA", material.systemBundle + material.deviceCA),
         ]
         for (name, pem) in inputs {
             let certificates = try TLSContext.readCertificates(pem, what: name)
@@ -50,25 +53,35 @@ import Testing
             #expect(EVP_PKEY_get_bits(key) == 2048, "\(name)")
             EVP_PKEY_free(key)
         }
-        #expect(throws: IoTHubError.self) { _ = try TLSContext.readPrivateKey(material.deviceKeyEncrypted, passPhrase: "wrong") }
-        #expect(throws: IoTHubError.self) { _ = try TLSContext.readPrivateKey(material.deviceKeyEncrypted, passPhrase: nil) }
+        #expect(throws: IoTHubError.self) {
+            _ = try TLSContext.readPrivateKey(material.deviceKeyEncrypted, passPhrase: "wrong")
+        }
+        #expect(throws: IoTHubError.self) {
+            _ = try TLSContext.readPrivateKey(material.deviceKeyEncrypted, passPhrase: nil)
+        }
     }
 
     /// A device client with the RSA device certificate, reaching `port` on localhost directly.
-    private func device(reaching port: Int, key: String, passPhrase: String?, trusting trusted: String) async throws -> IoTHubDeviceClient {
+    private func device(reaching port: Int, key: String, passPhrase: String?, trusting trusted: String) async throws
+        -> IoTHubDeviceClient
+    {
         let material = try await material()
         var logger = Logger(label: "tls-material-test")
         logger.logLevel = .error
         let configuration = DeviceClientConfiguration(
-            serverVerificationCertificate: trusted, connectionRetry: false, mqttPort: port, httpsPort: port, operationTimeout: .seconds(10))
+            serverVerificationCertificate: trusted, connectionRetry: false, mqttPort: port, httpsPort: port,
+            operationTimeout: .seconds(10))
         return try IoTHubDeviceClient.fromX509Certificate(
-            X509Credential(certificatePEM: material.deviceCertificate, privateKeyPEM: key, passPhrase: passPhrase), hostName: "localhost",
+            X509Credential(certificatePEM: material.deviceCertificate, privateKeyPEM: key, passPhrase: passPhrase),
+            hostName: "localhost",
             deviceId: "dev1", configuration: configuration, logger: logger)
     }
 
     /// MQTT over TLS (OpenSSL through libmosquitto): an RSA-2048 server certificate under an
     /// RSA-4096 root given in a bundle with the system's CAs, an encrypted RSA-2048 device key.
-    @Test(arguments: ["PKCS#8", "traditional", "encrypted"]) func connectsWithRSACertificatesAndKeys(keyKind: String) async throws {
+    @Test(arguments: ["PKCS#8", "traditional", "encrypted"]) func connectsWithRSACertificatesAndKeys(keyKind: String)
+        async throws
+    {
         let material = try await material()
         let (key, passPhrase): (String, String?) =
             switch keyKind {
@@ -77,8 +90,10 @@ import Testing
             default: (material.deviceKeyEncrypted, material.passPhrase)
             }
         let server = try await ClientCertificateServer.start(
-            speaking: .mqtt, certificateChainPEM: material.serverCertificate, privateKeyPEM: material.serverKey, clientCA: material.deviceCA)
-        let client = try await device(reaching: server.port, key: key, passPhrase: passPhrase, trusting: material.systemBundle + material.rootCA)
+            speaking: .mqtt, certificateChainPEM: material.serverCertificate, privateKeyPEM: material.serverKey,
+            clientCA: material.deviceCA)
+        let client = try await device(
+            reaching: server.port, key: key, passPhrase: passPhrase, trusting: material.systemBundle + material.rootCA)
         var failure: IoTHubError?
         do {
             try await client.connect()
@@ -95,9 +110,11 @@ import Testing
     @Test func fileUploadRequestsUseRSACertificatesAndAnEncryptedKey() async throws {
         let material = try await material()
         let server = try await ClientCertificateServer.start(
-            speaking: .https, certificateChainPEM: material.serverCertificate, privateKeyPEM: material.serverKey, clientCA: material.deviceCA)
+            speaking: .https, certificateChainPEM: material.serverCertificate, privateKeyPEM: material.serverKey,
+            clientCA: material.deviceCA)
         let client = try await device(
-            reaching: server.port, key: material.deviceKeyEncrypted, passPhrase: material.passPhrase, trusting: material.systemBundle + material.rootCA)
+            reaching: server.port, key: material.deviceKeyEncrypted, passPhrase: material.passPhrase,
+            trusting: material.systemBundle + material.rootCA)
         let info = try await client.storageInfo(forBlob: "rsa.txt")
         await client.shutdown()
         await server.stop()

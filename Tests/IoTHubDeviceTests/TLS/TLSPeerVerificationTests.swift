@@ -1,9 +1,10 @@
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
 import Logging
-@testable import LocalHub
 import Testing
+
+@testable import IoTHubDevice
+@testable import LocalHub
 
 /// The hub's certificate is checked against the hub's (or gateway's) name on every path the
 /// client has (MQTT over TLS by libmosquitto, the NIOSSL tunnel for WebSockets and proxies,
@@ -39,20 +40,30 @@ import Testing
 
     private static let key = Data("0123456789abcdef0123456789abcdef".utf8).base64EncodedString()
 
-    private func forgedIdentity(_ forgery: Forgery, serverHost: String, trusted: TestCertificateAuthority) throws -> TestServerIdentity {
+    private func forgedIdentity(_ forgery: Forgery, serverHost: String, trusted: TestCertificateAuthority) throws
+        -> TestServerIdentity
+    {
         switch forgery {
         case .connectedAddressOnly: return try trusted.serverCertificate(names: [serverHost])
         case .anotherHost: return try trusted.serverCertificate(names: ["other.example"])
         case .expired:
             let now = Date()
-            return try trusted.serverCertificate(names: ["localhost", "127.0.0.1"], validity: now.addingTimeInterval(-7200)...now.addingTimeInterval(-3600))
-        case .untrustedIssuer: return try TestCertificateAuthority(commonName: "someone else's CA").serverCertificate(names: ["localhost", "127.0.0.1"])
+            return try trusted.serverCertificate(
+                names: ["localhost", "127.0.0.1"],
+                validity: now.addingTimeInterval(-7200)...now.addingTimeInterval(-3600))
+        case .untrustedIssuer:
+            return try TestCertificateAuthority(commonName: "someone else's CA").serverCertificate(names: [
+                "localhost", "127.0.0.1",
+            ])
         }
     }
 
-    private func client(reaching server: InterceptingServer, over path: Path, trusting trusted: TestCertificateAuthority) throws -> IoTHubDeviceClient {
+    private func client(
+        reaching server: InterceptingServer, over path: Path, trusting trusted: TestCertificateAuthority
+    ) throws -> IoTHubDeviceClient {
         var configuration = DeviceClientConfiguration(
-            serverVerificationCertificate: try trusted.pem, connectionRetry: false, operationTimeout: .seconds(10), websockets: path.webSocket)
+            serverVerificationCertificate: try trusted.pem, connectionRetry: false, operationTimeout: .seconds(10),
+            websockets: path.webSocket)
         if path.throughProxy {
             configuration.proxyOptions = ProxyOptions(kind: .http, address: server.host, port: server.port)
         } else {
@@ -61,7 +72,8 @@ import Testing
         }
         var logger = Logger(label: "tls-test")
         logger.logLevel = .error
-        return try IoTHubDeviceClient.fromSymmetricKey(Self.key, hostName: "localhost", deviceId: "dev1", configuration: configuration, logger: logger)
+        return try IoTHubDeviceClient.fromSymmetricKey(
+            Self.key, hostName: "localhost", deviceId: "dev1", configuration: configuration, logger: logger)
     }
 
     @Test(arguments: Path.allCases, Forgery.allCases)
@@ -70,7 +82,8 @@ import Testing
         // A proxy is not the hub: it gets an address of its own.
         let serverHost = path.throughProxy ? "127.0.0.2" : "127.0.0.1"
         let server = try await InterceptingServer.start(
-            host: serverHost, identity: try forgedIdentity(forgery, serverHost: serverHost, trusted: trusted), actingAsHTTPProxy: path.throughProxy)
+            host: serverHost, identity: try forgedIdentity(forgery, serverHost: serverHost, trusted: trusted),
+            actingAsHTTPProxy: path.throughProxy)
         let client = try client(reaching: server, over: path, trusting: trusted)
         var failure: IoTHubError?
         do {
@@ -92,7 +105,8 @@ import Testing
         let trusted = try TestCertificateAuthority()
         let serverHost = path.throughProxy ? "127.0.0.2" : "127.0.0.1"
         let server = try await InterceptingServer.start(
-            host: serverHost, identity: try forgedIdentity(forgery, serverHost: serverHost, trusted: trusted), actingAsHTTPProxy: path.throughProxy)
+            host: serverHost, identity: try forgedIdentity(forgery, serverHost: serverHost, trusted: trusted),
+            actingAsHTTPProxy: path.throughProxy)
         let client = try client(reaching: server, over: path, trusting: trusted)
         var failure: IoTHubError?
         do {
@@ -109,7 +123,9 @@ import Testing
 
     /// A gateway given as an IP address is checked against the certificate's IP addresses
     /// (LocalHub's certificate names 127.0.0.1), on the direct path and through the tunnel.
-    @Test(arguments: Transport.allCases) func aGatewayGivenAsAnIPAddressIsAcceptedByItsIPAddressEntry(over transport: Transport) async throws {
+    @Test(arguments: Transport.allCases) func aGatewayGivenAsAnIPAddressIsAcceptedByItsIPAddressEntry(
+        over transport: Transport
+    ) async throws {
         try await HubFixture.with { fixture in
             let client = try fixture.client(over: transport) { $0.gatewayHostName = "127.0.0.1" }
             try await client.connect()

@@ -1,8 +1,9 @@
 internal import COpenSSL
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
 import Testing
+
+@testable import IoTHubDevice
 
 /// Whom the client trusts: `server_verification_cert` replaces the system's CAs, as in the
 /// Python SDK, unless the configuration asks to add it to them. The one trust store is what
@@ -11,7 +12,8 @@ import Testing
 @Suite struct TLSPolicyTests {
     private static func policy(ca: String?, addsToSystemStore: Bool = false) -> TLSPolicy {
         TLSPolicy(
-            configuration: DeviceClientConfiguration(serverVerificationCertificate: ca, serverVerificationCertificateAddsToSystemStore: addsToSystemStore),
+            configuration: DeviceClientConfiguration(
+                serverVerificationCertificate: ca, serverVerificationCertificateAddsToSystemStore: addsToSystemStore),
             hostName: "myhub.azure-devices.net", clientCertificate: nil)
     }
 

@@ -22,7 +22,8 @@ struct TestCertificateAuthority {
         self.name = name
         certificate = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PrivateKey(key).publicKey,
-            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(86_400), issuer: name, subject: name,
+            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(86_400), issuer: name,
+            subject: name,
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
@@ -38,12 +39,16 @@ struct TestCertificateAuthority {
         let serverKey = P256.Signing.PrivateKey()
         let now = Date()
         let alternativeNames = names.map { name -> GeneralName in
-            if let bytes = Self.ipAddressBytes(name) { return .ipAddress(ASN1OctetString(contentBytes: ArraySlice(bytes))) }
+            if let bytes = Self.ipAddressBytes(name) {
+                return .ipAddress(ASN1OctetString(contentBytes: ArraySlice(bytes)))
+            }
             return .dnsName(name)
         }
         let certificate = try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: Certificate.PrivateKey(serverKey).publicKey,
-            notValidBefore: validity?.lowerBound ?? now.addingTimeInterval(-3600), notValidAfter: validity?.upperBound ?? now.addingTimeInterval(86_400),
+            version: .v3, serialNumber: Certificate.SerialNumber(),
+            publicKey: Certificate.PrivateKey(serverKey).publicKey,
+            notValidBefore: validity?.lowerBound ?? now.addingTimeInterval(-3600),
+            notValidAfter: validity?.upperBound ?? now.addingTimeInterval(86_400),
             issuer: name, subject: try DistinguishedName { CommonName(names.first ?? "server") },
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
@@ -53,7 +58,8 @@ struct TestCertificateAuthority {
                 SubjectAlternativeNames(alternativeNames)
             },
             issuerPrivateKey: Certificate.PrivateKey(key))
-        return TestServerIdentity(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: serverKey.pemRepresentation)
+        return TestServerIdentity(
+            certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: serverKey.pemRepresentation)
     }
 
     private static func ipAddressBytes(_ text: String) -> [UInt8]? {

@@ -1,16 +1,19 @@
 import Foundation
-@testable import IoTHubDevice
 import IoTHubProtocol
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import IoTHubDevice
 
 /// A tunnel that cannot be opened fails the connect at once with ConnectionFailedError naming
 /// what it tried, as a refused TCP connection does.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct TunnelFailureTests {
     /// A loopback port nothing listens on.
     private func closedPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(
+            host: "127.0.0.1", port: 0
+        ).get()
         let port = channel.localAddress?.port ?? 1
         try await channel.close()
         return port
@@ -56,13 +59,19 @@ import Testing
         }
     }
 
-    @Test(arguments: ProxyOptions.Kind.allCases) func aProxyThatIsNotListeningIsNamed(kind: ProxyOptions.Kind) async throws {
+    @Test(arguments: ProxyOptions.Kind.allCases) func aProxyThatIsNotListeningIsNamed(kind: ProxyOptions.Kind)
+        async throws
+    {
         let port = try await closedPort()
         try await HubFixture.with { fixture in
-            let client = try fixture.client { $0.proxyOptions = ProxyOptions(kind: kind, address: "127.0.0.1", port: port) }
+            let client = try fixture.client {
+                $0.proxyOptions = ProxyOptions(kind: kind, address: "127.0.0.1", port: port)
+            }
             let error = await connectError(client)
             #expect(error?.code == "ConnectionFailedError", "\(String(describing: error))")
-            #expect("\(String(describing: error))".contains("\(kind.displayName) proxy 127.0.0.1:\(port)"), "\(String(describing: error))")
+            #expect(
+                "\(String(describing: error))".contains("\(kind.displayName) proxy 127.0.0.1:\(port)"),
+                "\(String(describing: error))")
             await client.shutdown()
         }
     }

@@ -1,6 +1,7 @@
 import IoTHubProtocol
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite(.timeLimit(.minutes(1))) struct DesiredPropertiesCursorTests {
     @Test func pollsReturnOnceTheVersionPassesTheCursorWithThePatches() async throws {

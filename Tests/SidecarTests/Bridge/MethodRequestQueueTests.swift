@@ -1,7 +1,8 @@
 import Foundation
 import IoTHubProtocol
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite(.timeLimit(.minutes(1))) struct MethodRequestQueueTests {
     static func request(_ id: String, _ name: String = "reboot") -> MethodRequest {

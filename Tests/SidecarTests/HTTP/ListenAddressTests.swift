@@ -1,6 +1,7 @@
 import IoTHubProtocol
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct ListenAddressTests {
     @Test func listenAddresses() throws {

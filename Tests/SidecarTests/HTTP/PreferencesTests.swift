@@ -1,6 +1,7 @@
 import HTTPTypes
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct PreferencesTests {
     static func preferences(_ values: String...) -> Preferences {
@@ -10,7 +11,8 @@ import Testing
     }
 
     @Test(arguments: [
-        ["respond-async"], ["Respond-Async"], ["wait=10, respond-async"], ["respond-async; foo=bar"], [" respond-async ,wait=5"],
+        ["respond-async"], ["Respond-Async"], ["wait=10, respond-async"], ["respond-async; foo=bar"],
+        [" respond-async ,wait=5"],
         ["wait=1", "RESPOND-ASYNC"], ["handling=lenient", "x=\"a\\\"b\", respond-async"],
     ])
     func respondAsyncIsFoundAmongOtherPreferences(_ values: [String]) {
@@ -19,7 +21,10 @@ import Testing
         #expect(Preferences(fields).respondAsync)
     }
 
-    @Test(arguments: ["", "respond-asynchronously", "wait=respond-async", "x=\"respond-async\"", "x=\"a, respond-async\"", "x; respond-async"])
+    @Test(arguments: [
+        "", "respond-asynchronously", "wait=respond-async", "x=\"respond-async\"", "x=\"a, respond-async\"",
+        "x; respond-async",
+    ])
     func lookalikesAreNotRespondAsync(_ value: String) {
         #expect(!Self.preferences(value).respondAsync)
     }

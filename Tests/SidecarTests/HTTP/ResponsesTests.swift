@@ -1,7 +1,8 @@
 import Foundation
 import IoTHubProtocol
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct ResponsesTests {
     @Test func quotedStringsAreValidJSON() throws {

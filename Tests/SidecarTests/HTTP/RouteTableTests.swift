@@ -2,23 +2,27 @@ import Foundation
 import Hummingbird
 import IoTHubDevice
 import Logging
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct RouteTableTests {
     /// The routes as the router registers them, from a bridge that never connects.
     static func registeredRoutes() throws -> RouteTable {
         let client = try IoTHubDeviceClient.fromConnectionString(
-            "HostName=example.azure-devices.net;DeviceId=d;SharedAccessKey=" + Data(repeating: 1, count: 32).base64EncodedString(),
+            "HostName=example.azure-devices.net;DeviceId=d;SharedAccessKey="
+                + Data(repeating: 1, count: 32).base64EncodedString(),
             logger: Logger(label: "test"))
         let recorder = RouteRecorder<BasicRequestContext>()
-        SidecarRoutes(bridge: try DeviceBridge(client: client, logger: Logger(label: "test")), openAPIDocument: Data()).addRoutes(to: recorder)
+        SidecarRoutes(bridge: try DeviceBridge(client: client, logger: Logger(label: "test")), openAPIDocument: Data())
+            .addRoutes(to: recorder)
         return recorder.table
     }
 
     /// `(method, path)` of every operation in `Sources/Sidecar/Resources/sidecar.yaml`.
     static func documentedOperations() throws -> Set<String> {
-        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../Sources/Sidecar/Resources/sidecar.yaml")
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "../../../Sources/Sidecar/Resources/sidecar.yaml")
         let text = try String(contentsOf: file, encoding: .utf8)
         var operations = Set<String>()
         var inPaths = false
@@ -28,7 +32,9 @@ import Testing
             guard inPaths else { continue }
             if line.hasPrefix("  /"), line.hasSuffix(":"), !line.hasPrefix("   ") {
                 path = String(line.dropFirst(2).dropLast())
-            } else if let path, let method = ["get", "post", "put", "patch", "delete"].first(where: { line == "    \($0):" }) {
+            } else if let path,
+                let method = ["get", "post", "put", "patch", "delete"].first(where: { line == "    \($0):" })
+            {
                 operations.insert("\(method.uppercased()) \(path)")
             }
         }

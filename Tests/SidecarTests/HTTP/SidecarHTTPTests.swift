@@ -1,9 +1,10 @@
 import Foundation
 import HTTPTypes
 import IoTHubProtocol
+import Testing
+
 @testable import LocalHub
 @testable import Sidecar
-import Testing
 
 /// The HTTP layer in process, in front of a real bridge connected to a real LocalHub.
 @Suite(.timeLimit(.minutes(2))) struct SidecarHTTPTests {
@@ -42,7 +43,8 @@ import Testing
             let empty = try await sidecar.request(.get, "/inbox?timeout=0")
             #expect(empty.status == .noContent)
             #expect(empty.headers[.connection] == "close")
-            _ = try sidecar.hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("c2d".utf8), messageId: "m1"), timeToLive: nil)
+            _ = try sidecar.hub.enqueueCloudToDevice(
+                to: "dev1", message: Message(payload: Data("c2d".utf8), messageId: "m1"), timeToLive: nil)
             let received = try await sidecar.request(.get, "/inbox?timeout=10")
             #expect(received.status == .ok)
             #expect(received.body == "c2d")
@@ -68,15 +70,19 @@ import Testing
             let request = try InProcessSidecar.json(polled.body)
             #expect(request["methodName"] == "reboot")
             #expect(request["payload"] == ["delay": 1])
-            guard case .string(let requestId)? = request["requestId"] else { throw TestFailure("no requestId in \(request)") }
+            guard case .string(let requestId)? = request["requestId"] else {
+                throw TestFailure("no requestId in \(request)")
+            }
             var json = HTTPFields()
             json[.contentType] = "application/json"
-            let answer = try await sidecar.request(.post, "/methods/\(requestId)/response", headers: json, body: #"{"status":201,"payload":{"ok":true}}"#)
+            let answer = try await sidecar.request(
+                .post, "/methods/\(requestId)/response", headers: json, body: #"{"status":201,"payload":{"ok":true}}"#)
             #expect(answer.status == .noContent)
             let result = try await call.value
             #expect(result.status == 201)
             #expect(try JSONValue(parsing: result.payload) == ["ok": true])
-            let twice = try await sidecar.request(.post, "/methods/\(requestId)/response", headers: json, body: #"{"status":200}"#)
+            let twice = try await sidecar.request(
+                .post, "/methods/\(requestId)/response", headers: json, body: #"{"status":200}"#)
             #expect(twice.status == .notFound)
         }
     }
@@ -87,7 +93,8 @@ import Testing
             let version = try #require(now["version"]?.intValue)
             let poll = Task { try await sidecar.request(.get, "/twin/desired?since=\(version)&timeout=20") }
             try await Task.sleep(for: .milliseconds(200))
-            _ = try sidecar.hub.patchDesired(IdentityKey(deviceId: "dev1"), patch: ["mode": "eco"], tags: nil, replace: false, ifMatch: nil)
+            _ = try sidecar.hub.patchDesired(
+                IdentityKey(deviceId: "dev1"), patch: ["mode": "eco"], tags: nil, replace: false, ifMatch: nil)
             let update = try await poll.value
             #expect(update.status == .ok)
             let document = try InProcessSidecar.json(update.body)
@@ -145,7 +152,8 @@ import Testing
     @Test func theStatusSaysWhoTheSidecarIs() async throws {
         try await InProcessSidecar.with { sidecar in
             let status = try InProcessSidecar.json(try await sidecar.request(.get, "/status").body)
-            #expect(status["identity"] == ["hostName": "localhost", "deviceId": "dev1", "authentication": "symmetricKey"])
+            #expect(
+                status["identity"] == ["hostName": "localhost", "deviceId": "dev1", "authentication": "symmetricKey"])
             #expect(status["state"] == "connected")
             #expect(try await sidecar.request(.get, "/readyz").status == .ok)
         }

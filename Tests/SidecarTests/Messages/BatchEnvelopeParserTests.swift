@@ -1,6 +1,7 @@
 import Foundation
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct BatchEnvelopeParserTests {
     private func entries(_ json: String) throws -> [BatchEnvelopeParser.Entry] {
@@ -17,7 +18,8 @@ import Testing
     }
 
     @Test func readsEntriesWithTheirMembersInOrder() throws {
-        let parsed = try entries("""
+        let parsed = try entries(
+            """
              [ {"body":"t","properties":{"iothub-app-b":"2","iothub-app-a":"1"}} ,
                {"properties":{},"base64Encoded":true,"body":"AAE="},{"base64Encoded":false,"body":""}]\t\r\n
             """)
@@ -31,15 +33,20 @@ import Testing
     }
 
     @Test func unknownMembersOfAnyKindAreSkipped() throws {
-        let parsed = try entries(#"""
+        let parsed = try entries(
+            #"""
             [{"x":{"a":[1,-2.5e+3,0.0,1E9,true,false,null,"s\"}]",{}],"b":{}},"body":"kept","y":[],"z":-0}]
             """#)
         #expect(parsed.count == 1)
-        #expect(parsed.first?.body == Data("kept".utf8) && parsed.first?.base64Encoded == false && parsed.first?.properties.isEmpty == true)
+        #expect(
+            parsed.first?.body == Data("kept".utf8) && parsed.first?.base64Encoded == false
+                && parsed.first?.properties.isEmpty == true)
     }
 
     @Test func escapesAreDecodedToUTF8() throws {
-        let parsed = try entries(#"[{"body":"a\"b\\c\/d\b\f\n\r\t\u00e9\u20AC\ud83d\ude00é","properties":{"iothub-app-k\u0041":"v\u0042"}}]"#)
+        let parsed = try entries(
+            #"[{"body":"a\"b\\c\/d\b\f\n\r\t\u00e9\u20AC\ud83d\ude00é","properties":{"iothub-app-k\u0041":"v\u0042"}}]"#
+        )
         #expect(String(decoding: parsed[0].body, as: UTF8.self) == "a\"b\\c/d\u{8}\u{C}\n\r\té€😀é")
         #expect(parsed[0].properties.map(\.name) == ["iothub-app-kA"])
         #expect(parsed[0].properties.map(\.value) == ["vB"])
@@ -48,10 +55,18 @@ import Testing
     /// Whatever Foundation's JSON encoder writes, the parser reads back to the same strings.
     @Test func agreesWithFoundationOnEncodedStrings() throws {
         var generator = SystemRandomNumberGenerator()
-        let alphabet: [Unicode.Scalar] = ["a", "\"", "\\", "/", "\n", "\u{0}", "\u{1F}", "\u{7F}", "é", "€", "😀", "\u{FFFF}", " "]
+        let alphabet: [Unicode.Scalar] = [
+            "a", "\"", "\\", "/", "\n", "\u{0}", "\u{1F}", "\u{7F}", "é", "€", "😀", "\u{FFFF}", " ",
+        ]
         for _ in 0..<300 {
-            let text = String(String.UnicodeScalarView((0..<Int.random(in: 0...20, using: &generator)).map { _ in alphabet.randomElement(using: &generator) ?? "a" }))
-            let document = try JSONSerialization.data(withJSONObject: [["body": text, "properties": ["iothub-app-\(text)": text]]])
+            let text = String(
+                String.UnicodeScalarView(
+                    (0..<Int.random(in: 0...20, using: &generator)).map { _ in
+                        alphabet.randomElement(using: &generator) ?? "a"
+                    }))
+            let document = try JSONSerialization.data(withJSONObject: [
+                ["body": text, "properties": ["iothub-app-\(text)": text]]
+            ])
             let parsed = try BatchEnvelopeParser.entries(in: document)
             #expect(String(decoding: parsed[0].body, as: UTF8.self) == text)
             #expect(parsed[0].properties.map(\.value) == [text])
@@ -114,20 +129,24 @@ import Testing
         }
     }
 
-
     @Test func invalidUTF8IsRefused() {
         let document = Array(#"[{"body":""#.utf8) + [0xC3, 0x28] + Array(#""}]"#.utf8)
         #expect(failure(document)?.contains("not valid UTF-8") == true)
     }
 
     @Test func deepNestingIsRefusedWithoutRecursingWithoutBound() {
-        let deep = #"[{"body":"x","n":"# + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000) + "}]"
-        #expect(failure(Array(deep.utf8))?.contains("nested deeper than \(BatchEnvelopeParser.maximumDepth) levels") == true)
+        let deep =
+            #"[{"body":"x","n":"# + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000) + "}]"
+        #expect(
+            failure(Array(deep.utf8))?.contains("nested deeper than \(BatchEnvelopeParser.maximumDepth) levels") == true
+        )
     }
 
     /// Every cut of a valid document is refused, never read past its end.
     @Test func everyTruncationIsRefused() {
-        let document = Array(#"[{"body":"a\u00e9\n","base64Encoded":false,"properties":{"iothub-app-k":"v"},"x":[1.5e3,{"y":null}]}]"#.utf8)
+        let document = Array(
+            #"[{"body":"a\u00e9\n","base64Encoded":false,"properties":{"iothub-app-k":"v"},"x":[1.5e3,{"y":null}]}]"#
+                .utf8)
         for length in 0..<document.count {
             #expect(failure(document[..<length]) != nil, "\(length) bytes accepted")
         }

@@ -1,6 +1,7 @@
 import Foundation
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct MessageIdentifiersTests {
     @Test func idsAreLowerCaseVersion4UUIDsAndDoNotRepeat() throws {
@@ -15,7 +16,9 @@ import Testing
     }
 
     @Test func formatting() {
-        let bytes: [UInt8] = [0x1b, 0x4e, 0x28, 0xba, 0x2f, 0xa1, 0x41, 0xd2, 0x88, 0x3f, 0x00, 0x16, 0xd3, 0xcc, 0xa4, 0x27]
+        let bytes: [UInt8] = [
+            0x1b, 0x4e, 0x28, 0xba, 0x2f, 0xa1, 0x41, 0xd2, 0x88, 0x3f, 0x00, 0x16, 0xd3, 0xcc, 0xa4, 0x27,
+        ]
         #expect(bytes.withUnsafeBytes { MessageIdentifiers.format($0) } == "1b4e28ba-2fa1-41d2-883f-0016d3cca427")
     }
 

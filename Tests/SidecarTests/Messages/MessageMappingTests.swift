@@ -1,8 +1,9 @@
 import Foundation
 import HTTPTypes
 import IoTHubProtocol
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct MessageMappingTests {
     static func fields(_ pairs: [(String, String)]) -> HTTPFields {
@@ -15,31 +16,39 @@ import Testing
 
     @Test func headersBecomeProperties() throws {
         let headers = Self.fields([
-            ("Content-Type", "application/json"), ("iothub-messageid", "m1"), ("IoTHub-CorrelationId", "c1"), ("iothub-userid", "u"),
-            ("iothub-contentencoding", "utf-8"), ("iothub-expiry", "2030-01-01T00:00:00Z"), ("iothub-app-Mixed-Case", "a b%20c"),
+            ("Content-Type", "application/json"), ("iothub-messageid", "m1"), ("IoTHub-CorrelationId", "c1"),
+            ("iothub-userid", "u"),
+            ("iothub-contentencoding", "utf-8"), ("iothub-expiry", "2030-01-01T00:00:00Z"),
+            ("iothub-app-Mixed-Case", "a b%20c"),
             ("X-Other", "ignored"),
         ])
         let message = try MessageMapping.message(payload: Data("{}".utf8), headers: headers, isModule: false)
         #expect(message.messageId == "m1")
         #expect(message.correlationId == "c1")
         #expect(message.userId == "u")
-        #expect(message.contentType == "application/json", "without iothub-contenttype the request's Content-Type is used")
+        #expect(
+            message.contentType == "application/json", "without iothub-contenttype the request's Content-Type is used")
         #expect(message.contentEncoding == "utf-8")
         #expect(message.expiryTimeUTC == "2030-01-01T00:00:00Z")
-        #expect(message.properties == ["Mixed-Case": "a b%20c"], "names keep their case; values are not percent-decoded")
+        #expect(
+            message.properties == ["Mixed-Case": "a b%20c"], "names keep their case; values are not percent-decoded")
     }
 
     /// `iothub-interfaceid` takes the security agent's interface id only (a security message),
     /// in headers and in batch entries.
     @Test func theSecurityInterfaceIdMarksASecurityMessageAndNoOtherValueIsTaken() throws {
         let single = try MessageMapping.message(
-            payload: Data(), headers: Self.fields([("iothub-interfaceid", "urn:azureiot:Security:SecurityAgent:1")]), isModule: false)
+            payload: Data(), headers: Self.fields([("iothub-interfaceid", "urn:azureiot:Security:SecurityAgent:1")]),
+            isModule: false)
         #expect(single.isSecurityMessage)
         let batch = try MessageMapping.batch(
-            Data(#"[{"body":"a","properties":{"iothub-interfaceid":"urn:azureiot:Security:SecurityAgent:1"}},{"body":"b"}]"#.utf8), isModule: false)
+            Data(
+                #"[{"body":"a","properties":{"iothub-interfaceid":"urn:azureiot:Security:SecurityAgent:1"}},{"body":"b"}]"#
+                    .utf8), isModule: false)
         #expect(batch.map(\.isSecurityMessage) == [true, false])
         do {
-            _ = try MessageMapping.message(payload: Data(), headers: Self.fields([("iothub-interfaceid", "urn:x")]), isModule: false)
+            _ = try MessageMapping.message(
+                payload: Data(), headers: Self.fields([("iothub-interfaceid", "urn:x")]), isModule: false)
             Issue.record("another interface id was taken")
         } catch {
             #expect(error.code == "ValueError")
@@ -66,10 +75,13 @@ import Testing
 
     /// The HTTP server replaced bytes that were not UTF-8 with U+FFFD before the sidecar sees
     /// the headers: such a value is refused, naming the header, not sent altered.
-    @Test(arguments: ["iothub-messageid", "iothub-correlationid", "iothub-contenttype", "iothub-app-Colour", "Content-Type"])
+    @Test(arguments: [
+        "iothub-messageid", "iothub-correlationid", "iothub-contenttype", "iothub-app-Colour", "Content-Type",
+    ])
     func aHeaderValueWithAReplacementCharacterIsRefused(_ name: String) {
         do {
-            _ = try MessageMapping.message(payload: Data(), headers: Self.fields([(name, "id-\u{FFFD}")]), isModule: false)
+            _ = try MessageMapping.message(
+                payload: Data(), headers: Self.fields([(name, "id-\u{FFFD}")]), isModule: false)
             Issue.record("a replaced byte was sent in \(name)")
         } catch {
             #expect(error.code == "ValueError")
@@ -84,12 +96,14 @@ import Testing
         #expect(message.properties == ["city": "Zürich"])
         #expect(message.messageId == "€-1")
         // In a batch the JSON is read byte by byte: U+FFFD there is what the client wrote.
-        let batch = try MessageMapping.batch(Data(#"[{"body":"x","properties":{"iothub-app-c":"\ufffd"}}]"#.utf8), isModule: false)
+        let batch = try MessageMapping.batch(
+            Data(#"[{"body":"x","properties":{"iothub-app-c":"\ufffd"}}]"#.utf8), isModule: false)
         #expect(batch[0].properties == ["c": "\u{FFFD}"])
     }
 
     @Test func modulesMayNameAnOutput() throws {
-        let message = try MessageMapping.message(payload: Data(), headers: Self.fields([("iothub-outputname", "alerts")]), isModule: true)
+        let message = try MessageMapping.message(
+            payload: Data(), headers: Self.fields([("iothub-outputname", "alerts")]), isModule: true)
         #expect(message.outputName == "alerts")
     }
 
@@ -100,13 +114,17 @@ import Testing
         #expect(messages[0].payload == Data("t".utf8))
         #expect(messages[0].properties == ["k": "v"])
         #expect(messages[1].payload == Data([0, 1]))
-        for bad in [#"{}"#, #"[]"#, #"[{"body":1}]"#, #"[{"body":"x","properties":null}]"#, #"[{"body":"!","base64Encoded":true}]"#,
-                    #"[{"body":"x","properties":{"colour":"red"}}]"#] {
+        for bad in [
+            #"{}"#, #"[]"#, #"[{"body":1}]"#, #"[{"body":"x","properties":null}]"#,
+            #"[{"body":"!","base64Encoded":true}]"#,
+            #"[{"body":"x","properties":{"colour":"red"}}]"#,
+        ] {
             #expect(throws: ProblemDetails.self, "\(bad)") { try MessageMapping.batch(Data(bad.utf8), isModule: false) }
         }
         // A refusal names the entry and where in it.
         do {
-            _ = try MessageMapping.batch(Data(#"[{"body":"x"},{"body":"y","properties":{"iothub-colour":"red"}}]"#.utf8), isModule: false)
+            _ = try MessageMapping.batch(
+                Data(#"[{"body":"x"},{"body":"y","properties":{"iothub-colour":"red"}}]"#.utf8), isModule: false)
             Issue.record("a batch with an unknown property was taken")
         } catch {
             #expect(error.detail.hasPrefix("entry 1: "), "\(error.detail)")
@@ -124,7 +142,8 @@ import Testing
 
     @Test func receivedMessagesBecomeHeaders() {
         let message = Message(
-            payload: Data(), messageId: "m", correlationId: "c", contentType: "text/plain", properties: ["Color": "blue"], to: "/devices/d/messages/deviceBound",
+            payload: Data(), messageId: "m", correlationId: "c", contentType: "text/plain",
+            properties: ["Color": "blue"], to: "/devices/d/messages/deviceBound",
             ack: "full")
         let headers = MessageMapping.headers(for: message)
         #expect(headers[HTTPField.Name("iothub-messageid")!] == "m")

@@ -1,6 +1,7 @@
 import Foundation
-@testable import Sidecar
 import Testing
+
+@testable import Sidecar
 
 @Suite struct StateDirectoryTests {
     static func scratch() -> String {
@@ -34,8 +35,12 @@ import Testing
     }
 
     @Test func theDefaultFollowsXDG() {
-        #expect(StateDirectory.defaultPath(environment: ["XDG_STATE_HOME": "/x/state", "HOME": "/home/u"]) == "/x/state/iothub-sidecar")
-        #expect(StateDirectory.defaultPath(environment: ["XDG_STATE_HOME": "relative", "HOME": "/home/u"]) == "/home/u/.local/state/iothub-sidecar")
+        #expect(
+            StateDirectory.defaultPath(environment: ["XDG_STATE_HOME": "/x/state", "HOME": "/home/u"])
+                == "/x/state/iothub-sidecar")
+        #expect(
+            StateDirectory.defaultPath(environment: ["XDG_STATE_HOME": "relative", "HOME": "/home/u"])
+                == "/home/u/.local/state/iothub-sidecar")
         #expect(StateDirectory.defaultPath(environment: ["HOME": "/home/u"]) == "/home/u/.local/state/iothub-sidecar")
     }
 }

@@ -6,15 +6,18 @@ struct APITokenMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let token: String
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         let path = request.uri.path
         if path == "/healthz" || path == "/readyz" { return try await next(request, context) }
         let given = request.headers[.authorization] ?? ""
         let prefix = "bearer "
         guard given.count > prefix.count, given.prefix(prefix.count).lowercased() == prefix,
-              Self.constantTimeEqual(Array(given.utf8.dropFirst(prefix.count)), Array(token.utf8))
+            Self.constantTimeEqual(Array(given.utf8.dropFirst(prefix.count)), Array(token.utf8))
         else {
-            throw ProblemDetails(status: 401, code: "Unauthorized", detail: "send the API token as Authorization: Bearer <token>")
+            throw ProblemDetails(
+                status: 401, code: "Unauthorized", detail: "send the API token as Authorization: Bearer <token>")
         }
         return try await next(request, context)
     }

@@ -14,7 +14,9 @@ struct ProblemMiddleware: RouterMiddleware {
     let retryAfterSeconds: Int
     let logger: Logger
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         do {
             return try await next(request, context)
         } catch {
@@ -30,9 +32,13 @@ struct ProblemMiddleware: RouterMiddleware {
             }
             // A full outbox (507) is logged once per episode by the bridge, not per refusal.
             if problem.status >= 500, problem.status != 507 {
-                logger.warning("request failed", metadata: ["path": "\(request.uri.path)", "code": "\(problem.code)", "detail": "\(problem.detail)"])
+                logger.warning(
+                    "request failed",
+                    metadata: ["path": "\(request.uri.path)", "code": "\(problem.code)", "detail": "\(problem.detail)"])
             }
-            return Response(status: .init(code: problem.status), headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: problem.encoded())))
+            return Response(
+                status: .init(code: problem.status), headers: headers,
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: problem.encoded())))
         }
     }
 
@@ -49,7 +55,9 @@ struct ProblemMiddleware: RouterMiddleware {
             return .requestBodyTimedOut(seconds: error.seconds)
         case let error as HTTPError where error.status == .notFound:
             if let allowed = routes.allowedMethods(for: request.uri.path) {
-                return ProblemDetails(status: 405, code: "MethodNotAllowed", detail: "\(request.method) is not an operation of \(request.uri.path); it takes \(allowed)")
+                return ProblemDetails(
+                    status: 405, code: "MethodNotAllowed",
+                    detail: "\(request.method) is not an operation of \(request.uri.path); it takes \(allowed)")
             }
             return .notFound("no such endpoint: \(request.method) \(request.uri.path)")
         case is NIOTooManyBytesError:

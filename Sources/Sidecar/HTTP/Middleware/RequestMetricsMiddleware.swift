@@ -7,11 +7,21 @@ struct RequestMetricsMiddleware: RouterMiddleware {
     let metrics: SidecarMetrics
     let logger: Logger
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         let response = try await next(request, context)
-        let route = context.endpointPath.map { RouteTable.Route(method: request.method, path: $0).documentedPath } ?? "unmatched"
-        metrics.increment(.httpRequests, labels: [("method", request.method.rawValue), ("route", route), ("status", String(response.status.code))])
-        logger.debug("request", metadata: ["method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)"])
+        let route =
+            context.endpointPath.map { RouteTable.Route(method: request.method, path: $0).documentedPath }
+            ?? "unmatched"
+        metrics.increment(
+            .httpRequests,
+            labels: [("method", request.method.rawValue), ("route", route), ("status", String(response.status.code))])
+        logger.debug(
+            "request",
+            metadata: [
+                "method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)",
+            ])
         return response
     }
 }

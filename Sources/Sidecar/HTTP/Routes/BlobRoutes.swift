@@ -21,13 +21,16 @@ struct BlobRoutes: RouteArea {
     @Sendable func storageInfo(_ request: Request, context: Context) async throws -> Response {
         try requireDeviceIdentity()
         try request.requireJSON()
-        guard case .object(let members) = try await request.jsonBody(), case .string(let blobName)? = members["blobName"] else {
+        guard case .object(let members) = try await request.jsonBody(),
+            case .string(let blobName)? = members["blobName"]
+        else {
             throw ProblemDetails.invalid("the body must be {\"blobName\": \"…\"}", field: "blobName")
         }
         try Self.checkBlobName(blobName)
         let info = try await bridge.storageInfo(forBlob: blobName)
         return .json([
-            "correlationId": .string(info.correlationId), "hostName": .string(info.hostName), "containerName": .string(info.containerName),
+            "correlationId": .string(info.correlationId), "hostName": .string(info.hostName),
+            "containerName": .string(info.containerName),
             "blobName": .string(info.blobName), "sasToken": .string(info.sasToken), "blobUrl": .string(info.blobURL),
         ])
     }
@@ -46,7 +49,8 @@ struct BlobRoutes: RouteArea {
         guard case .string(let description)? = members["statusDescription"] else {
             throw ProblemDetails.invalid("statusDescription must be a string", field: "statusDescription")
         }
-        try await bridge.notifyBlobUploadStatus(correlationId: correlationId, isSuccess: isSuccess, statusCode: Int(code), statusDescription: description)
+        try await bridge.notifyBlobUploadStatus(
+            correlationId: correlationId, isSuccess: isSuccess, statusCode: Int(code), statusDescription: description)
         return .noContent()
     }
 
@@ -61,22 +65,32 @@ struct BlobRoutes: RouteArea {
         // file); a chunked body has no length to give blob storage up front.
         let length: Int
         if let lengthText = request.headers[.contentLength] {
-            guard let parsed = Int(lengthText), parsed >= 0 else { throw ProblemDetails.invalid("Content-Length is not a number", field: "Content-Length") }
+            guard let parsed = Int(lengthText), parsed >= 0 else {
+                throw ProblemDetails.invalid("Content-Length is not a number", field: "Content-Length")
+            }
             length = parsed
         } else if request.headers[.transferEncoding] != nil {
-            throw ProblemDetails.invalid("the upload needs a Content-Length (it is streamed to blob storage)", status: 411)
+            throw ProblemDetails.invalid(
+                "the upload needs a Content-Length (it is streamed to blob storage)", status: 411)
         } else {
             length = 0
         }
         guard length <= Self.uploadLimit else {
-            throw ProblemDetails.invalid("the file is \(length) bytes; at most \(Self.uploadLimit) can be uploaded in one request", status: 413)
+            throw ProblemDetails.invalid(
+                "the file is \(length) bytes; at most \(Self.uploadLimit) can be uploaded in one request", status: 413)
         }
         let bodyFailure = SharedSlot<any Error>()
-        let chunks = FailureRecordingSequence(base: request.body, failure: bodyFailure).map { buffer in Data(buffer.readableBytesView) }
+        let chunks = FailureRecordingSequence(base: request.body, failure: bodyFailure).map { buffer in
+            Data(buffer.readableBytesView)
+        }
         do {
-            let result = try await bridge.uploadBlob(named: blobName, length: length, contentType: request.headers[.contentType], body: chunks)
+            let result = try await bridge.uploadBlob(
+                named: blobName, length: length, contentType: request.headers[.contentType], body: chunks)
             return .json(
-                ["blobName": .string(result.storageInfo.blobName), "blobUrl": .string(result.blobURLWithoutToken), "correlationId": .string(result.storageInfo.correlationId)],
+                [
+                    "blobName": .string(result.storageInfo.blobName), "blobUrl": .string(result.blobURLWithoutToken),
+                    "correlationId": .string(result.storageInfo.correlationId),
+                ],
                 status: .created)
         } catch let failure as BlobUploadFailure {
             // The body stopped arriving or its framing broke: the library only knows that it
@@ -84,7 +98,9 @@ struct BlobRoutes: RouteArea {
             if let bodyError = bodyFailure.take(), SidecarHTTP1Channel.isClientFault(bodyError) { throw bodyError }
             var problem: ProblemDetails
             if let upstreamStatus = failure.upstreamStatus {
-                problem = ProblemDetails(status: 502, code: "ServiceError", detail: "blob storage answered \(upstreamStatus): \(failure.error)")
+                problem = ProblemDetails(
+                    status: 502, code: "ServiceError",
+                    detail: "blob storage answered \(upstreamStatus): \(failure.error)")
                 problem.upstreamStatus = upstreamStatus
             } else {
                 problem = ProblemDetails(failure.error, retryAfterSeconds: bridge.retryAfterSeconds)
@@ -105,7 +121,9 @@ struct BlobRoutes: RouteArea {
         do throws(IoTHubError) {
             try BlobName.validate(name)
         } catch {
-            guard case .valueError(_, let reason) = error else { throw .invalid(SidecarEvent.message(of: error), field: "blobName") }
+            guard case .valueError(_, let reason) = error else {
+                throw .invalid(SidecarEvent.message(of: error), field: "blobName")
+            }
             throw .invalid("blobName \(reason)", field: "blobName")
         }
     }

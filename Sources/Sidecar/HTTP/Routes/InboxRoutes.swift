@@ -27,11 +27,15 @@ struct InboxRoutes: RouteArea {
     }
 
     @Sendable func complete(_ request: Request, context: Context) async throws -> Response {
-        try await withLockToken(context) { (token: String) async throws(CloudToDeviceInbox.LeaseError) in try await bridge.completeMessage(lockToken: token) }
+        try await withLockToken(context) { (token: String) async throws(CloudToDeviceInbox.LeaseError) in
+            try await bridge.completeMessage(lockToken: token)
+        }
     }
 
     @Sendable func abandon(_ request: Request, context: Context) async throws -> Response {
-        try await withLockToken(context) { (token: String) async throws(CloudToDeviceInbox.LeaseError) in try await bridge.abandonMessage(lockToken: token) }
+        try await withLockToken(context) { (token: String) async throws(CloudToDeviceInbox.LeaseError) in
+            try await bridge.abandonMessage(lockToken: token)
+        }
     }
 
     /// Runs `action` on the path's lock token: 204 once it is on disk, 404 when no message is

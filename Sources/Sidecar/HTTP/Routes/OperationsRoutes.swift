@@ -29,12 +29,14 @@ struct OperationsRoutes: RouteArea {
     @Sendable func status(_ request: Request, context: Context) async throws -> Response {
         let status = bridge.status()
         var identity: [String: JSONValue] = [
-            "hostName": .string(status.hostName), "deviceId": .string(status.deviceId), "authentication": .string(status.authentication.rawValue),
+            "hostName": .string(status.hostName), "deviceId": .string(status.deviceId),
+            "authentication": .string(status.authentication.rawValue),
         ]
         if let moduleId = status.moduleId { identity["moduleId"] = .string(moduleId) }
         if let gateway = status.gatewayHostName { identity["gatewayHostName"] = .string(gateway) }
         var members: [String: JSONValue] = [
-            "identity": .object(identity), "state": .string(status.state.rawValue), "since": .string(Timestamp.string(status.since)),
+            "identity": .object(identity), "state": .string(status.state.rawValue),
+            "since": .string(Timestamp.string(status.since)),
             "newSasTokenRequired": .bool(status.isNewSASTokenRequired), "transport": .string(status.transport),
         ]
         if let proxy = status.proxy { members["proxy"] = .string(proxy) }
@@ -50,7 +52,8 @@ struct OperationsRoutes: RouteArea {
     /// Registers with DPS again and answers the new assignment.
     @Sendable func reprovision(_ request: Request, context: Context) async throws -> Response {
         guard let report = try await bridge.reprovision() else {
-            throw ProblemDetails.notForThisIdentity("this sidecar's identity does not come from the Device Provisioning Service (see --dps-id-scope)")
+            throw ProblemDetails.notForThisIdentity(
+                "this sidecar's identity does not come from the Device Provisioning Service (see --dps-id-scope)")
         }
         return .json(report.json)
     }
@@ -58,7 +61,8 @@ struct OperationsRoutes: RouteArea {
     /// A device without a usable assignment from DPS: the registration's error, said to be one.
     static func provisioningProblem(_ error: IoTHubError) -> ProblemDetails {
         var problem = ProblemDetails(error, retryAfterSeconds: 10)
-        problem.detail = "the registration with the Device Provisioning Service gave no usable assignment: \(problem.detail)"
+        problem.detail =
+            "the registration with the Device Provisioning Service gave no usable assignment: \(problem.detail)"
         // Not ready: a 4xx or 500 would read as the request's fault or a sidecar bug.
         if problem.status < 502 { problem.status = 503 }
         return problem
@@ -84,7 +88,8 @@ struct OperationsRoutes: RouteArea {
             try await bridge.updateSASToken(text)
         } catch .notASASTokenIdentity(let authentication) {
             throw ProblemDetails.notForThisIdentity(
-                "this sidecar's identity uses a \(authentication == .x509 ? "certificate" : "key"), not a SAS token given to it")
+                "this sidecar's identity uses a \(authentication == .x509 ? "certificate" : "key"), not a SAS token given to it"
+            )
         } catch .refused(let error) {
             throw error
         }
@@ -131,7 +136,9 @@ struct OperationsRoutes: RouteArea {
 
     @Sendable func readiness(_ request: Request, context: Context) async throws -> Response {
         let status = bridge.status()
-        if let provisioning = bridge.provisioning?.report, status.state != .connected, let error = provisioning.lastError {
+        if let provisioning = bridge.provisioning?.report, status.state != .connected,
+            let error = provisioning.lastError
+        {
             throw Self.provisioningProblem(error)
         }
         guard status.state == .connected else {
@@ -145,12 +152,15 @@ struct OperationsRoutes: RouteArea {
     @Sendable func metrics(_ request: Request, context: Context) async throws -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: await bridge.metricsExposition())))
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody(byteBuffer: ByteBuffer(string: await bridge.metricsExposition())))
     }
 
     @Sendable func openAPI(_ request: Request, context: Context) async throws -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/yaml"
-        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: openAPIDocument)))
+        return Response(
+            status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: openAPIDocument)))
     }
 }

@@ -18,7 +18,8 @@ struct SidecarRoutes {
 
     var areas: [any RouteArea] {
         [
-            TelemetryRoutes(bridge: bridge), InboxRoutes(bridge: bridge), TwinRoutes(bridge: bridge), MethodRoutes(bridge: bridge),
+            TelemetryRoutes(bridge: bridge), InboxRoutes(bridge: bridge), TwinRoutes(bridge: bridge),
+            MethodRoutes(bridge: bridge),
             BlobRoutes(bridge: bridge), OperationsRoutes(bridge: bridge, openAPIDocument: openAPIDocument),
         ]
     }

@@ -32,7 +32,9 @@ struct TelemetryRoutes: RouteArea {
                 throw ProblemDetails(error, inBatch: isBatch, retryAfterSeconds: bridge.retryAfterSeconds)
             }
             var response =
-                isBatch ? Self.batchAnswer(ids.map { ($0, .success(())) }, status: .accepted) : Self.singleAnswer(ids.first ?? "", status: .accepted)
+                isBatch
+                ? Self.batchAnswer(ids.map { ($0, .success(())) }, status: .accepted)
+                : Self.singleAnswer(ids.first ?? "", status: .accepted)
             if asked { response.headers[.preferenceApplied] = Preferences.respondAsync }
             return response
         }
@@ -57,7 +59,9 @@ struct TelemetryRoutes: RouteArea {
 
     /// `{"results": [{"messageId", "status"} or {"error", "status"}, …]}`, built by hand like
     /// the single answer: JSONEncoder was the largest cost of a batch.
-    private static func batchAnswer(_ outcomes: [(messageId: String, outcome: Result<Void, ProblemDetails>)], status: HTTPResponse.Status) -> Response {
+    private static func batchAnswer(
+        _ outcomes: [(messageId: String, outcome: Result<Void, ProblemDetails>)], status: HTTPResponse.Status
+    ) -> Response {
         var text = #"{"results":["#
         for (index, entry) in outcomes.enumerated() {
             if index > 0 { text += "," }
@@ -65,14 +69,18 @@ struct TelemetryRoutes: RouteArea {
             case .success:
                 text += #"{"messageId":"# + JSONText.quoted(entry.messageId) + #","status":\#(status.code)}"#
             case .failure(let problem):
-                text += #"{"error":"# + String(decoding: problem.encoded(), as: UTF8.self) + #","status":\#(problem.status)}"#
+                text +=
+                    #"{"error":"# + String(decoding: problem.encoded(), as: UTF8.self)
+                    + #","status":\#(problem.status)}"#
             }
         }
         return .json(data: Data((text + "]}").utf8), status: status)
     }
 
     @Sendable func outbox(_ request: Request, context: Context) async throws -> Response {
-        guard let report = await bridge.outboxReport() else { throw ProblemDetails.notFound("this sidecar has no outbox") }
+        guard let report = await bridge.outboxReport() else {
+            throw ProblemDetails.notFound("this sidecar has no outbox")
+        }
         let status = report.status
         let configuration = report.configuration
         var members: [String: JSONValue] = [
@@ -84,7 +92,10 @@ struct TelemetryRoutes: RouteArea {
             "drainRate": .integer(Int64(configuration.drainRate ?? 0)),
             "delivered": .integer(Int64(status.delivered)), "expired": .integer(Int64(status.expired)),
             "dropped": .integer(Int64(status.dropped)), "rejected": .integer(Int64(status.rejected)),
-            "repair": ["quarantinedSpans": .integer(Int64(status.quarantinedSpans)), "truncatedBytes": .integer(Int64(status.truncatedBytes))],
+            "repair": [
+                "quarantinedSpans": .integer(Int64(status.quarantinedSpans)),
+                "truncatedBytes": .integer(Int64(status.truncatedBytes)),
+            ],
         ]
         let now = Date()
         if let oldest = status.oldestAcceptedAt, let age = report.oldestAge(now: now) {

@@ -27,7 +27,8 @@ struct TwinRoutes: RouteArea {
     @Sendable func pollDesired(_ request: Request, context: Context) async throws -> Response {
         let timeout = try request.pollTimeout()
         let since = try request.integerQuery("since", default: 0, range: 0...Int(Int32.max))
-        return try await LongPoll.respond(to: request, timeout: timeout, from: bridge.desiredUpdates(since: since)) { update in
+        return try await LongPoll.respond(to: request, timeout: timeout, from: bridge.desiredUpdates(since: since)) {
+            update in
             var members: [String: JSONValue] = ["desired": update.desired, "version": .integer(Int64(update.version))]
             if let patches = update.patches { members["patches"] = .array(patches) }
             var headers = HTTPFields()

@@ -54,7 +54,9 @@ final class LogStore: Store {
             for frame in frames {
                 var offset = 0
                 while offset < frame.payload.count {
-                    let length = frame.payload.withUnsafeBytes { Int($0.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian) }
+                    let length = frame.payload.withUnsafeBytes {
+                        Int($0.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian)
+                    }
                     offset += 4 + length
                     count += 1
                 }
@@ -90,8 +92,13 @@ final class SQLiteStore: Store, @unchecked Sendable {
         var handle: OpaquePointer?
         guard sqlite3_open(path, &handle) == SQLITE_OK, let handle else { throw Failure("cannot open \(path)") }
         database = handle
-        for statement in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"] {
-            guard sqlite3_exec(database, statement, nil, nil, nil) == SQLITE_OK else { throw Failure(String(cString: sqlite3_errmsg(database))) }
+        for statement in [
+            "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+        ] {
+            guard sqlite3_exec(database, statement, nil, nil, nil) == SQLITE_OK else {
+                throw Failure(String(cString: sqlite3_errmsg(database)))
+            }
         }
         if groupCommit {
             let thread = Thread { [self] in
@@ -136,7 +143,8 @@ final class SQLiteStore: Store, @unchecked Sendable {
         for messages in requests {
             for message in messages {
                 message.withUnsafeBytes { bytes in
-                    _ = sqlite3_bind_blob(statement, 1, bytes.baseAddress, Int32(bytes.count), iothub_sqlite_transient())
+                    _ = sqlite3_bind_blob(
+                        statement, 1, bytes.baseAddress, Int32(bytes.count), iothub_sqlite_transient())
                 }
                 sqlite3_step(statement)
                 sqlite3_reset(statement)
@@ -152,7 +160,8 @@ final class SQLiteStore: Store, @unchecked Sendable {
             var count = 0
             var last: Int64 = 0
             var select: OpaquePointer?
-            sqlite3_prepare_v2(database, "SELECT id, body FROM outbox WHERE id > ? ORDER BY id LIMIT 5000", -1, &select, nil)
+            sqlite3_prepare_v2(
+                database, "SELECT id, body FROM outbox WHERE id > ? ORDER BY id LIMIT 5000", -1, &select, nil)
             defer { sqlite3_finalize(select) }
             while true {
                 sqlite3_bind_int64(select, 1, last)
@@ -165,7 +174,8 @@ final class SQLiteStore: Store, @unchecked Sendable {
                 sqlite3_reset(select)
                 guard rows > 0 else { return count }
                 count += rows
-                guard sqlite3_exec(database, "DELETE FROM outbox WHERE id <= \(last)", nil, nil, nil) == SQLITE_OK else {
+                guard sqlite3_exec(database, "DELETE FROM outbox WHERE id <= \(last)", nil, nil, nil) == SQLITE_OK
+                else {
                     throw Failure(String(cString: sqlite3_errmsg(database)))
                 }
             }
@@ -222,7 +232,8 @@ print("| store | shape | messages/s | syncs/s | drain of everything written (mes
 print("|---|---|---|---|---|")
 for batch in [1, 100] {
     let stores: [any Store] = [
-        try LogStore(directory: base + "/log-\(batch)"), try SQLiteStore(path: base + "/group-\(batch).sqlite", groupCommit: true),
+        try LogStore(directory: base + "/log-\(batch)"),
+        try SQLiteStore(path: base + "/group-\(batch).sqlite", groupCommit: true),
         try SQLiteStore(path: base + "/plain-\(batch).sqlite", groupCommit: false),
     ]
     for store in stores {
