@@ -45,6 +45,8 @@ public final class DeviceBridge: Service, Sendable {
     private let lastConnectionState = NIOLockedValueBox<ConnectionState?>(nil)
     /// The last failure reported (logged, counted, sent as an event), and when.
     private let lastFailure = NIOLockedValueBox<(text: String, at: ContinuousClock.Instant)?>(nil)
+    /// The DPS registration under way after the hub refused the identity, if any.
+    private let reregistration = NIOLockedValueBox<Task<Bool, Never>?>(nil)
     /// When the graceful shutdown began (``beginDraining()``).
     private let drainingSince = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
     /// What the outbox went through since it last emptied (for logging once per episode).
@@ -294,12 +296,27 @@ public final class DeviceBridge: Service, Sendable {
     }
 
     /// The hub refused the identity: with DPS, registers again (the DPS re-provisioning
-    /// policies) and tells whether connecting again may work.
+    /// policies) and tells whether connecting again may work. One refusal reaches the bridge
+    /// both from the connect that failed and from the client's background errors: callers
+    /// while a registration is under way wait for it instead of registering a second time.
     private func registerAgain(after error: IoTHubError) async -> Bool {
         guard let provisioning, !draining.isSignalled else { return false }
-        logger.notice("the hub refused the identity; registering with DPS again", metadata: ["error": "\(error)"])
-        let retry = await provisioning.identityRefused(error)
-        events.yield(.provisioning(provisioning.report))
+        let registration = reregistration.withLockedValue { current in
+            if let current { return current }
+            let registration = Task { [self] in
+                logger.notice(
+                    "the hub refused the identity; registering with DPS again", metadata: ["error": "\(error)"])
+                let retry = await provisioning.identityRefused(error)
+                events.yield(.provisioning(provisioning.report))
+                return retry
+            }
+            current = registration
+            return registration
+        }
+        let retry = await registration.value
+        reregistration.withLockedValue { current in
+            if current == registration { current = nil }
+        }
         return retry
     }
 
