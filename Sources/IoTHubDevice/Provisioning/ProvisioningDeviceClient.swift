@@ -98,12 +98,7 @@ public final class ProvisioningDeviceClient: Sendable {
     /// base64-decoded group key, message: the registration id)), as Azure's documentation and
     /// SDKs derive it. Throws `ValueError` when the group key is not base64.
     public static func deriveDeviceKey(groupKey: String, registrationId: String) throws(IoTHubError) -> String {
-        do throws(IoTHubError) {
-            return try SASToken.sign(registrationId, key: groupKey)
-        } catch {
-            if case .valueError = error { throw .valueError(field: "group key", reason: "is not a base64-encoded key") }
-            throw error
-        }
+        try EnrollmentGroupKey.deviceKey(groupKey: groupKey, registrationId: registrationId)
     }
 
     /// The credential to connect to the assigned hub with: the same key or certificate.

@@ -35,7 +35,7 @@ enum ProvisioningProtocol {
     /// registration id under the group key, base64 (both keys base64). Nil if the group key is
     /// not base64.
     static func derivedDeviceKey(groupKey: String, registrationId: String) -> String? {
-        try? SASToken.sign(registrationId, key: groupKey)
+        try? EnrollmentGroupKey.deviceKey(groupKey: groupKey, registrationId: registrationId)
     }
 
     /// A DPS CONNECT user name: `{idScope}/registrations/{registrationId}/api-version=…&ClientVersion=…`.
