@@ -16,6 +16,10 @@ static inline int iothub_ssl_ctx_set_min_proto_version(SSL_CTX *ctx, int version
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }
 
+static inline int iothub_ssl_ctx_set_max_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+
 static inline long iothub_ssl_ctx_add0_chain_cert(SSL_CTX *ctx, X509 *certificate) {
     return SSL_CTX_add0_chain_cert(ctx, certificate);
 }

@@ -13,7 +13,11 @@ public struct DeviceClientConfiguration: Sendable {
     /// `gateway_hostname`: connect to this host instead of the hub (IoT Edge, a local hub). SAS
     /// tokens and the MQTT user name keep the hub's host name.
     public var gatewayHostName: String?
-    /// `cipher`: OpenSSL cipher list (`"ECDHE-RSA-AES128-GCM-SHA256:…"`) for TLS 1.2.
+    /// `cipher`: the suites every connection may use, as an OpenSSL cipher list
+    /// (`"ECDHE-RSA-AES128-GCM-SHA256:…"`) that may also name TLS 1.3 suites
+    /// (`"…:TLS_AES_256_GCM_SHA384"`). A list without TLS 1.3 suites keeps connections at
+    /// TLS 1.2; a list of TLS 1.3 suites alone asks for TLS 1.3. Applied to MQTT, WebSockets,
+    /// proxies and file upload alike.
     public var cipher: String?
     /// `product_info`: appended to the user agent, or sent as the Plug and Play model id when
     /// it starts with `dtmi:`.
@@ -105,5 +109,8 @@ public struct DeviceClientConfiguration: Sendable {
             throw .valueError(field: "operation timeout", reason: "must be positive")
         }
         try proxyOptions?.validate()
+        if let cipher, !cipher.isEmpty {
+            _ = try CipherSelection(cipher)
+        }
     }
 }

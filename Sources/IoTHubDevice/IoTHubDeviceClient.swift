@@ -90,7 +90,8 @@ public final class IoTHubDeviceClient: Sendable {
         }
         var clientCertificate: X509Credential?
         if case .x509(let x509) = credential { clientCertificate = x509 }
-        let policy = TLSPolicy(configuration: configuration, hostName: hostName, clientCertificate: clientCertificate)
+        let policy = try TLSPolicy(
+            configuration: configuration, hostName: hostName, clientCertificate: clientCertificate)
         self.tls = try TLSContext(policy: policy)
         tunnelPlan = try TunnelPlan.forClient(
             configuration: configuration, host: configuration.gatewayHostName ?? hostName, policy: policy, verifier: tls

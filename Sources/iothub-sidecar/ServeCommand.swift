@@ -195,7 +195,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "OpenSSL cipher list for TLS 1.2, colon-separated (cipher) [IOTHUB_CIPHER].", valueName: "list"))
+            "Suites every connection may use (cipher), colon-separated, OpenSSL names; TLS_… names allow TLS 1.3, without them TLS 1.2 only [IOTHUB_CIPHER].",
+            valueName: "list"))
     var cipher: String?
 
     @Option(

@@ -150,6 +150,50 @@ def test_websockets_without_a_proxy(tmp_path):
         sidecar.stop()
 
 
+# LocalHub's certificate is an EC one: ECDHE-ECDSA suites meet it, RSA-only ones cannot. The tunnel
+# (WebSockets) always offers BoringSSL's three TLS 1.3 suites, so a list allowing TLS 1.3 names all three.
+TLS12_THE_HUB_MEETS = "ECDHE-ECDSA-AES128-GCM-SHA256"
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["mqtt", "websockets"])
+@pytest.mark.parametrize("cipher", [TLS12_THE_HUB_MEETS + ":" + TLS13_SUITES, TLS12_THE_HUB_MEETS],
+                         ids=["tls12-and-tls13", "tls12-only"])
+def test_a_cipher_list_the_hub_meets_carries_telemetry_and_file_upload(cipher, websockets):
+    sidecar = start_sidecar(["--cipher", cipher] + (["--websockets"] if websockets else []))
+    try:
+        send_and_upload(sidecar, "cipher")
+    finally:
+        sidecar.stop()
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["mqtt", "websockets"])
+def test_a_cipher_list_the_hub_cannot_meet_fails_every_connection(websockets):
+    """IOTHUB_CIPHER (the option's variable) with RSA key exchange alone: the handshake with the
+    hub fails, for MQTT and for file upload alike."""
+    sidecar = Sidecar(["--websockets"] if websockets else [], env={"IOTHUB_CIPHER": "ECDHE-RSA-AES128-GCM-SHA256"})
+    try:
+        error = connection_error(sidecar)
+        assert error["code"] == "ConnectionFailedError", error
+        assert refused_send(sidecar)["code"] == "ConnectionFailedError"
+        reply = sidecar.request("PUT", "/blob/x.bin", body=b"x")
+        assert reply.status == 503 and reply.json()["code"] == "ConnectionFailedError", reply
+    finally:
+        sidecar.stop()
+
+
+@pytest.mark.parametrize("cipher,named", [
+    ("TLS_AES_999_GCM_SHA1", "TLS_AES_999_GCM_SHA1"),
+    ("NOT-A-CIPHER", "NOT-A-CIPHER"),
+])
+def test_a_cipher_list_no_connection_could_use_is_refused_at_start(cipher, named):
+    result = subprocess.run(
+        [os.environ.get("IOTHUB_SIDECAR_BIN", ".build/debug/iothub-sidecar"), "serve", "--local-hub", "--cipher", cipher],
+        capture_output=True, timeout=30)
+    assert result.returncode != 0
+    assert b"cipher" in result.stderr and named.encode() in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("websockets", [False, True], ids=["mqtt", "websockets"])
 @pytest.mark.parametrize("name,start,url,password", PROXIES, ids=[p[0] for p in PROXIES])
 def test_everything_goes_through_the_proxy(tmp_path, name, start, url, password, websockets):

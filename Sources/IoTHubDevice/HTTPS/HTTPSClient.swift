@@ -89,6 +89,29 @@ struct HTTPSClient: Sendable {
         }
     }
 
+    /// Sets the protocol versions (TLS 1.2 or newer) and, when the policy names them, the suites
+    /// of ``CipherSelection`` on a transfer; the failure when libcurl refuses them.
+    private static func restrict(_ handle: UnsafeMutableRawPointer, to ciphers: CipherSelection?) -> IoTHubError? {
+        var versions = Int(CURL_SSLVERSION_TLSv1_2)
+        if let ciphers {
+            if !ciphers.allowsTLS12 { versions = Int(CURL_SSLVERSION_TLSv1_3) }
+            if !ciphers.allowsTLS13 { versions |= Int(CURL_SSLVERSION_MAX_TLSv1_2) }
+            if let tls12 = ciphers.tls12, iothub_curl_setopt_string(handle, CURLOPT_SSL_CIPHER_LIST, tls12) != CURLE_OK
+            {
+                return .valueError(field: "cipher", reason: "libcurl refused the TLS 1.2 ciphers '\(tls12)'")
+            }
+            if ciphers.allowsTLS13,
+                iothub_curl_setopt_string(handle, CURLOPT_TLS13_CIPHERS, ciphers.tls13List) != CURLE_OK
+            {
+                return .valueError(field: "cipher", reason: "libcurl refused the TLS 1.3 suites '\(ciphers.tls13List)'")
+            }
+        }
+        guard iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, versions) == CURLE_OK else {
+            return .clientError("libcurl refused TLS 1.2 or newer as its protocol versions")
+        }
+        return nil
+    }
+
     private func perform(
         method: String, url: String, headers: [String: String], body: Data?,
         streaming: (pipe: UploadPipe, length: Int)? = nil
@@ -113,10 +136,7 @@ struct HTTPSClient: Sendable {
         _ = iothub_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, 30)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
         _ = iothub_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
-        _ = iothub_curl_setopt_long(handle, CURLOPT_SSLVERSION, Int(CURL_SSLVERSION_TLSv1_2))
-        if let cipherList = policy.cipherList {
-            _ = iothub_curl_setopt_string(handle, CURLOPT_SSL_CIPHER_LIST, cipherList)
-        }
+        if let failure = Self.restrict(handle, to: policy.ciphers) { return .failure(failure) }
         // Trust is the policy's store alone (docs/ARCHITECTURE.md, "TLS"): libcurl loads no CA
         // file or directory of its own, and the store is set on its OpenSSL context before the
         // handshake.

@@ -178,7 +178,7 @@ private final class ProvisioningSession: Sendable {
         self.client = client
         var certificate: X509Credential?
         if case .x509(let x509) = client.credential { certificate = x509 }
-        let policy = TLSPolicy(
+        let policy = try TLSPolicy(
             configuration: client.configuration, hostName: client.provisioningHost, clientCertificate: certificate)
         let tls = try TLSContext(policy: policy)
         tunnelPlan = try TunnelPlan.forClient(

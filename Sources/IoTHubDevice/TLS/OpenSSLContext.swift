@@ -55,11 +55,8 @@ final class TLSContext: @unchecked Sendable {
         guard let parameters = SSL_CTX_get0_param(context), policy.peer.configure(parameters) else {
             throw .valueError(field: "hostname", reason: "'\(policy.peer)' cannot be used for certificate verification")
         }
-        if let cipherList = policy.cipherList {
-            guard SSL_CTX_set_cipher_list(context, cipherList) == 1 else {
-                ERR_clear_error()
-                throw .valueError(field: "cipher", reason: "OpenSSL knows none of the ciphers in '\(cipherList)'")
-            }
+        if let ciphers = policy.ciphers {
+            try Self.restrict(context, to: ciphers)
         }
         if let clientCertificate = policy.clientCertificate {
             try Self.useClientCertificate(clientCertificate, in: context)
@@ -68,6 +65,30 @@ final class TLSContext: @unchecked Sendable {
 
     deinit {
         SSL_CTX_free(pointer)
+    }
+
+    /// Limits `context` to the suites of `ciphers`, and to the protocol versions they belong to.
+    private static func restrict(_ context: OpaquePointer, to ciphers: CipherSelection) throws(IoTHubError) {
+        if let tls12 = ciphers.tls12 {
+            guard SSL_CTX_set_cipher_list(context, tls12) == 1 else {
+                ERR_clear_error()
+                throw .valueError(field: "cipher", reason: "OpenSSL knows none of the TLS 1.2 ciphers in '\(tls12)'")
+            }
+        } else {
+            guard iothub_ssl_ctx_set_min_proto_version(context, TLS1_3_VERSION) == 1 else {
+                throw .clientError("OpenSSL refused TLS 1.3 as the minimum version")
+            }
+        }
+        if ciphers.allowsTLS13 {
+            guard SSL_CTX_set_ciphersuites(context, ciphers.tls13List) == 1 else {
+                ERR_clear_error()
+                throw .valueError(field: "cipher", reason: "OpenSSL refused the TLS 1.3 suites '\(ciphers.tls13List)'")
+            }
+        } else {
+            guard iothub_ssl_ctx_set_max_proto_version(context, TLS1_2_VERSION) == 1 else {
+                throw .clientError("OpenSSL refused TLS 1.2 as the maximum version")
+            }
+        }
     }
 
     /// Forgets the last refused certificate: call before a handshake.

@@ -17,7 +17,8 @@ import IoTHubProtocol
 /// - checks that the server's certificate names ``peer``, the host the client was configured to
 ///   reach, and never the address the socket happens to be connected to (through a proxy that
 ///   is the proxy);
-/// - offers the ``cipherList`` for TLS 1.2 and the client certificate of an X.509 identity.
+/// - offers only the suites and protocol versions of the ``ciphers`` when the configuration
+///   names any (``CipherSelection``), and the client certificate of an X.509 identity.
 /// See docs/ARCHITECTURE.md, "TLS".
 struct TLSPolicy: Sendable, Hashable {
     /// The name the server's certificate must carry.
@@ -28,30 +29,34 @@ struct TLSPolicy: Sendable, Hashable {
     /// Whether the system's CAs are trusted: always without ``extraTrustedCertificatesPEM``,
     /// with it only when asked for.
     var trustsSystemCertificates: Bool
-    /// OpenSSL cipher list for TLS 1.2 (`cipher`).
-    var cipherList: String?
+    /// The suites the connection may use (`cipher`); nil: each stack's defaults.
+    var ciphers: CipherSelection?
     /// The device's certificate and key, for X.509 identities.
     var clientCertificate: X509Credential?
 
     /// The policy for the MQTT and HTTPS connections of a client configured with `configuration`.
-    init(configuration: DeviceClientConfiguration, hostName: String, clientCertificate: X509Credential?) {
+    init(configuration: DeviceClientConfiguration, hostName: String, clientCertificate: X509Credential?)
+        throws(IoTHubError)
+    {
         peer = PeerName(host: configuration.gatewayHostName ?? hostName)
         extraTrustedCertificatesPEM = configuration.serverVerificationCertificate.flatMap { $0.isEmpty ? nil : $0 }
         trustsSystemCertificates =
             extraTrustedCertificatesPEM == nil || configuration.serverVerificationCertificateAddsToSystemStore
-        cipherList = configuration.cipher.flatMap { $0.isEmpty ? nil : $0 }
+        if let cipher = configuration.cipher, !cipher.isEmpty {
+            ciphers = try CipherSelection(cipher)
+        }
         self.clientCertificate = clientCertificate
     }
 
     init(
         peer: PeerName, extraTrustedCertificatesPEM: String? = nil, trustsSystemCertificates: Bool? = nil,
-        cipherList: String? = nil,
+        ciphers: CipherSelection? = nil,
         clientCertificate: X509Credential? = nil
     ) {
         self.peer = peer
         self.extraTrustedCertificatesPEM = extraTrustedCertificatesPEM
         self.trustsSystemCertificates = trustsSystemCertificates ?? (extraTrustedCertificatesPEM == nil)
-        self.cipherList = cipherList
+        self.ciphers = ciphers
         self.clientCertificate = clientCertificate
     }
 }

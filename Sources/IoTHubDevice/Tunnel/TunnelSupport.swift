@@ -34,7 +34,7 @@ final class PrivateSocketDirectory: Sendable {
 }
 
 extension NIOSSLContext {
-    /// The ``TLSPolicy`` for the tunnel (NIOSSL): TLS 1.2 or newer, the cipher list and the
+    /// The ``TLSPolicy`` for the tunnel (NIOSSL): TLS 1.2 or newer, the cipher selection and the
     /// device's X.509 identity. The certificate check is not NIOSSL's: the tunnel's custom
     /// verification callback verifies the chain and the name with the policy's OpenSSL trust
     /// store (``TLSContext/rejectionReason(forServerChain:)``), so the trust roots set here
@@ -51,7 +51,22 @@ extension NIOSSLContext {
         } catch {
             throw .valueError(field: "server_verification_cert", reason: "holds no readable PEM certificate")
         }
-        if let cipher = policy.cipherList { tls.cipherSuites = cipher }
+        if let ciphers = policy.ciphers {
+            if let tls12 = ciphers.tls12 {
+                tls.cipherSuites = tls12
+            } else {
+                tls.minimumTLSVersion = .tlsv13
+            }
+            if !ciphers.allowsTLS13 {
+                tls.maximumTLSVersion = .tlsv12
+            } else if !CipherSelection.boringSSLTLS13Suites.isSubset(of: ciphers.tls13) {
+                throw .valueError(
+                    field: "cipher",
+                    reason: "the WebSocket and proxy tunnel (BoringSSL) always offers all of "
+                        + CipherSelection.boringSSLTLS13Suites.sorted().joined(separator: ", ")
+                        + " for TLS 1.3: name all three, or no TLS 1.3 suite to stay at TLS 1.2")
+            }
+        }
         if let clientCertificate = policy.clientCertificate {
             do {
                 tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(clientCertificate.certificatePEM.utf8))

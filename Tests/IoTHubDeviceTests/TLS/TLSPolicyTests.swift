@@ -10,8 +10,8 @@ import Testing
 /// every TLS stack verifies with (the end-to-end proof on all three stacks, with the system's
 /// CAs moved by SSL_CERT_FILE, is Tests/python/test_sidecar_trust.py).
 @Suite struct TLSPolicyTests {
-    private static func policy(ca: String?, addsToSystemStore: Bool = false) -> TLSPolicy {
-        TLSPolicy(
+    private static func policy(ca: String?, addsToSystemStore: Bool = false) throws -> TLSPolicy {
+        try TLSPolicy(
             configuration: DeviceClientConfiguration(
                 serverVerificationCertificate: ca, serverVerificationCertificateAddsToSystemStore: addsToSystemStore),
             hostName: "myhub.azure-devices.net", clientCertificate: nil)
@@ -24,11 +24,11 @@ import Testing
         return Int(OPENSSL_sk_num(X509_STORE_get0_objects(store)))
     }
 
-    @Test func theSystemsCAsAreTrustedOnlyWithoutACertificateOrWhenAskedToAdd() {
-        #expect(Self.policy(ca: nil).trustsSystemCertificates)
-        #expect(Self.policy(ca: "").trustsSystemCertificates, "an empty certificate is none")
-        #expect(!Self.policy(ca: "PEM").trustsSystemCertificates)
-        #expect(Self.policy(ca: "PEM", addsToSystemStore: true).trustsSystemCertificates)
+    @Test func theSystemsCAsAreTrustedOnlyWithoutACertificateOrWhenAskedToAdd() throws {
+        #expect(try Self.policy(ca: nil).trustsSystemCertificates)
+        #expect(try Self.policy(ca: "").trustsSystemCertificates, "an empty certificate is none")
+        #expect(try !Self.policy(ca: "PEM").trustsSystemCertificates)
+        #expect(try Self.policy(ca: "PEM", addsToSystemStore: true).trustsSystemCertificates)
     }
 
     @Test func theTrustStoreHoldsTheGivenCAAloneUnlessAskedToAddTheSystems() throws {
