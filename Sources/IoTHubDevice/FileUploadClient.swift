@@ -10,6 +10,8 @@ struct FileUploadClient: Sendable {
     let configuration: DeviceClientConfiguration
     /// The client's TLS policy (trust, cipher list); the client certificate is chosen per host.
     let tlsPolicy: TLSPolicy
+    /// The policy's certificate store, shared with the MQTT connection's context.
+    let trustStore: TrustStore
     let logger: Logger
 
     private var hostName: String { credentials.hostName }
@@ -54,7 +56,8 @@ struct FileUploadClient: Sendable {
         // Blob storage is another host, and the device's certificate is not for it.
         var storagePolicy = tlsPolicy
         storagePolicy.clientCertificate = nil
-        let client = HTTPSClient(policy: storagePolicy, proxy: configuration.proxyOptions, timeoutSeconds: 3600)
+        let client = HTTPSClient(
+            policy: storagePolicy, trustStore: trustStore, proxy: configuration.proxyOptions, timeoutSeconds: 3600)
         let outcome: Result<HTTPSClient.Response, IoTHubError>
         do throws(IoTHubError) {
             outcome = .success(
@@ -122,7 +125,7 @@ struct FileUploadClient: Sendable {
             "https://\(authority)/devices/\(PercentEncoding.encode(deviceId))/\(path)?api-version=\(MQTTIdentity.apiVersion)"
         var policy = tlsPolicy
         policy.clientCertificate = clientCertificate
-        let client = HTTPSClient(policy: policy, proxy: configuration.proxyOptions)
+        let client = HTTPSClient(policy: policy, trustStore: trustStore, proxy: configuration.proxyOptions)
         return try await client.send(method: "POST", url: url, headers: headers, body: body)
     }
 

@@ -106,7 +106,8 @@ public final class IoTHubDeviceClient: Sendable {
             credential, hostName: hostName, deviceId: deviceId, moduleId: moduleId,
             tokenTimeToLive: configuration.sasTokenTimeToLive)
         self.fileUpload = FileUploadClient(
-            credentials: credentials, configuration: configuration, tlsPolicy: policy, logger: logger)
+            credentials: credentials, configuration: configuration, tlsPolicy: policy, trustStore: tls.trustStore,
+            logger: logger)
         let clientId = MQTTIdentity(hostName: hostName, deviceId: deviceId, moduleId: moduleId).clientId
         var lifecycle = Lifecycle(
             clientId: clientId, retriesConnection: configuration.connectionRetry,

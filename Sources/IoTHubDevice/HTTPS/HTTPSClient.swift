@@ -20,6 +20,9 @@ struct HTTPSClient: Sendable {
     /// Trust, cipher list and client certificate; its `peer` is not used: each URL names its
     /// own host (the hub's, or blob storage's).
     var policy: TLSPolicy
+    /// The policy's certificate store, made once by the client and set on libcurl's OpenSSL
+    /// context before each handshake.
+    var trustStore: TrustStore
     /// Every request goes through this proxy; without one, no proxy is used (not even one named
     /// by `https_proxy` in the environment: the client's configuration decides).
     var proxy: ProxyOptions?
@@ -79,13 +82,13 @@ struct HTTPSClient: Sendable {
         var upload: Data
         var uploadOffset = 0
         var pipe: UploadPipe?
-        /// Whose trust store the handshake uses (libcurl's TLS context callback).
-        let policy: TLSPolicy
+        /// The store the handshake verifies with (libcurl's TLS context callback).
+        let trustStore: TrustStore
 
-        init(upload: Data, pipe: UploadPipe?, policy: TLSPolicy) {
+        init(upload: Data, pipe: UploadPipe?, trustStore: TrustStore) {
             self.upload = upload
             self.pipe = pipe
-            self.policy = policy
+            self.trustStore = trustStore
         }
     }
 
@@ -120,7 +123,7 @@ struct HTTPSClient: Sendable {
             return .failure(.clientError("libcurl could not create a transfer"))
         }
         defer { curl_easy_cleanup(handle) }
-        let sink = Sink(upload: body ?? Data(), pipe: streaming?.pipe, policy: policy)
+        let sink = Sink(upload: body ?? Data(), pipe: streaming?.pipe, trustStore: trustStore)
         let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
         var headerList: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(headerList) }
@@ -146,7 +149,7 @@ struct HTTPSClient: Sendable {
         let trustInstalled = iothub_curl_setopt_ssl_ctx_function(handle) { _, sslContext, context in
             guard let sslContext, let context else { return CURLE_SSL_CERTPROBLEM }
             let sink = Unmanaged<Sink>.fromOpaque(context).takeUnretainedValue()
-            return sink.policy.installTrustStore(inSSLContext: sslContext) ? CURLE_OK : CURLE_SSL_CACERT_BADFILE
+            return sink.trustStore.install(in: OpaquePointer(sslContext)) ? CURLE_OK : CURLE_SSL_CACERT_BADFILE
         }
         guard trustInstalled == CURLE_OK else {
             return .failure(.clientError("libcurl cannot use the client's trust store: it is not built with OpenSSL"))

@@ -23,11 +23,15 @@ import NIOConcurrencyHelpers
 final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
     let policy: TLSPolicy
+    /// The policy's certificate store, which this context verifies with and libcurl's contexts
+    /// share (``HTTPSClient``).
+    let trustStore: TrustStore
     /// OpenSSL's verification error for the last certificate a handshake with this context
     /// refused; libmosquitto frees its `SSL` object on a failed handshake, and with it the result.
     private let lastRejection = NIOLockedValueBox<Int?>(nil)
 
     init(policy: TLSPolicy) throws(IoTHubError) {
+        trustStore = try TrustStore(policy: policy)
         guard let context = SSL_CTX_new(TLS_client_method()) else {
             throw .clientError("OpenSSL could not create a TLS context")
         }
@@ -50,8 +54,9 @@ final class TLSContext: @unchecked Sendable {
         }
         // One read takes every record that has arrived (MosquittoNetworkThread drains them).
         iothub_ssl_ctx_set_read_ahead(context, 1)
-        // The context owns the store from here on.
-        SSL_CTX_set_cert_store(context, try policy.makeTrustStore())
+        guard trustStore.install(in: context) else {
+            throw .clientError("OpenSSL could not share the certificate store")
+        }
         guard let parameters = SSL_CTX_get0_param(context), policy.peer.configure(parameters) else {
             throw .valueError(field: "hostname", reason: "'\(policy.peer)' cannot be used for certificate verification")
         }
@@ -242,7 +247,8 @@ extension TLSPolicy {
     /// ``trustsSystemCertificates``, and ``extraTrustedCertificatesPEM``. Every TLS stack of
     /// the client verifies with such a store: libmosquitto's context (``TLSContext``), the
     /// tunnel (through ``TLSContext/rejectionReason(forServerChain:)``) and libcurl (set on its
-    /// context before each handshake, ``HTTPSClient``). The caller owns the store.
+    /// context before each handshake, ``HTTPSClient``), all sharing one (``TrustStore``). The
+    /// caller owns the store.
     func makeTrustStore() throws(IoTHubError) -> OpaquePointer {
         let certificates =
             try extraTrustedCertificatesPEM.map { pem throws(IoTHubError) in
@@ -257,19 +263,6 @@ extension TLSPolicy {
             ERR_clear_error()
         }
         return store
-    }
-
-    /// Replaces the trust store of an OpenSSL `SSL_CTX` made by another library (libcurl's,
-    /// in its context callback, before the handshake) with ``makeTrustStore()``. False when the
-    /// store cannot be made.
-    func installTrustStore(inSSLContext context: UnsafeMutableRawPointer) -> Bool {
-        do throws(IoTHubError) {
-            // The context owns the store from here on (and frees the one it had).
-            SSL_CTX_set_cert_store(OpaquePointer(context), try makeTrustStore())
-            return true
-        } catch {
-            return false
-        }
     }
 }
 
