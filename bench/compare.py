@@ -157,6 +157,17 @@ def python_sdk(mode, connection_string, ca, count):
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+def mqtt_floor(ca, count):
+    """bench/mqtt-rtt.c against the mosquitto broker: (rate, p50, p99) of one QoS-1 publish at a time."""
+    program = os.path.join(WORK, "mqtt-rtt")
+    if not os.path.exists(program):
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mqtt-rtt.c")
+        subprocess.run(["cc", "-O2", "-o", program, source, "-lmosquitto", "-lpthread"], check=True)
+    output = subprocess.run([program, "localhost", "8883", ca, "bench-floor", str(count)], capture_output=True, text=True, check=True)
+    run = json.loads(output.stdout.strip().splitlines()[-1])
+    return run["rate"], run["p50"], run["p99"]
+
+
 def make_certificates():
     """A CA and a server certificate for localhost, made by LocalHub (as bench/localhub-throughput does)."""
     directory = os.path.join(WORK, "certs")
@@ -187,7 +198,15 @@ def mosquitto_phase(certificates, results):
         time.sleep(2)
         results["sidecar_idle_kib"] = rss_kib(sidecar.pid)
         results["sidecar_idle_anonymous_kib"] = rss_kib(sidecar.pid, "RssAnon")
-        results["m_sidecar_seq"] = wrk(port, 1, 1, SINGLE)
+        # One message at a time, next to its floor in the same rounds: the HTTP round trip alone
+        # (no hub) and the MQTT round trip alone (libmosquitto in C: no HTTP, no Swift).
+        sequential = {"m_sidecar_seq": [], "m_floor_http": [], "m_floor_mqtt": []}
+        for _ in range(REPEAT):
+            sequential["m_sidecar_seq"].append(wrk(port, 1, 1, SINGLE))
+            sequential["m_floor_http"].append(wrk(port, 1, 1, "", path="/healthz"))
+            sequential["m_floor_mqtt"].append(mqtt_floor(ca, 3000))
+        for name, runs in sequential.items():
+            results[name] = sorted(runs, key=lambda run: run[1])[len(runs) // 2]
         python_cs = "HostName=localhost;DeviceId=bench-python;SharedAccessKey=" + key
         lines = os.path.join(WORK, "lines")
         with open(lines, "w") as file:
@@ -489,9 +508,17 @@ def report(results):
         "|---|---|---:|---:|---:|",
         "| mosquitto | sidecar `POST /messages` (wrk -c1) | {:.0f} | {:.2f} | {:.2f} |".format(*m["m_sidecar_seq"]),
         "| mosquitto | Python SDK `send_message` | {:.0f} | {:.2f} | {:.2f} |".format(m["m_python_sync"]["rate"], sync_p50, m["m_python_sync"]["p99"]),
+        "| mosquitto | *floor:* sidecar `GET /healthz`, no hub (wrk -c1) | {:.0f} | {:.3f} | {:.3f} |".format(*m["m_floor_http"]),
+        "| mosquitto | *floor:* bare libmosquitto QoS-1 publish→PUBACK, no HTTP (bench/mqtt-rtt.c) | {:.0f} | {:.3f} | {:.3f} |".format(
+            *m["m_floor_mqtt"]),
         "| LocalHub | sidecar `POST /messages` (wrk -c1) | {:.0f} | {:.2f} | {:.2f} |".format(*l["l_sidecar_seq"]),
         "| LocalHub | Python SDK `send_message` | {:.0f} | {:.2f} | {:.2f} |".format(
             l["l_python_sync"]["rate"], l["l_python_sync"]["p50"], l["l_python_sync"]["p99"]),
+        "",
+        "Sequential p50 against mosquitto as floor + overhead: {:.3f} ms = {:.3f} (HTTP floor) + {:.3f} (MQTT floor) + "
+        "{:.0f} µs of the sidecar's own (goal: at most 50 µs). The three are medians of {} alternating rounds.".format(
+            m["m_sidecar_seq"][1], m["m_floor_http"][1], m["m_floor_mqtt"][1],
+            (m["m_sidecar_seq"][1] - m["m_floor_http"][1] - m["m_floor_mqtt"][1]) * 1000, REPEAT),
         "",
         "## 2. Telemetry throughput (mosquitto)",
         "",
