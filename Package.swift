@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "IoTHubDevice", targets: ["IoTHubDevice"]),
         .library(name: "DurableLog", targets: ["DurableLog"]),
         .executable(name: "iothub-sidecar", targets: ["iothub-sidecar"]),
+        .executable(name: "iothub-localhub", targets: ["iothub-localhub"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -139,13 +140,30 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // MARK: The command-line tool.
+        // MARK: The command-line tools: the sidecar, and the local hub as a program of its own
+        // (so the sidecar users deploy carries none of LocalHub), with what both need.
+        .target(
+            name: "CommandLineSupport",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "iothub-localhub",
+            dependencies: [
+                "CommandLineSupport",
+                "LocalHub",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "iothub-sidecar",
             dependencies: [
+                "CommandLineSupport",
                 "IoTHubProtocol",
                 "IoTHubDevice",
-                "LocalHub",
                 "Sidecar",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,134 +1,43 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
-import LocalHub
-import Logging
-import ServiceLifecycle
 
-/// `iothub-sidecar hub`: runs the local IoT Hub on its own.
-struct HubCommand: AsyncParsableCommand {
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `iothub-sidecar hub`: the local IoT Hub, which is the program `iothub-localhub` installed
+/// next to this one; this command becomes it, with the same arguments.
+struct HubCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hub",
         abstract: "Run a local IoT Hub (emulator) that devices and Microsoft's SDKs can use.",
         discussion: """
-            Serves MQTT over TLS, HTTPS (IoT Hub's service API, device file upload, MQTT over \
-            WebSockets at /$iothub/websocket, and the emulator's /local API) and blob storage. \
-            Certificates, keys and the registry live in the data directory; clients must trust \
-            its ca.pem. The owner policy's connection string is in its service-connection-string \
-            file. It also serves a Device Provisioning Service on the same ports: its ID scope \
-            is in dps-id-scope, its service policy's connection string in \
-            provisioning-service-connection-string. Stop it with Ctrl-C or SIGTERM.
-            """
+            The same as running iothub-localhub, installed next to iothub-sidecar, with these \
+            arguments; `iothub-sidecar hub --help` lists its options.
+            """,
+        // --help goes to iothub-localhub, which knows the options.
+        helpNames: []
     )
 
-    @Option(
-        name: .customLong("data-dir"),
-        help: ArgumentHelp("Directory for certificates, keys and state (created if missing).", valueName: "dir"))
-    var dataDirectory: String = HubCommand.defaultDataDirectory
+    @Argument(parsing: .captureForPassthrough, help: "iothub-localhub's options.")
+    var arguments: [String] = []
 
-    @Option(
-        name: .customLong("hostname"),
-        help: ArgumentHelp("The hub's host name, as devices' connection strings give it.", valueName: "name"))
-    var hostName: String = "localhost"
-
-    @Option(
-        name: .customLong("bind"),
-        help: ArgumentHelp(
-            "Address to listen on. Keep 127.0.0.1 unless other hosts must connect.", valueName: "address"))
-    var bindAddress: String = "127.0.0.1"
-
-    @Option(name: .customLong("mqtt-port"), help: "Port for MQTT over TLS (IoT Hub uses 8883; 0 picks a free port).")
-    var mqttPort: Int = 8883
-
-    @Option(
-        name: .customLong("https-port"),
-        help: "Port for HTTPS and MQTT over WebSockets (IoT Hub uses 443; 0 picks a free port).")
-    var httpsPort: Int = 8443
-
-    @Option(
-        name: .customLong("blob-port"), help: "Port for the blob storage that file uploads go to (0 picks a free port)."
-    )
-    var blobPort: Int = 10000
-
-    @Option(
-        name: .customLong("device"),
-        help: ArgumentHelp(
-            "Register this device (if new) and print its connection string. Repeatable.", valueName: "id"))
-    var devices: [String] = []
-
-    @Option(
-        name: .customLong("telemetry-bytes"),
-        help: ArgumentHelp(
-            "How much memory the record of received telemetry (GET /local/telemetry) may take; the oldest messages go first. Default 67108864 (64 MiB).",
-            valueName: "bytes"))
-    var telemetryBytes: Int = 64 << 20
-
-    @Option(name: .customLong("log-level"), help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
-
-    static var defaultDataDirectory: String {
-        let environment = ProcessInfo.processInfo.environment
-        let base = environment["XDG_DATA_HOME"] ?? ((environment["HOME"] ?? ".") + "/.local/share")
-        return base + "/iothub-sidecar/localhub"
-    }
-
-    func validate() throws {
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
-        }
-        guard telemetryBytes > 0 else { throw ValidationError("--telemetry-bytes must be a positive number of bytes") }
-        for (name, port) in [("--mqtt-port", mqttPort), ("--https-port", httpsPort), ("--blob-port", blobPort)]
-        where !(0...65535).contains(port) {
-            throw ValidationError("\(name) must be from 0 to 65535")
-        }
-    }
-
-    func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level) }
-        let logger = Logger(label: "localhub")
-        let configuration = LocalHub.Configuration(
-            hostName: hostName, bindAddress: bindAddress, mqttPort: mqttPort, httpsPort: httpsPort, blobPort: blobPort,
-            dataDirectory: dataDirectory, devices: devices, telemetryByteCapacity: telemetryBytes)
-        for (what, port, flag) in [
-            ("MQTT", mqttPort, "--mqtt-port"), ("HTTPS", httpsPort, "--https-port"),
-            ("blob storage", blobPort, "--blob-port"),
-        ]
-        where PortCheck.isInUse(host: bindAddress, port: port) {
-            FileHandle.standardError.write(
-                Data(
-                    "iothub-sidecar hub: \(PortCheck.busy("the local hub's \(what)", host: bindAddress, port: port, flag: "\(flag) (0 picks a free one)"))\n"
-                        .utf8))
-            throw ExitCode.failure
-        }
-        let hub: LocalHub
-        let ports: LocalHub.Ports
+    func run() throws {
+        let path: String
         do {
-            hub = try LocalHub(configuration: configuration, logger: logger)
-            ports = try await hub.start()
+            path = try LocalHubProcess.locateExecutable()
         } catch {
             FileHandle.standardError.write(Data("iothub-sidecar hub: \(error)\n".utf8))
             throw ExitCode.failure
         }
-        var lines = [
-            "LocalHub for \(hostName)",
-            "  MQTT over TLS:   \(bindAddress):\(ports.mqtt)",
-            "  HTTPS:           \(bindAddress):\(ports.https)  (service API, file upload, /local, MQTT over WebSockets)",
-            "  Blob storage:    \(bindAddress):\(ports.blob)",
-            "  CA certificate:  \(dataDirectory)/ca.pem",
-            "  Service connection string: \(dataDirectory)/service-connection-string",
-            "  DPS ID scope:    \(hub.idScope)  (provisioning host \(hostName), same MQTT and HTTPS ports; also in \(dataDirectory)/dps-id-scope)",
-            "  Provisioning service connection string: \(dataDirectory)/provisioning-service-connection-string",
-        ]
-        for device in devices {
-            lines.append("  Device \(device): \(try hub.deviceConnectionString(deviceId: device))")
+        let argv = ([path] + arguments).map { strdup($0) }
+        (argv + [nil]).withUnsafeBufferPointer { pointers in
+            if let base = pointers.baseAddress { _ = execv(path, base) }
         }
-        lines.append("ready")
-        FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: hub)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-        try await group.run()
+        let reason = String(cString: strerror(errno))
+        argv.forEach { free($0) }
+        FileHandle.standardError.write(Data("iothub-sidecar hub: cannot run \(path): \(reason)\n".utf8))
+        throw ExitCode.failure
     }
 }

@@ -1,8 +1,8 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import IoTHubDevice
 import IoTHubProtocol
-import LocalHub
 import Logging
 import ServiceLifecycle
 import Sidecar
@@ -349,7 +349,7 @@ struct ServeCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "Where the local hub keeps its certificates, state, ca.pem and service-connection-string (the same place as 'iothub-sidecar hub').",
             valueName: "dir"))
-    var localHubDataDirectory: String = HubCommand.defaultDataDirectory
+    var localHubDataDirectory: String = LocalHubLaunch.defaultDataDirectory
 
     @Option(
         name: .customLong("local-hub-mqtt-port"),
@@ -433,27 +433,29 @@ struct ServeCommand: AsyncParsableCommand {
                 guard localHubTelemetryBytes > 0 else {
                     Self.fail("--local-hub-telemetry-bytes must be a positive number of bytes")
                 }
-                let hub = try LocalHub(
-                    configuration: .init(
-                        hostName: "localhost", bindAddress: "127.0.0.1", mqttPort: localHubMQTTPort,
-                        httpsPort: localHubHTTPSPort,
-                        blobPort: localHubBlobPort, dataDirectory: localHubDataDirectory, devices: [localHubDevice],
-                        telemetryByteCapacity: localHubTelemetryBytes),
-                    logger: Logger(label: "localhub"))
-                let ports = try await hub.start()
+                let hub = try await LocalHubProcess.start(arguments: [
+                    "--data-dir", localHubDataDirectory, "--hostname", "localhost", "--bind", "127.0.0.1",
+                    "--mqtt-port", String(localHubMQTTPort), "--https-port", String(localHubHTTPSPort),
+                    "--blob-port", String(localHubBlobPort), "--device", localHubDevice,
+                    "--telemetry-bytes", String(localHubTelemetryBytes), "--log-level", settings.logLevel.rawValue,
+                ])
+                let ports = hub.readiness
+                // First in the group, so stopped last: the bridge drains to it before it goes.
                 services.append(.init(service: hub))
                 configuration.serverVerificationCertificate = [
-                    configuration.serverVerificationCertificate, hub.caCertificatePEM,
+                    configuration.serverVerificationCertificate, ports.caCertificatePEM,
                 ].compactMap { $0 }.joined(separator: "\n")
-                configuration.mqttPort = ports.mqtt
-                configuration.httpsPort = ports.https
-                let connectionString = try hub.deviceConnectionString(deviceId: localHubDevice)
+                configuration.mqttPort = ports.mqttPort
+                configuration.httpsPort = ports.httpsPort
+                guard let connectionString = ports.deviceConnectionStrings[localHubDevice] else {
+                    Self.fail("the local hub did not register \(localHubDevice)")
+                }
                 client = try IoTHubDeviceClient.fromConnectionString(
                     connectionString, configuration: configuration, logger: Logger(label: "iothub-device"))
                 var metadata: Logger.Metadata = [
-                    "device": "\(localHubDevice)", "mqtt": "127.0.0.1:\(ports.mqtt)",
-                    "https": "https://127.0.0.1:\(ports.https)",
-                    "blob": "127.0.0.1:\(ports.blob)",
+                    "device": "\(localHubDevice)", "mqtt": "127.0.0.1:\(ports.mqttPort)",
+                    "https": "https://127.0.0.1:\(ports.httpsPort)",
+                    "blob": "127.0.0.1:\(ports.blobPort)",
                 ]
                 metadata["ca"] = "\(localHubDataDirectory)/ca.pem"
                 logger.info("local IoT Hub started", metadata: metadata)

@@ -1,5 +1,6 @@
 """The sidecar as a process: API token, unix socket, auto-connect off, a SAS-token identity whose
 token is replaced, graceful shutdown with requests in flight, and startup failures."""
+import http.client
 import json
 import os
 import re
@@ -451,3 +452,113 @@ def test_a_connect_failure_is_logged_once(tmp_path):
     # Two attempts, two seconds apart: one line each.
     assert len(reports) == 2, reports
     assert all("could not connect to the hub" in line for line in reports), reports
+
+
+# -- the local hub as a child process (iothub-localhub)
+
+def children_of(pid):
+    """Process ids whose parent is `pid`, with their command lines."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry)) as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                with open("/proc/{}/cmdline".format(entry), "rb") as cmdline:
+                    children[int(entry)] = cmdline.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+    return children
+
+
+def local_hub_of(sidecar):
+    hubs = [pid for pid, cmdline in children_of(sidecar.process.pid).items()
+            if os.path.basename(cmdline[0]) == b"iothub-localhub"]
+    assert len(hubs) == 1, children_of(sidecar.process.pid)
+    return hubs[0]
+
+
+def is_gone(pid, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open("/proc/{}/stat".format(pid)) as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_local_hub_is_a_program_of_its_own_that_never_outlives_the_sidecar():
+    sidecar = Sidecar().wait_ready()
+    hub = local_hub_of(sidecar)
+    # Its own process group: a terminal's Ctrl-C reaches the sidecar, which stops the hub last.
+    assert os.getpgid(hub) != os.getpgid(sidecar.process.pid)
+    assert sidecar.post("/messages", body=b"through the child hub").status == 200
+    sidecar.process.kill()
+    sidecar.process.wait(30)
+    assert is_gone(hub), "the local hub outlived the sidecar's kill -9"
+    # At once: a sidecar started right away gets the same ports for its hub.
+    port = free_port()
+    again = subprocess.Popen(
+        [BINARY, "serve", "--local-hub", "--local-hub-data-dir", sidecar.data_dir,
+         "--local-hub-mqtt-port", str(sidecar.hub_mqtt_port), "--local-hub-https-port", str(sidecar.hub_https_port),
+         "--local-hub-blob-port", str(sidecar.hub_blob_port), "--listen", "127.0.0.1:{}".format(port),
+         "--state-dir", sidecar.state_dir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = None
+        deadline = time.time() + 30
+        while time.time() < deadline and ready != 200:
+            assert again.poll() is None, again.stderr.read()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/readyz")
+                ready = connection.getresponse().status
+                connection.close()
+            except OSError:
+                time.sleep(0.1)
+        assert ready == 200
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(60) == 0, again.stderr.read()
+
+
+def test_sigterm_stops_the_sidecar_and_then_its_local_hub():
+    sidecar = Sidecar().wait_ready()
+    hub = local_hub_of(sidecar)
+    sidecar.process.send_signal(signal.SIGTERM)
+    assert sidecar.process.wait(60) == 0, sidecar.output()
+    assert is_gone(hub)
+
+
+def test_the_sidecar_ends_with_an_error_when_its_local_hub_ends():
+    sidecar = Sidecar().wait_ready()
+    try:
+        os.kill(local_hub_of(sidecar), signal.SIGKILL)
+        assert sidecar.process.wait(60) != 0
+        assert "the local hub ended (signal 9)" in sidecar.output(), sidecar.output()
+    finally:
+        if sidecar.process.poll() is None:
+            sidecar.process.kill()
+
+
+def test_local_hub_needs_its_program_next_to_the_sidecar(tmp_path):
+    alone = tmp_path / "iothub-sidecar"
+    shutil.copy(BINARY, alone)
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    run = subprocess.run([str(alone), "serve", "--local-hub", "--local-hub-data-dir", str(tmp_path / "hub"),
+                          "--local-hub-mqtt-port", "0", "--local-hub-https-port", "0", "--local-hub-blob-port", "0",
+                          "--listen", "127.0.0.1:{}".format(free_port())], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert "iothub-localhub is not installed next to iothub-sidecar or on PATH" in run.stderr, run.stderr
+    run = subprocess.run([str(alone), "hub", "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1 and "iothub-localhub is not installed" in run.stderr, run.stderr
+
+
+def test_the_hub_command_is_iothub_localhub():
+    run = subprocess.run([BINARY, "hub", "--help"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "iothub-localhub" in run.stdout and "--telemetry-bytes" in run.stdout, run.stdout

@@ -1,28 +1,28 @@
 import Foundation
-import Logging
+package import Logging
 
 /// One line per event on standard error: `time level label: key=value … [source] message`.
 ///
 /// Like swift-log's `StreamLogHandler`, but metadata set on a logger is only rendered when a
 /// line is actually written: the HTTP server sets request metadata on its logger for every
 /// request, and rendering it each time cost several percent of a request's CPU time.
-struct LineLogHandler: LogHandler {
-    let label: String
-    var logLevel: Logger.Level
-    var metadata: Logger.Metadata = [:]
-    var metadataProvider: Logger.MetadataProvider?
+package struct LineLogHandler: LogHandler {
+    package let label: String
+    package var logLevel: Logger.Level
+    package var metadata: Logger.Metadata = [:]
+    package var metadataProvider: Logger.MetadataProvider?
 
-    init(label: String, level: Logger.Level) {
+    package init(label: String, level: Logger.Level) {
         self.label = label
         self.logLevel = level
     }
 
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    func log(event: LogEvent) {
+    package func log(event: LogEvent) {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let extra = event.metadata { merged.merge(extra) { _, new in new } }

@@ -7,9 +7,9 @@
 /// Finds a busy port before anything starts, so that the first thing a newcomer reads is which
 /// port is taken and which flag moves it, not what the half-started rest of the process logged.
 /// (Only a check: the real bind can still lose a race, and then says so in its own words.)
-enum PortCheck {
+package enum PortCheck {
     /// Whether binding `host:port` (TCP) fails now because the address is in use.
-    static func isInUse(host: String, port: Int) -> Bool {
+    package static func isInUse(host: String, port: Int) -> Bool {
         guard port != 0 else { return false }
         var hints = addrinfo()
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
@@ -38,11 +38,11 @@ enum PortCheck {
     /// - Parameters:
     ///   - what: what could not listen, such as `the local hub's MQTT listener`.
     ///   - flag: the option (and variable) that moves it.
-    static func busy(_ what: String, host: String, port: Int, flag: String) -> String {
+    package static func busy(_ what: String, host: String, port: Int, flag: String) -> String {
         busy(what, address: host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)", flag: flag)
     }
 
-    static func busy(_ what: String, address: String, flag: String) -> String {
+    package static func busy(_ what: String, address: String, flag: String) -> String {
         "\(what) cannot listen on \(address): the port is in use, probably by another iothub-sidecar already running (scripts/run?). Stop it, or choose another with \(flag)"
     }
 }
