@@ -184,17 +184,9 @@ extension IoTHubDeviceClient {
         }
     }
 
-    /// After every (re)connect: subscribe what is enabled, check the desired properties.
+    /// After every (re)connect: subscribe what is wanted, check the desired properties.
     private func afterConnect() {
-        subscriptions.withLockedValue { $0.connectFailureReported = false }
-        background.run {
-            await self.resubscribe()
-            if self.configuration.ensureDesiredProperties,
-                self.subscriptions.withLockedValue({ $0.enabled.contains(.desiredProperties) })
-            {
-                await self.refreshDesiredProperties()
-            }
-        }
+        reconcileAfterConnect()
     }
 
     // MARK: Attempts
