@@ -136,4 +136,33 @@ import Testing
             await client.shutdown()
         }
     }
+
+    /// A module's input messages switch off the same way: while nobody listens, the hub
+    /// refuses to send to the module's inputs (`DeviceNotOnline`, there is no queue).
+    @Test func aModuleStopsReceivingInputsWhileNobodyListens() async throws {
+        try await HubFixture.with { fixture in
+            let module = try fixture.client("dev1", moduleId: "filter")
+            let key = IdentityKey(deviceId: "dev1", moduleId: "filter")
+            let filter = TopicFilter.moduleInputs(deviceId: "dev1", moduleId: "filter")
+            func subscribed() -> Bool { fixture.hub.identity(key)?.subscriptions[filter] != nil }
+            do {
+                let inputs = module.messages()
+                #expect(await HubFixture.eventually { subscribed() })
+                _ = inputs
+            }
+            #expect(await HubFixture.eventually { !subscribed() })
+            do throws(ServiceError) {
+                _ = try fixture.hub.sendToModuleInput(key, input: "in", message: Message(payload: Data("x".utf8)))
+                Issue.record("the hub sent to an input nobody listens to")
+            } catch {
+                if case .deviceNotOnline = error {} else { Issue.record("refused with \(error), not DeviceNotOnline") }
+            }
+            let inputs = module.messages()
+            #expect(await HubFixture.eventually { subscribed() })
+            _ = try fixture.hub.sendToModuleInput(
+                key, input: "in", message: Message(payload: Data("back".utf8), messageId: "i2"))
+            #expect(await first(of: inputs)?.messageId == "i2")
+            await module.shutdown()
+        }
+    }
 }
