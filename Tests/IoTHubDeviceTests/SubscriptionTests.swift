@@ -165,4 +165,31 @@ import Testing
             await module.shutdown()
         }
     }
+
+    /// A message the hub sends before it sees the UNSUBSCRIBE is acknowledged on arrival (MQTT
+    /// acknowledges on receipt); the client keeps it for the next listener. Made certain here:
+    /// the hub's session still holds the subscription at the reconnect, and the hub sends what
+    /// is queued right after its CONNACK, before the client can unsubscribe.
+    @Test func aMessageTheHubSentBeforeItSawTheUnsubscribeGoesToTheNextListener() async throws {
+        try await HubFixture.with { fixture in
+            let client = try fixture.client()
+            let filter = TopicFilter.cloudToDevice(deviceId: "dev1")
+            do {
+                let messages = client.messages()
+                #expect(await HubFixture.eventually { isSubscribed(fixture, filter) })
+                await client.disconnect()
+                _ = messages
+            }
+            _ = try fixture.hub.enqueueCloudToDevice(
+                to: "dev1", message: Message(payload: Data("late".utf8), messageId: "in-flight"), timeToLive: nil)
+            try await client.connect()
+            #expect(await HubFixture.eventually { !isSubscribed(fixture, filter) })
+            #expect(
+                await HubFixture.eventually { fixture.hub.identity(Self.device)?.cloudToDevice.isEmpty == true },
+                "the hub sent it, and the client acknowledged it")
+            let messages = client.messages()
+            #expect(await first(of: messages)?.messageId == "in-flight")
+            await client.shutdown()
+        }
+    }
 }
