@@ -201,8 +201,13 @@ extension IoTHubDeviceClient {
                     Feature.allCases.filter { !wanted.contains($0) && state.inHubSession.contains($0) }
                 )
             }
+            // Each on its own: an UNSUBACK that does not come does not keep a listener waiting.
             do throws(IoTHubError) {
                 try await unsubscribe(unwanted, on: current)
+            } catch {
+                errorStreams.yield(error)
+            }
+            do throws(IoTHubError) {
                 try await subscribe(missing, on: current)
             } catch {
                 errorStreams.yield(error)
