@@ -50,6 +50,16 @@ extension IoTHubDeviceClient {
         await disconnect()
         changeLifecycle { $0.shutDown(at: .now) }
         await background.cancelAndWait()
+        // What the hub sent between the last listener going and its UNSUBSCRIBE, and no
+        // listener came back for: said, not dropped silently.
+        for (what, count) in [
+            ("cloud-to-device messages", messageStreams.undeliveredCount),
+            ("method requests", methodStreams.undeliveredCount),
+        ] where count > 0 {
+            logger.warning(
+                "\(what) received after the last listener went were never handed to a listener",
+                metadata: ["count": "\(count)"])
+        }
         for broadcaster in [
             messageStreams as any FinishableBroadcaster, methodStreams, desiredStreams, stateStreams, errorStreams,
             tokenStreams,
@@ -184,17 +194,9 @@ extension IoTHubDeviceClient {
         }
     }
 
-    /// After every (re)connect: subscribe what is enabled, check the desired properties.
+    /// After every (re)connect: subscribe what is wanted, check the desired properties.
     private func afterConnect() {
-        subscriptions.withLockedValue { $0.connectFailureReported = false }
-        background.run {
-            await self.resubscribe()
-            if self.configuration.ensureDesiredProperties,
-                self.subscriptions.withLockedValue({ $0.enabled.contains(.desiredProperties) })
-            {
-                await self.refreshDesiredProperties()
-            }
-        }
+        reconcileAfterConnect()
     }
 
     // MARK: Attempts

@@ -5,22 +5,35 @@ import IoTHubProtocol
 // MARK: Subscriptions and incoming messages
 
 extension IoTHubDeviceClient {
-    /// What the client subscribes to, each once per connection, when someone listens.
+    /// What the client subscribes to, each once per connection, while it is wanted.
     enum Feature: Hashable, CaseIterable {
         case cloudToDevice, methods, twinResponses, desiredProperties
     }
 
-    /// What listeners asked for, and what is subscribed on which connection.
+    /// What is wanted, and what is subscribed on which connection and may be in the hub's session.
+    ///
+    /// A feature is wanted while its stream has a listener (cloud-to-device messages also while
+    /// a durable inbox is given); twin responses from the first twin operation on. The client
+    /// subscribes what is wanted and unsubscribes what is not, like the Python SDK enabling and
+    /// disabling a feature when a handler is set or set to `None`.
     struct Subscriptions {
-        /// Subscribed after every connect.
-        var enabled: Set<Feature> = []
-        /// Enabled by listeners and not yet handled by the background task that enables them.
+        /// Wanted whether or not anyone listens (twin responses, once a twin operation ran).
+        var sticky: Set<Feature> = []
+        /// Features a listener started for since the reconciler last looked: it connects for
+        /// them (when auto-connect allows).
         var pendingEnables: Set<Feature> = []
-        /// That task runs.
-        var enabling = false
-        /// A connect the task made for listeners failed and was reported, and no connection
-        /// has been made since: the same outage is not reported again for later listeners.
+        /// The reconciler (one task at a time) runs, and has something new to look at.
+        var reconciling = false
+        var dirty = false
+        /// A connection was made since the reconciler last looked.
+        var reconnected = false
+        /// A connect the reconciler made for listeners failed and was reported, and no
+        /// connection has been made since: the same outage is not reported again for later
+        /// listeners.
         var connectFailureReported = false
+        /// What the hub's session may hold: subscribed at some point (the session outlives the
+        /// connection: clean session is off) and not unsubscribed since.
+        private(set) var inHubSession: Set<Feature> = []
         /// The connection (its attempt's id) that `subscribed` is about.
         private var connectionId: Int?
         private var subscribed: Set<Feature> = []
@@ -29,12 +42,23 @@ extension IoTHubDeviceClient {
             connectionId == connection && subscribed.contains(feature)
         }
 
+        /// A SUBSCRIBE for `features` is about to go out: from now on the hub's session may hold them.
+        mutating func subscribing(_ features: [Feature]) {
+            inHubSession.formUnion(features)
+        }
+
         mutating func markSubscribed(_ features: [Feature], on connection: Int) {
             if connectionId != connection {
                 connectionId = connection
                 subscribed = []
             }
             subscribed.formUnion(features)
+        }
+
+        /// The hub acknowledged the UNSUBSCRIBE of `features`.
+        mutating func markUnsubscribed(_ features: [Feature]) {
+            inHubSession.subtract(features)
+            subscribed.subtract(features)
         }
     }
 
@@ -49,86 +73,153 @@ extension IoTHubDeviceClient {
         }
     }
 
-    /// Subscribes to `feature` on the current connection if that has not happened yet.
+    /// The features wanted now: those with a listener, the durable inbox's, the sticky ones.
+    func wantedFeatures() -> Set<Feature> {
+        var wanted = subscriptions.withLockedValue { $0.sticky }
+        if messageStreams.hasListeners || inbox.withLockedValue({ $0 != nil }) { wanted.insert(.cloudToDevice) }
+        if methodStreams.hasListeners { wanted.insert(.methods) }
+        if desiredStreams.hasListeners { wanted.insert(.desiredProperties) }
+        return wanted
+    }
+
+    /// Wanted from now on whether or not anyone listens; subscribed on the current connection
+    /// before this returns.
     func ensureSubscribed(_ features: [Feature]) async throws(IoTHubError) {
-        let current = lifecycle.withLockedValue { $0.currentConnection }
-        let missing = subscriptions.withLockedValue { subscriptions -> [Feature] in
-            subscriptions.enabled.formUnion(features)
-            guard let current else { return [] }
-            return features.filter { !subscriptions.isSubscribed($0, on: current.id) }
+        subscriptions.withLockedValue { $0.sticky.formUnion(features) }
+        guard let current = lifecycle.withLockedValue({ $0.currentConnection }) else { return }
+        let missing = subscriptions.withLockedValue { subscriptions in
+            features.filter { !subscriptions.isSubscribed($0, on: current.id) }
         }
-        guard let current, !missing.isEmpty else { return }
+        try await subscribe(missing, on: current)
+    }
+
+    private func subscribe(_ features: [Feature], on current: (connection: MosquittoClient, id: Int))
+        async throws(IoTHubError)
+    {
+        guard !features.isEmpty else { return }
+        subscriptions.withLockedValue { $0.subscribing(features) }
         let mqtt = current.connection
         let timeout = configuration.operationTimeout
-        let filters = missing.map(filter(for:))
+        let filters = features.map(filter(for:))
         let granted = try await withTimeout(
             timeout, timeoutError: { .operationTimeout("no SUBACK from the hub within \(timeout)") }
         ) { () async throws(IoTHubError) -> [Int32] in
             try await mqtt.subscribe(filters)
         }
-        let refused = zip(missing, granted).filter { $0.1 == 0x80 }.map { filter(for: $0.0) }
+        let refused = zip(features, granted).filter { $0.1 == 0x80 }.map { filter(for: $0.0) }
         guard refused.isEmpty else {
             throw .serviceError(
                 status: 403, message: "the hub refused the subscription to \(refused.joined(separator: ", "))")
         }
-        subscriptions.withLockedValue { $0.markSubscribed(missing, on: current.id) }
+        subscriptions.withLockedValue { $0.markSubscribed(features, on: current.id) }
     }
 
-    func resubscribe() async {
-        let enabled = subscriptions.withLockedValue { Array($0.enabled) }
-        guard !enabled.isEmpty else { return }
-        do throws(IoTHubError) {
-            try await ensureSubscribed(enabled)
-        } catch {
-            errorStreams.yield(error)
+    private func unsubscribe(_ features: [Feature], on current: (connection: MosquittoClient, id: Int))
+        async throws(IoTHubError)
+    {
+        guard !features.isEmpty else { return }
+        let mqtt = current.connection
+        let timeout = configuration.operationTimeout
+        let filters = features.map(filter(for:))
+        try await withTimeout(
+            timeout, timeoutError: { .operationTimeout("no UNSUBACK from the hub within \(timeout)") }
+        ) { () async throws(IoTHubError) in
+            try await mqtt.unsubscribe(filters)
         }
+        subscriptions.withLockedValue { $0.markUnsubscribed(features) }
+        logger.debug("unsubscribed", metadata: ["filters": "\(filters)"])
     }
 
-    /// A listener asked for `feature`: it is subscribed from now on, on this connection (made
-    /// now when auto-connect allows) and after every reconnect.
+    /// After every (re)connect: the reconciler subscribes what is wanted, unsubscribes what the
+    /// hub's session holds and nobody wants, and checks the desired properties.
+    func reconcileAfterConnect() {
+        subscriptions.withLockedValue {
+            $0.connectFailureReported = false
+            $0.reconnected = true
+        }
+        reconcileInBackground()
+    }
+
+    /// Listeners came or went on the stream of `feature`.
+    func listenersChanged(_ feature: Feature, _ change: ListenerChange) {
+        if case .added = change { subscriptions.withLockedValue { _ = $0.pendingEnables.insert(feature) } }
+        reconcileInBackground()
+    }
+
+    /// Makes the subscriptions match what is wanted, in the background: one task at a time,
+    /// which looks again as long as something changed meanwhile. A listener that starts
+    /// subscribes on this connection (made now when auto-connect allows) and after every
+    /// reconnect; when the last listener of a feature goes, the feature is unsubscribed (at the
+    /// next connect when the client is not connected), so the hub keeps cloud-to-device
+    /// messages queued and fails method calls at once, as for a device that does not listen.
     ///
-    /// One background task at a time enables what listeners asked for, all of it together: a
-    /// program that starts three listeners while the hub cannot be reached hears of the
+    /// A program that starts three listeners while the hub cannot be reached hears of the
     /// failure to connect for them once, not once per listener (until a connection is made).
-    func enableInBackground(_ feature: Feature) {
+    func reconcileInBackground() {
         let start = subscriptions.withLockedValue { state -> Bool in
-            state.enabled.insert(feature)
-            state.pendingEnables.insert(feature)
-            defer { state.enabling = true }
-            return !state.enabling
+            state.dirty = true
+            defer { state.reconciling = true }
+            return !state.reconciling
         }
         guard start else { return }
-        let started = background.run {
-            while let features = self.subscriptions.withLockedValue({ state -> Set<Feature>? in
-                guard !state.pendingEnables.isEmpty else {
-                    state.enabling = false
-                    return nil
-                }
-                defer { state.pendingEnables = [] }
-                return state.pendingEnables
-            }) {
+        let started = background.run { await self.reconcile() }
+        if !started { subscriptions.withLockedValue { $0.reconciling = false } }
+    }
+
+    private func reconcile() async {
+        while let (enables, reconnected) = subscriptions.withLockedValue({ state -> (Set<Feature>, Bool)? in
+            guard state.dirty else {
+                state.reconciling = false
+                return nil
+            }
+            defer {
+                state.dirty = false
+                state.pendingEnables = []
+                state.reconnected = false
+            }
+            return (state.pendingEnables, state.reconnected)
+        }) {
+            let wanted = wantedFeatures()
+            if !enables.isDisjoint(with: wanted) {
                 do throws(IoTHubError) {
-                    try await self.ensureConnectionIfAllowed()
+                    try await ensureConnectionIfAllowed()
                 } catch {
                     // Reported once per outage: what listeners asked for meanwhile is
-                    // subscribed at the next connect, like everything enabled.
-                    let report = self.subscriptions.withLockedValue { state -> Bool in
-                        state.pendingEnables = []
+                    // subscribed at the next connect, like everything wanted.
+                    let report = subscriptions.withLockedValue { state -> Bool in
                         defer { state.connectFailureReported = true }
                         return !state.connectFailureReported
                     }
-                    if report { self.errorStreams.yield(error) }
+                    if report { errorStreams.yield(error) }
                     continue
                 }
-                do throws(IoTHubError) {
-                    try await self.ensureSubscribed(Feature.allCases.filter(features.contains))
-                    if features.contains(.desiredProperties) { await self.refreshDesiredProperties() }
-                } catch {
-                    self.errorStreams.yield(error)
-                }
+            }
+            guard let current = lifecycle.withLockedValue({ $0.currentConnection }) else { continue }
+            let (missing, unwanted) = subscriptions.withLockedValue { state in
+                (
+                    Feature.allCases.filter { wanted.contains($0) && !state.isSubscribed($0, on: current.id) },
+                    Feature.allCases.filter { !wanted.contains($0) && state.inHubSession.contains($0) }
+                )
+            }
+            // Each on its own: an UNSUBACK that does not come does not keep a listener waiting.
+            do throws(IoTHubError) {
+                try await unsubscribe(unwanted, on: current)
+            } catch {
+                errorStreams.yield(error)
+            }
+            do throws(IoTHubError) {
+                try await subscribe(missing, on: current)
+            } catch {
+                errorStreams.yield(error)
+                continue
+            }
+            guard missing.contains(.desiredProperties) else { continue }
+            // A listener that starts gets the desired properties if they changed since the
+            // last it saw; after a reconnect, only with `ensure_desired_properties`.
+            if enables.contains(.desiredProperties) || (reconnected && configuration.ensureDesiredProperties) {
+                await refreshDesiredProperties()
             }
         }
-        if !started { subscriptions.withLockedValue { $0.enabling = false } }
     }
 
     /// Connects for a listener only when auto-connect allows it; otherwise the subscription

@@ -99,9 +99,13 @@ extension IoTHubDeviceClient {
 
     /// Cloud-to-device messages, or a module's input messages (the Python SDK's
     /// `on_message_received`). Listening subscribes; each listener gets every message.
+    ///
+    /// Dropping (or cancelling) the last stream turns the feature off, as setting the Python
+    /// handler to `None` does: the client unsubscribes, and the hub keeps cloud-to-device
+    /// messages queued until someone listens again. A message the hub had already sent when
+    /// the last listener went is kept for the next listener, in order.
     public func messages() -> AsyncStream<Message> {
         let stream = messageStreams.stream()
-        enableInBackground(.cloudToDevice)
         return stream
     }
 }

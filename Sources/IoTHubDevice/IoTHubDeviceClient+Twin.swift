@@ -24,9 +24,12 @@ extension IoTHubDeviceClient {
 
     /// Desired-property patches, each a JSON object with `$version` (the Python SDK's
     /// `on_twin_desired_properties_patch_received`).
+    ///
+    /// Dropping (or cancelling) the last stream turns the feature off, as setting the Python
+    /// handler to `None` does: the client unsubscribes. A listener that starts later gets the
+    /// whole desired properties as one patch if their version moved since the last it saw.
     public func desiredPropertiesPatches() -> AsyncStream<JSONValue> {
         let stream = desiredStreams.stream()
-        enableInBackground(.desiredProperties)
         return stream
     }
 

@@ -52,13 +52,15 @@ public final class IoTHubDeviceClient: Sendable {
     let socketDirectory: PrivateSocketDirectory?
     let logger: Logger
     let twinResponses = PendingReplies<String, TwinReply, IoTHubError>(keepingEarlyReplies: false)
-    let messageStreams = Broadcaster<Message>()
+    /// Cloud-to-device messages; one the hub sent before it saw the UNSUBSCRIBE after the last
+    /// listener went is kept for the next listener (libmosquitto acknowledged it on arrival).
+    let messageStreams = Broadcaster<Message>(keepingUndelivered: true)
     /// Where cloud-to-device (or module input) messages go instead of ``messages()``, when set.
     let inbox = NIOLockedValueBox<CloudToDeviceInbox?>(nil)
     /// The inbox holding messages staged since the network thread's last write.
     let stagingInbox = NIOLockedValueBox<CloudToDeviceInbox?>(nil)
-    let methodStreams = Broadcaster<MethodRequest>()
-    let desiredStreams = Broadcaster<JSONValue>()
+    let methodStreams = Broadcaster<MethodRequest>(keepingUndelivered: true)
+    let desiredStreams = Broadcaster<JSONValue>(keepingUndelivered: true)
     let stateStreams = Broadcaster<ConnectionStateChange>(bufferingPolicy: .bufferingNewest(64))
     let errorStreams = Broadcaster<IoTHubError>(bufferingPolicy: .bufferingNewest(64))
     let tokenStreams = Broadcaster<Void>(bufferingPolicy: .bufferingNewest(1))
@@ -115,6 +117,11 @@ public final class IoTHubDeviceClient: Sendable {
         if case .sasToken(let token) = credential { lifecycle.newTokenSupplied(expiringAt: token.expiryDate, at: .now) }
         self.lifecycle = NIOLockedValueBox(lifecycle)
         background.setResident(runTimers())
+        // Listeners coming and going subscribe and unsubscribe (the Python SDK's handlers set
+        // and set to None).
+        messageStreams.observeListeners { [weak self] in self?.listenersChanged(.cloudToDevice, $0) }
+        methodStreams.observeListeners { [weak self] in self?.listenersChanged(.methods, $0) }
+        desiredStreams.observeListeners { [weak self] in self?.listenersChanged(.desiredProperties, $0) }
         if case .sasToken = credential { background.start() }
     }
 

@@ -372,12 +372,12 @@ import X509
                 $0.connectionRetry = false
             }
             var errors = client.backgroundErrors().makeAsyncIterator()
-            _ = client.messages()
-            _ = client.methodRequests()
-            _ = client.desiredPropertiesPatches()
+            // Kept: a listener that goes before the connect would need nothing connected.
+            let listeners = (client.messages(), client.methodRequests(), client.desiredPropertiesPatches())
             let first = await errors.next()
             #expect(first?.code == "ConnectionFailedError", "\(String(describing: first))")
             await client.shutdown()  // ends the stream
+            _ = listeners
             var more: [IoTHubError] = []
             while let error = await errors.next() { more.append(error) }
             #expect(more.isEmpty, "\(more)")

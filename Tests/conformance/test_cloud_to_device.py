@@ -73,3 +73,23 @@ def test_cloud_to_device_messages_queued_while_offline_are_delivered_on_connect(
     assert [m.data for m in received] == [b"queued 0", b"queued 1", b"queued 2"]
     hub.wait_until(lambda: registry_manager.get_device(device_id).cloud_to_device_message_count == 0, 10,
                    "the hub's cloud-to-device queue of {} is empty".format(device_id))
+
+
+def test_setting_the_handler_to_none_unsubscribes_and_the_hub_keeps_messages_queued(hub, registry_manager, connect_device):
+    """The reference for the Swift client's switching off: azure-iot-device unsubscribes when
+    on_message_received is set to None, and the hub then keeps messages queued (undelivered)
+    until a handler is set again."""
+    device_id, client, _ = connect_device("c2d-off")
+    messages = queue.Queue()
+    bounded(setattr, client, "on_message_received", messages.put, what="enable C2D")
+    bounded(setattr, client, "on_message_received", None, what="disable C2D")
+    hub.send_cloud_to_device(device_id, b"while off", {"iothub-messageid": "off-1"})
+    assert hub.is_connected(device_id)
+    assert registry_manager.get_device(device_id).cloud_to_device_message_count == 1
+    assert messages.empty()
+
+    bounded(setattr, client, "on_message_received", messages.put, what="enable C2D again")
+    message = next_message(messages)
+    assert message.message_id == "off-1" and message.data == b"while off"
+    hub.wait_until(lambda: registry_manager.get_device(device_id).cloud_to_device_message_count == 0, 10,
+                   "the hub's cloud-to-device queue of {} is empty".format(device_id))

@@ -68,3 +68,20 @@ def test_invoke_device_method_on_an_offline_device_is_404(hub, registry_manager,
             "no-such-device-" + device_id, CloudToDeviceMethod(method_name="reboot", payload={}, response_timeout_in_seconds=5))
     assert unknown.value.response.status_code == 404
     assert unknown.value.response.headers.get("iothub-errorcode") == "DeviceNotFound"
+
+
+def test_invoke_device_method_after_the_handler_is_set_to_none_is_404(hub, registry_manager, connect_device):
+    """azure-iot-device unsubscribes when on_method_request_received is set to None; the hub
+    then answers a call at once with 404 DeviceNotOnline, though the device is connected."""
+    device_id, client, _ = connect_device("method-off")
+    seen = queue.Queue()
+    bounded(setattr, client, "on_method_request_received", lambda request: seen.put(request.name),
+            what="enable method requests")
+    bounded(setattr, client, "on_method_request_received", None, what="disable method requests")
+    with pytest.raises(HttpOperationError) as off:
+        registry_manager.invoke_device_method(
+            device_id, CloudToDeviceMethod(method_name="reboot", payload={}, response_timeout_in_seconds=60))
+    assert off.value.response.status_code == 404
+    assert off.value.response.headers.get("iothub-errorcode") == "DeviceNotOnline"
+    assert hub.is_connected(device_id)
+    assert seen.empty()

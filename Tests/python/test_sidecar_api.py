@@ -244,6 +244,83 @@ def test_inbox_locks_abandons_and_completes(clean):
     problem(sidecar.post("/inbox/{}/abandon".format(new_token)), 404, "NotFound")
 
 
+# Application properties no HTTP header can carry exactly: names with a space or non-ASCII
+# letters, values with control characters or spaces at either end. LocalHub takes them in one
+# JSON header (`localhub-properties`), as IoT Hub's service takes them over AMQP.
+AWKWARD_PROPERTIES = {
+    "name with space": "x",
+    "t\u00e9l\u00e9m\u00e9trie": "\u00e9t\u00e9",
+    "ctl": "a\x01b\x7fc\nd",
+    "pad": " padded\t",
+    "plain": "caf\u00e9 ok",
+}
+AWKWARD_SYSTEM_HEADERS = {
+    "iothub-messageid": "awkward-1", "iothub-correlationid": "corr-1", "iothub-userid": "user-1",
+    "iothub-ack": "full", "iothub-expiry": "2099-01-01T00:00:00.000Z", "iothub-contenttype": "text/plain",
+    "iothub-contentencoding": "utf-8",
+    "localhub-properties": json.dumps(AWKWARD_PROPERTIES).replace("\x7f", "\\u007f"),
+}
+
+
+def expect_every_property(document):
+    assert document["properties"] == AWKWARD_PROPERTIES, document
+    assert document["messageId"] == "awkward-1" and document["correlationId"] == "corr-1", document
+    assert document["userId"] == "user-1" and document["ack"] == "full", document
+    assert document["expiryTimeUtc"] == "2099-01-01T00:00:00.000Z", document
+    assert document["to"] == "/devices/sidecar-device/messages/deviceBound", document
+    assert document["contentType"] == "text/plain" and document["contentEncoding"] == "utf-8", document
+
+
+def test_inbox_json_carries_every_property_exactly(clean):
+    sidecar = clean
+    sidecar.send_c2d("h\u00e9llo\x00\n".encode(), headers=AWKWARD_SYSTEM_HEADERS)
+    reply = sidecar.get("/inbox?timeout=10", headers={"Accept": "application/json"})
+    assert reply.status == 200 and reply.header("Content-Type") == "application/json", reply
+    document = reply.json()
+    expect_every_property(document)
+    assert document["body"] == "h\u00e9llo\x00\n" and document["bodyEncoding"] == "utf-8", document
+    assert document["size"] == len("h\u00e9llo\x00\n".encode()) and document["deliveryCount"] == 1, document
+    assert reply.header("ETag") == '"{}"'.format(document["lockToken"])
+    assert "iothub-messageid" not in {name.lower() for name in reply.headers.keys()}
+    # The header form (the default) carries what headers can, and counts what they cannot.
+    assert sidecar.post("/inbox/{}/abandon".format(document["lockToken"])).status == 204
+    reply = sidecar.get("/inbox?timeout=10", headers={"Accept": "*/*"})
+    assert reply.status == 200 and reply.body == "h\u00e9llo\x00\n".encode()
+    assert reply.header("iothub-messageid") == "awkward-1" and reply.header("iothub-userid") == "user-1"
+    assert reply.header("iothub-expiry") == "2099-01-01T00:00:00.000Z" and reply.header("iothub-deliverycount") == "2"
+    assert reply.headers["iothub-app-plain"].encode("latin-1").decode() == "caf\u00e9 ok"
+    assert reply.header("iothub-inexact-properties") == "4", reply.headers
+    assert reply.header("iothub-app-ctl") is None and reply.header("iothub-app-pad") is None
+    assert sidecar.request("DELETE", "/inbox/" + reply.header("ETag").strip('"')).status == 204
+
+
+def test_inbox_json_gives_a_body_that_is_not_utf8_in_base64(clean):
+    sidecar = clean
+    payload = bytes([0, 0xFF, 0xC3, 0x28, 0x80, 10])
+    sidecar.send_c2d(payload, headers={"iothub-messageid": "binary-1"})
+    reply = sidecar.get("/inbox?timeout=10", headers={"Accept": "text/plain;q=0.5, application/json"})
+    document = reply.json()
+    assert document["bodyEncoding"] == "base64" and base64.b64decode(document["body"]) == payload, document
+    assert document["messageId"] == "binary-1" and document["size"] == len(payload) and "properties" not in document
+    assert "userId" not in document and "ack" not in document
+    assert sidecar.request("DELETE", "/inbox/" + document["lockToken"]).status == 204
+    # application/json refused with q=0 keeps the header form.
+    sidecar.send_c2d(b"again", headers={"iothub-messageid": "binary-2"})
+    reply = sidecar.get("/inbox?timeout=10", headers={"Accept": "application/json;q=0"})
+    assert reply.status == 200 and reply.body == b"again" and reply.header("iothub-messageid") == "binary-2"
+    assert sidecar.request("DELETE", "/inbox/" + reply.header("ETag").strip('"')).status == 204
+
+
+def test_localhub_refuses_properties_that_are_not_a_json_object_of_strings(sidecar):
+    for value in ["not json", "[]", '{"n": 1}', '{"": "x"}']:
+        reply = sidecar.hub("POST", "/local/devices/{}/messages".format(sidecar.device), body=b"x",
+                            headers={"localhub-properties": value})
+        assert reply.status == 400, (value, reply)
+    reply = sidecar.hub("POST", "/local/devices/{}/messages".format(sidecar.device), body=b"x",
+                        headers={"localhub-properties": '{"k": "a"}', "iothub-app-k": "b"})
+    assert reply.status == 400, reply
+
+
 def test_long_poll_waits_and_times_out(clean):
     sidecar = clean
     started = time.time()
@@ -487,6 +564,11 @@ def test_events_stream(sidecar):
     sidecar.send_c2d(b"evt", headers={"iothub-messageid": "e1", "iothub-app-k": "v"})
     name, data = next_event()
     assert name == "message" and data["messageId"] == "e1" and data["size"] == 3 and data["properties"] == {"k": "v"} and data["queued"] >= 1
+    # Every property, exactly, as in the JSON of GET /inbox.
+    sidecar.send_c2d(b"awkward", headers=AWKWARD_SYSTEM_HEADERS)
+    name, data = next_event()
+    assert name == "message" and data["size"] == 7, (name, data)
+    expect_every_property(data)
     call = sidecar.invoke_method("evented", {"x": 1})
     name, data = next_event()
     assert name == "method" and data["methodName"] == "evented" and data["payload"] == {"x": 1}

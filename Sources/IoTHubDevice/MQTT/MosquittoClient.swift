@@ -59,6 +59,7 @@ final class MosquittoClient: Sendable {
     /// may read the acknowledgement before the caller registers: early ones are kept.
     private let publishAcknowledgements = PendingReplies<Int32, Void, IoTHubError>(keepingEarlyReplies: true)
     private let subscribeAcknowledgements = PendingReplies<Int32, [Int32], IoTHubError>(keepingEarlyReplies: true)
+    private let unsubscribeAcknowledgements = PendingReplies<Int32, Void, IoTHubError>(keepingEarlyReplies: true)
     /// The thread of the current connection; nil before the first connect and once stopped.
     private let networkThread = NIOLockedValueBox<MosquittoNetworkThread?>(nil)
     private let controlQueue = DispatchQueue(label: "iothub-sidecar.mqtt-control")
@@ -123,6 +124,9 @@ final class MosquittoClient: Sendable {
         mosquitto_subscribe_callback_set(handle) { _, object, mid, count, granted in
             let codes = (0..<Int(count)).map { granted?[$0] ?? 0x80 }
             MosquittoClient.from(object)?.subscribeAcknowledged(mid: mid, granted: codes)
+        }
+        mosquitto_unsubscribe_callback_set(handle) { _, object, mid in
+            MosquittoClient.from(object)?.unsubscribeAcknowledgements.complete(mid, with: .success(()))
         }
         mosquitto_message_callback_set(handle) { _, object, message in
             guard let client = MosquittoClient.from(object), let message = message?.pointee, let topic = message.topic
@@ -377,11 +381,30 @@ final class MosquittoClient: Sendable {
         }
     }
 
+    /// Unsubscribes and returns when the hub acknowledges it (UNSUBACK). Cancelling the caller
+    /// ends the wait.
+    func unsubscribe(_ filters: [String]) async throws(IoTHubError) {
+        var mid: Int32 = 0
+        let pointers = filters.map { strdup($0) }
+        defer { pointers.forEach { free($0) } }
+        let code = pointers.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: UnsafeMutablePointer<CChar>?.self) { rebound in
+                mosquitto_unsubscribe_multiple(handle, &mid, Int32(filters.count), rebound.baseAddress, nil)
+            }
+        }
+        guard code == MOSQ_ERR_SUCCESS.rawValue else { throw Self.publishError(code) }
+        wakeNetworkThread()
+        try await unsubscribeAcknowledgements.reply(to: mid) {
+            .operationCancelled("the caller stopped waiting for the hub's UNSUBACK")
+        }
+    }
+
     /// Fails every operation still waiting (subscriptions always; publishes when `publishes`).
     /// A publish's PUBACK that still comes (after a reconnect) is dropped.
     func failPending(with error: IoTHubError, publishes: Bool) {
         if publishes { publishAcknowledgements.failAll(with: error) }
         subscribeAcknowledgements.failAll(with: error)
+        unsubscribeAcknowledgements.failAll(with: error)
     }
 
     private func publishAcknowledged(mid: Int32) {

@@ -8,7 +8,7 @@ extension IoTHubDeviceClient {
     /// Give the inbox before connecting, so that nothing is acknowledged that is not kept.
     public func deliverMessages(to inbox: CloudToDeviceInbox) {
         self.inbox.withLockedValue { $0 = inbox }
-        enableInBackground(.cloudToDevice)
+        listenersChanged(.cloudToDevice, .added)
     }
 
     /// A message from the hub, on the network thread: into the inbox (staged until the thread's

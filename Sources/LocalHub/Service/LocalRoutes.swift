@@ -266,6 +266,9 @@ struct LocalRoutes: Sendable {
             guard !key.isEmpty else { throw .badRequest("an iothub-app- header needs a property name") }
             message.properties[key] = value
         }
+        if let json = headers.first(name: "localhub-properties") {
+            try addProperties(json: json, to: &message)
+        }
         // The properties travel in the MQTT topic, whose length field has 16 bits.
         guard message.cloudToDevicePropertyBag.encoded.utf8.count <= 60_000 else {
             throw .badRequest("the message's properties take more than 60,000 bytes once encoded")
@@ -275,6 +278,24 @@ struct LocalRoutes: Sendable {
                 "the message is \(message.size) bytes; IoT Hub accepts at most \(Message.maximumSize)")
         }
         return message
+    }
+
+    /// Application properties from `localhub-properties`, a JSON object of strings: names and
+    /// values a header cannot carry (spaces, non-ASCII, control characters, as `\\u` escapes).
+    private static func addProperties(json: String, to message: inout Message) throws(ServiceError) {
+        guard let members = (try? JSONValue(parsing: Data(json.utf8)))?.objectValue else {
+            throw .badRequest("localhub-properties must be a JSON object whose values are strings")
+        }
+        for (key, value) in members {
+            guard case .string(let text) = value else {
+                throw .badRequest("localhub-properties must be a JSON object whose values are strings")
+            }
+            guard !key.isEmpty else { throw .badRequest("a property in localhub-properties needs a name") }
+            guard message.properties[key] == nil else {
+                throw .badRequest("the property \(key) is given twice")
+            }
+            message.properties[key] = text
+        }
     }
 
     static func telemetryJSON(_ record: TelemetryRecord, sequenceNumber: UInt64) -> JSONValue {

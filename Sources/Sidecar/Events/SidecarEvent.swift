@@ -32,19 +32,11 @@ struct SidecarEvent: Sendable, Equatable {
             ])
     }
 
+    /// Every property of the message, as in the JSON of `GET /inbox` (not its body).
     static func message(_ message: Message, queued: Int) -> SidecarEvent {
-        var members: [String: JSONValue] = [
-            "queued": .integer(Int64(queued)), "size": .integer(Int64(message.payload.count)),
-        ]
-        let optional: [(String, String?)] = [
-            ("messageId", message.messageId), ("correlationId", message.correlationId),
-            ("contentType", message.contentType),
-            ("contentEncoding", message.contentEncoding), ("inputName", message.inputName),
-        ]
-        for case (let key, let value?) in optional { members[key] = .string(value) }
-        if !message.properties.isEmpty {
-            members["properties"] = .object(message.properties.mapValues(JSONValue.string))
-        }
+        var members = ReceivedMessageJSON.propertyMembers(of: message)
+        members["queued"] = .integer(Int64(queued))
+        members["size"] = .integer(Int64(message.payload.count))
         return SidecarEvent(name: "message", data: .object(members))
     }
 

@@ -136,11 +136,25 @@ enum MessageMapping {
         return messages
     }
 
-    /// The response headers that carry a received message's properties (`GET /inbox`).
+    /// Says how many of a received message's properties the headers of `GET /inbox` could not
+    /// carry exactly (a name that is not a header token, a value with control characters or
+    /// with spaces at either end); `Accept: application/json` carries them all.
+    static let inexactPropertiesField = HTTPField.Name("iothub-inexact-properties") ?? .contentType
+
+    /// The response headers that carry a received message's properties (`GET /inbox`). A
+    /// property they cannot carry exactly is left out, and ``inexactPropertiesField`` counts it.
     static func headers(for message: Message) -> HTTPFields {
         var fields = HTTPFields()
+        var inexact = 0
         func add(_ name: String, _ value: String?) {
-            guard let value, let fieldName = HTTPField.Name(name) else { return }
+            guard let value else { return }
+            guard let fieldName = HTTPField.Name(name), HTTPField.isValidValue(value),
+                value.first.map({ $0 != " " && $0 != "\t" }) ?? true,
+                value.last.map({ $0 != " " && $0 != "\t" }) ?? true
+            else {
+                inexact += 1
+                return
+            }
             fields.append(HTTPField(name: fieldName, value: value))
         }
         add("iothub-messageid", message.messageId)
@@ -155,6 +169,7 @@ enum MessageMapping {
         for (key, value) in message.properties.sorted(by: { $0.key < $1.key }) {
             add("iothub-app-" + key, value)
         }
+        if inexact > 0 { fields[inexactPropertiesField] = String(inexact) }
         return fields
     }
 }

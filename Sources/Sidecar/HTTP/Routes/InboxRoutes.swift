@@ -17,7 +17,15 @@ struct InboxRoutes: RouteArea {
     }
 
     @Sendable func receive(_ request: Request, context: Context) async throws -> Response {
-        try await LongPoll.respond(to: request, timeout: request.pollTimeout(), from: bridge.inboxMessages) { lease in
+        let json = ReceivedMessageJSON.isAccepted(by: request.headers)
+        return try await LongPoll.respond(to: request, timeout: request.pollTimeout(), from: bridge.inboxMessages) {
+            lease in
+            if json {
+                var headers = HTTPFields()
+                headers[.eTag] = "\"\(lease.lockToken)\""
+                headers[.contentType] = ReceivedMessageJSON.mediaType
+                return (headers, ReceivedMessageJSON.json(of: lease).encoded())
+            }
             var headers = MessageMapping.headers(for: lease.message)
             headers[.eTag] = "\"\(lease.lockToken)\""
             headers[.contentType] = lease.message.contentType ?? "application/octet-stream"
