@@ -12,6 +12,12 @@ import Testing
     static let model = "dtmi:com:example:TemperatureController;2"
     static let dev1 = IdentityKey(deviceId: "dev1")
 
+    /// Whether the hub has the client's subscription to `filter` (the client subscribes in the
+    /// background when a stream is first asked for).
+    private static func subscribed(_ fixture: HubFixture, to filter: String) async -> Bool {
+        await HubFixture.eventually { fixture.hub.identity(dev1)?.subscriptions[filter] != nil }
+    }
+
     @Test func theConfigurationRefusesAModelIdThatIsNotADTMIOrComesTwice() {
         for configuration in [
             DeviceClientConfiguration(modelId: "com:example:Thermostat;1"),
@@ -72,6 +78,7 @@ import Testing
             ])
             // A writable property: desired from the hub, acknowledged with ac/av/ad/value.
             let patches = client.desiredPropertiesPatches()
+            #expect(await Self.subscribed(fixture, to: TopicFilter.desiredPropertiesPatches))
             let updated = try fixture.hub.patchDesired(
                 Self.dev1, patch: ["thermostat1": ["__t": "c", "targetTemperature": 25.5]], tags: nil, replace: false,
                 ifMatch: nil)
@@ -93,6 +100,7 @@ import Testing
 
             // A component's command: the method "thermostat1*getMaxMinReport".
             let requests = client.methodRequests()
+            #expect(await Self.subscribed(fixture, to: TopicFilter.methodRequests))
             let hub = fixture.hub
             let call = Task {
                 try await hub.invokeMethod(
