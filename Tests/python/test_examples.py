@@ -1,5 +1,7 @@
-"""examples/device_app.py against a live sidecar and its local hub: its telemetry arrives, it
-follows a desired property and reports it, and it answers methods (and stops on `stop`)."""
+"""The examples against a live sidecar and its local hub. examples/device_app.py: its telemetry
+arrives, it follows a desired property and reports it, and it answers methods (and stops on
+`stop`). examples/temperature_controller.py: an IoT Plug and Play device whose model id,
+component telemetry, acknowledged writable property and commands are checked at the hub."""
 import json
 import os
 import signal
