@@ -32,8 +32,8 @@ public enum PlugAndPlay {
     /// ASCII letters, digits and `_` and does not end with `_`, and the version is 1 to
     /// 999999999, optionally `.` and a minor version of 1 to 6 digits (no leading zeros).
     ///
-    /// - Throws: ``IoTHubError/valueError(field:reason:)`` naming `field` and what is wrong;
-    ///   the text of the id is not repeated beyond its first characters.
+    /// - Throws: ``IoTHubError/valueError(field:reason:)`` naming `field` and what is wrong
+    ///   (which segment, or the version), without repeating the id.
     public static func validateModelId(_ modelId: String, field: String = "model_id") throws(IoTHubError) {
         guard modelId.utf8.count <= maximumModelIdLength else {
             throw .valueError(field: field, reason: "is longer than \(maximumModelIdLength) characters")
