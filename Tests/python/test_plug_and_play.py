@@ -110,6 +110,10 @@ def test_component_telemetry_carries_the_component_name(sidecar):
     assert "%24.sub=thermostat1" in seen["rawProperties"]
     assert seen["properties"] == {"unit": "celsius"}
 
+    # The property by its wire name, as the Python samples set it, is the same thing.
+    raw = sent_and_seen(sidecar, b'{"temperature":22}', {"iothub-app-$.sub": "thermostat2"})
+    assert raw["componentName"] == "thermostat2" and "$.sub" not in raw["properties"]
+
     # The root component's telemetry has none.
     root = sent_and_seen(sidecar, b'{"workingSet":42}', {"Content-Type": "application/json"})
     assert "componentName" not in root and root["modelId"] == MODEL
