@@ -56,7 +56,8 @@ extension Hub {
             state.sessions[key] = session
             state.identities[key]?.lastActivityTime = now
             state.identities[key]?.connectionStateUpdatedTime = now
-            // As IoT Hub does, each CONNECT sets the twin's model id to the one it announces.
+            // Each CONNECT sets the twin's model id to the one it announces; one without a model
+            // id clears it (whether IoT Hub itself clears it then is not verified here).
             state.identities[key]?.modelId = connection.modelId
             if replaced != nil { routeConnectionState(of: key, connected: false, at: now, in: &state) }
             routeConnectionState(of: key, connected: true, at: now, in: &state)
