@@ -20,8 +20,13 @@ public struct DeviceClientConfiguration: Sendable {
     /// proxies and file upload alike.
     public var cipher: String?
     /// `product_info`: appended to the user agent, or sent as the Plug and Play model id when
-    /// it starts with `dtmi:`.
+    /// it starts with `dtmi:` (how the Python SDK's Plug and Play samples announce theirs).
     public var productInfo: String
+    /// The IoT Plug and Play model id (a DTMI, `dtmi:com:example:Thermostat;1`) announced in
+    /// the MQTT CONNECT (`model-id=` in the user name). The Python SDK carries it in
+    /// ``productInfo``; here it has a property of its own, so that product info can still name
+    /// the application. Not both: a `dtmi:` product info and a model id are refused.
+    public var modelId: String?
     /// `sastoken_ttl`: lifetime in seconds of the tokens the client signs itself.
     public var sasTokenTimeToLive: Int
     /// `keep_alive`: MQTT keep-alive in seconds (5–1740: libmosquitto's minimum, IoT Hub's maximum).
@@ -57,8 +62,9 @@ public struct DeviceClientConfiguration: Sendable {
         mqttPort: Int = 8883, httpsPort: Int = 443, maximumInflightMessages: Int = 100,
         operationTimeout: Duration = .seconds(60),
         websockets: Bool = false, proxyOptions: ProxyOptions? = nil,
-        serverVerificationCertificateAddsToSystemStore: Bool = false
+        serverVerificationCertificateAddsToSystemStore: Bool = false, modelId: String? = nil
     ) {
+        self.modelId = modelId
         self.serverVerificationCertificateAddsToSystemStore = serverVerificationCertificateAddsToSystemStore
         self.serverVerificationCertificate = serverVerificationCertificate
         self.gatewayHostName = gatewayHostName
@@ -112,5 +118,18 @@ public struct DeviceClientConfiguration: Sendable {
         if let cipher, !cipher.isEmpty {
             _ = try CipherSelection(cipher)
         }
+        if let modelId {
+            try PlugAndPlay.validateModelId(modelId, field: "model_id")
+            guard !productInfo.hasPrefix(MQTTIdentity.modelIdPrefix) else {
+                throw .valueError(
+                    field: "model_id",
+                    reason: "and a product_info starting with 'dtmi:' both announce a model id; give only one")
+            }
+        }
+    }
+
+    /// The model id announced when connecting: ``modelId``, else a `dtmi:` ``productInfo``.
+    public var announcedModelId: String? {
+        modelId ?? (productInfo.hasPrefix(MQTTIdentity.modelIdPrefix) ? productInfo : nil)
     }
 }

@@ -262,7 +262,8 @@ extension IoTHubDeviceClient {
             return .failure(Lifecycle.overtakenError)
         }
         let username = MQTTIdentity(
-            hostName: hostName, deviceId: deviceId, moduleId: moduleId, productInfo: configuration.productInfo
+            hostName: hostName, deviceId: deviceId, moduleId: moduleId, productInfo: configuration.productInfo,
+            modelId: configuration.modelId
         ).username
         let outcome: ConnackOutcome
         do throws(IoTHubError) {

@@ -4,13 +4,13 @@ import Foundation
 /// token as password, or an X.509 certificate and no password).
 ///
 /// The user name is `{HostName}/{clientId}/?api-version=…&DeviceClientType=…`, where only the
-/// query parameters are percent-encoded. The host name is always the hub's, also when the
-/// connection goes through a gateway.
+/// query parameters are percent-encoded, followed by `&model-id=…` for an IoT Plug and Play
+/// device. The host name is always the hub's, also when the connection goes through a gateway.
 public struct MQTTIdentity: Sendable, Hashable {
     /// The API version IoT Hub's MQTT endpoint is addressed with.
     public static let apiVersion = "2019-10-01"
     /// The API version used when the device announces a Plug and Play model id.
-    public static let plugAndPlayAPIVersion = "2020-09-30"
+    public static let plugAndPlayAPIVersion = PlugAndPlay.apiVersion
     /// Product info starting with this prefix is a Plug and Play model id (`model-id=`).
     public static let modelIdPrefix = "dtmi:"
 
@@ -20,12 +20,18 @@ public struct MQTTIdentity: Sendable, Hashable {
     /// The seed's `product_info`: appended to the user agent, or sent as `model-id` when it is a
     /// DTMI.
     public var productInfo: String
+    /// The Plug and Play model id announced with `model-id=` (the configuration's `modelId`);
+    /// ``productInfo`` is then appended to the user agent whatever it is.
+    public var modelId: String?
 
-    public init(hostName: String, deviceId: String, moduleId: String? = nil, productInfo: String = "") {
+    public init(
+        hostName: String, deviceId: String, moduleId: String? = nil, productInfo: String = "", modelId: String? = nil
+    ) {
         self.hostName = hostName
         self.deviceId = deviceId
         self.moduleId = moduleId
         self.productInfo = productInfo
+        self.modelId = modelId
     }
 
     /// `deviceId`, or `deviceId/moduleId` for modules.
@@ -36,11 +42,18 @@ public struct MQTTIdentity: Sendable, Hashable {
 
     /// The query parameters of the user name, in order.
     public var usernameParameters: [(key: String, value: String)] {
+        if let modelId {
+            return [
+                ("api-version", Self.plugAndPlayAPIVersion),
+                ("DeviceClientType", UserAgent.string + productInfo),
+                (PlugAndPlay.modelIdParameter, modelId),
+            ]
+        }
         if productInfo.hasPrefix(Self.modelIdPrefix) {
             return [
                 ("api-version", Self.plugAndPlayAPIVersion),
                 ("DeviceClientType", UserAgent.string),
-                ("model-id", productInfo),
+                (PlugAndPlay.modelIdParameter, productInfo),
             ]
         }
         return [

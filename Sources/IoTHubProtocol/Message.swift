@@ -169,6 +169,15 @@ extension Message {
         interfaceId = Self.securityMessageInterfaceId
     }
 
+    /// The IoT Plug and Play component a telemetry message comes from: the application
+    /// property `$.sub` (``PlugAndPlay/componentNameProperty``), as the Python SDK's Plug and
+    /// Play samples set it in `custom_properties`; IoT Hub records it as `dt-subject`. Nil for
+    /// the root component.
+    public var componentName: String? {
+        get { properties[PlugAndPlay.componentNameProperty] }
+        set { properties[PlugAndPlay.componentNameProperty] = newValue }
+    }
+
     /// Whether ``interfaceId`` marks the message as a security message.
     public var isSecurityMessage: Bool {
         interfaceId == Self.securityMessageInterfaceId

@@ -207,6 +207,13 @@ struct ServeCommand: AsyncParsableCommand {
     var productInfo: String?
 
     @Option(
+        name: .customLong("model-id"),
+        help: ArgumentHelp(
+            "IoT Plug and Play model id (a DTMI, 'dtmi:com:example:Thermostat;1') announced when connecting [IOTHUB_MODEL_ID].",
+            valueName: "dtmi"))
+    var modelId: String?
+
+    @Option(
         name: .customLong("sastoken-ttl"),
         help: ArgumentHelp(
             "Lifetime in seconds of the SAS tokens signed with a key; default 3600 (sastoken_ttl) [IOTHUB_SASTOKEN_TTL].",

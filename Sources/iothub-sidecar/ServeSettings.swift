@@ -216,6 +216,7 @@ struct ServeSettings {
         configuration.gatewayHostName = options.value(command.gatewayHostName, "IOTHUB_GATEWAY_HOSTNAME")
         configuration.cipher = options.value(command.cipher, "IOTHUB_CIPHER")
         if let info = options.value(command.productInfo, "IOTHUB_PRODUCT_INFO") { configuration.productInfo = info }
+        configuration.modelId = options.value(command.modelId, "IOTHUB_MODEL_ID")
         if let ttl = try options.integer(command.sasTokenTimeToLive, "IOTHUB_SASTOKEN_TTL") {
             configuration.sasTokenTimeToLive = ttl
         }

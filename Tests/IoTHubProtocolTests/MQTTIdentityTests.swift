@@ -31,6 +31,20 @@ import Testing
         #expect(MQTTUsername(parsing: identity.username)?.parameters["model-id"] == "dtmi:com:example:Thermostat;1")
     }
 
+    /// A model id of its own: IoT Hub's Plug and Play user name, with the product info still
+    /// in the user agent.
+    @Test func modelIdGivenApartFromProductInfo() {
+        let identity = MQTTIdentity(
+            hostName: "h", deviceId: "d", moduleId: "m", productInfo: " app/2", modelId: "dtmi:com:example:Meter;3")
+        #expect(
+            identity.username
+                == "h/d/m/?api-version=2020-09-30&DeviceClientType=\(PercentEncoding.encode(UserAgent.string + " app/2"))&model-id=dtmi%3Acom%3Aexample%3AMeter%3B3"
+        )
+        let parsed = MQTTUsername(parsing: identity.username)
+        #expect(parsed?.parameters["model-id"] == "dtmi:com:example:Meter;3")
+        #expect(parsed?.parameters["DeviceClientType"] == UserAgent.string + " app/2")
+    }
+
     @Test func parsesUsernamesOfOtherSDKs() {
         let python =
             "hub.azure-devices.net/dev/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0%28%29"

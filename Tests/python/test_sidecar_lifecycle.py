@@ -197,7 +197,7 @@ def test_help_explains_every_option():
     assert run.returncode == 0
     for option in ["--listen", "--api-token-file", "--request-body-timeout", "IOTHUB_SIDECAR_REQUEST_BODY_TIMEOUT",
                    "--connection-string-file", "--sas-token-file", "--key-file",
-                   "--x509-cert-file", "--server-verification-cert", "--gateway-hostname", "--cipher", "--product-info",
+                   "--x509-cert-file", "--server-verification-cert", "--gateway-hostname", "--cipher", "--product-info", "--model-id", "IOTHUB_MODEL_ID",
                    "--sastoken-ttl", "--keep-alive", "--auto-connect", "--connection-retry", "--connection-retry-interval",
                    "--local-hub", "--local-hub-data-dir", "IOTHUB_DEVICE_CONNECTION_STRING", "--allow-unauthenticated",
                    "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED", "--state-dir", "IOTHUB_SIDECAR_STATE_DIR", "--telemetry-delivery",

@@ -19,14 +19,20 @@ final class DeviceConnection: Sendable {
     /// The `DeviceClientType` of the CONNECT's user name: the device SDK's user agent (with
     /// the application's `product_info`), as IoT Hub records it.
     let userAgent: String?
+    /// The IoT Plug and Play model id of the CONNECT's user name (`model-id=`), if any.
+    let modelId: String?
     let channel: any Channel
     private let discarding = NIOLockedValueBox(false)
 
-    init(id: UInt64, key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, channel: any Channel) {
+    init(
+        id: UInt64, key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, modelId: String? = nil,
+        channel: any Channel
+    ) {
         self.id = id
         self.key = key
         self.transport = transport
         self.userAgent = userAgent
+        self.modelId = modelId
         self.channel = channel
     }
 

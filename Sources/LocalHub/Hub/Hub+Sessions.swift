@@ -10,14 +10,16 @@ extension Hub {
 
     /// A new connection of an authenticated identity, with the next connection id; not yet
     /// attached (``attach(_:cleanSession:now:)``).
-    func makeConnection(for key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, channel: any Channel)
-        -> DeviceConnection
-    {
+    func makeConnection(
+        for key: IdentityKey, transport: MQTTTransport, userAgent: String? = nil, modelId: String? = nil,
+        channel: any Channel
+    ) -> DeviceConnection {
         let id = state.withLockedValue { state in
             state.lastConnectionId += 1
             return state.lastConnectionId
         }
-        return DeviceConnection(id: id, key: key, transport: transport, userAgent: userAgent, channel: channel)
+        return DeviceConnection(
+            id: id, key: key, transport: transport, userAgent: userAgent, modelId: modelId, channel: channel)
     }
 
     /// Makes `connection` the live connection of its session, and emits a connection-state
@@ -54,6 +56,9 @@ extension Hub {
             state.sessions[key] = session
             state.identities[key]?.lastActivityTime = now
             state.identities[key]?.connectionStateUpdatedTime = now
+            // Each CONNECT sets the twin's model id to the one it announces; one without a model
+            // id clears it (whether IoT Hub itself clears it then is not verified here).
+            state.identities[key]?.modelId = connection.modelId
             if replaced != nil { routeConnectionState(of: key, connected: false, at: now, in: &state) }
             routeConnectionState(of: key, connected: true, at: now, in: &state)
             return (sessionPresent, resend, replaced)

@@ -18,13 +18,14 @@ extension Hub {
         guard topic.deviceId == connection.key.deviceId, topic.moduleId == connection.key.moduleId else {
             throw .foreignIdentity
         }
-        let message = Message(payload: Data(payload.readableBytesView), propertyBag: topic.properties)
+        var message = Message(payload: Data(payload.readableBytesView), propertyBag: topic.properties)
         guard message.size <= Message.maximumSize else { throw .tooLarge(size: message.size) }
+        let componentName = message.properties.removeValue(forKey: PlugAndPlay.componentNameProperty)
         telemetry.append(
             TelemetryRecord(
                 enqueuedTime: now, deviceId: topic.deviceId, moduleId: topic.moduleId, message: message,
                 rawProperties: String(rawProperties),
-                redelivered: redelivered),
+                redelivered: redelivered, componentName: componentName, modelId: connection.modelId),
             size: TelemetryRecord.memoryFootprint(
                 bodyBytes: payload.readableBytes, propertyBytes: rawProperties.utf8.count))
     }

@@ -128,11 +128,12 @@ final class Hub: Sendable {
         }
     }
 
-    /// The clients connected now, how each arrived and its user agent, sorted by client id.
-    func connections() -> [(clientId: String, transport: MQTTTransport, userAgent: String?)] {
+    /// The clients connected now, how each arrived, its user agent and model id, sorted by
+    /// client id.
+    func connections() -> [(clientId: String, transport: MQTTTransport, userAgent: String?, modelId: String?)] {
         state.withLockedValue { state in
             state.sessions.compactMap { key, session in
-                session.connection.map { (key.clientId, $0.transport, $0.userAgent) }
+                session.connection.map { (key.clientId, $0.transport, $0.userAgent, $0.modelId) }
             }
         }.sorted { $0.clientId < $1.clientId }
     }

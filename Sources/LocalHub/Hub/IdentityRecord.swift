@@ -41,6 +41,9 @@ struct IdentityRecord: Sendable, Codable {
     var iotEdge: Bool
     var lastActivityTime: Date?
     var connectionStateUpdatedTime: Date?
+    /// The IoT Plug and Play model id the identity announced when it last connected (the
+    /// twin's `modelId`); nil when it announced none.
+    var modelId: String?
 
     var desired: TwinProperties
     var reported: TwinProperties

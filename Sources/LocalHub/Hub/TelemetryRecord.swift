@@ -14,6 +14,12 @@ struct TelemetryRecord: Sendable {
     var redelivered: Bool = false
     /// `iothub-message-source`: telemetry from a device, or the kind of event.
     var source: MessageSource = .telemetry
+    /// IoT Plug and Play: the component the message came from (`$.sub`, which IoT Hub turns
+    /// into the system property `dt-subject`; it is then not an application property).
+    var componentName: String? = nil
+    /// IoT Plug and Play: the model id the device announced on its connection (IoT Hub's
+    /// system property `dt-dataschema`).
+    var modelId: String? = nil
 
     /// What a record may take in memory, as the telemetry log counts it against its byte
     /// capacity: the body, the properties twice (as sent and parsed) and the record's own

@@ -140,9 +140,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             tokenExpiry = expiry
         }
 
-        let userAgent = connect.username.flatMap(MQTTUsername.init(parsing:))?.parameters["DeviceClientType"]
+        let parameters = connect.username.flatMap(MQTTUsername.init(parsing:))?.parameters
         let connection = hub.makeConnection(
-            for: key, transport: transport, userAgent: userAgent, channel: context.channel)
+            for: key, transport: transport, userAgent: parameters?["DeviceClientType"],
+            modelId: parameters?[PlugAndPlay.modelIdParameter].flatMap { $0.isEmpty ? nil : $0 },
+            channel: context.channel)
         let (sessionPresent, resend, replaced) = hub.attach(connection, cleanSession: connect.cleanSession)
         state = .connected(connection)
         will = connect.will

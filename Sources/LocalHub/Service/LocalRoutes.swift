@@ -26,6 +26,7 @@ struct LocalRoutes: Sendable {
                             "transport": .string(connection.transport.rawValue),
                         ]
                         if let userAgent = connection.userAgent { members["userAgent"] = .string(userAgent) }
+                        if let modelId = connection.modelId { members["modelId"] = .string(modelId) }
                         return .object(members)
                     }),
                 "identities": .integer(Int64(hub.identityCount)),
@@ -316,6 +317,8 @@ struct LocalRoutes: Sendable {
             ("contentEncoding", message.contentEncoding),
             ("expiryTimeUtc", message.expiryTimeUTC), ("outputName", message.outputName),
             ("interfaceId", message.interfaceId),
+            // IoT Plug and Play: IoT Hub's `dt-subject` (from `$.sub`) and `dt-dataschema`.
+            ("componentName", record.componentName), ("modelId", record.modelId),
         ]
         for (name, value) in optional {
             if let value { members[name] = .string(value) }

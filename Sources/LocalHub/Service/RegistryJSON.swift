@@ -91,6 +91,7 @@ enum RegistryJSON {
     static func twin(_ record: IdentityRecord, connected: Bool) -> JSONValue {
         var members: [String: JSONValue] = [
             "deviceId": .string(record.key.deviceId),
+            "modelId": .string(record.modelId ?? ""),
             "etag": .string(record.twinEtag),
             "deviceEtag": .string(record.etag),
             "version": .integer(Int64(record.twinVersion)),

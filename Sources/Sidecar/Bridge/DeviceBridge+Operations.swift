@@ -188,7 +188,7 @@ extension DeviceBridge {
             tokenExpiry: connection.tokenExpiry, isNewSASTokenRequired: isNewSASTokenRequired,
             transport: configuration.websockets ? "mqtt-websockets" : "mqtt",
             // The proxy's description leaves its password out.
-            proxy: configuration.proxyOptions.map { "\($0)" })
+            proxy: configuration.proxyOptions.map { "\($0)" }, modelId: configuration.announcedModelId)
     }
 
     /// Registers with DPS again (`POST /provisioning`); nil when the identity is not from DPS.

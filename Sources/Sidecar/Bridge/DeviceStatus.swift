@@ -20,4 +20,7 @@ struct DeviceStatus: Sendable {
     var transport: String
     /// The proxy, described without its password.
     var proxy: String?
+    /// The IoT Plug and Play model id announced when connecting (`--model-id`, or a `dtmi:`
+    /// product info).
+    var modelId: String? = nil
 }

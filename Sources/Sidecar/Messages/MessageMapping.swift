@@ -8,6 +8,11 @@ enum MessageMapping {
     /// The media type of IoT Hub's batch envelope.
     static let batchMediaType = "application/vnd.microsoft.iothub.json"
 
+    /// `iothub-app-$.sub`: the same property as `iothub-componentname`.
+    static let componentNameAlias = "iothub-app-" + PlugAndPlay.componentNameProperty
+    static let componentNameTwice =
+        "iothub-componentname and iothub-app-$.sub are the same property ($.sub, the Plug and Play component); give one"
+
     /// A message from `(name, value)` pairs with `iothub-*` names.
     /// - Parameters:
     ///   - isModule: whether the sidecar's identity is a module (only modules have outputs).
@@ -49,6 +54,17 @@ enum MessageMapping {
                         field: name)
                 }
                 message.setAsSecurityMessage()
+            case "iothub-componentname":
+                // IoT Plug and Play: the component the telemetry comes from, `$.sub` on the wire.
+                guard PlugAndPlay.isComponentName(value) else {
+                    throw .invalid(
+                        "iothub-componentname is not a component name: a letter, then letters, digits and '_' (not last), at most \(PlugAndPlay.maximumComponentNameLength) characters",
+                        field: name)
+                }
+                guard seen.insert(Self.componentNameAlias).inserted else {
+                    throw .invalid(Self.componentNameTwice, field: name)
+                }
+                message.componentName = value
             case "iothub-outputname":
                 guard isModule else {
                     throw .invalid("iothub-outputname is for module identities; this sidecar is a device", field: name)
@@ -58,7 +74,7 @@ enum MessageMapping {
             default:
                 guard lower.hasPrefix("iothub-app-") else {
                     throw .invalid(
-                        "\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-interfaceid, iothub-outputname, iothub-app-<name>)",
+                        "\(name) is not a message property (iothub-messageid, iothub-correlationid, iothub-userid, iothub-contenttype, iothub-contentencoding, iothub-expiry, iothub-interfaceid, iothub-outputname, iothub-componentname, iothub-app-<name>)",
                         field: name)
                 }
                 let key = String(name.dropFirst("iothub-app-".count))

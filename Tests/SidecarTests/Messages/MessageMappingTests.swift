@@ -56,6 +56,31 @@ import Testing
         }
     }
 
+    /// IoT Plug and Play: `iothub-componentname` is the `$.sub` property, in headers and in
+    /// batch entries; it must be a component name, and not given twice.
+    @Test func theComponentNameHeaderSetsSub() throws {
+        let single = try MessageMapping.message(
+            payload: Data(), headers: Self.fields([("iothub-componentname", "thermostat1"), ("iothub-app-unit", "C")]),
+            isModule: false)
+        #expect(single.componentName == "thermostat1")
+        #expect(single.properties == ["$.sub": "thermostat1", "unit": "C"])
+        let batch = try MessageMapping.batch(
+            Data(#"[{"body":"a","properties":{"iothub-componentname":"thermostat2"}},{"body":"b"}]"#.utf8),
+            isModule: false)
+        #expect(batch.map(\.componentName) == ["thermostat2", nil])
+        for pairs in [
+            [("iothub-componentname", "")], [("iothub-componentname", "two words")],
+            [("iothub-componentname", "a"), ("iothub-app-$.sub", "b")],
+            [("iothub-app-$.sub", "b"), ("iothub-componentname", "a")],
+        ] {
+            #expect {
+                _ = try MessageMapping.message(payload: Data(), headers: Self.fields(pairs), isModule: false)
+            } throws: { error in
+                (error as? ProblemDetails)?.code == "ValueError"
+            }
+        }
+    }
+
     @Test func aMessageWithoutIdGetsALowerCaseUUID() throws {
         let message = try MessageMapping.message(payload: Data(), headers: HTTPFields(), isModule: false)
         let id = try #require(message.messageId)

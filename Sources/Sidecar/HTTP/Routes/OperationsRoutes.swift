@@ -40,6 +40,7 @@ struct OperationsRoutes: RouteArea {
             "newSasTokenRequired": .bool(status.isNewSASTokenRequired), "transport": .string(status.transport),
         ]
         if let proxy = status.proxy { members["proxy"] = .string(proxy) }
+        if let modelId = status.modelId { members["modelId"] = .string(modelId) }
         if let error = status.lastError { members["lastError"] = SidecarEvent.lastError(error) }
         if let expiry = status.tokenExpiry { members["tokenExpiry"] = .string(Timestamp.string(expiry)) }
         if let provisioning = bridge.provisioning?.report {
