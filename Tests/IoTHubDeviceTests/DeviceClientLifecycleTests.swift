@@ -623,10 +623,13 @@ import X509
             let patches = client.desiredPropertiesPatches()
             // Subscribed, and the version of the first twin read is known.
             #expect(await HubFixture.eventually { client.lastDesiredVersion.withLockedValue { $0 } != nil })
+            // Away while the change is made: the hub refuses the client until it is done.
+            fixture.hub.setFaults(Faults(refuseConnectionsUntil: .distantFuture))
             _ = fixture.hub.dropConnection(of: key)
             #expect(await HubFixture.eventually { !fixture.hub.isConnected(key) })
             _ = try fixture.hub.patchDesired(key, patch: ["mode": "away"], tags: nil, replace: false, ifMatch: nil)
             try #require(!fixture.hub.isConnected(key), "the client came back before the change: it was not away")
+            fixture.hub.setFaults(Faults())
             #expect(await HubFixture.eventually { client.isConnected })
             let patch = await first(of: patches, timeout: .seconds(ensure ? 10 : 2))
             if ensure {
