@@ -56,6 +56,8 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        // glibc's allocator controls (mallopt), for the command-line tool's memory policy.
+        .systemLibrary(name: "CMalloc"),
 
         // MARK: Concurrency building blocks every module shares: signals, replies by key, timeouts.
         .target(
@@ -143,6 +145,7 @@ let package = Package(
         .executableTarget(
             name: "iothub-sidecar",
             dependencies: [
+                "CMalloc",
                 "IoTHubProtocol",
                 "IoTHubDevice",
                 "LocalHub",
