@@ -2,8 +2,11 @@ import Foundation
 
 /// Reads the frames of one segment in pieces (never the whole file in memory).
 enum SegmentReader {
-    /// The piece read at a time.
+    /// The piece read at a time when walking whole segments (opening a log).
     static let chunkSize = 1 << 20
+    /// The piece read at a time when reading frames from a known position: about what a
+    /// reader asks for, not a megabyte for a few frames (a larger frame is read whole).
+    static let readChunkSize = 64 << 10
 
     /// Calls `body` with each whole frame after `sequence` in `segment`, in order, and the
     /// offset where the frame ends, until it returns false (then this returns true: the caller
@@ -17,7 +20,8 @@ enum SegmentReader {
         guard file >= 0 else { return false }
         defer { close(file) }
         var stopped = false
-        try scan(file, path: segment.path, size: segment.size, from: start) { header, payload, offset in
+        try scan(file, path: segment.path, size: segment.size, from: start, chunkSize: readChunkSize) {
+            header, payload, offset in
             guard header.sequence > sequence else { return true }
             let frame = DurableLog.Frame(sequence: header.sequence, payload: Array(payload))
             if !body(frame, offset + FrameLayout.headerSize + header.length) {
@@ -30,10 +34,10 @@ enum SegmentReader {
     }
 
     /// Walks the frames of the first `size` bytes of `file`, which are known to be whole, from
-    /// `start` (where a frame begins); `body` gets each frame's header, payload and offset, and
-    /// returns false to stop.
+    /// `start` (where a frame begins), reading `chunkSize` bytes at a time (more for a larger
+    /// frame); `body` gets each frame's header, payload and offset, and returns false to stop.
     static func scan(
-        _ file: Int32, path: String, size: Int, from start: Int = 0,
+        _ file: Int32, path: String, size: Int, from start: Int = 0, chunkSize: Int = chunkSize,
         _ body: (FrameLayout.Header, UnsafeRawBufferPointer, Int) -> Bool
     ) throws(DurableLogError) {
         var chunkStart = start

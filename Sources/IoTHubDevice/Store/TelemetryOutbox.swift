@@ -423,31 +423,32 @@ public final class TelemetryOutbox: Sendable {
         var marks: PageMarks
     }
 
-    /// The next frames the delivery loop has not taken (after those dropped), marked taken.
+    /// The next frames the delivery loop has not taken (after those dropped), marked taken: read
+    /// a few frames at a time until the page is full, so that no more is read than is taken.
     private func nextPage() async -> Page? {
         await onIO { [self] in
             let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
-            guard let frames = try? log.read(after: cursor, maximumFrames: 256, maximumBytes: 1 << 20),
-                let last = frames.last
-            else { return nil }
             var page = Page(
-                entries: [], marks: PageMarks(previous: cursor, lastSequence: last.sequence, bytes: 0, messages: 0))
-            for frame in frames {
-                page.marks.bytes += OutboxFrame.storedSize(frame.payload)
-                let decoded = OutboxFrame.decode(frame.payload)
-                page.marks.messages += OutboxFrame.messageCount(frame.payload) ?? 0
-                if let decoded {
-                    page.entries += decoded
-                } else {
-                    logger.error(
-                        "an outbox frame could not be decoded; its messages are dropped",
-                        metadata: ["sequence": "\(frame.sequence)"])
-                }
-                if page.entries.count >= Self.pageSize {
+                entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
+            reading: while page.entries.count < Self.pageSize, page.marks.bytes < 1 << 20,
+                let frames = try? log.read(after: page.marks.lastSequence, maximumFrames: 8, maximumBytes: 256 << 10),
+                !frames.isEmpty
+            {
+                for frame in frames {
                     page.marks.lastSequence = frame.sequence
-                    break
+                    page.marks.bytes += OutboxFrame.storedSize(frame.payload)
+                    page.marks.messages += OutboxFrame.messageCount(frame.payload) ?? 0
+                    if let decoded = OutboxFrame.decode(frame.payload) {
+                        page.entries += decoded
+                    } else {
+                        logger.error(
+                            "an outbox frame could not be decoded; its messages are dropped",
+                            metadata: ["sequence": "\(frame.sequence)"])
+                    }
+                    if page.entries.count >= Self.pageSize { break reading }
                 }
             }
+            guard page.marks.lastSequence > cursor else { return nil }
             state.withLockedValue { $0.readThrough = page.marks.lastSequence }
             return page
         }
