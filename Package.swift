@@ -57,6 +57,8 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        // glibc's allocator controls (mallopt), for the command-line tool's memory policy.
+        .systemLibrary(name: "CMalloc"),
 
         // MARK: Concurrency building blocks every module shares: signals, replies by key, timeouts.
         .target(
@@ -161,6 +163,7 @@ let package = Package(
         .executableTarget(
             name: "iothub-sidecar",
             dependencies: [
+                "CMalloc",
                 "CommandLineSupport",
                 "IoTHubProtocol",
                 "IoTHubDevice",

@@ -86,6 +86,20 @@ public final class DurableLog: Sendable {
     private let writerFinished = DispatchSemaphore(value: 0)
     /// The newest segment's file, open for appending; used by the writer thread only.
     private let activeFile: NIOLockedValueBox<Int32>
+    /// Where recently read frames end (the next frame of their segment begins there), by
+    /// sequence: a read after one of them starts there instead of walking the segment from its
+    /// beginning, so reading a log in order stays linear.
+    private let frameEnds = NIOLockedValueBox<[UInt64: FrameEnd]>([:])
+
+    private struct FrameEnd {
+        /// The segment, by its first sequence.
+        var segment: UInt64
+        var offset: Int
+    }
+
+    /// Frame ends remembered: those of the newest frames read (the delivery loop's pages in
+    /// flight and the head of the log are among them).
+    private static let frameEndsKept = 2048
 
     /// Opens (creating if needed, mode 0700) the log in `directory` and recovers it.
     public init(directory: String, options: Options = Options()) throws(DurableLogError) {
@@ -334,16 +348,38 @@ public final class DurableLog: Sendable {
         let segments = state.withLockedValue { $0.segments }
         var frames: [Frame] = []
         var bytes = 0
+        var ends: [(sequence: UInt64, end: FrameEnd)] = []
         for segment in segments where segment.lastSequence > sequence && segment.size > 0 {
-            let done = try SegmentReader.read(segment, after: sequence) { frame in
-                guard frames.count < maximumFrames, frames.isEmpty || bytes + frame.payload.count <= maximumBytes else {
-                    return false
+            var start = frameEnds.withLockedValue { $0[sequence] }.flatMap {
+                $0.segment == segment.firstSequence && $0.offset <= segment.size ? $0.offset : nil
+            }
+            var done = false
+            while true {
+                let found = frames.count
+                done = try SegmentReader.read(segment, after: sequence, from: start ?? 0) { frame, end in
+                    guard frames.count < maximumFrames, frames.isEmpty || bytes + frame.payload.count <= maximumBytes
+                    else {
+                        return false
+                    }
+                    bytes += frame.payload.count
+                    frames.append(frame)
+                    ends.append((frame.sequence, FrameEnd(segment: segment.firstSequence, offset: end)))
+                    return true
                 }
-                bytes += frame.payload.count
-                frames.append(frame)
-                return true
+                // A remembered position that does not lead to the next frame is not trusted: the
+                // segment is walked again from its beginning.
+                guard start != nil, frames.count == found else { break }
+                start = nil
             }
             if done { break }
+        }
+        if !ends.isEmpty {
+            frameEnds.withLockedValue { remembered in
+                for (sequence, end) in ends { remembered[sequence] = end }
+                if remembered.count > 2 * Self.frameEndsKept, let highest = remembered.keys.max() {
+                    remembered = remembered.filter { $0.key + UInt64(Self.frameEndsKept) > highest }
+                }
+            }
         }
         return frames
     }

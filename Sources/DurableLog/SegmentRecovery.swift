@@ -2,22 +2,29 @@ import Foundation
 
 /// Reads the frames of one segment in pieces (never the whole file in memory).
 enum SegmentReader {
-    /// The piece read at a time.
+    /// The piece read at a time when walking whole segments (opening a log).
     static let chunkSize = 1 << 20
+    /// The piece read at a time when reading frames from a known position: about what a
+    /// reader asks for, not a megabyte for a few frames (a larger frame is read whole).
+    static let readChunkSize = 64 << 10
 
-    /// Calls `body` with each whole frame after `sequence` in `segment`, in order, until it
-    /// returns false (then this returns true: the caller has what it wanted).
-    static func read(_ segment: DurableLog.Segment, after sequence: UInt64, _ body: (DurableLog.Frame) -> Bool)
-        throws(DurableLogError) -> Bool
-    {
+    /// Calls `body` with each whole frame after `sequence` in `segment`, in order, and the
+    /// offset where the frame ends, until it returns false (then this returns true: the caller
+    /// has what it wanted). The walk starts at `start`, which must be where a frame begins.
+    static func read(
+        _ segment: DurableLog.Segment, after sequence: UInt64, from start: Int = 0,
+        _ body: (DurableLog.Frame, _ end: Int) -> Bool
+    ) throws(DurableLogError) -> Bool {
         let file = open(segment.path, O_RDONLY | O_CLOEXEC)
         // A segment deleted since the list was taken holds only consumed frames.
         guard file >= 0 else { return false }
         defer { close(file) }
         var stopped = false
-        try scan(file, path: segment.path, size: segment.size) { header, payload, _ in
+        try scan(file, path: segment.path, size: segment.size, from: start, chunkSize: readChunkSize) {
+            header, payload, offset in
             guard header.sequence > sequence else { return true }
-            if !body(DurableLog.Frame(sequence: header.sequence, payload: Array(payload))) {
+            let frame = DurableLog.Frame(sequence: header.sequence, payload: Array(payload))
+            if !body(frame, offset + FrameLayout.headerSize + header.length) {
                 stopped = true
                 return false
             }
@@ -26,14 +33,16 @@ enum SegmentReader {
         return stopped
     }
 
-    /// Walks the frames of the first `size` bytes of `file`, which are known to be whole;
-    /// `body` gets each frame's header, payload and offset, and returns false to stop.
+    /// Walks the frames of the first `size` bytes of `file`, which are known to be whole, from
+    /// `start` (where a frame begins), reading `chunkSize` bytes at a time (more for a larger
+    /// frame); `body` gets each frame's header, payload and offset, and returns false to stop.
     static func scan(
-        _ file: Int32, path: String, size: Int, _ body: (FrameLayout.Header, UnsafeRawBufferPointer, Int) -> Bool
+        _ file: Int32, path: String, size: Int, from start: Int = 0, chunkSize: Int = chunkSize,
+        _ body: (FrameLayout.Header, UnsafeRawBufferPointer, Int) -> Bool
     ) throws(DurableLogError) {
-        var chunkStart = 0
+        var chunkStart = start
         var chunk: [UInt8] = []
-        var position = 0
+        var position = start
         while position < size {
             // Make sure the chunk holds the whole frame at `position`.
             if position + FrameLayout.headerSize > chunkStart + chunk.count {

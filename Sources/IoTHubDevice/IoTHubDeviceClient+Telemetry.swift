@@ -27,6 +27,17 @@ extension IoTHubDeviceClient {
     /// message, in order; each succeeds or fails on its own (a message over the size limit fails
     /// alone, the others are still sent).
     public func send(_ messages: [Message]) async -> [Result<Void, IoTHubError>] {
+        await send(messages, handedOver: {})
+    }
+
+    /// ``send(_:)``, calling `handedOver` once the messages are queued on the connection (or
+    /// failed), before their acknowledgements are awaited: messages sent after that go after
+    /// these on the wire (the outbox keeps its in-flight window full this way). Messages the
+    /// connection could not take while it was being made again are handed over after the
+    /// reconnect, so across a reconnect that order is not kept.
+    func send(_ messages: [Message], handedOver: @escaping @Sendable () -> Void) async -> [Result<Void, IoTHubError>] {
+        var announced = false
+        defer { if !announced { handedOver() } }
         do throws(IoTHubError) {
             try checkNotShutDown()
         } catch {
@@ -48,7 +59,9 @@ extension IoTHubDeviceClient {
                 guard let mqtt = lifecycle.withLockedValue({ $0.connection }) else {
                     throw .noConnectionError("the client is not connected")
                 }
-                let outcomes = await mqtt.publish(batch: pending.map { ($0.topic, $0.payload) })
+                let outcomes = await mqtt.publish(
+                    batch: pending.map { ($0.topic, $0.payload) }, handedOver: announced ? nil : handedOver)
+                announced = true
                 var refused: [(index: Int, topic: String, payload: Data)] = []
                 for (entry, outcome) in zip(pending, outcomes) {
                     if case .failure(.noConnectionError) = outcome {

@@ -405,6 +405,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
+        let allocatorPolicy = AllocatorPolicy.apply(environment: environment)
         let settings: ServeSettings
         do {
             settings = try ServeSettings(command: self, environment: environment)
@@ -517,6 +518,7 @@ struct ServeCommand: AsyncParsableCommand {
             })
         services.append(.init(service: bridge))
         services.append(.init(service: application))
+        if allocatorPolicy { services.append(.init(service: AllocatorTrimming())) }
         // Last, so it hears the shutdown first: long-polls and event streams end before the
         // server waits for its requests.
         services.append(.init(service: DrainOnShutdown(bridge: bridge)))

@@ -216,6 +216,37 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
         log.shutdown()
     }
 
+    @Test func readsFromAnyCursorAgreeWithTheFramesWhileReadingForwardAndDiscarding() async throws {
+        let scratch = ScratchDirectory()
+        let log = try DurableLog(directory: scratch.path, options: .init(segmentSize: 4096))
+        for index in 0..<300 { _ = try await log.append([payload(index)]) }
+        #expect(log.segmentCount > 5)
+        #expect(try log.read(after: 0, maximumFrames: 1).map(\.sequence) == [1])
+        // Forward in small pages (each read starts where the one before ended), with reads from
+        // other cursors in between: the head, a cursor behind, the middle of a segment.
+        var cursor: UInt64 = 0
+        var forward: [UInt64] = []
+        while let page = try? log.read(after: cursor, maximumFrames: 7), let last = page.last {
+            forward += page.map(\.sequence)
+            cursor = last.sequence
+            let behind = cursor / 2
+            #expect(try log.read(after: behind, maximumFrames: 3).map(\.sequence) == Array((behind + 1)...(behind + 3)))
+            if cursor % 50 < 7 { log.discard(through: cursor / 2) }
+            let head = log.discardedThrough
+            #expect(try log.read(after: head, maximumFrames: 2).map(\.sequence) == [head + 1, head + 2])
+        }
+        #expect(forward == Array(1...300))
+        let head = Int(log.discardedThrough)
+        #expect(head > 100)
+        #expect(try readAll(log, after: UInt64(head)).map(\.payload) == (head..<300).map { payload($0) })
+        // Everything consumed: the next append starts a new newest segment; reads find it.
+        log.discard(through: 300)
+        _ = try await log.append([payload(300)])
+        #expect(try log.read(after: 300).map(\.payload) == [payload(300)])
+        #expect(try log.read(after: 299).map(\.sequence) == [301])
+        log.shutdown()
+    }
+
     @Test func theDirectoryIsPrivate() throws {
         let scratch = ScratchDirectory()
         let log = try DurableLog(directory: scratch.path + "/nested/log")

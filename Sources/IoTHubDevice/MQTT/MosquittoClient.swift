@@ -311,8 +311,12 @@ final class MosquittoClient: Sendable {
     /// Publishes every message in order at QoS 1, one libmosquitto call after the other on this
     /// thread (no task or hop per message), and returns one result per message once each has
     /// its PUBACK or has failed. After a message that is not taken, the rest are not handed
-    /// over (their order would break) and fail with the same error.
-    func publish(batch messages: [(topic: String, payload: Data)]) async -> [Result<Void, IoTHubError>] {
+    /// over (their order would break) and fail with the same error. `handedOver` is called once
+    /// every message is with libmosquitto (or failed), before the acknowledgements are awaited:
+    /// whatever is published after it goes after these messages.
+    func publish(
+        batch messages: [(topic: String, payload: Data)], handedOver: (@Sendable () -> Void)? = nil
+    ) async -> [Result<Void, IoTHubError>] {
         let batch = PublishBatch(count: messages.count)
         let deadline = ContinuousClock.now + acknowledgementTimeout
         var published: [Int32] = []
@@ -333,6 +337,7 @@ final class MosquittoClient: Sendable {
             published.append(mid)
         }
         let mids = published
+        handedOver?()
         return await withTaskCancellationHandler {
             await batch.results()
         } onCancel: {

@@ -315,74 +315,141 @@ public final class TelemetryOutbox: Sendable {
 
     // MARK: Delivering
 
-    /// The most messages sent in one go.
+    /// The most messages read from the log in one go (a page).
     static let pageSize = 500
+    /// The in-flight window: more pages are taken while fewer than this many are on their way…
+    static let windowPages = 3
+    /// …and fewer messages and bytes than these.
+    static let windowMessages = 1000
+    static let windowBytes = 2 << 20
 
     /// Delivers through the client until cancelled (or until the client is shut down): in the
-    /// order accepted, pipelined a page at a time, each message again after a failure that may
-    /// have lost it, until the hub acknowledges it or it expires.
+    /// order accepted, pipelined, each message again after a failure that may have lost it, until
+    /// the hub acknowledges it or it expires. Pages are read and handed to the connection while
+    /// earlier ones still wait for their acknowledgements, so the in-flight window does not
+    /// empty between pages; frames leave the disk in order, once every page up to them is done.
     public func run() async {
         var pacer = configuration.drainRate.map { DrainPacer(messagesPerSecond: $0) }
-        while !Task.isCancelled {
-            // Pages are taken only on a live connection: libmosquitto would keep a message
-            // handed over without one and send it after the reconnect, even if it expired
-            // meanwhile. While waiting, what expires at the head of the outbox is counted.
-            if !client.isConnected { await waitForConnection() }
-            let generation = arrivals.generation
-            let previous = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
-            guard let page = await nextPage() else {
-                await arrivals.wait(afterGeneration: generation, timeout: .seconds(1))
-                continue
+        await withTaskGroup(of: (Int, PageOutcome).self) { group in
+            // Pages taken and not finished, in the order taken; an outcome once their send ended.
+            var window: [(id: Int, page: PageMarks, outcome: PageOutcome?)] = []
+            var nextId = 0
+            var stopping = false
+            while true {
+                var generation = arrivals.generation
+                if !stopping, !Task.isCancelled {
+                    // Pages are taken only on a live connection: libmosquitto would keep a
+                    // message handed over without one and send it after the reconnect, even if
+                    // it expired meanwhile. While waiting (nothing in flight), what expires at
+                    // the head of the outbox is counted.
+                    if window.isEmpty, !client.isConnected { await waitForConnection() }
+                    while window.count < Self.windowPages, client.isConnected, !Task.isCancelled,
+                        window.reduce(0, { $0 + $1.page.messages }) < Self.windowMessages,
+                        window.reduce(0, { $0 + $1.page.bytes }) < Self.windowBytes
+                    {
+                        generation = arrivals.generation
+                        guard let page = await nextPage() else { break }
+                        var pending: [Message] = []
+                        var deadlines: [Date] = []
+                        var expired = 0
+                        let now = Date()
+                        for entry in page.entries {
+                            if entry.deadline < now {
+                                expired += 1
+                            } else {
+                                pending.append(entry.message)
+                                deadlines.append(entry.deadline)
+                            }
+                        }
+                        if let pace = pacer?.delay(for: pending.count) { try? await Task.sleep(for: pace) }
+                        let id = nextId
+                        nextId += 1
+                        window.append((id, page.marks, nil))
+                        // The next page goes to the connection only after this one: acceptance order.
+                        let handedOver = OneWaySignal()
+                        group.addTask { [self, pending, deadlines, expired] in
+                            var outcome = await send(pending, deadlines: deadlines) { handedOver.signal() }
+                            handedOver.signal()
+                            outcome.expired += expired
+                            return (id, outcome)
+                        }
+                        await handedOver.wait()
+                    }
+                }
+                if window.isEmpty {
+                    if stopping || Task.isCancelled { return }
+                    await arrivals.wait(afterGeneration: generation, timeout: .seconds(1))
+                    continue
+                }
+                guard let (id, outcome) = await group.next() else { return }
+                if let index = window.firstIndex(where: { $0.id == id }) { window[index].outcome = outcome }
+                if outcome.stopped { stopping = true }
+                // The longest prefix of done pages is finished, in order.
+                while let first = window.first, let done = first.outcome, !done.stopped {
+                    window.removeFirst()
+                    finish(first.page, delivered: done.delivered, expired: done.expired, keeping: window.first?.page)
+                }
+                if stopping {
+                    // The rest end too (the client is shut down, or the task is cancelled); what
+                    // is not finished is read again next time.
+                    while await group.next() != nil {}
+                    if let first = window.first { giveBack(from: first.page) }
+                    return
+                }
             }
-            var pending: [Message] = []
-            var expired = 0
-            let now = Date()
-            for entry in page.entries {
-                if entry.deadline < now { expired += 1 } else { pending.append(entry.message) }
-            }
-            if let pace = pacer?.delay(for: pending.count) { try? await Task.sleep(for: pace) }
-            let (delivered, lateExpired, stopped) = await send(
-                pending, deadlines: page.entries.filter { $0.deadline >= now }.map(\.deadline))
-            if stopped {
-                giveBack(page, after: previous)
-                return
-            }
-            finish(page, delivered: delivered, expired: expired + lateExpired)
         }
     }
 
-    private struct Page {
-        var entries: [(deadline: Date, message: Message)]
+    /// What a page's delivery came to: messages acknowledged, expired (before or while sending),
+    /// and whether delivery stopped (the client was shut down, or the task cancelled).
+    private struct PageOutcome: Sendable {
+        var delivered = 0
+        var expired = 0
+        var stopped = false
+    }
+
+    /// What the delivery loop keeps of a page while it is in flight (its messages go with the
+    /// task sending them).
+    private struct PageMarks {
+        /// The page's frames are those after `previous`, through `lastSequence`.
+        var previous: UInt64
         var lastSequence: UInt64
         var bytes: Int
         var messages: Int
     }
 
-    /// The next frames the delivery loop has not taken (after those dropped), marked taken.
+    private struct Page {
+        var entries: [(deadline: Date, message: Message)]
+        var marks: PageMarks
+    }
+
+    /// The next frames the delivery loop has not taken (after those dropped), marked taken: read
+    /// a few frames at a time until the page is full, so that no more is read than is taken.
     private func nextPage() async -> Page? {
         await onIO { [self] in
             let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
-            guard let frames = try? log.read(after: cursor, maximumFrames: 256, maximumBytes: 1 << 20),
-                let last = frames.last
-            else { return nil }
-            var page = Page(entries: [], lastSequence: last.sequence, bytes: 0, messages: 0)
-            for frame in frames {
-                page.bytes += OutboxFrame.storedSize(frame.payload)
-                let decoded = OutboxFrame.decode(frame.payload)
-                page.messages += OutboxFrame.messageCount(frame.payload) ?? 0
-                if let decoded {
-                    page.entries += decoded
-                } else {
-                    logger.error(
-                        "an outbox frame could not be decoded; its messages are dropped",
-                        metadata: ["sequence": "\(frame.sequence)"])
-                }
-                if page.entries.count >= Self.pageSize {
-                    page.lastSequence = frame.sequence
-                    break
+            var page = Page(
+                entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
+            reading: while page.entries.count < Self.pageSize, page.marks.bytes < 1 << 20,
+                let frames = try? log.read(after: page.marks.lastSequence, maximumFrames: 8, maximumBytes: 256 << 10),
+                !frames.isEmpty
+            {
+                for frame in frames {
+                    page.marks.lastSequence = frame.sequence
+                    page.marks.bytes += OutboxFrame.storedSize(frame.payload)
+                    page.marks.messages += OutboxFrame.messageCount(frame.payload) ?? 0
+                    if let decoded = OutboxFrame.decode(frame.payload) {
+                        page.entries += decoded
+                    } else {
+                        logger.error(
+                            "an outbox frame could not be decoded; its messages are dropped",
+                            metadata: ["sequence": "\(frame.sequence)"])
+                    }
+                    if page.entries.count >= Self.pageSize { break reading }
                 }
             }
-            state.withLockedValue { $0.readThrough = page.lastSequence }
+            guard page.marks.lastSequence > cursor else { return nil }
+            state.withLockedValue { $0.readThrough = page.marks.lastSequence }
             return page
         }
     }
@@ -444,43 +511,58 @@ public final class TelemetryOutbox: Sendable {
     }
 
     /// Sends until each message is acknowledged or expired; returns the counts, and whether
-    /// the client was shut down (delivery stops).
-    private func send(_ messages: [Message], deadlines: [Date]) async -> (delivered: Int, expired: Int, stopped: Bool) {
+    /// the client was shut down or the task cancelled (delivery stops). `handedOver` is called
+    /// once the first attempt is queued on the connection.
+    private func send(_ messages: [Message], deadlines: [Date], handedOver: @escaping @Sendable () -> Void) async
+        -> PageOutcome
+    {
         var pending = Array(zip(messages, deadlines))
-        var delivered = 0
-        var expired = 0
+        var outcome = PageOutcome()
         var backoff = Duration.milliseconds(250)
+        var first = true
         while !pending.isEmpty {
-            let results = await client.send(pending.map(\.0))
+            let batch = pending.map { $0.0 }
+            let results: [Result<Void, IoTHubError>]
+            if first {
+                results = await client.send(batch, handedOver: handedOver)
+            } else {
+                results = await client.send(batch)
+            }
+            first = false
             var retry: [(Message, Date)] = []
             for (entry, result) in zip(pending, results) {
                 switch result {
                 case .success:
-                    delivered += 1
+                    outcome.delivered += 1
                 case .failure(.clientError(let detail)) where detail.contains("shut down"):
-                    return (delivered, expired, true)
+                    outcome.stopped = true
+                    return outcome
                 case .failure(.valueError), .failure(.messageTooLarge), .failure(.topicTooLong):
                     // Checked when accepted; cannot be sent as it is.
                     logger.error(
                         "an outbox message was refused before sending; it is dropped",
                         metadata: ["messageId": "\(entry.0.messageId ?? "")"])
-                    expired += 1
+                    outcome.expired += 1
                 case .failure:
-                    if entry.1 < Date() { expired += 1 } else { retry.append(entry) }
+                    if entry.1 < Date() { outcome.expired += 1 } else { retry.append(entry) }
                 }
             }
             pending = retry
             if !pending.isEmpty {
-                if Task.isCancelled { return (delivered, expired, true) }
+                if Task.isCancelled {
+                    outcome.stopped = true
+                    return outcome
+                }
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(5))
             }
         }
-        return (delivered, expired, false)
+        return outcome
     }
 
-    /// A page is done: its frames (and any dropped after them) leave the disk.
-    private func finish(_ page: Page, delivered: Int, expired: Int) {
+    /// A page is done: its frames (and any dropped after them) leave the disk, but never those
+    /// of `keeping`, the oldest page still in flight.
+    private func finish(_ page: PageMarks, delivered: Int, expired: Int, keeping inFlight: PageMarks?) {
         let (emptied, through) = state.withLockedValue { state -> (Bool, UInt64) in
             state.messages -= page.messages
             state.bytes -= page.bytes
@@ -492,19 +574,22 @@ public final class TelemetryOutbox: Sendable {
                 state.isFull = false
                 state.dropping = false
             }
-            return (state.messages == 0 && page.messages > 0, max(page.lastSequence, state.droppedThrough))
+            // Frames dropped to make room lie after every page taken before the drop: they go
+            // with this page only up to the next page still in flight.
+            let through = max(page.lastSequence, state.droppedThrough)
+            return (state.messages == 0 && page.messages > 0, min(through, inFlight?.previous ?? through))
         }
         log.discard(through: through)
         if expired > 0 { broadcaster.yield(.expired(count: expired)) }
         if emptied { broadcaster.yield(.emptied) }
     }
 
-    /// Delivery stopped in the middle of a page (cancelled, or the client was shut down): the
-    /// page stays on disk, to be read again (its delivered messages are sent again then, with
-    /// their ids).
-    private func giveBack(_ page: Page, after previous: UInt64) {
+    /// Delivery stopped with pages in flight (cancelled, or the client was shut down): they stay
+    /// on disk, to be read again from `page`, the oldest (their delivered messages are sent
+    /// again then, with their ids).
+    private func giveBack(from page: PageMarks) {
         state.withLockedValue { state in
-            if state.readThrough == page.lastSequence { state.readThrough = previous }
+            state.readThrough = min(state.readThrough, page.previous)
         }
     }
 

@@ -53,6 +53,32 @@ import Testing
         }
     }
 
+    /// A backlog of many pages: later pages go to the connection while earlier ones wait for
+    /// their acknowledgements, and the hub still gets everything once, in order.
+    @Test func aBacklogOfManyPagesArrivesInOrderOnce() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch)
+            var ids: [String] = []
+            for start in stride(from: 0, to: 2600, by: 100) {
+                ids += try await outbox.accept((start..<(start + 100)).map { message($0) })
+            }
+            let delivery = Task { await outbox.run() }
+            #expect(await outbox.waitUntilEmpty(timeout: .seconds(60)))
+            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 2600 })
+            delivery.cancel()
+            await delivery.value
+            #expect(fixture.telemetry.count == 2600, "no copies without a drop")
+            #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<2600).map { String($0) })
+            #expect(fixture.telemetry.map(\.message.messageId) == ids.map(Optional.init))
+            let status = await outbox.status()
+            #expect(status.messages == 0 && status.delivered == 2600 && status.bytes == 0)
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
     @Test func whatWasAcceptedSurvivesReopeningAndIsDeliveredThen() async throws {
         try await HubFixture.with { fixture in
             let scratch = Scratch()
@@ -165,6 +191,35 @@ import Testing
             // The newest are the ones that went.
             #expect(fixture.telemetry.last?.message.properties["index"] == "59")
             #expect(fixture.telemetry.first?.message.properties["index"] == String(status.dropped))
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
+    /// Dropping the oldest while pages are in flight: only messages not yet taken are dropped;
+    /// every message is either delivered or counted as dropped, and what arrives is in order.
+    @Test func dropOldestWhileDeliveringDropsOnlyWhatWasNotTaken() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch) {
+                $0.maximumBytes = 200_000
+                $0.whenFull = .dropOldest
+            }
+            let delivery = Task { await outbox.run() }
+            for start in stride(from: 0, to: 6000, by: 50) {
+                _ = try await outbox.accept((start..<(start + 50)).map { message($0, size: 200) })
+            }
+            #expect(await outbox.waitUntilEmpty(timeout: .seconds(60)))
+            let status = await outbox.status()
+            #expect(status.delivered + status.dropped == 6000 && status.expired == 0, "\(status)")
+            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= status.delivered })
+            delivery.cancel()
+            await delivery.value
+            let indices = fixture.telemetry.compactMap { $0.message.properties["index"].flatMap { Int($0) } }
+            #expect(indices.count == status.delivered, "no copies without a drop")
+            #expect(indices == indices.sorted() && Set(indices).count == indices.count)
+            #expect(indices.last == 5999)
             outbox.close()
             await client.shutdown()
         }

@@ -1,0 +1,2 @@
+// glibc's allocator controls (mallopt), for the sidecar's memory policy.
+#include <malloc.h>
