@@ -77,6 +77,31 @@ import Testing
         }
     }
 
+    /// Local debugging without the Edge runtime: `EdgeHubConnectionString` (a module's, with
+    /// `GatewayHostName`) and `EdgeModuleCACertificateFile`.
+    @Test func theDebuggingVariablesGiveAKeyAndTheGatewaysCA() async throws {
+        try await HubFixture.with(edgeDevice: Self.edgeDevice) { fixture in
+            _ = try fixture.localHub.edgeEnvironment(moduleId: "debugged")
+            let caFile = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "edge-ca-\(UUID().uuidString).pem")
+            try Data(fixture.localHub.caCertificatePEM.utf8).write(to: caFile)
+            defer { try? FileManager.default.removeItem(at: caFile) }
+            let connectionString =
+                try fixture.connectionString(Self.edgeDevice, moduleId: "debugged") + ";GatewayHostName=localhost"
+            let client = try await IoTHubDeviceClient.fromEdgeEnvironment(
+                environment: ["EdgeHubConnectionString": connectionString, "EdgeModuleCACertificateFile": caFile.path],
+                configuration: fixture.configuration { configuration in
+                    configuration.serverVerificationCertificate = nil
+                })
+            #expect(client.status.credential == .symmetricKey)
+            #expect(client.configuration.gatewayHostName == "localhost")
+            try await client.connect()
+            try await client.send(Message(payload: Data("debug".utf8), messageId: "debug-1"))
+            #expect(fixture.telemetry.last?.moduleId == "debugged")
+            await client.shutdown()
+        }
+    }
+
     @Test func anIncompleteEnvironmentIsRefused() async throws {
         try await HubFixture.with(edgeDevice: Self.edgeDevice) { fixture in
             await #expect {
