@@ -35,11 +35,20 @@ final class CredentialStore: Sendable {
         state.withLockedValue { $0.tokenExpiry }
     }
 
-    /// The MQTT password of a new connection: a SAS token (signed now, with a key), or nil with
-    /// X.509. Records the token's expiry; `renewAt` is when a token signed here should be
-    /// renewed (nil for one the application supplied: only it can make a new one).
-    func connectionPassword() throws(IoTHubError) -> (password: String?, renewAt: Date?) {
-        try state.withLock { state throws(IoTHubError) -> (String?, Date?) in
+    /// The MQTT password of a new connection: a SAS token (signed now, with a key or by the IoT
+    /// Edge workload API), or nil with X.509. Records the token's expiry; `renewAt` is when a
+    /// token signed here should be renewed (nil for one the application supplied: only it can
+    /// make a new one).
+    func connectionPassword() async throws(IoTHubError) -> (password: String?, renewAt: Date?) {
+        if case .edgeWorkload(let workload) = credential {
+            // Signed outside the lock: the workload API is an HTTP request.
+            let token = try await workload.sasToken(
+                resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId, moduleId: moduleId),
+                timeToLive: tokenTimeToLive)
+            state.withLockedValue { $0.tokenExpiry = token.expiryDate }
+            return (token.string, renewalDate(of: token))
+        }
+        return try state.withLock { state throws(IoTHubError) -> (String?, Date?) in
             switch state.credential {
             case .symmetricKey(let key):
                 let token = try SASToken(
@@ -47,19 +56,41 @@ final class CredentialStore: Sendable {
                     key: key,
                     timeToLive: tokenTimeToLive)
                 state.tokenExpiry = token.expiryDate
-                let margin = min(120, Double(tokenTimeToLive) / 2)
-                return (token.string, token.expiryDate.addingTimeInterval(-margin))
+                return (token.string, renewalDate(of: token))
             case .sasToken(let token):
                 guard !token.isExpired() else {
                     throw .credentialError("the SAS token expired; give a new one with update_sastoken")
                 }
                 state.tokenExpiry = token.expiryDate
                 return (token.string, nil)
-            case .x509:
+            case .x509, .edgeWorkload:
                 state.tokenExpiry = nil
                 return (nil, nil)
             }
         }
+    }
+
+    /// A token for an HTTPS request to the hub (or the Edge hub): signed now with a key or by
+    /// the workload API, the application's own, or nil with X.509.
+    func requestToken() async throws(IoTHubError) -> SASToken? {
+        let resourceURI = SASToken.resourceURI(hostName: hostName, deviceId: deviceId, moduleId: moduleId)
+        switch credential {
+        case .symmetricKey(let key):
+            return try SASToken(resourceURI: resourceURI, key: key, timeToLive: tokenTimeToLive)
+        case .sasToken(let token):
+            return token
+        case .edgeWorkload(let workload):
+            return try await workload.sasToken(resourceURI: resourceURI, timeToLive: tokenTimeToLive)
+        case .x509:
+            return nil
+        }
+    }
+
+    /// When a token signed by the client is renewed: two minutes (at most half its life)
+    /// before it expires.
+    private func renewalDate(of token: SASToken) -> Date {
+        let margin = min(120, Double(tokenTimeToLive) / 2)
+        return token.expiryDate.addingTimeInterval(-margin)
     }
 
     /// Replaces the application's SAS token (`update_sastoken`) once it is checked to be for

@@ -9,6 +9,9 @@ public enum DeviceCredential: Sendable {
     case sasToken(SASToken)
     /// An X.509 certificate and key presented in the TLS handshake.
     case x509(X509Credential)
+    /// An IoT Edge module's key, held by the IoT Edge security daemon: the client has each SAS
+    /// token signed by the workload API, and renews it the same way.
+    case edgeWorkload(EdgeWorkload)
 
     /// Which of the three kinds of credential this is, for status reports.
     public var kind: CredentialKind {
@@ -16,6 +19,7 @@ public enum DeviceCredential: Sendable {
         case .symmetricKey: .symmetricKey
         case .sasToken: .sasToken
         case .x509: .x509
+        case .edgeWorkload: .edgeWorkload
         }
     }
 }
@@ -28,4 +32,6 @@ public enum CredentialKind: String, Sendable, Hashable, Codable {
     case sasToken
     /// An X.509 certificate and key.
     case x509
+    /// An IoT Edge module's key, used through the workload API (tokens signed and renewed there).
+    case edgeWorkload
 }

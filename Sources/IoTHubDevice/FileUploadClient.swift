@@ -109,16 +109,10 @@ struct FileUploadClient: Sendable {
             "User-Agent": PercentEncoding.encode(UserAgent.string + configuration.productInfo),
         ]
         var clientCertificate: X509Credential?
-        switch credentials.credential {
-        case .symmetricKey(let key):
-            headers["Authorization"] = try SASToken(
-                resourceURI: SASToken.resourceURI(hostName: hostName, deviceId: deviceId), key: key,
-                timeToLive: configuration.sasTokenTimeToLive
-            ).string
-        case .sasToken(let token):
-            headers["Authorization"] = token.string
-        case .x509(let x509):
+        if case .x509(let x509) = credentials.credential {
             clientCertificate = x509
+        } else if let token = try await credentials.requestToken() {
+            headers["Authorization"] = token.string
         }
         let authority = hostAndPort(configuration.gatewayHostName ?? hostName, configuration.httpsPort)
         let url =

@@ -232,7 +232,7 @@ extension IoTHubDeviceClient {
                 mqtt = connection
                 // libmosquitto keeps the session's queued messages across a reconnect.
                 reconnect = reused
-                (password, renewAt) = try credentials.connectionPassword()
+                (password, renewAt) = try await credentials.connectionPassword()
                 notify(change)
             }
         } catch {

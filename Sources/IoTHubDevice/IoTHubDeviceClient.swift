@@ -89,6 +89,11 @@ public final class IoTHubDeviceClient: Sendable {
             try CredentialStore.check(token, hostName: hostName, deviceId: deviceId, moduleId: moduleId)
         case .x509:
             break
+        case .edgeWorkload(let workload):
+            guard workload.moduleId == moduleId else {
+                throw .valueError(
+                    field: "IOTEDGE_MODULEID", reason: "the workload signs for another module than the client's")
+            }
         }
         var clientCertificate: X509Credential?
         if case .x509(let x509) = credential { clientCertificate = x509 }

@@ -51,6 +51,14 @@ public struct SASToken: Sendable, Hashable {
         let encodedResourceURI = PercentEncoding.encode(resourceURI)
         let signature = try Self.sign(
             Self.stringToSign(encodedResourceURI: encodedResourceURI, expiry: expiry), key: key)
+        self.init(resourceURI: resourceURI, expiry: expiry, signature: signature, keyName: keyName)
+    }
+
+    /// A token whose signature was made elsewhere — by an IoT Edge security daemon (the
+    /// workload API), which holds the key — over
+    /// ``stringToSign(encodedResourceURI:expiry:)`` of `PercentEncoding.encode(resourceURI)`.
+    public init(resourceURI: String, expiry: Int, signature: String, keyName: String? = nil) {
+        let encodedResourceURI = PercentEncoding.encode(resourceURI)
         var text = "SharedAccessSignature sr=\(encodedResourceURI)"
         text += "&sig=\(PercentEncoding.encode(signature))&se=\(expiry)"
         if let keyName {

@@ -133,6 +133,28 @@ enum Listeners {
         }
     }
 
+    /// Plain HTTP on a unix socket (the IoT Edge workload API); a stale socket file is replaced.
+    static func unixHTTP(path: String, group: any EventLoopGroup, router: Router, name: String)
+        async throws(LocalHubError) -> any Channel
+    {
+        do {
+            return try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 64)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: httpIdleTimeout))
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPServerHandler(router: router, maximumBodySize: 1 << 20))
+                    }
+                }
+                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+                .get()
+        } catch {
+            throw .listen("cannot listen for \(name) on \(path): \(error)")
+        }
+    }
+
     static func blob(host: String, port: Int, group: any EventLoopGroup, tls: NIOSSLContext, router: Router)
         async throws(LocalHubError) -> any Channel
     {

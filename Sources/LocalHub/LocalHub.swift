@@ -39,14 +39,24 @@ public final class LocalHub: Service, Sendable {
         /// like IoT Hub routes from those sources to `events`; `/local/routes` changes them at
         /// run time. With a data directory the routes are kept in its state and added to these.
         public var routedEventSources: Set<MessageSource>
+        /// An IoT Edge device whose modules LocalHub serves as the Edge runtime would: the
+        /// workload API (trust bundle, signing with a module's key) on
+        /// ``edgeWorkloadSocketPath``, and `GET /local/edge-environment` for a module's
+        /// `IOTEDGE_*` variables. Registered at start if it does not exist. Both or neither.
+        public var edgeDeviceId: String?
+        /// The unix socket of the IoT Edge workload API (with ``edgeDeviceId``).
+        public var edgeWorkloadSocketPath: String?
 
         public init(
             hostName: String = "localhost", bindAddress: String = "127.0.0.1", mqttPort: Int = 8883,
             httpsPort: Int = 8443, blobPort: Int = 10000, dataDirectory: String? = nil, devices: [String] = [],
             telemetryCapacity: Int = 100_000, telemetryByteCapacity: Int = 64 << 20,
             connectTimeout: Duration = .seconds(10),
-            routedEventSources: Set<MessageSource> = []
+            routedEventSources: Set<MessageSource> = [], edgeDeviceId: String? = nil,
+            edgeWorkloadSocketPath: String? = nil
         ) {
+            self.edgeDeviceId = edgeDeviceId
+            self.edgeWorkloadSocketPath = edgeWorkloadSocketPath
             self.telemetryByteCapacity = telemetryByteCapacity
             self.routedEventSources = routedEventSources
             self.connectTimeout = connectTimeout
@@ -85,6 +95,12 @@ public final class LocalHub: Service, Sendable {
     ) throws(LocalHubError) {
         guard !configuration.hostName.isEmpty, !configuration.hostName.contains("/") else {
             throw .configuration("the host name '\(configuration.hostName)' is not valid")
+        }
+        guard (configuration.edgeDeviceId == nil) == (configuration.edgeWorkloadSocketPath == nil) else {
+            throw .configuration("an IoT Edge device needs both its device id and the workload API's socket path")
+        }
+        if let path = configuration.edgeWorkloadSocketPath, !path.hasPrefix("/") {
+            throw .configuration("the workload API's socket path '\(path)' is not absolute")
         }
         self.configuration = configuration
         self.group = eventLoopGroup
@@ -140,7 +156,7 @@ public final class LocalHub: Service, Sendable {
                 persisted: persisted?.provisioning),
             logger: logger)
         persistence?.attach { [hub] in hub.snapshot() }
-        for device in configuration.devices {
+        for device in configuration.devices + [configuration.edgeDeviceId].compactMap({ $0 }) {
             do {
                 _ = try hub.ensureDevice(device)
             } catch {
@@ -294,6 +310,17 @@ public final class LocalHub: Service, Sendable {
         let blob = try await Listeners.blob(
             host: host, port: configuration.blobPort, group: group, tls: tls, router: .blob(for: hub))
         listeners.append(blob)
+        if let deviceId = configuration.edgeDeviceId, let socketPath = configuration.edgeWorkloadSocketPath {
+            let edge = EdgeDevice(deviceId: deviceId, socketPath: socketPath)
+            let workload = try await Listeners.unixHTTP(
+                path: socketPath, group: group,
+                router: .edgeWorkload(for: hub, edge: edge, caCertificatePEM: caCertificatePEM),
+                name: "the IoT Edge workload API")
+            listeners.append(workload)
+            hub.edgeDevice.withLockedValue { $0 = edge }
+            logger.info(
+                "IoT Edge workload API listening", metadata: ["device": "\(deviceId)", "socket": "\(socketPath)"])
+        }
         let ports = Ports(
             mqtt: mqtt.localAddress?.port ?? 0, https: https.localAddress?.port ?? 0, blob: blob.localAddress?.port ?? 0
         )
@@ -313,10 +340,38 @@ public final class LocalHub: Service, Sendable {
     /// The bound ports (after ``start()``).
     public var ports: Ports? { listeners.ports }
 
+    /// The `IOTEDGE_*` variables of a module of the IoT Edge device (``Configuration/edgeDeviceId``),
+    /// as the Edge runtime sets them in the module's container; the module is registered if it
+    /// does not exist. Only after ``start()``.
+    public func edgeEnvironment(moduleId: String) throws(LocalHubError) -> [String: String] {
+        guard let edge = hub.edgeDevice.withLockedValue({ $0 }) else {
+            throw .configuration("the hub serves no IoT Edge device (edgeDeviceId and edgeWorkloadSocketPath, started)")
+        }
+        let key = IdentityKey(deviceId: edge.deviceId, moduleId: moduleId)
+        let record: IdentityRecord
+        do throws(ServiceError) {
+            if let existing = hub.identity(key) {
+                record = existing
+            } else {
+                record = try hub.putIdentity(key, body: [:], ifMatch: nil)
+            }
+        } catch {
+            throw .configuration("cannot register \(key): \(error.message)")
+        }
+        return edge.environment(moduleId: moduleId, generationId: record.generationId, hostName: hub.hostName)
+    }
+
     /// Closes the listeners and every device connection, and saves the state.
     public func stop() async {
         for channel in listeners.removeAll() {
             try? await channel.close()
+        }
+        let edge = hub.edgeDevice.withLockedValue { edge in
+            defer { edge = nil }
+            return edge
+        }
+        if let socketPath = edge?.socketPath {
+            try? FileManager.default.removeItem(atPath: socketPath)
         }
         hub.closeAllConnections()
         await persistence?.finish()

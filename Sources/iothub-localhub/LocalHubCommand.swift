@@ -60,6 +60,20 @@ struct LocalHubCommand: AsyncParsableCommand {
     var devices: [String] = []
 
     @Option(
+        name: .customLong("edge-device"),
+        help: ArgumentHelp(
+            "Play the IoT Edge runtime for this device (registered if new): its modules get SAS tokens signed by the workload API (--edge-workload-socket) and their IOTEDGE_* variables from GET /local/edge-environment?moduleId=…",
+            valueName: "id"))
+    var edgeDevice: String?
+
+    @Option(
+        name: .customLong("edge-workload-socket"),
+        help: ArgumentHelp(
+            "The unix socket of the IoT Edge workload API (trust bundle, signing with a module's key); with --edge-device.",
+            valueName: "path"))
+    var edgeWorkloadSocket: String?
+
+    @Option(
         name: .customLong("telemetry-bytes"),
         help: ArgumentHelp(
             "How much memory the record of received telemetry (GET /local/telemetry) may take; the oldest messages go first. Default 67108864 (64 MiB).",
@@ -87,6 +101,12 @@ struct LocalHubCommand: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        guard (edgeDevice == nil) == (edgeWorkloadSocket == nil) else {
+            throw ValidationError("--edge-device and --edge-workload-socket go together")
+        }
+        if let edgeWorkloadSocket, !edgeWorkloadSocket.hasPrefix("/") {
+            throw ValidationError("--edge-workload-socket must be an absolute path")
+        }
         guard telemetryBytes > 0 else { throw ValidationError("--telemetry-bytes must be a positive number of bytes") }
         for (name, port) in [("--mqtt-port", mqttPort), ("--https-port", httpsPort), ("--blob-port", blobPort)]
         where !(0...65535).contains(port) {
@@ -100,7 +120,8 @@ struct LocalHubCommand: AsyncParsableCommand {
         let logger = Logger(label: "localhub")
         let configuration = LocalHub.Configuration(
             hostName: hostName, bindAddress: bindAddress, mqttPort: mqttPort, httpsPort: httpsPort, blobPort: blobPort,
-            dataDirectory: dataDirectory, devices: devices, telemetryByteCapacity: telemetryBytes)
+            dataDirectory: dataDirectory, devices: devices, telemetryByteCapacity: telemetryBytes,
+            edgeDeviceId: edgeDevice, edgeWorkloadSocketPath: edgeWorkloadSocket)
         for (what, port, flag) in [
             ("MQTT", mqttPort, "--mqtt-port"), ("HTTPS", httpsPort, "--https-port"),
             ("blob storage", blobPort, "--blob-port"),
@@ -141,6 +162,11 @@ struct LocalHubCommand: AsyncParsableCommand {
                 "  DPS ID scope:    \(hub.idScope)  (provisioning host \(hostName), same MQTT and HTTPS ports; also in \(dataDirectory)/dps-id-scope)",
                 "  Provisioning service connection string: \(dataDirectory)/provisioning-service-connection-string",
             ]
+            if let edgeDevice, let edgeWorkloadSocket {
+                lines.append(
+                    "  IoT Edge device \(edgeDevice): workload API on \(edgeWorkloadSocket); a module's IOTEDGE_* variables: GET /local/edge-environment?moduleId=…"
+                )
+            }
             for device in devices {
                 lines.append("  Device \(device): \(try hub.deviceConnectionString(deviceId: device))")
             }

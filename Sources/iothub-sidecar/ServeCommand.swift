@@ -343,6 +343,13 @@ struct ServeCommand: AsyncParsableCommand {
             valueName: "count"))
     var outboxDrainRate: Int?
 
+    @Flag(
+        name: .customLong("edge-environment"),
+        help: ArgumentHelp(
+            "Run as an IoT Edge module: identity, gateway and trust from the runtime's IOTEDGE_* variables, SAS tokens signed by its workload API (IoTHubModuleClient.create_from_edge_environment); automatic when IOTEDGE_WORKLOADURI is set and no other credential is given [IOTHUB_EDGE_ENVIRONMENT]."
+        ))
+    var edgeEnvironment = false
+
     // MARK: Local hub
 
     @Flag(
@@ -425,7 +432,7 @@ struct ServeCommand: AsyncParsableCommand {
                 _ = try provisioning.client(configuration: configuration)
                 provisioningSettings = provisioning
             } else if !localHub {
-                client = try settings.identity.makeClient(configuration: configuration)
+                client = try await settings.identity.makeClient(configuration: configuration)
             }
         } catch {
             Self.fail("\(error)")

@@ -38,8 +38,10 @@ struct ServeSettings {
         case localHub
         /// Registered through the Device Provisioning Service (`--dps-id-scope`).
         case provisioned(ProvisioningSettings)
+        /// An IoT Edge module, from the runtime's `IOTEDGE_*` variables (`--edge-environment`).
+        case edgeEnvironment([String: String])
 
-        func makeClient(configuration: DeviceClientConfiguration) throws -> IoTHubDeviceClient {
+        func makeClient(configuration: DeviceClientConfiguration) async throws -> IoTHubDeviceClient {
             let logger = Logger(label: "iothub-device")
             switch self {
             case .connectionString(let text):
@@ -61,6 +63,9 @@ struct ServeSettings {
                 throw CommandFailure("the local hub identity is made by the serve command")
             case .provisioned:
                 throw CommandFailure("a provisioned identity is made by the serve command once DPS assigned it")
+            case .edgeEnvironment(let environment):
+                return try await IoTHubDeviceClient.fromEdgeEnvironment(
+                    environment: environment, configuration: configuration, logger: logger)
             }
         }
     }
@@ -287,6 +292,9 @@ struct ServeSettings {
         let moduleId = options.value(command.moduleId, "IOTHUB_MODULE_ID")
         var candidates: [Identity] = []
         if command.localHub { candidates.append(.localHub) }
+        let edgeRequested =
+            try options.boolean(command.edgeEnvironment ? true : nil, "IOTHUB_EDGE_ENVIRONMENT") ?? false
+        if edgeRequested { candidates.append(.edgeEnvironment(options.environment)) }
         if let file = command.connectionStringFile {
             candidates.append(
                 .connectionString(
@@ -340,11 +348,16 @@ struct ServeSettings {
                 candidates.append(.x509(credential, hostName: host, deviceId: device, moduleId: moduleId))
             }
         }
+        // Inside an IoT Edge module's container, with no other credential, the runtime's
+        // variables are the identity (as IoTHubModuleClient.create_from_edge_environment).
+        if candidates.isEmpty, options.value(nil, "IOTEDGE_WORKLOADURI") != nil {
+            candidates.append(.edgeEnvironment(options.environment))
+        }
         guard candidates.count == 1, let identity = candidates.first else {
             throw CommandFailure(
                 candidates.isEmpty
                     ? "no credentials: set IOTHUB_DEVICE_CONNECTION_STRING, or pass --connection-string-file, --sas-token-file, --key-file or --x509-cert-file, or use --local-hub (see --help)"
-                    : "give exactly one credential (connection string, SAS token, key, certificate or --local-hub); \(candidates.count) were given"
+                    : "give exactly one credential (connection string, SAS token, key, certificate, --edge-environment or --local-hub); \(candidates.count) were given"
             )
         }
         return identity

@@ -26,8 +26,9 @@ struct ProvisioningSettings {
             return try ProvisioningDeviceClient.fromSymmetricKey(
                 provisioningHost: host, registrationId: registrationId, idScope: idScope, symmetricKey: key,
                 configuration: configuration)
-        case .sasToken:
-            throw .valueError(field: "credential", reason: "DPS takes a key or a certificate, not a SAS token")
+        case .sasToken, .edgeWorkload:
+            throw .valueError(
+                field: "credential", reason: "DPS takes a key or a certificate, not a SAS token or an IoT Edge module")
         }
     }
 }

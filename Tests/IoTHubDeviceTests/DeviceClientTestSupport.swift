@@ -18,11 +18,27 @@ struct HubFixture {
 
     var hub: Hub { localHub.hub }
 
-    static func with<T>(devices: [String] = ["dev1"], _ body: (HubFixture) async throws -> T) async throws -> T {
+    /// - Parameter edgeDevice: an IoT Edge device the hub plays the Edge runtime for, its
+    ///   workload API on a socket in a private temporary directory.
+    static func with<T>(
+        devices: [String] = ["dev1"], edgeDevice: String? = nil, _ body: (HubFixture) async throws -> T
+    ) async throws -> T {
         var logger = Logger(label: "localhub-test")
         logger.logLevel = HubFixture.logLevel
+        // Short: a unix socket path has at most 107 bytes.
+        let directory = try edgeDevice.map { _ in
+            let url = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "edge-\(UUID().uuidString.prefix(8))")
+            try FileManager.default.createDirectory(
+                at: url, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+            return url
+        }
+        defer { directory.map { try? FileManager.default.removeItem(at: $0) } }
         let localHub = try LocalHub(
-            configuration: .init(mqttPort: 0, httpsPort: 0, blobPort: 0, devices: devices), logger: logger)
+            configuration: .init(
+                mqttPort: 0, httpsPort: 0, blobPort: 0, devices: devices, edgeDeviceId: edgeDevice,
+                edgeWorkloadSocketPath: directory?.appendingPathComponent("workload.sock").path),
+            logger: logger)
         let ports = try await localHub.start()
         let fixture = HubFixture(localHub: localHub, ports: ports)
         do {

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("IOTHUB_SIDECAR_BIN") or str(ROOT / ".build" / "debug" / "iothub-sidecar")
 HOST = "localhost"
 MQTT_PORT, HTTPS_PORT, BLOB_PORT = 8883, 443, 10000
+# The IoT Edge device the hub plays the Edge runtime for (its workload API on a unix socket).
+EDGE_DEVICE = "edge-conformance"
 READY_TIMEOUT = 20
 STOP_TIMEOUT = 15
 # Longest any single test may run before the process dumps every thread's stack and exits, so
@@ -119,6 +121,7 @@ class LocalHubProcess:
         command = [
             BINARY, "hub", "--data-dir", str(self.data_dir), "--hostname", HOST,
             "--mqtt-port", str(MQTT_PORT), "--https-port", str(HTTPS_PORT), "--blob-port", str(BLOB_PORT),
+            "--edge-device", EDGE_DEVICE, "--edge-workload-socket", str(self.data_dir / "workload.sock"),
         ]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -57,13 +57,14 @@ class StandaloneHub:
     """`iothub-sidecar hub` in its own process: for identities --local-hub cannot give, and for a
     hub that outlives the sidecars connected to it."""
 
-    def __init__(self, device, hostname=None):
+    def __init__(self, device, hostname=None, extra_args=()):
         self.data_dir = tempfile.mkdtemp(prefix="hub-")
         self.device = device
         self.mqtt_port, self.https_port = free_port(), free_port()
         self.process = subprocess.Popen(
             [BINARY, "hub", "--data-dir", self.data_dir, "--mqtt-port", str(self.mqtt_port), "--https-port", str(self.https_port),
-             "--blob-port", str(free_port()), "--device", device] + (["--hostname", hostname] if hostname else []),
+             "--blob-port", str(free_port()), "--device", device] + (["--hostname", hostname] if hostname else [])
+            + list(extra_args),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.connection_string = None
         for line in self.process.stdout:

@@ -26,6 +26,8 @@ SOURCES = ROOT / "Sources" / "LocalHub"
 # The routes of `BlobRoutes`, which the blob listener serves; every other file's routes
 # are on the HTTPS listener.
 BLOB_ROUTE_FILE = "BlobRoutes.swift"
+# The routes of `EdgeWorkloadRoutes` (in EdgeWorkloadAPI.swift), which the IoT Edge workload API's unix socket serves.
+WORKLOAD_ROUTE_FILE = "EdgeWorkloadAPI.swift"
 OPERATION_KEYS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 Method = namedtuple("Method", "name")
@@ -143,7 +145,8 @@ def _evaluate(expression, environment):
 
 def _authorization(handler):
     kinds = [kind for kind, call in (("service", "authorizeService("), ("device", "authorizeDevice("),
-                                     ("blob", "blobs.authorize("), ("provisioning", "authorizeProvisioningService("))
+                                     ("blob", "blobs.authorize("), ("provisioning", "authorizeProvisioningService("),
+                                     ("methodInvocation", "authorizeMethodInvocation("))
              if call in handler]
     return kinds[0] if len(kinds) == 1 else None
 
@@ -221,8 +224,10 @@ def source_routes():
     for source in sorted(SOURCES.rglob("*.swift")):
         where = str(source.relative_to(ROOT))
         for method, pattern, handler, location in swift_routes_in(source.read_text(encoding="utf-8"), where):
-            listener = "blob" if source.name == BLOB_ROUTE_FILE else "https"
-            routes.append(Route(method, openapi_path(pattern), listener, _authorization(handler), location))
+            listener = {BLOB_ROUTE_FILE: "blob", WORKLOAD_ROUTE_FILE: "workload"}.get(source.name, "https")
+            # The workload API checks no credential: the socket's permissions decide.
+            authorization = "workload" if listener == "workload" else _authorization(handler)
+            routes.append(Route(method, openapi_path(pattern), listener, authorization, location))
     return routes
 
 
@@ -337,6 +342,8 @@ def test_security_matches_the_authorization_each_handler_does(spec, routes):
         "device": [{"deviceSas": []}, {"deviceCertificate": []}],
         "blob": [{"blobSas": []}],
         "provisioning": [{"provisioningSas": []}],
+        "methodInvocation": [{"serviceSas": []}, {"edgeModuleSas": []}],
+        "workload": [],
     }
     for route in routes:
         assert route.authorization, "{} {} ({}) calls no (or more than one) authorize function".format(
@@ -347,6 +354,8 @@ def test_security_matches_the_authorization_each_handler_does(spec, routes):
         assert operation.get("security", spec["security"]) == expected[route.authorization], "{} {}".format(route.method, route.path)
         # A refused blob SAS is 403 `AuthenticationFailed` (as in Azure Storage); the other
         # schemes answer 401.
+        if route.authorization == "workload":
+            continue
         refusal = "403" if route.authorization == "blob" else "401"
         assert refusal in operation["responses"], "{} {} authorises but documents no {}".format(route.method, route.path, refusal)
 

@@ -203,7 +203,8 @@ def test_help_explains_every_option():
                    "IOTHUB_SIDECAR_ALLOW_UNAUTHENTICATED", "--state-dir", "IOTHUB_SIDECAR_STATE_DIR", "--telemetry-delivery",
                    "IOTHUB_SIDECAR_TELEMETRY_DELIVERY", "--outbox-max-bytes", "--outbox-when-full", "--outbox-ttl",
                    "--outbox-drain-rate", "IOTHUB_SIDECAR_OUTBOX_DRAIN_RATE", "--server-verification-cert-adds-to-system-store",
-                   "IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE", "--ensure-desired-properties", "IOTHUB_ENSURE_DESIRED_PROPERTIES"]:
+                   "IOTHUB_SERVER_VERIFICATION_CERT_ADDS_TO_SYSTEM_STORE", "--ensure-desired-properties", "IOTHUB_ENSURE_DESIRED_PROPERTIES",
+                   "--edge-environment", "IOTHUB_EDGE_ENVIRONMENT", "IOTEDGE_WORKLOADURI"]:
         assert option in run.stdout, option
 
 

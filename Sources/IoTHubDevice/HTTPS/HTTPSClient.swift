@@ -27,6 +27,9 @@ struct HTTPSClient: Sendable {
     /// by `https_proxy` in the environment: the client's configuration decides).
     var proxy: ProxyOptions?
     var timeoutSeconds: Int = 60
+    /// A unix socket every request goes through instead of TCP (the IoT Edge workload API,
+    /// `unix://…`); the URL still names the request's host and path.
+    var unixSocketPath: String? = nil
 
     private static let queue = DispatchQueue(label: "iothub-sidecar.https", attributes: .concurrent)
     private static let globalInit: Bool = {
@@ -171,6 +174,7 @@ struct HTTPSClient: Sendable {
         } else {
             _ = iothub_curl_setopt_string(handle, CURLOPT_PROXY, "")
         }
+        if let unixSocketPath { _ = iothub_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, unixSocketPath) }
         _ = iothub_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, sinkPointer)
         _ = iothub_curl_setopt_write_function(handle) { pointer, size, count, context in
             guard let pointer, let context else { return 0 }

@@ -85,6 +85,29 @@ extension Hub {
         guard token.isSigned(withKey: ownerPolicyKey) else { throw .unauthorized("the token's signature is not valid") }
     }
 
+    /// Checks the credential of a direct-method invocation: the owner policy's token, or — as
+    /// an IoT Edge hub takes it from its modules — a module's own SAS token together with
+    /// `x-ms-edge-moduleId: {deviceId}/{moduleId}` naming that module.
+    func authorizeMethodInvocation(_ request: RouterRequest, now: Date = Date()) throws(ServiceError) {
+        guard let caller = request.headers.first(name: "x-ms-edge-moduleId") else {
+            try authorizeService(request.authorization, now: now)
+            return
+        }
+        let parts = caller.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw .unauthorized("x-ms-edge-moduleId must be {deviceId}/{moduleId}")
+        }
+        guard let header = request.authorization, let token = try? SASToken(parsing: header) else {
+            throw .unauthorized("missing Authorization header: send the module's SAS token")
+        }
+        let module = SASToken.resourceURI(hostName: hostName, deviceId: parts[0], moduleId: parts[1])
+        guard token.resourceURI.lowercased() == module.lowercased() else {
+            throw .unauthorized("the token is for '\(token.resourceURI)', not for the module in x-ms-edge-moduleId")
+        }
+        try authorizeDevice(
+            IdentityKey(deviceId: parts[0]), authorization: header, clientCertificateDER: nil, now: now)
+    }
+
     /// Checks the credential of a device's HTTPS request: its SAS token (or one of its
     /// modules'), or its X.509 client certificate.
     /// - Parameters:

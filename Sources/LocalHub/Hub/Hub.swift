@@ -39,6 +39,8 @@ final class Hub: Sendable {
     let blobs: BlobStore
     /// Host and port of the blob endpoint, as file-upload answers name it (`localhost:10000`).
     let blobHost: NIOLockedValueBox<String>
+    /// The IoT Edge device whose modules the workload API signs for, once it listens.
+    let edgeDevice = NIOLockedValueBox<EdgeDevice?>(nil)
 
     let state: NIOLockedValueBox<State>
     private let persistence: StatePersistence?

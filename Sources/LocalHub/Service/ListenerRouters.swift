@@ -10,6 +10,13 @@ extension Router {
         return router
     }
 
+    /// The IoT Edge workload API's routes (its unix socket).
+    static func edgeWorkload(for hub: Hub, edge: EdgeDevice, caCertificatePEM: String) -> Router {
+        var router = Router()
+        EdgeWorkloadRoutes(hub: hub, edge: edge, caCertificatePEM: caCertificatePEM).register(on: &router)
+        return router
+    }
+
     /// The blob listener's routes (the storage behind file uploads).
     static func blob(for hub: Hub) -> Router {
         var router = Router()

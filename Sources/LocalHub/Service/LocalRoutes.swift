@@ -33,6 +33,21 @@ struct LocalRoutes: Sendable {
                 "lastTelemetrySequenceNumber": .integer(Int64(hub.telemetry.lastSequenceNumber)),
             ])
         }
+        router.add(.GET, "local/edge-environment") { request, _ throws(ServiceError) in
+            try hub.authorizeService(request.authorization)
+            guard let edge = hub.edgeDevice.withLockedValue({ $0 }) else {
+                throw .resourceNotFound(
+                    "the hub serves no IoT Edge device: start it with --edge-device and --edge-workload-socket")
+            }
+            guard let moduleId = request.query["moduleId"], !moduleId.isEmpty else {
+                throw .badRequest("the moduleId query parameter is required")
+            }
+            let key = IdentityKey(deviceId: edge.deviceId, moduleId: moduleId)
+            guard let record = hub.identity(key) else { throw .notFound(key) }
+            let environment = edge.environment(
+                moduleId: moduleId, generationId: record.generationId, hostName: hub.hostName)
+            return .json(.object(environment.mapValues { .string($0) }))
+        }
         router.add(.POST, "local/devices/:id/messages") { request, parameters throws(ServiceError) in
             try hub.authorizeService(request.authorization)
             let message = try Self.message(from: request)

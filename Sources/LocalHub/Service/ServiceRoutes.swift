@@ -66,7 +66,7 @@ struct ServiceRoutes: Sendable {
                 }
             }
             router.add(.POST, prefix + "/methods") { request, parameters throws(ServiceError) in
-                try hub.authorizeService(request.authorization)
+                try hub.authorizeMethodInvocation(request)
                 return try await invokeMethod(request, on: parameters.identityKey(isModule: isModule))
             }
         }

@@ -19,7 +19,7 @@ struct SidecarRoutes {
     var areas: [any RouteArea] {
         [
             TelemetryRoutes(bridge: bridge), InboxRoutes(bridge: bridge), TwinRoutes(bridge: bridge),
-            MethodRoutes(bridge: bridge),
+            MethodRoutes(bridge: bridge), InvokeRoutes(bridge: bridge),
             BlobRoutes(bridge: bridge), OperationsRoutes(bridge: bridge, openAPIDocument: openAPIDocument),
         ]
     }
