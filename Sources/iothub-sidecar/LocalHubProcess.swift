@@ -104,6 +104,9 @@ struct LocalHubProcess: Service {
             }
             group.addTask {
                 try? await Task.sleep(for: timeout)
+                // A hub that never reports: ending it ends the blocked read, which the group
+                // waits for before it returns.
+                if !Task.isCancelled { child.send(SIGKILL) }
                 return nil
             }
             let first = await group.next() ?? nil

@@ -354,7 +354,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Flag(
         name: .customLong("local-hub"),
-        help: "Start a local IoT Hub in this process and connect to it as a registered device: no cloud account needed."
+        help:
+            "Start a local IoT Hub (iothub-localhub, installed next to this program, as a child process) and connect to it as a registered device: no cloud account needed."
     )
     var localHub = false
 
