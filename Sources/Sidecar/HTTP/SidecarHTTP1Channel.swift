@@ -38,8 +38,12 @@ struct SidecarHTTP1Channel: ServerChildChannel {
         }
     }
 
+    /// Handles the connection's requests on the event loop that serves its socket
+    /// (``EventLoopTaskExecutor``).
     func handle(value: Value, logger: Logger) async {
-        await http1.handle(value: value, logger: logger)
+        await withTaskExecutorPreference(EventLoopTaskExecutor(value.channel.eventLoop)) {
+            await http1.handle(value: value, logger: logger)
+        }
     }
 
     /// Whether these handlers failed a request body through the client's fault: it stopped
