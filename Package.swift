@@ -36,7 +36,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // No default traits: `FullFoundation` would link Foundation's DateFormatter, and with it
+        // CoreFoundation and 34 MB of ICU data, into the sidecar (docs/PERFORMANCE.md, "Footprint");
+        // `ConfigurationSupport` is swift-configuration, which nothing here uses.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
@@ -124,6 +127,7 @@ let package = Package(
             name: "Sidecar",
             dependencies: [
                 "AsyncPrimitives",
+                "DurableLog",
                 "IoTHubProtocol",
                 "IoTHubDevice",
                 .product(name: "Hummingbird", package: "hummingbird"),

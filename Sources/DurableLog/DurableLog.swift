@@ -163,12 +163,10 @@ public final class DurableLog: Sendable {
         state = NIOLockedValueBox(
             State(segments: recovered.segments, nextSequence: last.lastSequence + 1, discardedThrough: discarded))
         head = NIOLockedValueBox(WriteHead(segment: last, nextSequence: last.lastSequence + 1))
-        let thread = Thread { [self] in
+        WriterThread.start(name: "durable-log-writer") { [self] in
             runWriter()
             writerFinished.signal()
         }
-        thread.name = "durable-log-writer"
-        thread.start()
     }
 
     deinit {

@@ -1,5 +1,14 @@
 import Foundation
 
+/// Creates directories the way the log does, for the state that lives next to it.
+public enum PrivateDirectory {
+    /// Creates `path` (and its parents) if missing, mode 0700 for what is created, and checks it
+    /// is a directory this process can write.
+    public static func create(_ path: String) throws(DurableLogError) {
+        try FileSystem.createPrivateDirectory(path)
+    }
+}
+
 /// The few file operations the log makes, with errors that say what failed.
 enum FileSystem {
     static func describeErrno(_ what: String) -> String {
@@ -13,7 +22,7 @@ enum FileSystem {
         var current = path
         while !current.isEmpty, current != "/", access(current, F_OK) != 0 {
             components.append(current)
-            current = (current as NSString).deletingLastPathComponent
+            current = parentDirectory(of: current)
         }
         for component in components.reversed() where mkdir(component, 0o700) != 0 && errno != EEXIST {
             throw .cannotOpen(describeErrno("cannot create the directory \(component)"))
@@ -23,6 +32,21 @@ enum FileSystem {
             throw .cannotOpen("\(path) is not a directory")
         }
         guard access(path, W_OK | X_OK) == 0 else { throw .cannotOpen(describeErrno("cannot write in \(path)")) }
+    }
+
+    /// `path` without its last component: "/a/b/" → "/a", "/a" → "/", "a" → "". String work
+    /// only: Foundation's `NSString` would link CoreFoundation and, through it, ICU's data into
+    /// the program (docs/PERFORMANCE.md, "Footprint").
+    static func parentDirectory(of path: String) -> String {
+        var trimmed = Substring(path)
+        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed = trimmed.dropLast() }
+        guard let slash = trimmed.lastIndex(of: "/") else { return "" }
+        return slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
+    }
+
+    /// The last component of `path` ("/a/b" → "b").
+    static func lastComponent(of path: String) -> String {
+        path.split(separator: "/").last.map(String.init) ?? path
     }
 
     static func segmentName(firstSequence: UInt64) -> String {
@@ -118,7 +142,7 @@ enum FileSystem {
             unlink(temporary)
             return false
         }
-        if sync { syncDirectory((path as NSString).deletingLastPathComponent) }
+        if sync { syncDirectory(parentDirectory(of: path)) }
         return true
     }
 }

@@ -174,7 +174,7 @@ enum SegmentRecovery {
             } else {
                 let quarantine = directory + "/quarantine"
                 _ = mkdir(quarantine, 0o700)
-                let path = quarantine + "/" + (segment.path as NSString).lastPathComponent + ".\(goodEnd + start).bin"
+                let path = quarantine + "/" + FileSystem.lastComponent(of: segment.path) + ".\(goodEnd + start).bin"
                 if FileSystem.replace(path, with: Array(rest[start..<end]), sync: true) {
                     report.quarantined.append(DurableLog.QuarantinedSpan(path: path, bytes: end - start))
                 } else {

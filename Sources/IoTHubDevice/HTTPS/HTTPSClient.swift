@@ -253,7 +253,7 @@ struct HTTPSClient: Sendable {
         if curl_easy_header(handle, "Retry-After", 0, UInt32(CURLH_HEADER), -1, &retryAfter) == CURLHE_OK,
             let value = retryAfter?.pointee.value
         {
-            retryAfterSeconds = Int(String(cString: value).trimmingCharacters(in: .whitespaces))
+            retryAfterSeconds = Int(String(cString: value).filter { !$0.isWhitespace })
         }
         return .success(Response(status: status, body: sink.data, retryAfterSeconds: retryAfterSeconds))
     }

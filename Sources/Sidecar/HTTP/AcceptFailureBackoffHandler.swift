@@ -139,7 +139,7 @@ final class AcceptFailureBackoffHandler: ChannelDuplexHandler, RemovableChannelH
         let seconds = Double((NIODeadline.now() - episode.started - Self.quietPeriod).nanoseconds) / 1e9
         logger.notice(
             "accepting connections again",
-            metadata: ["failedAccepts": "\(episode.failures)", "seconds": "\(String(format: "%.1f", max(0, seconds)))"])
+            metadata: ["failedAccepts": "\(episode.failures)", "seconds": "\((max(0, seconds) * 10).rounded() / 10)"])
         self.episode = nil
     }
 

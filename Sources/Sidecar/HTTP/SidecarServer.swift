@@ -49,10 +49,15 @@ public enum SidecarServer {
     /// with `Bundle.module`, which stops the process when the bundle is missing: a binary copied
     /// without its bundle still serves, with a one-line stand-in document.
     public static func openAPIDocument() -> Data {
-        let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath()
-        let candidates = [
-            Bundle.main.bundleURL, executable.deletingLastPathComponent(),
-        ].map { $0.appendingPathComponent("iothub-sidecar_Sidecar.resources/sidecar.yaml") }
+        // The running binary, found through /proc rather than `Bundle.main` (which would link
+        // CoreFoundation and ICU's data into the program: docs/PERFORMANCE.md, "Footprint").
+        let executables = [
+            URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath(),
+            URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath(),
+        ]
+        let candidates = executables.map {
+            $0.deletingLastPathComponent().appendingPathComponent("iothub-sidecar_Sidecar.resources/sidecar.yaml")
+        }
         for candidate in candidates {
             if let data = try? Data(contentsOf: candidate) { return data }
         }

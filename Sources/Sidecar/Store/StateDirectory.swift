@@ -1,3 +1,4 @@
+import DurableLog
 public import Foundation
 
 #if canImport(Glibc)
@@ -52,26 +53,17 @@ public final class StateDirectory: Sendable {
     /// `~/.local/state/iothub-sidecar`.
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let base = environment["XDG_STATE_HOME"], base.hasPrefix("/") { return base + "/iothub-sidecar" }
-        return (environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory())
+        return
+            (environment["HOME"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? FileManager.default.homeDirectoryForCurrentUser.path)
             + "/.local/state/iothub-sidecar"
     }
 
     private static func createPrivateDirectory(_ path: String) throws(Failure) {
-        var missing: [String] = []
-        var current = path
-        while !current.isEmpty, current != "/", access(current, F_OK) != 0 {
-            missing.append(current)
-            current = (current as NSString).deletingLastPathComponent
-        }
-        for directory in missing.reversed() where mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            throw Failure(description: "cannot create the state directory \(directory): \(reason())")
-        }
-        var info = stat()
-        guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-            throw Failure(description: "the state directory \(path) is not a directory")
-        }
-        guard access(path, R_OK | W_OK | X_OK) == 0 else {
-            throw Failure(description: "cannot write in the state directory \(path): \(reason())")
+        do {
+            try PrivateDirectory.create(path)
+        } catch {
+            throw Failure(description: "the state directory: \(error)")
         }
     }
 
