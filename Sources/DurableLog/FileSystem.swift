@@ -3,7 +3,7 @@ import Foundation
 /// Creates directories the way the log does, for the state that lives next to it.
 public enum PrivateDirectory {
     /// Creates `path` (and its parents) if missing, mode 0700 for what is created, and checks it
-    /// is a directory this process can write.
+    /// is a directory this process can list and write.
     public static func create(_ path: String) throws(DurableLogError) {
         try FileSystem.createPrivateDirectory(path)
     }
@@ -16,7 +16,7 @@ enum FileSystem {
     }
 
     /// Creates `path` (and its parents) if missing, mode 0700 for what is created, and checks it
-    /// is a directory this process can write.
+    /// is a directory this process can list and write.
     static func createPrivateDirectory(_ path: String) throws(DurableLogError) {
         var components: [String] = []
         var current = path
@@ -31,7 +31,9 @@ enum FileSystem {
         guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             throw .cannotOpen("\(path) is not a directory")
         }
-        guard access(path, W_OK | X_OK) == 0 else { throw .cannotOpen(describeErrno("cannot write in \(path)")) }
+        guard access(path, R_OK | W_OK | X_OK) == 0 else {
+            throw .cannotOpen(describeErrno("cannot read and write in \(path)"))
+        }
     }
 
     /// `path` without its last component: "/a/b/" → "/a", "/a" → "/", "a" → "". String work

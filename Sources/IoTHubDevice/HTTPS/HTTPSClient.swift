@@ -253,7 +253,9 @@ struct HTTPSClient: Sendable {
         if curl_easy_header(handle, "Retry-After", 0, UInt32(CURLH_HEADER), -1, &retryAfter) == CURLHE_OK,
             let value = retryAfter?.pointee.value
         {
-            retryAfterSeconds = Int(String(cString: value).filter { !$0.isWhitespace })
+            // Delay-seconds only (an HTTP date is not used): one number, blanks around it allowed.
+            let words = String(cString: value).split(whereSeparator: \.isWhitespace)
+            retryAfterSeconds = words.count == 1 ? Int(words[0]) : nil
         }
         return .success(Response(status: status, body: sink.data, retryAfterSeconds: retryAfterSeconds))
     }
