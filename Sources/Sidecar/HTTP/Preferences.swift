@@ -14,15 +14,8 @@ struct Preferences: Sendable, Equatable {
 
     init(_ headers: HTTPFields) {
         for field in headers[values: .prefer] {
-            for preference in Self.split(field, separator: ",") {
-                let parts = Self.split(preference, separator: ";")
-                guard let first = parts.first else { continue }
-                let nameAndValue = Self.split(first, separator: "=", maximumSplits: 1)
-                let name = Self.trimmed(nameAndValue[0]).lowercased()
-                guard !name.isEmpty, !name.contains(where: { $0 == "\"" || $0 == " " || $0 == "\t" }) else { continue }
-                let value = nameAndValue.count > 1 ? Self.unquoted(Self.trimmed(nameAndValue[1])) : nil
-                if values[name] == nil { values[name] = .some(value) }
-            }
+            var field = field
+            field.withUTF8 { bytes in parse(bytes[...]) }
         }
     }
 
@@ -34,57 +27,82 @@ struct Preferences: Sendable, Equatable {
     /// `Prefer: respond-async`.
     var respondAsync: Bool { contains(Self.respondAsync) }
 
-    /// Splits at `separator` outside quoted strings (where `\` escapes the next character).
-    private static func split(_ text: some StringProtocol, separator: Character, maximumSplits: Int = .max)
-        -> [Substring]
-    {
-        let text = Substring(text)
-        var parts: [Substring] = []
-        var start = text.startIndex
+    /// Part of a field's UTF-8 bytes. The parser works on bytes, not characters: every
+    /// delimiter is ASCII, and this runs for every `POST /messages` that asks for
+    /// `respond-async` (character-wise scanning cost more than the rest of accepting).
+    private typealias Bytes = Slice<UnsafeBufferPointer<UInt8>>
+
+    private mutating func parse(_ field: Bytes) {
+        var rest: Bytes? = field
+        while let remaining = rest {
+            let (preference, next) = Self.cut(remaining, at: UInt8(ascii: ","))
+            rest = next
+            // Parameters after `;` are skipped.
+            let (rawName, rawValue) = Self.cut(Self.cut(preference, at: UInt8(ascii: ";")).head, at: UInt8(ascii: "="))
+            let name = Self.trimmed(rawName)
+            guard !name.isEmpty, !name.contains(where: { $0 == Self.quote || Self.isBlank($0) }) else { continue }
+            let key = String(decoding: name.lazy.map(Self.asciiLowercased), as: UTF8.self)
+            if values[key] == nil { values[key] = .some(rawValue.map { Self.unquoted(Self.trimmed($0)) }) }
+        }
+    }
+
+    /// The bytes before the first `separator` outside a quoted string (where `\` escapes the
+    /// next byte), and those after it; nil after when there is no separator.
+    private static func cut(_ text: Bytes, at separator: UInt8) -> (head: Bytes, rest: Bytes?) {
         var index = text.startIndex
         var quoted = false
         while index < text.endIndex {
-            let character = text[index]
-            if quoted, character == "\\" {
-                index = text.index(after: index)
-                if index < text.endIndex { index = text.index(after: index) }
+            let byte = text[index]
+            if quoted, byte == backslash {
+                index += 2
                 continue
             }
-            if character == "\"" {
+            if byte == quote {
                 quoted.toggle()
-            } else if character == separator, !quoted, parts.count < maximumSplits {
-                parts.append(text[start..<index])
-                start = text.index(after: index)
+            } else if byte == separator, !quoted {
+                return (text[text.startIndex..<index], text[(index + 1)...])
             }
-            index = text.index(after: index)
+            index += 1
         }
-        parts.append(text[start...])
-        return parts
+        return (text, nil)
     }
 
-    private static func trimmed(_ text: Substring) -> Substring {
-        let isBlank = { (character: Character) in character == " " || character == "\t" }
+    private static func trimmed(_ text: Bytes) -> Bytes {
         guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) })
-        else { return "" }
+        else { return text[text.startIndex..<text.startIndex] }
         return text[first...last]
     }
 
     /// A quoted string's content (escapes resolved), or the token as it is.
-    private static func unquoted(_ text: Substring) -> String {
-        guard text.count >= 2, text.first == "\"", text.last == "\"" else { return String(text) }
-        var result = ""
+    private static func unquoted(_ text: Bytes) -> String {
+        guard text.count >= 2, text.first == quote, text.last == quote else {
+            return String(decoding: text, as: UTF8.self)
+        }
+        var result: [UInt8] = []
+        result.reserveCapacity(text.count)
         var escaped = false
-        for character in text.dropFirst().dropLast() {
+        for byte in text.dropFirst().dropLast() {
             if escaped {
-                result.append(character)
+                result.append(byte)
                 escaped = false
-            } else if character == "\\" {
+            } else if byte == backslash {
                 escaped = true
             } else {
-                result.append(character)
+                result.append(byte)
             }
         }
-        return result
+        return String(decoding: result, as: UTF8.self)
+    }
+
+    private static let quote = UInt8(ascii: "\"")
+    private static let backslash = UInt8(ascii: "\\")
+
+    private static func isBlank(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
+    }
+
+    private static func asciiLowercased(_ byte: UInt8) -> UInt8 {
+        (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte + 32 : byte
     }
 }
 

@@ -23,7 +23,7 @@ import Testing
 
     @Test(arguments: [
         "", "respond-asynchronously", "wait=respond-async", "x=\"respond-async\"", "x=\"a, respond-async\"",
-        "x; respond-async",
+        "x; respond-async", "x=\"unterminated, respond-async", "x=\"ends in a backslash\\", "respond-async\"",
     ])
     func lookalikesAreNotRespondAsync(_ value: String) {
         #expect(!Self.preferences(value).respondAsync)
@@ -34,5 +34,8 @@ import Testing
         #expect(preferences.values["wait"] == .some("10"))
         #expect(preferences.values["return"] == .some("minimal"))
         #expect(Self.preferences().values.isEmpty)
+        #expect(
+            Self.preferences("a=\"x\\\\y\", b=, c = \"\" ; q=1, D").values == ["a": "x\\y", "b": "", "c": "", "d": nil])
+        #expect(Self.preferences("ünïcode=1, wait=2").values["wait"] == .some("2"))
     }
 }
