@@ -10,6 +10,11 @@ final class SidecarMetrics: Sendable {
         var type: String
         var help: String
 
+        // A family is its name (names are unique): a counter update, once per request, hashes
+        // the short name and not the help text.
+        static func == (lhs: Family, rhs: Family) -> Bool { lhs.name == rhs.name }
+        func hash(into hasher: inout Hasher) { hasher.combine(name) }
+
         static let httpRequests = Family(
             name: "iothub_sidecar_http_requests_total", type: "counter",
             help: "HTTP requests answered, by method, route and status.")
