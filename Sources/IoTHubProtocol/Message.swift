@@ -133,10 +133,11 @@ public struct Message: Sendable, Hashable {
     /// The size IoT Hub charges against ``maximumSize``: the body, plus the UTF-8 length of every
     /// system property value, plus the names and values of the application properties.
     public var size: Int {
-        var total = payload.count
-        for (_, value) in outgoingSystemProperties {
-            total += value?.utf8.count ?? 0
-        }
+        // The values of outgoingSystemProperties, without building that array: this runs for
+        // every message sent or accepted.
+        func length(_ value: String?) -> Int { value?.utf8.count ?? 0 }
+        var total = payload.count + length(outputName) + length(messageId) + length(correlationId) + length(userId)
+        total += length(contentType) + length(contentEncoding) + length(interfaceId) + length(expiryTimeUTC)
         for (key, value) in properties {
             total += key.utf8.count + value.utf8.count
         }

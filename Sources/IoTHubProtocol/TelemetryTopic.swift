@@ -46,6 +46,17 @@ public struct TelemetryTopic: Sendable, Hashable {
         return name
     }
 
+    /// An upper bound of the length of the topic `message` goes on, from lengths alone, without
+    /// building it: every property byte counted as percent-encoded. When it is within
+    /// ``maximumNameLength``, the topic is too (cheaper than building it to measure it).
+    public static func nameLengthBound(deviceId: String, moduleId: String?, message: Message) -> Int {
+        // `devices/`, `/modules/`, `/messages/events/`: 34 bytes; a system property key is at
+        // most 6 bytes (18 encoded), and each property adds `=` and `&`.
+        let fixed = 34 + deviceId.utf8.count + (moduleId?.utf8.count ?? 0)
+        let propertyBytes = message.size - message.payload.count
+        return fixed + 3 * propertyBytes + 8 * (18 + 2) + 2 * message.properties.count
+    }
+
     /// Parses a telemetry topic; nil for any other topic. The trailing `/` and the bag may be
     /// absent, as some SDKs send `devices/{d}/messages/events`.
     public init?(parsing topic: String) {

@@ -59,6 +59,13 @@ import Testing
         let message = Message(
             payload: Data(count: 100), messageId: "abc", contentType: "é", properties: ["k": "vv", "ü": ""])
         #expect(message.size == 100 + 3 + 2 + (1 + 2) + (2 + 0))
+        // Every system property a device sends counts, and nothing else does.
+        let full = Message(
+            payload: Data(count: 1), messageId: "m", correlationId: "cc", userId: "uuu", contentType: "t",
+            contentEncoding: "e", expiryTimeUTC: "x", outputName: "o", interfaceId: "i", properties: ["p": "q"],
+            to: "not counted", ack: "full", inputName: "not counted")
+        let bag = full.telemetryPropertyBag.entries
+        #expect(full.size == 1 + bag.reduce(0) { $0 + ($1.value ?? "").utf8.count } + "p".utf8.count)
     }
 
     @Test func theLimitIsInclusive() throws {

@@ -33,6 +33,23 @@ import Testing
         }
     }
 
+    @Test(arguments: [
+        Message(), Message(messageId: "m 1", properties: ["k": "v/w"]),
+        Message(
+            payload: Data("body".utf8), messageId: "é€𝄞", correlationId: "c", userId: "u",
+            contentType: "application/json", contentEncoding: "utf-8", expiryTimeUTC: "2030-01-01T00:00:00Z",
+            outputName: "out put", interfaceId: Message.securityMessageInterfaceId,
+            properties: ["$.sub": "thermostat1", "ä": "&=/", "": "", "k": String(repeating: " ", count: 21_846)]),
+    ])
+    func theLengthBoundIsNeverBelowTheTopic(_ message: Message) {
+        for moduleId in [nil, "m1"] as [String?] {
+            let name = TelemetryTopic(deviceId: "d-1", moduleId: moduleId, message: message).name
+            #expect(
+                TelemetryTopic.nameLengthBound(deviceId: "d-1", moduleId: moduleId, message: message) >= name.utf8.count
+            )
+        }
+    }
+
     @Test func parsesWhatItBuilds() {
         let topic = TelemetryTopic(
             deviceId: "d1", moduleId: "m1", message: Message(outputName: "o", properties: ["a": "&="]))

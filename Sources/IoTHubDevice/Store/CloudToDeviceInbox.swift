@@ -264,7 +264,7 @@ public final class CloudToDeviceInbox: Sendable {
     }
 
     private func lock(_ id: UInt64) async -> Lease? {
-        let token = UUID().uuidString.lowercased()
+        let token = UUID().lowercasedString
         let duration = configuration.lockDuration
         let until = Date().addingTimeInterval(TelemetryOutbox.seconds(duration))
         let lease: Lease? = await withCheckedContinuation { continuation in

@@ -10,53 +10,68 @@ enum StoredMessageCodec {
     static let version: UInt8 = 1
 
     static func encode(_ message: Message, into bytes: inout [UInt8]) {
+        // Field by field, without an array of the fields or a copy of each: this runs for every
+        // message the outbox accepts.
         bytes.append(version)
         appendBytes(message.payload, to: &bytes)
-        for field in [
-            message.messageId, message.correlationId, message.userId, message.contentType, message.contentEncoding,
-            message.expiryTimeUTC,
-            message.outputName, message.interfaceId, message.to, message.ack, message.inputName,
-        ] {
-            if let field {
-                bytes.append(1)
-                appendBytes(Data(field.utf8), to: &bytes)
-            } else {
-                bytes.append(0)
-            }
-        }
+        appendOptional(message.messageId, to: &bytes)
+        appendOptional(message.correlationId, to: &bytes)
+        appendOptional(message.userId, to: &bytes)
+        appendOptional(message.contentType, to: &bytes)
+        appendOptional(message.contentEncoding, to: &bytes)
+        appendOptional(message.expiryTimeUTC, to: &bytes)
+        appendOptional(message.outputName, to: &bytes)
+        appendOptional(message.interfaceId, to: &bytes)
+        appendOptional(message.to, to: &bytes)
+        appendOptional(message.ack, to: &bytes)
+        appendOptional(message.inputName, to: &bytes)
         appendInteger(UInt32(message.properties.count), to: &bytes)
+        guard !message.properties.isEmpty else { return }
         for (key, value) in message.properties.sorted(by: { $0.key < $1.key }) {
-            appendBytes(Data(key.utf8), to: &bytes)
-            appendBytes(Data(value.utf8), to: &bytes)
+            appendBytes(key.utf8, to: &bytes)
+            appendBytes(value.utf8, to: &bytes)
         }
+    }
+
+    /// The most bytes ``encode(_:into:)`` writes for `message`: for reserving them at once.
+    static func encodedSizeBound(_ message: Message) -> Int {
+        // version, payload length, 11 presence bytes and lengths, property count, 2 lengths a property
+        1 + 4 + 11 * 5 + 4 + 8 * message.properties.count + message.size
+            + (message.to?.utf8.count ?? 0) + (message.ack?.utf8.count ?? 0) + (message.inputName?.utf8.count ?? 0)
+    }
+
+    private static func appendOptional(_ field: String?, to bytes: inout [UInt8]) {
+        guard let field else {
+            bytes.append(0)
+            return
+        }
+        bytes.append(1)
+        appendBytes(field.utf8, to: &bytes)
     }
 
     /// Reads one message at `reader`'s position; nil when the bytes are not a message this
     /// version wrote.
     static func decode(_ reader: inout ByteReader) -> Message? {
-        guard reader.readByte() == version, let payload = reader.readBytes() else { return nil }
-        var fields: [String?] = []
-        for _ in 0..<11 {
-            guard let present = reader.readByte() else { return nil }
-            if present == 0 {
-                fields.append(nil)
-            } else {
-                guard let text = reader.readString() else { return nil }
-                fields.append(text)
-            }
-        }
-        guard let count = reader.readInteger(UInt32.self), count <= 100_000 else { return nil }
+        guard reader.readByte() == version, let payload = reader.readBytes(),
+            let messageId = reader.readOptionalString(), let correlationId = reader.readOptionalString(),
+            let userId = reader.readOptionalString(), let contentType = reader.readOptionalString(),
+            let contentEncoding = reader.readOptionalString(), let expiryTimeUTC = reader.readOptionalString(),
+            let outputName = reader.readOptionalString(), let interfaceId = reader.readOptionalString(),
+            let to = reader.readOptionalString(), let ack = reader.readOptionalString(),
+            let inputName = reader.readOptionalString(),
+            let count = reader.readInteger(UInt32.self), count <= 100_000
+        else { return nil }
         var properties: [String: String] = [:]
+        if count > 0 { properties.reserveCapacity(Int(count)) }
         for _ in 0..<count {
             guard let key = reader.readString(), let value = reader.readString() else { return nil }
             properties[key] = value
         }
         return Message(
-            payload: Data(payload), messageId: fields[0], correlationId: fields[1], userId: fields[2],
-            contentType: fields[3],
-            contentEncoding: fields[4], expiryTimeUTC: fields[5], outputName: fields[6], interfaceId: fields[7],
-            properties: properties,
-            to: fields[8], ack: fields[9], inputName: fields[10])
+            payload: Data(payload), messageId: messageId, correlationId: correlationId, userId: userId,
+            contentType: contentType, contentEncoding: contentEncoding, expiryTimeUTC: expiryTimeUTC,
+            outputName: outputName, interfaceId: interfaceId, properties: properties, to: to, ack: ack,
+            inputName: inputName)
     }
 
     static func appendBytes(_ data: some Collection<UInt8>, to bytes: inout [UInt8]) {
@@ -102,5 +117,15 @@ struct ByteReader {
     mutating func readString() -> String? {
         guard let slice = readBytes() else { return nil }
         return String(validating: slice, as: UTF8.self)
+    }
+
+    /// A presence byte, then the string if present: `.some(nil)` when absent, nil when the
+    /// bytes are not such a field.
+    mutating func readOptionalString() -> String?? {
+        switch readByte() {
+        case 0: return .some(nil)
+        case 1: return readString().map { .some($0) }
+        default: return nil
+        }
     }
 }

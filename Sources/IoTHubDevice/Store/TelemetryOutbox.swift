@@ -217,7 +217,7 @@ public final class TelemetryOutbox: Sendable {
             } catch {
                 throw .invalid(index: index, error)
             }
-            if messages[index].messageId == nil { messages[index].messageId = UUID().uuidString.lowercased() }
+            if messages[index].messageId == nil { messages[index].messageId = UUID().lowercasedString }
             let expiry = messages[index].expiryDate
             entries.append((min(ttlDeadline, expiry ?? ttlDeadline), messages[index]))
         }
@@ -597,14 +597,19 @@ public final class TelemetryOutbox: Sendable {
 
     /// The outbox's figures now.
     public func status() async -> OutboxStatus {
-        let oldest = await onIO { [self] () -> Date? in
-            let cursor = state.withLockedValue {
-                $0.droppedThrough > log.discardedThrough ? $0.droppedThrough : log.discardedThrough
+        // An empty outbox has no oldest message to read from the disk.
+        let isEmpty = state.withLockedValue { $0.messages == 0 }
+        let oldest =
+            isEmpty
+            ? nil
+            : await onIO { [self] () -> Date? in
+                let cursor = state.withLockedValue {
+                    $0.droppedThrough > log.discardedThrough ? $0.droppedThrough : log.discardedThrough
+                }
+                return (try? log.read(after: cursor, maximumFrames: 1))?.first.flatMap {
+                    OutboxFrame.acceptedAt($0.payload)
+                }
             }
-            return (try? log.read(after: cursor, maximumFrames: 1))?.first.flatMap {
-                OutboxFrame.acceptedAt($0.payload)
-            }
-        }
         let recovery = log.recovery
         return state.withLockedValue { state in
             OutboxStatus(
@@ -675,7 +680,10 @@ enum OutboxFrame {
     static let kind: UInt8 = 1
 
     static func encode(_ entries: [(deadline: Date, message: Message)], acceptedAt: Date) -> [UInt8] {
-        var bytes: [UInt8] = [kind]
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(
+            entries.reduce(13) { $0 + 8 + StoredMessageCodec.encodedSizeBound($1.message) })
+        bytes.append(kind)
         StoredMessageCodec.appendInteger(milliseconds(acceptedAt), to: &bytes)
         StoredMessageCodec.appendInteger(UInt32(entries.count), to: &bytes)
         for entry in entries {

@@ -363,25 +363,37 @@ public final class DeviceBridge: Service, Sendable {
     /// outbox empties, which is logged only after such trouble.
     private func outboxChanged(_ event: OutboxEvent) async {
         guard let outbox else { return }
-        let status = await outbox.status()
-        let metadata: Logger.Metadata = [
-            "messages": "\(status.messages)", "bytes": "\(status.bytes)", "limit": "\(status.maximumBytes)",
-        ]
         let episode = outboxEpisode.withLockedValue { episode in
             defer { episode.note(event) }
             return episode
         }
+        let logs: Bool
         switch event {
-        case .full where outbox.configuration.whenFull == .rejectNew:
-            logger.warning("the outbox is full: new messages are refused (507) until it drains", metadata: metadata)
-        case .expired(let count) where !episode.expiring:
-            logger.warning(
-                "outbox messages expired before they could be sent; they are dropped",
-                metadata: metadata.merging(["expired": "\(count)"]) { $1 })
-        case .emptied where episode.troubled:
-            logger.info("the outbox is empty again")
-        default:
-            break
+        case .full: logs = outbox.configuration.whenFull == .rejectNew
+        case .expired: logs = !episode.expiring
+        case .emptied: logs = episode.troubled
+        case .dropped: logs = false
+        }
+        // An outbox that keeps up empties after nearly every message: its figures are read only
+        // for a log line or a listener.
+        guard logs || events.hasListeners else { return }
+        let status = await outbox.status()
+        if logs {
+            let metadata: Logger.Metadata = [
+                "messages": "\(status.messages)", "bytes": "\(status.bytes)", "limit": "\(status.maximumBytes)",
+            ]
+            switch event {
+            case .full:
+                logger.warning("the outbox is full: new messages are refused (507) until it drains", metadata: metadata)
+            case .expired(let count):
+                logger.warning(
+                    "outbox messages expired before they could be sent; they are dropped",
+                    metadata: metadata.merging(["expired": "\(count)"]) { $1 })
+            case .emptied:
+                logger.info("the outbox is empty again")
+            case .dropped:
+                break
+            }
         }
         events.yield(.outbox(event, status: status))
     }

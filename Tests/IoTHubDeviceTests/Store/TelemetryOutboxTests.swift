@@ -232,6 +232,17 @@ import Testing
             let outbox = try makeOutbox(client, scratch)
             let tooLarge = Message(payload: Data(count: Message.maximumSize + 1))
             await #expect(throws: OutboxError.self) { _ = try await outbox.accept([message(0), tooLarge, message(2)]) }
+            // Within IoT Hub's size limit, but too long a topic for MQTT (each space takes three bytes).
+            let tooLongATopic = Message(properties: ["k": String(repeating: " ", count: 21_846)])
+            do {
+                _ = try await outbox.accept([message(0), message(1), tooLongATopic])
+                Issue.record("a message whose topic MQTT cannot carry was accepted")
+            } catch OutboxError.invalid(let index, let reason) {
+                #expect(index == 2)
+                if case .topicTooLong = reason {} else { Issue.record("refused for another reason: \(reason)") }
+            } catch {
+                Issue.record("refused for another reason: \(error)")
+            }
             #expect(await outbox.status().messages == 0)
             outbox.close()
             await client.shutdown()
