@@ -24,10 +24,18 @@ public final class DurableLog: Sendable {
         public var segmentSize: Int
         /// The largest payload a frame may carry.
         public var maximumFrameSize: Int
+        /// A newest segment whose frames have all been consumed is replaced by a fresh one,
+        /// giving its space back, once it holds this many bytes (and at once after a write
+        /// found the disk full). Not for every few frames: a new segment costs a directory sync,
+        /// and a log that is read as fast as it is written would pay one for every append.
+        public var reclaimConsumedBytes: Int
 
-        public init(segmentSize: Int = 16 << 20, maximumFrameSize: Int = 64 << 20) {
+        public init(
+            segmentSize: Int = 16 << 20, maximumFrameSize: Int = 64 << 20, reclaimConsumedBytes: Int = 256 << 10
+        ) {
             self.segmentSize = segmentSize
             self.maximumFrameSize = maximumFrameSize
+            self.reclaimConsumedBytes = reclaimConsumedBytes
         }
     }
 
@@ -78,6 +86,17 @@ public final class DurableLog: Sendable {
         var closed = false
         /// `fdatasync` calls made for appends (group commit makes it far fewer than appends).
         var syncs = 0
+        /// A write or sync failed for want of space since the newest segment was last replaced.
+        var spaceRanOut = false
+
+        /// Whether the newest segment should be replaced by a fresh one before the next write
+        /// (see ``Options/reclaimConsumedBytes``).
+        func newestSegmentIsReclaimable(_ options: Options) -> Bool {
+            guard let newest = segments.last, newest.size > 0, newest.lastSequence <= discardedThrough else {
+                return false
+            }
+            return newest.size >= options.reclaimConsumedBytes || spaceRanOut
+        }
     }
 
     /// Where the writer thread has written to: ahead of ``State/segments`` by the groups whose
@@ -273,10 +292,7 @@ public final class DurableLog: Sendable {
             append.payloads.reduce(total) { $0 + FrameLayout.headerSize + $1.count }
         }
         var head = self.head.withLockedValue { $0 }
-        let mayReclaim = state.withLockedValue { state in
-            state.segments[state.segments.count - 1].size > 0
-                && state.segments[state.segments.count - 1].lastSequence <= state.discardedThrough
-        }
+        let mayReclaim = state.withLockedValue { $0.newestSegmentIsReclaimable(options) }
         let rolls = head.segment.size > 0 && head.segment.size + size > options.segmentSize
         if rolls || mayReclaim {
             afterSyncsEnded {
@@ -308,6 +324,7 @@ public final class DurableLog: Sendable {
         let file = activeFile.withLockedValue { $0 }
         var segment = head.segment
         if let failure = FileSystem.writeAll(buffer, to: file, path: segment.path) {
+            noteFailure(failure)
             // Nothing of this group counts: the next group is written where it began.
             _ = ftruncate(file, off_t(segment.size))
             syncPermits.signal()
@@ -329,6 +346,7 @@ public final class DurableLog: Sendable {
                 job.failure = .writeFailed(
                     FileSystem.describeErrno("cannot sync \(job.segment.path)"),
                     noSpace: errno == ENOSPC || errno == EDQUOT)
+                if let failure = job.failure { noteFailure(failure) }
             }
             syncEnded(job)
         }
@@ -425,6 +443,9 @@ public final class DurableLog: Sendable {
                 syncedSize = segment.size
             }
         }
+        if let failure {
+            noteFailure(failure)
+        }
         if failure != nil {
             // Back to whole, synced frames (a cut that fails leaves a torn frame, which the next
             // opening cuts off).
@@ -461,8 +482,7 @@ public final class DurableLog: Sendable {
     /// append that needs it is the one that frees it).
     private func reclaimConsumedNewestSegment() {
         let consumed = state.withLockedValue { state -> (Segment, UInt64)? in
-            guard let newest = state.segments.last, newest.size > 0, newest.lastSequence <= state.discardedThrough
-            else { return nil }
+            guard state.newestSegmentIsReclaimable(options), let newest = state.segments.last else { return nil }
             return (newest, state.nextSequence)
         }
         guard let (old, nextSequence) = consumed,
@@ -477,8 +497,15 @@ public final class DurableLog: Sendable {
         state.withLockedValue { state in
             state.segments.removeAll { $0.path == old.path }
             state.segments.append(fresh)
+            state.spaceRanOut = false
         }
         unlink(old.path)
+    }
+
+    /// Remembers a failure for want of space: the next write replaces a consumed newest segment
+    /// whatever its size, so that its space comes back.
+    private func noteFailure(_ failure: DurableLogError) {
+        if case .writeFailed(_, noSpace: true) = failure { state.withLockedValue { $0.spaceRanOut = true } }
     }
 
     /// Writes `buffer` to the newest segment and counts its frames there; returns the failure,

@@ -211,7 +211,8 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
 
     @Test func theNewestSegmentGoesOnceConsumedWhenTheNextAppendComes() async throws {
         let scratch = ScratchDirectory()
-        let log = try DurableLog(directory: scratch.path)
+        // 50 frames of 100 bytes and their headers: over the 4,096 bytes worth a fresh segment.
+        let log = try DurableLog(directory: scratch.path, options: .init(reclaimConsumedBytes: 4096))
         for index in 0..<50 { _ = try await log.append([payload(index)]) }
         let first = try #require(scratch.segmentFiles.first)
         log.discard(through: 50)
@@ -222,6 +223,33 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
         log.shutdown()
         let reopened = try DurableLog(directory: scratch.path)
         #expect(try readAll(reopened, after: reopened.discardedThrough).map(\.sequence) == [51])
+        reopened.shutdown()
+    }
+
+    /// A log read as fast as it is written is consumed after nearly every append: the newest
+    /// segment is not replaced (a directory sync each time) until it is worth it.
+    @Test func aSmallConsumedNewestSegmentIsWrittenOn() async throws {
+        let scratch = ScratchDirectory()
+        let log = try DurableLog(directory: scratch.path, options: .init(reclaimConsumedBytes: 4096))
+        for index in 0..<10 {
+            _ = try await log.append([payload(index)])
+            log.discard(through: UInt64(index + 1))
+        }
+        let first = try #require(scratch.segmentFiles.first)
+        #expect(scratch.segmentFiles == [first])
+        #expect(log.diskBytes < 4096)
+        #expect(try readAll(log, after: log.discardedThrough).isEmpty)
+        for index in 10..<50 {
+            _ = try await log.append([payload(index)])
+            log.discard(through: UInt64(index + 1))
+        }
+        #expect(!scratch.segmentFiles.contains(first), "replaced once it held 4,096 bytes")
+        #expect(log.diskBytes < 4096)
+        log.shutdown()
+        let reopened = try DurableLog(directory: scratch.path, options: .init(reclaimConsumedBytes: 4096))
+        #expect(reopened.discardedThrough == 50)
+        #expect(try readAll(reopened, after: 50).isEmpty)
+        #expect(try await reopened.append([payload(50)]) == 51..<52)
         reopened.shutdown()
     }
 
@@ -258,7 +286,7 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
 
     @Test func readsFromAnyCursorAgreeWithTheFramesWhileReadingForwardAndDiscarding() async throws {
         let scratch = ScratchDirectory()
-        let log = try DurableLog(directory: scratch.path, options: .init(segmentSize: 4096))
+        let log = try DurableLog(directory: scratch.path, options: .init(segmentSize: 4096, reclaimConsumedBytes: 0))
         for index in 0..<300 { _ = try await log.append([payload(index)]) }
         #expect(log.segmentCount > 5)
         #expect(try log.read(after: 0, maximumFrames: 1).map(\.sequence) == [1])
@@ -279,7 +307,8 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
         let head = Int(log.discardedThrough)
         #expect(head > 100)
         #expect(try readAll(log, after: UInt64(head)).map(\.payload) == (head..<300).map { payload($0) })
-        // Everything consumed: the next append starts a new newest segment; reads find it.
+        // Everything consumed: the next append starts a new newest segment (at once, with
+        // reclaimConsumedBytes 0); reads find it.
         log.discard(through: 300)
         _ = try await log.append([payload(300)])
         #expect(try log.read(after: 300).map(\.payload) == [payload(300)])
