@@ -195,10 +195,17 @@ extension IoTHubDeviceClient {
                 }
             }
             guard let current = lifecycle.withLockedValue({ $0.currentConnection }) else { continue }
+            // Looked at again after the wait for the connection: an operation may have made
+            // twin responses wanted (and subscribed them) meanwhile. The sticky features are
+            // read under the same lock as the hub's session, which they join first, so one
+            // subscribed since is never taken for unwanted.
+            let wantedNow = wantedFeatures()
             let (missing, unwanted) = subscriptions.withLockedValue { state in
                 (
-                    Feature.allCases.filter { wanted.contains($0) && !state.isSubscribed($0, on: current.id) },
-                    Feature.allCases.filter { !wanted.contains($0) && state.inHubSession.contains($0) }
+                    Feature.allCases.filter { wantedNow.contains($0) && !state.isSubscribed($0, on: current.id) },
+                    Feature.allCases.filter {
+                        !wantedNow.contains($0) && !state.sticky.contains($0) && state.inHubSession.contains($0)
+                    }
                 )
             }
             // Each on its own: an UNSUBACK that does not come does not keep a listener waiting.

@@ -192,4 +192,25 @@ import Testing
             await client.shutdown()
         }
     }
+
+    /// A twin operation right after a connect, while the reconciler subscribes for listeners:
+    /// the reconciler must not take the twin responses for unwanted (it decided what is wanted
+    /// before its wait for the connection, and the twin operation subscribed meanwhile), or the
+    /// hub drops the answer and the operation waits for its timeout.
+    @Test func aTwinReadRightAfterConnectingIsAnswered() async throws {
+        try await HubFixture.with { fixture in
+            // The first twin operation of a client is the one at risk: twin responses are wanted
+            // from then on.
+            for round in 0..<20 {
+                let client = try fixture.client { $0.operationTimeout = .seconds(5) }
+                let patches = client.desiredPropertiesPatches()
+                let messages = client.messages()
+                async let connected: Void = client.connect()
+                await #expect(throws: Never.self, "round \(round)") { _ = try await client.twin() }
+                try await connected
+                _ = (patches, messages)
+                await client.shutdown()
+            }
+        }
+    }
 }
