@@ -154,6 +154,8 @@ public final class DurableLog: Sendable {
     /// sequence: a read after one of them starts there instead of walking the segment from its
     /// beginning, so reading a log in order stays linear.
     private let frameEnds = NIOLockedValueBox<[UInt64: FrameEnd]>([:])
+    /// Where ``discardedThrough`` is kept.
+    private let watermark: WatermarkFile
 
     private struct FrameEnd {
         /// The segment, by its first sequence.
@@ -169,6 +171,7 @@ public final class DurableLog: Sendable {
     public init(directory: String, options: Options = Options()) throws(DurableLogError) {
         self.directory = directory
         self.options = options
+        self.watermark = WatermarkFile(directory: directory)
         try FileSystem.createPrivateDirectory(directory)
         var recovered = try SegmentRecovery.recover(directory: directory, maximumFrameSize: options.maximumFrameSize)
         let discarded = WatermarkFile.read(directory: directory)
@@ -598,8 +601,8 @@ public final class DurableLog: Sendable {
     /// deleted, and a reopened log reports ``discardedThrough`` from here (kept in a small file,
     /// synced now and then: after a crash a little more than what was consumed may be read again).
     public func discard(through sequence: UInt64) {
-        let doomed = state.withLockedValue { state -> [Segment] in
-            guard sequence > state.discardedThrough else { return [] }
+        let doomed = state.withLockedValue { state -> [Segment]? in
+            guard sequence > state.discardedThrough, state.nextSequence > 1 else { return nil }
             state.discardedThrough = min(sequence, state.nextSequence - 1)
             var doomed: [Segment] = []
             // The newest segment stays: appends go there.
@@ -608,10 +611,9 @@ public final class DurableLog: Sendable {
             }
             return doomed
         }
-        let watermark = discardedThrough
-        if !doomed.isEmpty || watermark != 0 {
-            WatermarkFile.write(watermark, directory: directory, sync: !doomed.isEmpty)
-        }
+        guard let doomed else { return }
+        // Synced before segments go: a reopened log must not look for frames in them.
+        watermark.write({ self.discardedThrough }, sync: !doomed.isEmpty)
         for segment in doomed { unlink(segment.path) }
     }
 
@@ -640,7 +642,7 @@ public final class DurableLog: Sendable {
         wakeWriter.signal()
         writerFinished.wait()
         writerFinished.signal()
-        WatermarkFile.write(discardedThrough, directory: directory, sync: true)
+        watermark.write({ self.discardedThrough }, sync: true)
     }
 }
 

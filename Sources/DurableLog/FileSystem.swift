@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 
 /// Creates directories the way the log does, for the state that lives next to it.
 public enum PrivateDirectory {
@@ -151,13 +152,76 @@ enum FileSystem {
 
 /// The sequence number up to which frames were consumed (``DurableLog/discard(through:)``),
 /// kept as text in `<directory>/discarded`.
-enum WatermarkFile {
-    static func read(directory: String) -> UInt64 {
-        guard let bytes = try? FileSystem.readAll(directory + "/discarded") else { return 0 }
-        return UInt64(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+///
+/// Written in place: one `pwrite` of a fixed-width number (20 digits and a newline) into a
+/// file kept open, synced only when asked. The log marks what it consumed after every page a
+/// reader finishes; a temporary file and a rename each time cost more kernel time than the
+/// rest of accepting and delivering a message. A write this small lands whole or not at all
+/// (one sector; a process that is killed either made the call or did not); a mark that is lost
+/// only makes a reopened log read a little more again.
+final class WatermarkFile: Sendable {
+    private let path: String
+    private let directory: String
+    /// The open file, or -1 before the first write; writes are serialised here so that the mark
+    /// on disk never goes back.
+    private let file = NIOLockedValueBox<Int32>(-1)
+
+    init(directory: String) {
+        self.directory = directory
+        self.path = directory + "/discarded"
     }
 
-    static func write(_ sequence: UInt64, directory: String, sync: Bool) {
-        _ = FileSystem.replace(directory + "/discarded", with: Array("\(sequence)\n".utf8), sync: sync)
+    deinit {
+        let file = file.withLockedValue { $0 }
+        if file >= 0 { close(file) }
+    }
+
+    static func read(directory: String) -> UInt64 {
+        guard let bytes = try? FileSystem.readAll(directory + "/discarded") else { return 0 }
+        let digits = bytes.drop { $0 == UInt8(ascii: "0") }.prefix {
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+        }
+        return digits.isEmpty ? 0 : UInt64(String(decoding: digits, as: UTF8.self)) ?? 0
+    }
+
+    /// Writes `sequence()` (read under the write lock, so that racing writers keep the mark
+    /// moving forward); with `sync`, on disk before this returns. Returns whether it was written.
+    @discardableResult
+    func write(_ sequence: () -> UInt64, sync: Bool) -> Bool {
+        file.withLockedValue { file in
+            if file < 0 {
+                var created = true
+                var opened = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+                if opened < 0, errno == EEXIST {
+                    created = false
+                    opened = open(path, O_RDWR | O_CLOEXEC)
+                }
+                guard opened >= 0 else { return false }
+                file = opened
+                // Its name must survive a crash as well as its content.
+                if created { FileSystem.syncDirectory(directory) }
+            }
+            let text = Self.fixedWidth(sequence())
+            let written = text.withUnsafeBytes { pwrite(file, $0.baseAddress, $0.count, 0) }
+            guard written == text.count else { return false }
+            // A mark longer than this one (an older format) must not leave digits behind.
+            _ = ftruncate(file, off_t(text.count))
+            if sync { return fdatasync(file) == 0 }
+            return true
+        }
+    }
+
+    /// `sequence` as 20 decimal digits (zeros in front) and a newline.
+    static func fixedWidth(_ sequence: UInt64) -> [UInt8] {
+        var text = [UInt8](repeating: UInt8(ascii: "0"), count: 21)
+        text[20] = UInt8(ascii: "\n")
+        var value = sequence
+        var index = 19
+        while value > 0 {
+            text[index] = UInt8(ascii: "0") + UInt8(value % 10)
+            value /= 10
+            index -= 1
+        }
+        return text
     }
 }
