@@ -9,6 +9,9 @@ let swiftSettings: [SwiftSetting] = [
     .treatAllWarnings(as: .error),
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
+    // Nonisolated async functions run on their caller's executor (SE-0461): no hop at each
+    // call, which under the HTTP handlers' task executor preference meant a locked lookup.
+    .enableUpcomingFeature("NonisolatedNonsendingByDefault"),
 ]
 
 // Linux only: the code uses Glibc and Linux socket options (TCP_CORK), and its C

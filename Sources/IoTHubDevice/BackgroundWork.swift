@@ -8,7 +8,8 @@ import NIOConcurrencyHelpers
 /// A job that must not keep the client alive (the timers, which wait for a long time) captures
 /// it weakly; the others hold it for as long as they run, as any call on the client does.
 final class BackgroundWork: Sendable {
-    typealias Job = @Sendable () async -> Void
+    /// Concurrent: each runs as a child task of its own, not on the caller's executor.
+    typealias Job = @Sendable @concurrent () async -> Void
 
     private struct State {
         var jobs: AsyncStream<Job>.Continuation?

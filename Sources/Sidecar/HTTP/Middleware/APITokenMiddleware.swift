@@ -6,7 +6,11 @@ struct APITokenMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let token: String
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+    // Concurrent, as Hummingbird declares the requirement (the package builds nonisolated async
+    // functions as nonisolated(nonsending) otherwise).
+    @concurrent func handle(
+        _ request: Request, context: Context, next: @concurrent (Request, Context) async throws -> Response
+    ) async throws
         -> Response
     {
         let path = request.uri.path

@@ -14,7 +14,11 @@ struct ProblemMiddleware: RouterMiddleware {
     let retryAfterSeconds: Int
     let logger: Logger
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+    // Concurrent, as Hummingbird declares the requirement (the package builds nonisolated async
+    // functions as nonisolated(nonsending) otherwise).
+    @concurrent func handle(
+        _ request: Request, context: Context, next: @concurrent (Request, Context) async throws -> Response
+    ) async throws
         -> Response
     {
         do {

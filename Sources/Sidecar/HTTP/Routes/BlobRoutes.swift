@@ -141,7 +141,8 @@ struct FailureRecordingSequence<Base: AsyncSequence>: AsyncSequence {
         var base: Base.AsyncIterator
         let failure: SharedSlot<any Error>
 
-        mutating func next() async throws -> Element? {
+        // Concurrent like the base iterator's `next()`, which it calls with its own state.
+        @concurrent mutating func next() async throws -> Element? {
             do {
                 return try await base.next()
             } catch {
