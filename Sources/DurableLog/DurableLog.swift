@@ -448,8 +448,6 @@ public final class DurableLog: Sendable {
         }
         if let failure {
             noteFailure(failure)
-        }
-        if failure != nil {
             // Back to whole, synced frames (a cut that fails leaves a torn frame, which the next
             // opening cuts off).
             _ = ftruncate(activeFile.withLockedValue { $0 }, off_t(syncedSize))

@@ -197,6 +197,9 @@ final class WatermarkFile: Sendable {
                     opened = open(path, O_RDWR | O_CLOEXEC)
                 }
                 guard opened >= 0 else { return false }
+                // Every mark has the same width: whatever lies beyond it (a damaged file) goes
+                // once, here, not with every write.
+                _ = ftruncate(opened, off_t(Self.width))
                 file = opened
                 // Its name must survive a crash as well as its content.
                 if created { FileSystem.syncDirectory(directory) }
@@ -204,19 +207,20 @@ final class WatermarkFile: Sendable {
             let text = Self.fixedWidth(sequence())
             let written = text.withUnsafeBytes { pwrite(file, $0.baseAddress, $0.count, 0) }
             guard written == text.count else { return false }
-            // A mark longer than this one (an older format) must not leave digits behind.
-            _ = ftruncate(file, off_t(text.count))
             if sync { return fdatasync(file) == 0 }
             return true
         }
     }
 
+    /// The bytes of a mark: 20 digits (`UInt64.max` has 20) and a newline.
+    static let width = 21
+
     /// `sequence` as 20 decimal digits (zeros in front) and a newline.
     static func fixedWidth(_ sequence: UInt64) -> [UInt8] {
-        var text = [UInt8](repeating: UInt8(ascii: "0"), count: 21)
-        text[20] = UInt8(ascii: "\n")
+        var text = [UInt8](repeating: UInt8(ascii: "0"), count: width)
+        text[width - 1] = UInt8(ascii: "\n")
         var value = sequence
-        var index = 19
+        var index = width - 2
         while value > 0 {
             text[index] = UInt8(ascii: "0") + UInt8(value % 10)
             value /= 10

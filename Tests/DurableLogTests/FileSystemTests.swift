@@ -53,5 +53,9 @@ import Testing
         #expect(WatermarkFile.read(directory: scratch.path) == 1_000)
         #expect(
             try FileManager.default.contentsOfDirectory(atPath: scratch.path) == ["discarded"], "no temporary files")
+        // A damaged, longer file: cut to one mark's width when it is opened.
+        try Data("123456789012345678901234567890\n".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(WatermarkFile(directory: scratch.path).write({ 9 }, sync: false))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(WatermarkFile.fixedWidth(9)))
     }
 }

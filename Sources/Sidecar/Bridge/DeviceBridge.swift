@@ -367,33 +367,28 @@ public final class DeviceBridge: Service, Sendable {
             defer { episode.note(event) }
             return episode
         }
-        let logs: Bool
+        let line: (level: Logger.Level, text: Logger.Message, metadata: Logger.Metadata)?
         switch event {
-        case .full: logs = outbox.configuration.whenFull == .rejectNew
-        case .expired: logs = !episode.expiring
-        case .emptied: logs = episode.troubled
-        case .dropped: logs = false
+        case .full where outbox.configuration.whenFull == .rejectNew:
+            line = (.warning, "the outbox is full: new messages are refused (507) until it drains", [:])
+        case .expired(let count) where !episode.expiring:
+            line = (
+                .warning, "outbox messages expired before they could be sent; they are dropped", ["expired": "\(count)"]
+            )
+        case .emptied where episode.troubled:
+            line = (.info, "the outbox is empty again", [:])
+        default:
+            line = nil
         }
         // An outbox that keeps up empties after nearly every message: its figures are read only
         // for a log line or a listener.
-        guard logs || events.hasListeners else { return }
+        guard line != nil || events.hasListeners else { return }
         let status = await outbox.status()
-        if logs {
-            let metadata: Logger.Metadata = [
+        if let line {
+            let figures: Logger.Metadata = [
                 "messages": "\(status.messages)", "bytes": "\(status.bytes)", "limit": "\(status.maximumBytes)",
             ]
-            switch event {
-            case .full:
-                logger.warning("the outbox is full: new messages are refused (507) until it drains", metadata: metadata)
-            case .expired(let count):
-                logger.warning(
-                    "outbox messages expired before they could be sent; they are dropped",
-                    metadata: metadata.merging(["expired": "\(count)"]) { $1 })
-            case .emptied:
-                logger.info("the outbox is empty again")
-            case .dropped:
-                break
-            }
+            logger.log(level: line.level, line.text, metadata: figures.merging(line.metadata) { $1 })
         }
         events.yield(.outbox(event, status: status))
     }
