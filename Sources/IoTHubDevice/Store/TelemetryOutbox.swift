@@ -145,7 +145,22 @@ public final class TelemetryOutbox: Sendable {
         /// A drop episode: logged once, until the outbox is no longer full.
         var dropping = false
         var closed = false
+        /// Frames just stored, by sequence, as they were accepted: the delivery loop takes them
+        /// from here instead of reading them back from the disk and decoding them (a frame
+        /// missing here is read from the disk). At most ``recentBytesLimit`` stored bytes.
+        var recent: [UInt64: StoredFrame] = [:]
+        var recentBytes = 0
     }
+
+    /// A frame as accepted: its messages with their deadlines, and what it takes on disk.
+    private struct StoredFrame {
+        var entries: [(deadline: Date, message: Message)]
+        var bytes: Int
+    }
+
+    /// The most stored bytes of just-accepted frames kept in memory for the delivery loop: enough
+    /// for the in-flight window, so that an outbox that keeps up never reads its own frames back.
+    static let recentBytesLimit = 4 << 20
 
     /// Opens (or creates) the outbox in `configuration.directory` for `client`'s identity,
     /// recovering what a crash left.
@@ -224,9 +239,18 @@ public final class TelemetryOutbox: Sendable {
         let frame = OutboxFrame.encode(entries, acceptedAt: acceptedAt)
         let size = OutboxFrame.storedSize(frame)
         try await reserve(size)
-        do {
-            _ = try await log.append([frame])
-        } catch {
+        let outcome = await withCheckedContinuation {
+            (continuation: CheckedContinuation<Result<Range<UInt64>, DurableLogError>, Never>) in
+            // Counted (and handed to the delivery loop) as the log answers, in the order stored,
+            // before the caller resumes.
+            log.enqueueAppend([frame]) { [self, entries] result in
+                if case .success(let sequences) = result {
+                    stored(StoredFrame(entries: entries, bytes: size), sequence: sequences.lowerBound)
+                }
+                continuation.resume(returning: result)
+            }
+        }
+        if case .failure(let error) = outcome {
             state.withLockedValue { $0.reserved -= size }
             if case .writeFailed(let detail, noSpace: true) = error {
                 state.withLockedValue { $0.rejected += messages.count }
@@ -234,13 +258,26 @@ public final class TelemetryOutbox: Sendable {
             }
             throw .storageFailed("\(error)")
         }
+        return messages.map { $0.messageId ?? "" }
+    }
+
+    /// Counts a frame that is now on disk and keeps it in memory for the delivery loop (while
+    /// there is room), then wakes the loop.
+    private func stored(_ frame: StoredFrame, sequence: UInt64) {
         state.withLockedValue { state in
-            state.reserved -= size
-            state.messages += messages.count
-            state.bytes += size
+            state.reserved -= frame.bytes
+            state.messages += frame.entries.count
+            state.bytes += frame.bytes
+            // Not when the delivery loop has already read it from the disk (it was readable there
+            // just before this answer), nor beyond the memory allowed.
+            if sequence > max(state.readThrough, state.droppedThrough),
+                state.recentBytes + frame.bytes <= Self.recentBytesLimit
+            {
+                state.recent[sequence] = frame
+                state.recentBytes += frame.bytes
+            }
         }
         arrivals.signal()
-        return messages.map { $0.messageId ?? "" }
     }
 
     /// Makes room for `size` bytes: reserves them, or drops old messages, or refuses.
@@ -300,14 +337,20 @@ public final class TelemetryOutbox: Sendable {
                 for frame in frames where freed < needed {
                     let messages = OutboxFrame.messageCount(frame.payload) ?? 0
                     let bytes = OutboxFrame.storedSize(frame.payload)
-                    freed += bytes
-                    count += messages
-                    state.withLockedValue { state in
+                    let dropped = state.withLockedValue { state -> Bool in
+                        // The delivery loop takes frames from memory meanwhile: not those.
+                        guard frame.sequence > max(state.readThrough, state.droppedThrough) else { return false }
+                        forgetRecent(from: frame.sequence, through: frame.sequence, in: &state)
                         state.droppedThrough = frame.sequence
                         state.messages -= messages
                         state.bytes -= bytes
                         state.dropped += messages
+                        return true
                     }
+                    // Taken meanwhile: read on from where the delivery loop got to.
+                    guard dropped else { break }
+                    freed += bytes
+                    count += messages
                 }
             }
         }
@@ -426,7 +469,8 @@ public final class TelemetryOutbox: Sendable {
     /// The next frames the delivery loop has not taken (after those dropped), marked taken: read
     /// a few frames at a time until the page is full, so that no more is read than is taken.
     private func nextPage() async -> Page? {
-        await onIO { [self] in
+        if let page = nextPageFromMemory() { return page }
+        return await onIO { [self] in
             let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
             var page = Page(
                 entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
@@ -449,8 +493,43 @@ public final class TelemetryOutbox: Sendable {
                 }
             }
             guard page.marks.lastSequence > cursor else { return nil }
-            state.withLockedValue { $0.readThrough = page.marks.lastSequence }
+            state.withLockedValue { state in
+                state.readThrough = page.marks.lastSequence
+                forgetRecent(from: cursor + 1, through: page.marks.lastSequence, in: &state)
+            }
             return page
+        }
+    }
+
+    /// The next page, when its first frame is still in memory: the frames that follow it there,
+    /// up to a page, marked taken; nil when the next frame must be read from the disk.
+    private func nextPageFromMemory() -> Page? {
+        state.withLockedValue { state -> Page? in
+            guard !state.recent.isEmpty else { return nil }
+            let cursor = max(state.readThrough, state.droppedThrough)
+            guard state.recent[cursor + 1] != nil else { return nil }
+            var page = Page(
+                entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
+            while page.entries.count < Self.pageSize, page.marks.bytes < 1 << 20,
+                let frame = state.recent.removeValue(forKey: page.marks.lastSequence + 1)
+            {
+                state.recentBytes -= frame.bytes
+                page.marks.lastSequence += 1
+                page.marks.bytes += frame.bytes
+                page.marks.messages += frame.entries.count
+                page.entries += frame.entries
+            }
+            state.readThrough = page.marks.lastSequence
+            return page
+        }
+    }
+
+    /// Lets go of the frames in memory from `first` through `last` (taken from the disk, or
+    /// dropped), so that every frame kept there lies after the delivery loop's cursor.
+    private func forgetRecent(from first: UInt64, through last: UInt64, in state: inout State) {
+        guard !state.recent.isEmpty, first <= last else { return }
+        for sequence in first...last {
+            if let frame = state.recent.removeValue(forKey: sequence) { state.recentBytes -= frame.bytes }
         }
     }
 
@@ -492,6 +571,7 @@ public final class TelemetryOutbox: Sendable {
                     let bytes = OutboxFrame.storedSize(frame.payload)
                     count += entries.count
                     state.withLockedValue { state in
+                        forgetRecent(from: frame.sequence, through: frame.sequence, in: &state)
                         state.droppedThrough = frame.sequence
                         state.messages -= entries.count
                         state.bytes -= bytes
@@ -619,6 +699,11 @@ public final class TelemetryOutbox: Sendable {
                 isFull: state.isFull,
                 quarantinedSpans: recovery.quarantined.count, truncatedBytes: recovery.truncatedBytes)
         }
+    }
+
+    /// Frames and stored bytes kept in memory for the delivery loop now (for tests).
+    var framesInMemory: (frames: Int, bytes: Int) {
+        state.withLockedValue { ($0.recent.count, $0.recentBytes) }
     }
 
     /// Full, emptied, dropped and expired, as they happen.

@@ -79,6 +79,41 @@ import Testing
         }
     }
 
+    /// More is accepted than the outbox keeps in memory for delivery: the frames beyond that are
+    /// read back from the disk, in between those taken from memory, and the hub gets every
+    /// message once, in order.
+    @Test func aBacklogLargerThanWhatIsKeptInMemoryArrivesInOrderOnce() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch)
+            let batches = TelemetryOutbox.recentBytesLimit / 100_000 + 20
+            var ids: [String] = []
+            for start in stride(from: 0, to: batches * 100, by: 100) {
+                ids += try await outbox.accept((start..<(start + 100)).map { message($0, size: 1000) })
+            }
+            let kept = outbox.framesInMemory
+            #expect(kept.frames > 0 && kept.frames < batches, "\(kept)")
+            #expect(kept.bytes > 0 && kept.bytes <= TelemetryOutbox.recentBytesLimit)
+            let delivery = Task { await outbox.run() }
+            // More while delivering: in memory again once there is room, after a gap read from the disk.
+            let total = (batches + 20) * 100
+            for start in stride(from: batches * 100, to: total, by: 100) {
+                ids += try await outbox.accept((start..<(start + 100)).map { message($0, size: 1000) })
+            }
+            #expect(await outbox.waitUntilEmpty(timeout: .seconds(90)))
+            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= total })
+            delivery.cancel()
+            await delivery.value
+            #expect(fixture.telemetry.count == total, "no copies without a drop")
+            #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<total).map { String($0) })
+            #expect(fixture.telemetry.map(\.message.messageId) == ids.map(Optional.init))
+            #expect(outbox.framesInMemory.frames == 0 && outbox.framesInMemory.bytes == 0)
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
     @Test func whatWasAcceptedSurvivesReopeningAndIsDeliveredThen() async throws {
         try await HubFixture.with { fixture in
             let scratch = Scratch()
