@@ -8,9 +8,8 @@ import NIOConcurrencyHelpers
 /// - An append returns once its frames are on disk (`fdatasync`), written in one piece: after a
 ///   crash or a power loss a frame is there whole or not at all.
 /// - Appends from many callers share one `fdatasync` (group commit): a writer thread takes
-///   everything queued, writes it, and hands the sync to a second stage, so that the next group
-///   is written while the last one syncs (up to ``syncsInFlight`` syncs at once); callers are
-///   answered in the order their frames were written, each once its frames are synced.
+///   everything queued, writes it, syncs once and answers each caller, in the order written;
+///   what is queued meanwhile is the next group.
 /// - Frames are numbered 1, 2, 3, … and kept in segment files of about ``Options/segmentSize``
 ///   bytes; ``discard(through:)`` lets whole segments go once their frames are consumed.
 /// - Opening checks every frame's checksum: a torn frame at the end is cut off, anything else
@@ -99,42 +98,6 @@ public final class DurableLog: Sendable {
         }
     }
 
-    /// Where the writer thread has written to: ahead of ``State/segments`` by the groups whose
-    /// sync is under way. Used by the writer thread only.
-    private struct WriteHead {
-        var segment: Segment
-        var nextSequence: UInt64
-        /// The ticket of the next group handed to the sync stage.
-        var nextTicket: UInt64 = 0
-    }
-
-    /// A group written and handed to the sync stage.
-    private struct SyncJob: Sendable {
-        var ticket: UInt64
-        var file: Int32
-        var appends: [PendingAppend]
-        var ranges: [Range<UInt64>]
-        /// The newest segment once the group's frames are in it.
-        var segment: Segment
-        var nextSequence: UInt64
-        var failure: DurableLogError?
-    }
-
-    /// Groups whose sync ended, put back in the order they were written.
-    private struct SyncSequencer {
-        /// The ticket of the next group to answer.
-        var nextTicket: UInt64 = 0
-        var ended: [UInt64: SyncJob] = [:]
-        /// A sync failed: every group written after it fails too, until the writer thread has
-        /// cut the newest segment back to its synced frames.
-        var failure: DurableLogError?
-    }
-
-    /// Syncs under way at most. Two, because a sync that starts while another is under way is
-    /// far cheaper than one after the other (the file system commits them together), and a
-    /// group that waits for the sync before it shortens each caller's wait.
-    static let syncsInFlight = 2
-
     public let directory: String
     public let options: Options
     /// What opening found.
@@ -142,12 +105,6 @@ public final class DurableLog: Sendable {
     private let state: NIOLockedValueBox<State>
     private let wakeWriter = DispatchSemaphore(value: 0)
     private let writerFinished = DispatchSemaphore(value: 0)
-    private let head: NIOLockedValueBox<WriteHead>
-    private let sequencer = NIOLockedValueBox(SyncSequencer())
-    /// One permit per sync that may be under way; the writer thread takes them all to wait
-    /// for every sync to end.
-    private let syncPermits = DispatchSemaphore(value: DurableLog.syncsInFlight)
-    private let syncQueue = DispatchQueue(label: "durable-log-sync", attributes: .concurrent)
     /// The newest segment's file, open for appending; used by the writer thread only.
     private let activeFile: NIOLockedValueBox<Int32>
     /// Where recently read frames end (the next frame of their segment begins there), by
@@ -184,7 +141,6 @@ public final class DurableLog: Sendable {
         activeFile = NIOLockedValueBox(try FileSystem.openForAppending(last.path))
         state = NIOLockedValueBox(
             State(segments: recovered.segments, nextSequence: last.lastSequence + 1, discardedThrough: discarded))
-        head = NIOLockedValueBox(WriteHead(segment: last, nextSequence: last.lastSequence + 1))
         WriterThread.start(name: "durable-log-writer") { [self] in
             runWriter()
             writerFinished.signal()
@@ -246,165 +202,38 @@ public final class DurableLog: Sendable {
 
     // MARK: The writer thread
 
+    /// Takes what is queued, writes and syncs it as one group, and again, until the log is
+    /// closed and nothing is queued.
     private func runWriter() {
         while true {
             wakeWriter.wait()
-            if sequencer.withLockedValue({ $0.failure != nil }) { afterSyncsEnded { repairAfterFailedSync() } }
             let (group, closing) = state.withLockedValue { state in
                 defer { state.pending.removeAll() }
                 return (state.pending, state.closed)
             }
-            if !group.isEmpty { write(group) }
-            if closing && group.isEmpty {
-                afterSyncsEnded { repairAfterFailedSync() }
-                return
-            }
+            if !group.isEmpty { writeAndSync(group) }
+            if closing && group.isEmpty { return }
         }
     }
 
-    /// Runs `body` once no sync is under way (every group written has been answered), and
-    /// none starts until it returns.
-    private func afterSyncsEnded(_ body: () -> Void) {
-        for _ in 0..<Self.syncsInFlight { syncPermits.wait() }
-        body()
-        for _ in 0..<Self.syncsInFlight { syncPermits.signal() }
-    }
-
-    /// After a failed sync (and the groups failed with it): cuts the newest segment back to its
-    /// synced frames and writes on from there. Called with no sync under way.
-    private func repairAfterFailedSync() {
-        let failed = sequencer.withLockedValue { sequencer -> Bool in
-            defer { sequencer.failure = nil }
-            return sequencer.failure != nil
-        }
-        guard failed else { return }
-        let (segment, nextSequence) = state.withLockedValue { ($0.segments[$0.segments.count - 1], $0.nextSequence) }
-        // A cut that fails leaves whole frames whose appends failed; the next opening keeps them.
-        _ = ftruncate(activeFile.withLockedValue { $0 }, off_t(segment.size))
-        head.withLockedValue { head in
-            head.segment = segment
-            head.nextSequence = nextSequence
-        }
-    }
-
-    /// Writes a group of appends and hands its sync to the sync stage, which answers each
-    /// append once the sync ends. A group that starts a new segment, or comes when the newest
-    /// segment may be reclaimed, is written once no sync is under way (``writeAndSync(_:)``).
-    private func write(_ group: [PendingAppend]) {
-        let size = group.reduce(0) { total, append in
-            append.payloads.reduce(total) { $0 + FrameLayout.headerSize + $1.count }
-        }
-        var head = self.head.withLockedValue { $0 }
-        let mayReclaim = state.withLockedValue { $0.newestSegmentIsReclaimable(options) }
-        let rolls = head.segment.size > 0 && head.segment.size + size > options.segmentSize
-        if rolls || mayReclaim {
-            afterSyncsEnded {
-                writeAndSync(group)
-                let (segment, nextSequence) = state.withLockedValue {
-                    ($0.segments[$0.segments.count - 1], $0.nextSequence)
-                }
-                self.head.withLockedValue { head in
-                    head.segment = segment
-                    head.nextSequence = nextSequence
-                }
-            }
-            return
-        }
-        var buffer: [UInt8] = []
-        buffer.reserveCapacity(size)
-        var ranges: [Range<UInt64>] = []
-        ranges.reserveCapacity(group.count)
-        var nextSequence = head.nextSequence
-        for append in group {
-            let first = nextSequence
-            for payload in append.payloads {
-                FrameLayout.encode(payload, sequence: nextSequence, into: &buffer)
-                nextSequence += 1
-            }
-            ranges.append(first..<nextSequence)
-        }
-        syncPermits.wait()
-        let file = activeFile.withLockedValue { $0 }
-        var segment = head.segment
-        if let failure = FileSystem.writeAll(buffer, to: file, path: segment.path) {
-            noteFailure(failure)
-            // Nothing of this group counts: the next group is written where it began.
-            _ = ftruncate(file, off_t(segment.size))
-            syncPermits.signal()
-            for append in group { append.completion(.failure(failure)) }
-            return
-        }
-        segment.size += buffer.count
-        segment.lastSequence = nextSequence - 1
-        let job = SyncJob(
-            ticket: head.nextTicket, file: file, appends: group, ranges: ranges, segment: segment,
-            nextSequence: nextSequence)
-        head.segment = segment
-        head.nextSequence = nextSequence
-        head.nextTicket += 1
-        self.head.withLockedValue { $0 = head }
-        syncQueue.async { [self] in
-            var job = job
-            if fdatasync(job.file) != 0 {
-                job.failure = .writeFailed(
-                    FileSystem.describeErrno("cannot sync \(job.segment.path)"),
-                    noSpace: errno == ENOSPC || errno == EDQUOT)
-                if let failure = job.failure { noteFailure(failure) }
-            }
-            syncEnded(job)
-        }
-    }
-
-    /// Answers the groups whose sync has ended, in the order they were written: a group's
-    /// frames become readable, and its appends succeed, only after every group before it.
-    private func syncEnded(_ job: SyncJob) {
-        let answered = sequencer.withLockedValue { sequencer -> [SyncJob] in
-            sequencer.ended[job.ticket] = job
-            var answered: [SyncJob] = []
-            while var next = sequencer.ended.removeValue(forKey: sequencer.nextTicket) {
-                sequencer.nextTicket += 1
-                if let failure = sequencer.failure {
-                    next.failure = next.failure ?? failure
-                } else if let failure = next.failure {
-                    sequencer.failure = failure
-                }
-                // Published here, under the sequencer's lock, so that readers see groups in order.
-                state.withLockedValue { state in
-                    state.syncs += 1
-                    if next.failure == nil {
-                        state.segments[state.segments.count - 1] = next.segment
-                        state.nextSequence = next.nextSequence
-                    }
-                }
-                answered.append(next)
-            }
-            return answered
-        }
-        var failed = false
-        for group in answered {
-            if let failure = group.failure {
-                failed = true
-                for append in group.appends { append.completion(.failure(failure)) }
-            } else {
-                for (append, range) in zip(group.appends, group.ranges) { append.completion(.success(range)) }
-            }
-            syncPermits.signal()
-        }
-        // The writer thread cuts the segment back now, not only when the next append comes.
-        if failed { wakeWriter.signal() }
-    }
-
-    /// Writes a group of appends, syncs once, and answers each, with no other sync under way.
-    /// An append that does not fit in the newest segment starts a new one (the full one is
-    /// synced first). On a failure, appends already synced succeed, the others fail, and the
-    /// newest segment is cut back to its last synced size, so it holds whole frames only.
+    /// Writes a group of appends, syncs once, and answers each. An append that does not fit in
+    /// the newest segment starts a new one (the full one is synced first). On a failure, appends
+    /// already synced succeed, the others fail, and the newest segment is cut back to its last
+    /// synced size, so it holds whole frames only.
     private func writeAndSync(_ group: [PendingAppend]) {
         reclaimConsumedNewestSegment()
         var (segment, nextSequence) = state.withLockedValue { ($0.segments[$0.segments.count - 1], $0.nextSequence) }
         var syncedSize = segment.size
         var finished: [Segment] = []
         var buffer: [UInt8] = []
+        buffer.reserveCapacity(
+            min(
+                options.segmentSize,
+                group.reduce(0) { total, append in
+                    append.payloads.reduce(total) { $0 + FrameLayout.headerSize + $1.count }
+                }))
         var ranges: [Range<UInt64>] = []
+        ranges.reserveCapacity(group.count)
         var synced = 0
         var failure: DurableLogError?
         for append in group {

@@ -78,9 +78,9 @@ private func readAll(_ log: DurableLog, after: UInt64 = 0) throws -> [DurableLog
     }
 
     /// Appends racing each other while segments roll and consumed ones go: the next group is
-    /// written while the last one syncs, yet each append gets the sequences of its own frames,
+    /// queued while the last one syncs, yet each append gets the sequences of its own frames,
     /// readers never see a frame before it is synced, and nothing is lost on reopening.
-    @Test func racingAppendsKeepTheirFramesAcrossRollsAndSyncsUnderWay() async throws {
+    @Test func racingAppendsKeepTheirFramesAcrossRollsAndSyncs() async throws {
         let scratch = ScratchDirectory()
         let log = try DurableLog(directory: scratch.path, options: .init(segmentSize: 8192))
         let appended = await withTaskGroup(of: (Int, Range<UInt64>)?.self) { group in
