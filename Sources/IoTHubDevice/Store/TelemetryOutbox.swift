@@ -160,7 +160,7 @@ public final class TelemetryOutbox: Sendable {
 
     /// The most stored bytes of just-accepted frames kept in memory for the delivery loop: enough
     /// for the in-flight window, so that an outbox that keeps up never reads its own frames back.
-    static let recentBytesLimit = 4 << 20
+    static let recentBytesLimit = 1 << 20
 
     /// Opens (or creates) the outbox in `configuration.directory` for `client`'s identity,
     /// recovering what a crash left.
