@@ -114,22 +114,23 @@ enum FileSystem {
 
     /// `count` bytes (fewer at the end of the file) from `offset`.
     static func read(_ file: Int32, path: String, offset: Int, count: Int) throws(DurableLogError) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        let failure = bytes.withUnsafeMutableBytes { buffer -> Bool in
+        var failure: String?
+        // Not zeroed first: the array holds exactly the bytes read.
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var filled = 0
             while filled < count {
                 let got = pread(file, buffer.baseAddress.map { $0 + filled }, count - filled, off_t(offset + filled))
                 if got < 0 {
                     if errno == EINTR { continue }
-                    return true
+                    failure = describeErrno("cannot read \(path)")
+                    break
                 }
                 if got == 0 { break }
                 filled += got
             }
-            return false
+            initialized = filled
         }
-        if failure { throw .cannotOpen(describeErrno("cannot read \(path)")) }
-        if filled < count { bytes.removeLast(count - filled) }
+        if let failure { throw .cannotOpen(failure) }
         return bytes
     }
 

@@ -150,6 +150,12 @@ public final class TelemetryOutbox: Sendable {
         /// missing here is read from the disk). At most ``recentBytesLimit`` stored bytes.
         var recent: [UInt64: StoredFrame] = [:]
         var recentBytes = 0
+        /// Frames up to here have been answered as stored (the log answers in order). One after
+        /// it may already be readable on disk, but is on its way here: the delivery loop waits
+        /// for it rather than reading it back.
+        var storedThrough: UInt64
+        /// Frames the delivery loop read back from the log (not found in memory).
+        var framesReadBack = 0
     }
 
     /// A frame as accepted: its messages with their deadlines, and what it takes on disk.
@@ -177,7 +183,8 @@ public final class TelemetryOutbox: Sendable {
         } catch {
             throw .storageFailed("\(error)")
         }
-        var initial = State(readThrough: log.discardedThrough, droppedThrough: log.discardedThrough)
+        var initial = State(
+            readThrough: log.discardedThrough, droppedThrough: log.discardedThrough, storedThrough: log.lastSequence)
         // What waits: every frame after the watermark (read in pieces, nothing kept).
         var cursor = log.discardedThrough
         while let page = try? log.read(after: cursor, maximumBytes: 1 << 20), let last = page.last {
@@ -245,7 +252,7 @@ public final class TelemetryOutbox: Sendable {
             // before the caller resumes.
             log.enqueueAppend([frame]) { [self, entries] result in
                 if case .success(let sequences) = result {
-                    stored(StoredFrame(entries: entries, bytes: size), sequence: sequences.lowerBound)
+                    stored(StoredFrame(entries: entries, bytes: size), sequences: sequences)
                 }
                 continuation.resume(returning: result)
             }
@@ -263,13 +270,15 @@ public final class TelemetryOutbox: Sendable {
 
     /// Counts a frame that is now on disk and keeps it in memory for the delivery loop (while
     /// there is room), then wakes the loop.
-    private func stored(_ frame: StoredFrame, sequence: UInt64) {
+    private func stored(_ frame: StoredFrame, sequences: Range<UInt64>) {
+        let sequence = sequences.lowerBound
         state.withLockedValue { state in
+            state.storedThrough = max(state.storedThrough, sequences.upperBound - 1)
             state.reserved -= frame.bytes
             state.messages += frame.entries.count
             state.bytes += frame.bytes
-            // Not when the delivery loop has already read it from the disk (it was readable there
-            // just before this answer), nor beyond the memory allowed.
+            // Not when the delivery loop has already passed it (dropped it to make room: it was
+            // readable on disk just before this answer), nor beyond the memory allowed.
             if sequence > max(state.readThrough, state.droppedThrough),
                 state.recentBytes + frame.bytes <= Self.recentBytesLimit
             {
@@ -466,12 +475,20 @@ public final class TelemetryOutbox: Sendable {
         var marks: PageMarks
     }
 
-    /// The next frames the delivery loop has not taken (after those dropped), marked taken: read
-    /// a few frames at a time until the page is full, so that no more is read than is taken.
+    /// The next frames the delivery loop has not taken (after those dropped), marked taken: from
+    /// memory when the next one is kept there, otherwise read from the log a few frames at a
+    /// time until the page is full, so that no more is read than is taken. Only frames already
+    /// answered as stored: those after them come through memory (or, beyond its bound, are read
+    /// once they are answered).
     private func nextPage() async -> Page? {
         if let page = nextPageFromMemory() { return page }
+        let onDisk = state.withLockedValue { max($0.readThrough, $0.droppedThrough) < $0.storedThrough }
+        guard onDisk else { return nil }
         return await onIO { [self] in
-            let cursor = state.withLockedValue { max($0.readThrough, $0.droppedThrough) }
+            let (cursor, storedThrough) = state.withLockedValue {
+                (max($0.readThrough, $0.droppedThrough), $0.storedThrough)
+            }
+            var framesRead = 0
             var page = Page(
                 entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
             reading: while page.entries.count < Self.pageSize, page.marks.bytes < 1 << 20,
@@ -479,6 +496,8 @@ public final class TelemetryOutbox: Sendable {
                 !frames.isEmpty
             {
                 for frame in frames {
+                    if frame.sequence > storedThrough { break reading }
+                    framesRead += 1
                     page.marks.lastSequence = frame.sequence
                     page.marks.bytes += OutboxFrame.storedSize(frame.payload)
                     page.marks.messages += OutboxFrame.messageCount(frame.payload) ?? 0
@@ -495,6 +514,7 @@ public final class TelemetryOutbox: Sendable {
             guard page.marks.lastSequence > cursor else { return nil }
             state.withLockedValue { state in
                 state.readThrough = page.marks.lastSequence
+                state.framesReadBack += framesRead
                 forgetRecent(from: cursor + 1, through: page.marks.lastSequence, in: &state)
             }
             return page
@@ -704,6 +724,11 @@ public final class TelemetryOutbox: Sendable {
     /// Frames and stored bytes kept in memory for the delivery loop now (for tests).
     var framesInMemory: (frames: Int, bytes: Int) {
         state.withLockedValue { ($0.recent.count, $0.recentBytes) }
+    }
+
+    /// Frames the delivery loop has read back from the log so far (for tests).
+    var framesReadBack: Int {
+        state.withLockedValue { $0.framesReadBack }
     }
 
     /// Full, emptied, dropped and expired, as they happen.

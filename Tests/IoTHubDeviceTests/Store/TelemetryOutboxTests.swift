@@ -94,6 +94,7 @@ import Testing
             }
             let kept = outbox.framesInMemory
             #expect(kept.frames > 0 && kept.frames < batches, "\(kept)")
+            #expect(outbox.framesReadBack == 0)
             #expect(kept.bytes > 0 && kept.bytes <= TelemetryOutbox.recentBytesLimit)
             let delivery = Task { await outbox.run() }
             // More while delivering: in memory again once there is room, after a gap read from the disk.
@@ -109,6 +110,28 @@ import Testing
             #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<total).map { String($0) })
             #expect(fixture.telemetry.map(\.message.messageId) == ids.map(Optional.init))
             #expect(outbox.framesInMemory.frames == 0 && outbox.framesInMemory.bytes == 0)
+            // What did not fit was read back; what was kept was not.
+            #expect(outbox.framesReadBack >= batches - kept.frames && outbox.framesReadBack < batches + 20)
+            outbox.close()
+            await client.shutdown()
+        }
+    }
+
+    /// An outbox that keeps up never reads its own frames back: each goes to the delivery loop
+    /// in memory, also when the loop looks for the next frame while the log is writing it.
+    @Test func anOutboxThatKeepsUpDeliversFromMemoryOnly() async throws {
+        try await HubFixture.with { fixture in
+            let scratch = Scratch()
+            let client = try fixture.client()
+            let outbox = try makeOutbox(client, scratch)
+            let delivery = Task { await outbox.run() }
+            for index in 0..<500 { _ = try await outbox.accept([message(index)]) }
+            #expect(await outbox.waitUntilEmpty(timeout: .seconds(30)))
+            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 500 })
+            delivery.cancel()
+            await delivery.value
+            #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<500).map { String($0) })
+            #expect(outbox.framesReadBack == 0)
             outbox.close()
             await client.shutdown()
         }
@@ -132,6 +155,7 @@ import Testing
             delivery.cancel()
             await delivery.value
             #expect(await reopened.status().messages == 0)
+            #expect(reopened.framesReadBack == 1, "what a reopened outbox holds is read from the disk")
             reopened.close()
             await client.shutdown()
         }
