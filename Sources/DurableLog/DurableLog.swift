@@ -155,10 +155,18 @@ public final class DurableLog: Sendable {
 
     /// Appends one frame per payload, in order, and returns their sequence numbers once all are
     /// on disk. The frames of one call are written together, next to each other.
-    public func append(_ payloads: [[UInt8]]) async throws(DurableLogError) -> Range<UInt64> {
+    ///
+    /// `whenStored`, if given, gets the sequences on the writer thread as soon as they are on
+    /// disk, before this returns: such calls come in the order the frames were written.
+    public func append(
+        _ payloads: [[UInt8]], whenStored: (@Sendable (Range<UInt64>) -> Void)? = nil
+    ) async throws(DurableLogError) -> Range<UInt64> {
         let result = await withCheckedContinuation {
             (continuation: CheckedContinuation<Result<Range<UInt64>, DurableLogError>, Never>) in
-            enqueue(payloads) { continuation.resume(returning: $0) }
+            enqueue(payloads) { result in
+                if let whenStored, case .success(let sequences) = result { whenStored(sequences) }
+                continuation.resume(returning: result)
+            }
         }
         return try result.get()
     }

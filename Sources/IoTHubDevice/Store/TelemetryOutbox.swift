@@ -246,18 +246,13 @@ public final class TelemetryOutbox: Sendable {
         let frame = OutboxFrame.encode(entries, acceptedAt: acceptedAt)
         let size = OutboxFrame.storedSize(frame)
         try await reserve(size)
-        let outcome = await withCheckedContinuation {
-            (continuation: CheckedContinuation<Result<Range<UInt64>, DurableLogError>, Never>) in
+        do {
             // Counted (and handed to the delivery loop) as the log answers, in the order stored,
             // before the caller resumes.
-            log.enqueueAppend([frame]) { [self, entries] result in
-                if case .success(let sequences) = result {
-                    stored(StoredFrame(entries: entries, bytes: size), sequences: sequences)
-                }
-                continuation.resume(returning: result)
+            _ = try await log.append([frame]) { [self, entries] sequences in
+                stored(StoredFrame(entries: entries, bytes: size), sequences: sequences)
             }
-        }
-        if case .failure(let error) = outcome {
+        } catch {
             state.withLockedValue { $0.reserved -= size }
             if case .writeFailed(let detail, noSpace: true) = error {
                 state.withLockedValue { $0.rejected += messages.count }
@@ -471,8 +466,24 @@ public final class TelemetryOutbox: Sendable {
     }
 
     private struct Page {
-        var entries: [(deadline: Date, message: Message)]
+        var entries: [(deadline: Date, message: Message)] = []
         var marks: PageMarks
+
+        /// An empty page of the frames after `cursor`.
+        init(after cursor: UInt64) {
+            marks = PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0)
+        }
+
+        /// Adds the next frame: its sequence, its messages (fewer than it counts when it could
+        /// not be read) and what it takes on disk.
+        mutating func take(
+            _ sequence: UInt64, entries: [(deadline: Date, message: Message)], messages: Int, bytes: Int
+        ) {
+            marks.lastSequence = sequence
+            marks.bytes += bytes
+            marks.messages += messages
+            self.entries += entries
+        }
     }
 
     /// The next frames the delivery loop has not taken (after those dropped), marked taken: from
@@ -489,8 +500,7 @@ public final class TelemetryOutbox: Sendable {
                 (max($0.readThrough, $0.droppedThrough), $0.storedThrough)
             }
             var framesRead = 0
-            var page = Page(
-                entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
+            var page = Page(after: cursor)
             reading: while page.entries.count < Self.pageSize, page.marks.bytes < 1 << 20,
                 let frames = try? log.read(after: page.marks.lastSequence, maximumFrames: 8, maximumBytes: 256 << 10),
                 !frames.isEmpty
@@ -498,16 +508,15 @@ public final class TelemetryOutbox: Sendable {
                 for frame in frames {
                     if frame.sequence > storedThrough { break reading }
                     framesRead += 1
-                    page.marks.lastSequence = frame.sequence
-                    page.marks.bytes += OutboxFrame.storedSize(frame.payload)
-                    page.marks.messages += OutboxFrame.messageCount(frame.payload) ?? 0
-                    if let decoded = OutboxFrame.decode(frame.payload) {
-                        page.entries += decoded
-                    } else {
+                    let decoded = OutboxFrame.decode(frame.payload)
+                    if decoded == nil {
                         logger.error(
                             "an outbox frame could not be decoded; its messages are dropped",
                             metadata: ["sequence": "\(frame.sequence)"])
                     }
+                    page.take(
+                        frame.sequence, entries: decoded ?? [], messages: OutboxFrame.messageCount(frame.payload) ?? 0,
+                        bytes: OutboxFrame.storedSize(frame.payload))
                     if page.entries.count >= Self.pageSize { break reading }
                 }
             }
@@ -528,16 +537,14 @@ public final class TelemetryOutbox: Sendable {
             guard !state.recent.isEmpty else { return nil }
             let cursor = max(state.readThrough, state.droppedThrough)
             guard state.recent[cursor + 1] != nil else { return nil }
-            var page = Page(
-                entries: [], marks: PageMarks(previous: cursor, lastSequence: cursor, bytes: 0, messages: 0))
+            var page = Page(after: cursor)
             while page.entries.count < Self.pageSize, page.marks.bytes < 1 << 20,
                 let frame = state.recent.removeValue(forKey: page.marks.lastSequence + 1)
             {
                 state.recentBytes -= frame.bytes
-                page.marks.lastSequence += 1
-                page.marks.bytes += frame.bytes
-                page.marks.messages += frame.entries.count
-                page.entries += frame.entries
+                page.take(
+                    page.marks.lastSequence + 1, entries: frame.entries, messages: frame.entries.count,
+                    bytes: frame.bytes)
             }
             state.readThrough = page.marks.lastSequence
             return page

@@ -30,6 +30,30 @@ import Testing
             properties: ["index": String(index)])
     }
 
+    /// Accepts the messages numbered `indices`, a hundred to a request; returns their ids.
+    private func acceptInHundreds(_ outbox: TelemetryOutbox, _ indices: Range<Int>, size: Int = 10) async throws
+        -> [String]
+    {
+        var ids: [String] = []
+        for start in stride(from: indices.lowerBound, to: indices.upperBound, by: 100) {
+            ids += try await outbox.accept(
+                (start..<min(start + 100, indices.upperBound)).map { message($0, size: size) })
+        }
+        return ids
+    }
+
+    /// Waits until `outbox` is empty and the hub has at least `count` messages, then stops
+    /// `delivery`.
+    private func finish(
+        _ delivery: Task<Void, Never>, of outbox: TelemetryOutbox, once fixture: HubFixture, has count: Int,
+        timeout: Duration = .seconds(60)
+    ) async {
+        #expect(await outbox.waitUntilEmpty(timeout: timeout))
+        #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= count })
+        delivery.cancel()
+        await delivery.value
+    }
+
     @Test func acceptedMessagesReachTheHubInTheirOrderWithTheirIds() async throws {
         try await HubFixture.with { fixture in
             let scratch = Scratch()
@@ -60,15 +84,9 @@ import Testing
             let scratch = Scratch()
             let client = try fixture.client()
             let outbox = try makeOutbox(client, scratch)
-            var ids: [String] = []
-            for start in stride(from: 0, to: 2600, by: 100) {
-                ids += try await outbox.accept((start..<(start + 100)).map { message($0) })
-            }
+            let ids = try await acceptInHundreds(outbox, 0..<2600)
             let delivery = Task { await outbox.run() }
-            #expect(await outbox.waitUntilEmpty(timeout: .seconds(60)))
-            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 2600 })
-            delivery.cancel()
-            await delivery.value
+            await finish(delivery, of: outbox, once: fixture, has: 2600)
             #expect(fixture.telemetry.count == 2600, "no copies without a drop")
             #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<2600).map { String($0) })
             #expect(fixture.telemetry.map(\.message.messageId) == ids.map(Optional.init))
@@ -88,10 +106,7 @@ import Testing
             let client = try fixture.client()
             let outbox = try makeOutbox(client, scratch)
             let batches = TelemetryOutbox.recentBytesLimit / 100_000 + 20
-            var ids: [String] = []
-            for start in stride(from: 0, to: batches * 100, by: 100) {
-                ids += try await outbox.accept((start..<(start + 100)).map { message($0, size: 1000) })
-            }
+            var ids = try await acceptInHundreds(outbox, 0..<(batches * 100), size: 1000)
             let kept = outbox.framesInMemory
             #expect(kept.frames > 0 && kept.frames < batches, "\(kept)")
             #expect(outbox.framesReadBack == 0)
@@ -99,13 +114,8 @@ import Testing
             let delivery = Task { await outbox.run() }
             // More while delivering: in memory again once there is room, after a gap read from the disk.
             let total = (batches + 20) * 100
-            for start in stride(from: batches * 100, to: total, by: 100) {
-                ids += try await outbox.accept((start..<(start + 100)).map { message($0, size: 1000) })
-            }
-            #expect(await outbox.waitUntilEmpty(timeout: .seconds(90)))
-            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= total })
-            delivery.cancel()
-            await delivery.value
+            ids += try await acceptInHundreds(outbox, (batches * 100)..<total, size: 1000)
+            await finish(delivery, of: outbox, once: fixture, has: total, timeout: .seconds(90))
             #expect(fixture.telemetry.count == total, "no copies without a drop")
             #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<total).map { String($0) })
             #expect(fixture.telemetry.map(\.message.messageId) == ids.map(Optional.init))
@@ -126,10 +136,7 @@ import Testing
             let outbox = try makeOutbox(client, scratch)
             let delivery = Task { await outbox.run() }
             for index in 0..<500 { _ = try await outbox.accept([message(index)]) }
-            #expect(await outbox.waitUntilEmpty(timeout: .seconds(30)))
-            #expect(await HubFixture.eventually(timeout: .seconds(30)) { fixture.telemetry.count >= 500 })
-            delivery.cancel()
-            await delivery.value
+            await finish(delivery, of: outbox, once: fixture, has: 500)
             #expect(fixture.telemetry.map { $0.message.properties["index"] } == (0..<500).map { String($0) })
             #expect(outbox.framesReadBack == 0)
             outbox.close()
@@ -317,9 +324,7 @@ import Testing
             let scratch = Scratch()
             let client = try fixture.client(over: transport)
             let outbox = try makeOutbox(client, scratch)
-            for start in stride(from: 0, to: 3000, by: 100) {
-                _ = try await outbox.accept((start..<(start + 100)).map { message($0) })
-            }
+            _ = try await acceptInHundreds(outbox, 0..<3000)
             let delivery = Task { await outbox.run() }
             for _ in 0..<3 {
                 _ = await HubFixture.eventually { fixture.telemetry.count > 500 }
