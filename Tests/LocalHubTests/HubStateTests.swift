@@ -224,10 +224,13 @@ import Testing
         _ = hub.subscribe(
             connection, [.init(topicFilter: TopicFilter.cloudToDevice(deviceId: "dev1"), qos: .atLeastOnce)])
         _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("before".utf8)), timeToLive: nil)
+        // Cloud-to-device messages are queued on the connection's event loop.
+        channel.embeddedEventLoop.run()
         #expect(try channel.readOutbound(as: MQTTPacket.self) != nil)
         #expect(hub.discardTraffic(of: key))
         #expect(connection.isDiscardingTraffic)
         _ = try hub.enqueueCloudToDevice(to: "dev1", message: Message(payload: Data("after".utf8)), timeToLive: nil)
+        channel.embeddedEventLoop.run()
         #expect(try channel.readOutbound(as: MQTTPacket.self) == nil)
         #expect(hub.isConnected(key), "the connection stays open: only the client gives it up")
     }

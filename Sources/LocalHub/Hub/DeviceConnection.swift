@@ -10,8 +10,9 @@ enum MQTTTransport: String, Sendable {
 }
 
 /// A live MQTT connection of a device or module, as the hub state refers to it. Sending is
-/// thread-safe: NIO channels accept writes from any thread and run them on their event loop
-/// in order.
+/// thread-safe: NIO channels accept writes from any thread and queue them on their event loop;
+/// a write made on that loop itself goes out at once, ahead of what other threads queued
+/// (``sendInOrder(_:)`` queues behind them).
 final class DeviceConnection: Sendable {
     let id: UInt64
     let key: IdentityKey
@@ -46,6 +47,14 @@ final class DeviceConnection: Sendable {
     /// notices only when its keep-alive goes unanswered (fault injection).
     func discardTraffic() {
         discarding.withLockedValue { $0 = true }
+    }
+
+    /// Queues the packets behind everything already queued on the channel's event loop, also
+    /// when called on that loop: called in the hub's lock, the packets go out in the order the
+    /// lock handed them out, whichever thread sent them.
+    func sendInOrder(_ packets: [MQTTPacket]) {
+        guard !packets.isEmpty else { return }
+        channel.eventLoop.execute { self.send(packets) }
     }
 
     /// Writes the packets and flushes once (nothing, when traffic is discarded).

@@ -44,11 +44,14 @@ extension Hub {
 
     /// Sends every queued, not yet in-flight message to the device if it is connected and
     /// subscribed. Called after enqueueing, after SUBSCRIBE, and after a reconnect.
+    /// Messages go out in queue order: the enqueueing thread and the event loop (after a
+    /// SUBSCRIBE or an acknowledgement) may both deliver, so packets are queued on the connection
+    /// while the lock that handed them out is held.
     func deliverCloudToDevice(to key: IdentityKey, now: Date = Date()) {
-        let outgoing = state.withLockedValue { state -> (DeviceConnection, [MQTTPacket])? in
+        state.withLockedValue { state in
             guard let session = state.sessions[key], let connection = session.connection,
                 var record = state.identities[key], !record.cloudToDevice.isEmpty
-            else { return nil }
+            else { return }
             let inflightTokens: Set<String> = Set(
                 session.inflight.compactMap { item in
                     if case .cloudToDevice(let token) = item.message.kind { return token }
@@ -71,9 +74,8 @@ extension Hub {
                 packets.append(packet)
             }
             state.identities[key] = record
-            return packets.isEmpty ? nil : (connection, packets)
+            connection.sendInOrder(packets)
         }
-        if let (connection, packets) = outgoing { connection.send(packets) }
     }
 
     /// Sends a message to a module input (no queue: the module must be listening).
