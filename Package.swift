@@ -76,7 +76,7 @@ let package = Package(
         // MARK: Durable storage: an append-only log of checksummed frames with group commit.
         .target(
             name: "DurableLog",
-            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            dependencies: ["AsyncPrimitives", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
 
@@ -145,9 +145,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            resources: [.copy("Resources/sidecar.yaml")],
-            swiftSettings: swiftSettings
+            // The OpenAPI document is compiled in (as a string) by the plugin below, not shipped
+            // as a resource bundle beside the binary.
+            exclude: ["Resources/sidecar.yaml"],
+            swiftSettings: swiftSettings,
+            plugins: ["EmbedOpenAPIDocument"]
         ),
+        .plugin(name: "EmbedOpenAPIDocument", capability: .buildTool(), dependencies: ["embed-text"]),
+        // The plugin's tool: a text file as a Swift string constant (built for the build machine).
+        .executableTarget(name: "embed-text", swiftSettings: swiftSettings),
 
         // MARK: The command-line tools: the sidecar, and the local hub as a program of its own
         // (so the sidecar users deploy carries none of LocalHub), with what both need.

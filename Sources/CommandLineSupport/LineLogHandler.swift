@@ -1,5 +1,8 @@
-import Foundation
 package import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One line per event on standard error: `time level label: key=value … [source] message`.
 ///
@@ -29,7 +32,7 @@ package struct LineLogHandler: LogHandler {
         let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let line =
             "\(Self.timestamp()) \(event.level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(event.source)] \(event.message)\n"
-        FileHandle.standardError.write(Data(line.utf8))
+        StandardStreams.writeError(line)
     }
 
     private static func timestamp() -> String {

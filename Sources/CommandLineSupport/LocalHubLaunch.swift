@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What `iothub-sidecar` and `iothub-localhub` agree on: the local hub's default data
 /// directory, the executable's name, and the line it prints when ready for a program

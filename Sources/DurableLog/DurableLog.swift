@@ -1,5 +1,7 @@
+import AsyncPrimitives
 import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import NIOConcurrencyHelpers
 
 /// A durable, append-only log of frames on disk: the storage under the telemetry outbox and
@@ -141,7 +143,7 @@ public final class DurableLog: Sendable {
         activeFile = NIOLockedValueBox(try FileSystem.openForAppending(last.path))
         state = NIOLockedValueBox(
             State(segments: recovered.segments, nextSequence: last.lastSequence + 1, discardedThrough: discarded))
-        WriterThread.start(name: "durable-log-writer") { [self] in
+        DedicatedThread.start(name: "durable-log-writer") { [self] in
             runWriter()
             writerFinished.signal()
         }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Reads the frames of one segment in pieces (never the whole file in memory).
 enum SegmentReader {

@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 public import IoTHubProtocol
 
 /// The client's state for status reports: the connection state and since when, the last error,

@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 public import IoTHubProtocol
 
 /// The client's connection as applications see it.

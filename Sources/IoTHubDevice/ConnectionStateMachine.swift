@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IoTHubProtocol
 
 /// A point in time on the two clocks of the connection's lifecycle: the wall clock for what is

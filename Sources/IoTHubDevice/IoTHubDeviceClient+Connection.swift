@@ -1,5 +1,5 @@
 import AsyncPrimitives
-import Foundation
+import FoundationEssentials
 public import IoTHubProtocol
 import NIOConcurrencyHelpers
 

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 public import IoTHubProtocol
 
 // MARK: Telemetry and cloud-to-device messages

@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 
 /// A direct-method call the hub delivered to the device.
 public struct MethodRequest: Sendable, Hashable {

@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 
 /// A JSON document as a Sendable value: what twins, method payloads and patches are made of.
 ///

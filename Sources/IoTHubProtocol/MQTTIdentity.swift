@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What a device presents in an MQTT CONNECT: client id, user name (and, separately, the SAS
 /// token as password, or an X.509 certificate and no password).
@@ -83,7 +83,7 @@ public struct MQTTUsername: Sendable, Hashable {
     /// Parses `{host}/{clientId}/?{query}`; nil when the shape is wrong. The query may be empty.
     public init?(parsing username: String) {
         guard let slash = username.firstIndex(of: "/"),
-            let marker = username.range(of: "/?")
+            let marker = username.utf8.firstRange(of: "/?".utf8)
         else { return nil }
         let host = username[..<slash]
         let clientStart = username.index(after: slash)

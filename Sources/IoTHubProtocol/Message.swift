@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 
 /// A device-to-cloud or cloud-to-device message: a payload plus IoT Hub's system properties and
 /// the application's own properties.

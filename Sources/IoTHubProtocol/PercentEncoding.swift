@@ -43,6 +43,21 @@ public enum PercentEncoding {
     /// valid UTF-8 become U+FFFD, so decoding never fails.
     public static func decode(_ value: Substring) -> String {
         guard value.utf8.contains(UInt8(ascii: "%")) else { return String(value) }
+        // Lenient decoding always has bytes.
+        return String(decoding: decodedBytes(value, strict: false) ?? [], as: UTF8.self)
+    }
+
+    /// Decodes `%XX` sequences, or nil when `value` is not valid percent-encoded UTF-8: a `%`
+    /// without two hex digits, or bytes that are not UTF-8 (as Foundation's
+    /// `removingPercentEncoding`). For names a client chose, which must not be changed silently.
+    public static func strictlyDecode(_ value: Substring) -> String? {
+        guard value.utf8.contains(UInt8(ascii: "%")) else { return String(value) }
+        return decodedBytes(value, strict: true).flatMap { String(validating: $0, as: UTF8.self) }
+    }
+
+    /// The bytes `%XX` sequences stand for; a `%` without two hex digits is kept, or with
+    /// `strict` makes the answer nil.
+    private static func decodedBytes(_ value: Substring, strict: Bool) -> [UInt8]? {
         let bytes = Array(value.utf8)
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count)
@@ -55,11 +70,12 @@ public enum PercentEncoding {
                 output.append(high << 4 | low)
                 index += 3
             } else {
+                if strict && byte == UInt8(ascii: "%") { return nil }
                 output.append(byte)
                 index += 1
             }
         }
-        return String(decoding: output, as: UTF8.self)
+        return output
     }
 
     /// Decodes `%XX` sequences; see ``decode(_:)-(Substring)``.

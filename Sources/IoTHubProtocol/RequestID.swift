@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 
 /// Request ids (`$rid`) for twin operations the client starts.
 public enum RequestID {

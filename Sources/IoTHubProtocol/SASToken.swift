@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 
 /// An IoT Hub shared access signature:
 /// `SharedAccessSignature sr=<resource>&sig=<signature>&se=<expiry>[&skn=<key name>]`.
@@ -102,8 +102,8 @@ public struct SASToken: Sendable, Hashable {
                 throw .valueError(
                     field: "SAS token", reason: "has a \(position) without '=' (fields are name=value, joined by '&')")
             }
-            let name = field[..<equals].trimmingCharacters(in: .whitespaces)
-            let value = field[field.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            let name = field[..<equals].trimmingWhitespace()
+            let value = field[field.index(after: equals)...].trimmingWhitespace()
             guard ["sr", "sig", "se", "skn"].contains(name) else {
                 throw .valueError(
                     field: "SAS token", reason: "has an unknown name in \(position) (allowed: sr, sig, se, skn)")

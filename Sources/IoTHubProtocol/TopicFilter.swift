@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The MQTT topic filters a device subscribes to.
 public enum TopicFilter {
@@ -27,7 +27,7 @@ enum TopicQuery {
     /// Splits `topic` at its last `/?` into the path before it and the decoded parameters after
     /// it (keys keep their `$`). Nil when there is no `/?` or a parameter has no `=`.
     static func split(_ topic: Substring) -> (path: Substring, parameters: [String: String])? {
-        guard let marker = topic.range(of: "/?", options: .backwards) else { return nil }
+        guard let marker = topic.utf8.ranges(of: "/?".utf8).last else { return nil }
         var parameters: [String: String] = [:]
         for pair in topic[marker.upperBound...].split(separator: "&") {
             guard let equals = pair.firstIndex(of: "=") else { return nil }

@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 
 /// A device or module twin as the device sees it: desired and reported properties, each with
 /// its `$version`.

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IoTHubProtocol
 
 /// Where a command reads the device connection string from: a file named on the command line,
@@ -24,7 +24,7 @@ struct ConnectionStringSource {
                 "no connection string: set \(Self.environmentVariable) or pass --connection-string-file FILE")
         }
         do {
-            return try ConnectionString(parsing: text.trimmingCharacters(in: .whitespacesAndNewlines))
+            return try ConnectionString(parsing: text.trimmingWhitespaceAndNewlines())
         } catch {
             throw CommandFailure("the connection string in \(origin) is invalid: \(error)")
         }

@@ -1,6 +1,6 @@
 import ArgumentParser
 import CommandLineSupport
-import Foundation
+import FoundationEssentials
 
 #if canImport(Glibc)
     import Glibc
@@ -28,7 +28,7 @@ struct HubCommand: ParsableCommand {
         do {
             path = try LocalHubProcess.locateExecutable()
         } catch {
-            FileHandle.standardError.write(Data("iothub-sidecar hub: \(error)\n".utf8))
+            StandardStreams.writeError("iothub-sidecar hub: \(error)\n")
             throw ExitCode.failure
         }
         let argv = ([path] + arguments).map { strdup($0) }
@@ -37,7 +37,7 @@ struct HubCommand: ParsableCommand {
         }
         let reason = String(cString: strerror(errno))
         argv.forEach { free($0) }
-        FileHandle.standardError.write(Data("iothub-sidecar hub: cannot run \(path): \(reason)\n".utf8))
+        StandardStreams.writeError("iothub-sidecar hub: cannot run \(path): \(reason)\n")
         throw ExitCode.failure
     }
 }

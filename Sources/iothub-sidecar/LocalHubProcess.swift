@@ -1,6 +1,6 @@
 import CommandLineSupport
 import Dispatch
-import Foundation
+import FoundationEssentials
 import Logging
 import ServiceLifecycle
 import Synchronization

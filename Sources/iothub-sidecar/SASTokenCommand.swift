@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import CommandLineSupport
+import FoundationEssentials
 import IoTHubProtocol
 
 /// `iothub-sidecar sas-token`: prints a SAS token for the identity of a connection string.
@@ -49,7 +50,7 @@ struct SASTokenCommand: ParsableCommand {
         do {
             print(try makeToken().string)
         } catch {
-            FileHandle.standardError.write(Data("iothub-sidecar sas-token: \(error)\n".utf8))
+            StandardStreams.writeError("iothub-sidecar sas-token: \(error)\n")
             throw ExitCode.failure
         }
     }

@@ -1,4 +1,5 @@
-import Foundation
+import CommandLineSupport
+import FoundationEssentials
 
 #if canImport(Glibc)
     import Glibc
@@ -16,7 +17,7 @@ enum SecretFile {
     static func read(_ path: String, what: String) throws(CommandFailure) -> String {
         let data: Data?
         if path == "-" {
-            data = FileHandle.standardInput.readDataToEndOfFile()
+            data = StandardStreams.readInput().map { Data($0) }
         } else {
             var info = stat()
             if stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandLineSupport
-import Foundation
+import FoundationEssentials
+import Glibc
 import IoTHubDevice
 import IoTHubProtocol
 import Logging
@@ -570,8 +571,8 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     static func fail(_ message: String) -> Never {
-        FileHandle.standardError.write(Data("iothub-sidecar: \(message)\n".utf8))
-        Foundation.exit(1)
+        StandardStreams.writeError("iothub-sidecar: \(message)\n")
+        Glibc.exit(1)
     }
 }
 

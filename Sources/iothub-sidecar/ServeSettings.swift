@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import IoTHubDevice
 import IoTHubProtocol
 import Logging
@@ -151,7 +152,7 @@ struct ServeSettings {
             ?? ListenAddress(parsing: options.value(command.listen, "IOTHUB_SIDECAR_LISTEN") ?? "127.0.0.1:8080")
         var apiToken: String?
         if let file = options.value(command.apiTokenFile, "IOTHUB_SIDECAR_API_TOKEN_FILE") {
-            let token = try SecretFile.read(file, what: "the API token").trimmingCharacters(in: .whitespacesAndNewlines)
+            let token = try SecretFile.read(file, what: "the API token").trimmingWhitespaceAndNewlines()
             guard !token.isEmpty else { throw CommandFailure("the API token file \(file) is empty") }
             apiToken = token
         }
@@ -255,7 +256,7 @@ struct ServeSettings {
                     "--proxy must not carry a password: put it in --proxy-password-file or IOTHUB_PROXY_PASSWORD")
             }
             if let file = command.proxyPasswordFile {
-                proxy.password = try SecretFile.read(file, what: "the proxy password").trimmingCharacters(in: .newlines)
+                proxy.password = try SecretFile.read(file, what: "the proxy password").trimmingNewlines()
             } else if let password = options.environment["IOTHUB_PROXY_PASSWORD"], !password.isEmpty {
                 proxy.password = password
             }
@@ -298,17 +299,16 @@ struct ServeSettings {
         if let file = command.connectionStringFile {
             candidates.append(
                 .connectionString(
-                    try SecretFile.read(file, what: "the connection string").trimmingCharacters(
-                        in: .whitespacesAndNewlines)))
+                    try SecretFile.read(file, what: "the connection string").trimmingWhitespaceAndNewlines()))
         } else if let text = options.environment["IOTHUB_DEVICE_CONNECTION_STRING"], !text.isEmpty, !command.localHub {
-            candidates.append(.connectionString(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+            candidates.append(.connectionString(text.trimmingWhitespaceAndNewlines()))
         }
         if let file = command.sasTokenFile {
             candidates.append(
                 .sasToken(
-                    try SecretFile.read(file, what: "the SAS token").trimmingCharacters(in: .whitespacesAndNewlines)))
+                    try SecretFile.read(file, what: "the SAS token").trimmingWhitespaceAndNewlines()))
         } else if let text = options.environment["IOTHUB_DEVICE_SAS_TOKEN"], !text.isEmpty, !command.localHub {
-            candidates.append(.sasToken(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+            candidates.append(.sasToken(text.trimmingWhitespaceAndNewlines()))
         }
         func named() throws -> (String, String) {
             guard let hostName, let deviceId else {
@@ -324,7 +324,7 @@ struct ServeSettings {
             let (host, device) = try named()
             candidates.append(
                 .symmetricKey(
-                    key: keyText.trimmingCharacters(in: .whitespacesAndNewlines), hostName: host, deviceId: device,
+                    key: keyText.trimmingWhitespaceAndNewlines(), hostName: host, deviceId: device,
                     moduleId: moduleId))
         }
         if let certificateFile = options.value(command.x509CertificateFile, "IOTHUB_DEVICE_X509_CERT_FILE") {
@@ -332,7 +332,7 @@ struct ServeSettings {
                 throw CommandFailure("--x509-cert-file needs --x509-key-file")
             }
             let passPhrase = try options.value(command.x509PassPhraseFile, "IOTHUB_DEVICE_X509_PASS_PHRASE_FILE").map {
-                try SecretFile.read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
+                try SecretFile.read($0, what: "the pass phrase").trimmingNewlines()
             }
             let credential = X509Credential(
                 certificatePEM: try SecretFile.read(certificateFile, what: "the certificate"),
@@ -395,7 +395,7 @@ extension ServeSettings {
         if let key = try command.keyFile.map({ try SecretFile.read($0, what: "the shared access key") })
             ?? options.value(nil, "IOTHUB_DEVICE_KEY")
         {
-            credentials.append(.symmetricKey(key.trimmingCharacters(in: .whitespacesAndNewlines)))
+            credentials.append(.symmetricKey(key.trimmingWhitespaceAndNewlines()))
         }
         if let groupKey = try command.groupKeyFile.map({ try SecretFile.read($0, what: "the enrollment group key") })
             ?? options.value(nil, "IOTHUB_DPS_GROUP_KEY")
@@ -404,7 +404,7 @@ extension ServeSettings {
                 credentials.append(
                     .symmetricKey(
                         try ProvisioningDeviceClient.deriveDeviceKey(
-                            groupKey: groupKey.trimmingCharacters(in: .whitespacesAndNewlines),
+                            groupKey: groupKey.trimmingWhitespaceAndNewlines(),
                             registrationId: registrationId)))
             } catch {
                 throw CommandFailure("the enrollment group key is not a base64-encoded key")
@@ -415,7 +415,7 @@ extension ServeSettings {
                 throw CommandFailure("--x509-cert-file needs --x509-key-file")
             }
             let passPhrase = try options.value(command.x509PassPhraseFile, "IOTHUB_DEVICE_X509_PASS_PHRASE_FILE").map {
-                try SecretFile.read($0, what: "the pass phrase").trimmingCharacters(in: .newlines)
+                try SecretFile.read($0, what: "the pass phrase").trimmingNewlines()
             }
             credentials.append(
                 .x509(

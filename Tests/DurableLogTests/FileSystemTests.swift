@@ -18,16 +18,6 @@ import Testing
         #expect(FileSystem.lastComponent(of: "/a/b/") == "b")
     }
 
-    @Test func theWriterThreadRunsItsBodyUnderItsName() async {
-        let name = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
-            WriterThread.start(name: "durable-log-test-thread-name") {
-                let comm = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
-                continuation.resume(returning: comm.trimmingCharacters(in: .newlines))
-            }
-        }
-        #expect(name == "durable-log-tes")
-    }
-
     @Test(arguments: [UInt64(0), 1, 42, 1_000_000_007, UInt64.max])
     func aMarkIsTwentyDigitsAndANewline(sequence: UInt64) {
         let text = WatermarkFile.fixedWidth(sequence)

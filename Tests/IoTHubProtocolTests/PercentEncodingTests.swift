@@ -1,3 +1,4 @@
+import Foundation
 import IoTHubProtocol
 import PropertyBased
 import Testing
@@ -52,5 +53,14 @@ let hostileStringGenerator = Gen<Character>.oneOf(
         await propertyCheck(count: 300, input: hostileStringGenerator) { value in
             #expect(PercentEncoding.decode(PercentEncoding.encode(value)) == value)
         }
+    }
+
+    /// Strict decoding (names in request paths) answers as Foundation's `removingPercentEncoding`,
+    /// which the sidecar used before it stopped linking Foundation.
+    @Test(arguments: hostileStrings + ["%FF", "%c3%bc", "%C3", "a%2", "%%41", "%41%", "%ZZ", "%e2%82%ac"])
+    func strictDecodingIsFoundationsRemovingPercentEncoding(_ value: String) {
+        #expect(PercentEncoding.strictlyDecode(value[...]) == value.removingPercentEncoding)
+        let encoded = PercentEncoding.encode(value)
+        #expect(PercentEncoding.strictlyDecode(encoded[...]) == encoded.removingPercentEncoding)
     }
 }

@@ -312,8 +312,8 @@ def test_the_build_stage_copies_a_package_swiftpm_can_load(tmp_path):
 def test_the_build_stage_builds_a_stripped_binary(tmp_path):
     """The build stage's RUN commands, in order, in a clean copy of its COPY set, as root would
     run them in the swift image: apt-get is not run (its packages must already be installed
-    here), `/out` is a temporary directory. The result is a stripped binary with its resource
-    bundle that runs."""
+    here), `/out` is a temporary directory. The result is a stripped binary, the only file the
+    run stage copies, that runs."""
     instructions = dockerfile_build_stage()
     workdir = replay_copies(instructions, str(tmp_path / "image"))
     out = str(tmp_path / "out")
@@ -331,6 +331,17 @@ def test_the_build_stage_builds_a_stripped_binary(tmp_path):
     binary = os.path.join(out, "iothub-sidecar")
     sections = subprocess.run(["readelf", "-S", binary], capture_output=True, text=True, check=True).stdout
     assert ".symtab" not in sections, "the binary is not stripped"
-    assert os.path.exists(os.path.join(out, "iothub-sidecar_Sidecar.resources", "sidecar.yaml"))
+    assert os.listdir(out) == ["iothub-sidecar"], "the image gets one file: " + repr(os.listdir(out))
     assert subprocess.run([binary, "--help"], capture_output=True).returncode == 0
     print("stripped binary: {} bytes".format(os.path.getsize(binary)))
+
+
+def test_the_sidecar_links_no_foundation_and_no_icu():
+    """The sidecar's modules import FoundationEssentials, never Foundation, which would bring
+    CoreFoundation and ICU's 34 MB of data into the binary users deploy (docs/PERFORMANCE.md,
+    "Footprint"). The debug build links the Swift libraries dynamically, so what it needs is what
+    the code uses; LocalHub, a program of its own, may use Foundation."""
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]",
+                        subprocess.run(["readelf", "-d", BINARY], capture_output=True, text=True, check=True).stdout)
+    assert "libFoundationEssentials.so" in needed, needed
+    assert not [library for library in needed if library.startswith(("libFoundation.so", "libFoundationInternationalization", "lib_FoundationICU"))], needed

@@ -1,4 +1,4 @@
-public import Foundation
+public import FoundationEssentials
 public import IoTHubProtocol
 
 /// The IoT Edge security daemon's workload API, as a module reaches it (the Python SDK's

@@ -1,6 +1,7 @@
 internal import CCurl
 import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import IoTHubProtocol
 
 /// Outbound HTTPS with libcurl, for the hub's file-upload endpoints and blob storage: the

@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import NIOConcurrencyHelpers
 
 /// The bytes of a streamed upload, from the request handler (writer, async) to libcurl's read
 /// callback (reader, on the transfer's dispatch thread). At most ``capacity`` bytes wait in
@@ -6,11 +8,13 @@ import Foundation
 ///
 /// `@unchecked Sendable`: every stored `var` (`chunks`, `offset`, `buffered`, the three flags and
 /// `waitingWriter`) is read and written only while `condition` is locked — in `locked(_:)` or
-/// between the explicit `lock()` and `unlock()` of `read(into:)` — and `waitingWriter` is
-/// resumed only after the lock is released; `capacity` is a constant; `NSCondition` itself is
-/// made to be used from several threads.
+/// between the `lock(whenValue:)` and `unlock(withValue:)` of `read(into:)` — and
+/// `waitingWriter` is resumed only after the lock is released; `capacity` is a constant;
+/// NIO's `ConditionLock` (a pthread mutex and condition) is made to be used from several threads.
 final class UploadPipe: @unchecked Sendable {
-    private let condition = NSCondition()
+    /// Its value says whether the reader has something to do (``readerMayGoOn``), set at every
+    /// unlock: `read(into:)` waits for `true`.
+    private let condition = ConditionLock(value: false)
     private var chunks: [Data] = []
     private var offset = 0
     private var buffered = 0
@@ -30,7 +34,6 @@ final class UploadPipe: @unchecked Sendable {
             guard !readingClosed else { return false }
             chunks.append(data)
             buffered += data.count
-            condition.signal()
             return buffered > capacity
         }
         if full {
@@ -49,14 +52,12 @@ final class UploadPipe: @unchecked Sendable {
     func finishWriting() {
         locked {
             writingFinished = true
-            condition.signal()
         }
     }
 
     func abort() {
         locked {
             aborted = true
-            condition.signal()
         }
     }
 
@@ -73,12 +74,9 @@ final class UploadPipe: @unchecked Sendable {
     /// Copies up to `buffer.count` bytes, blocking until some are there; 0 at the end, nil
     /// when the writer aborted.
     func read(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
-        condition.lock()
-        while chunks.isEmpty && !writingFinished && !aborted {
-            condition.wait()
-        }
+        condition.lock(whenValue: true)
         if aborted {
-            condition.unlock()
+            condition.unlock(withValue: readerMayGoOn)
             return nil
         }
         var copied = 0
@@ -102,14 +100,17 @@ final class UploadPipe: @unchecked Sendable {
             writer = waitingWriter
             waitingWriter = nil
         }
-        condition.unlock()
+        condition.unlock(withValue: readerMayGoOn)
         writer?.resume()
         return copied
     }
 
+    /// Whether `read(into:)` has something to do: bytes, the end, or the abort. Read under the lock.
+    private var readerMayGoOn: Bool { !chunks.isEmpty || writingFinished || aborted }
+
     private func locked<T>(_ body: () -> T) -> T {
         condition.lock()
-        defer { condition.unlock() }
+        defer { condition.unlock(withValue: readerMayGoOn) }
         return body()
     }
 }

@@ -1,7 +1,8 @@
 import AsyncPrimitives
 internal import CMosquitto
 import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import IoTHubProtocol
 import NIOConcurrencyHelpers
 

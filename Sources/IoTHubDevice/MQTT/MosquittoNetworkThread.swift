@@ -1,7 +1,9 @@
+import AsyncPrimitives
 internal import CMosquitto
 internal import COpenSSL
 import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import IoTHubProtocol
 import Synchronization
 
@@ -75,11 +77,10 @@ final class MosquittoNetworkThread: Sendable {
         self.beforeWrite = beforeWrite
         self.wakeDescriptor = ends[0]
         self.wakeWriteDescriptor = ends[1]
-        let thread = Thread { [self] in
+        DedicatedThread.start(name: "iothub-mqtt") { [self] in
             run()
             finished.signal()
         }
-        thread.start()
     }
 
     deinit {
@@ -109,7 +110,6 @@ final class MosquittoNetworkThread: Sendable {
 
     private func run() {
         runningThread.store(pthread_self(), ordering: .releasing)
-        Thread.current.name = "iothub-mqtt"
         var descriptors = [
             pollfd(fd: -1, events: 0, revents: 0),
             pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0),

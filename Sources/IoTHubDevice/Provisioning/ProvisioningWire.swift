@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IoTHubProtocol
 
 /// The Device Provisioning Service's MQTT protocol as the device sees it, as pure values: the

@@ -1,7 +1,7 @@
 import AsyncPrimitives
 import Dispatch
 import DurableLog
-public import Foundation
+public import FoundationEssentials
 public import IoTHubProtocol
 public import Logging
 import NIOConcurrencyHelpers

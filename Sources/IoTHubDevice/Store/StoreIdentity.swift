@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import IoTHubProtocol
 
 /// Which identity a store's messages belong to, kept in the store's directory (`identity`):
 /// messages accepted for one device must never be sent as another, nor one device's
@@ -14,8 +15,7 @@ enum StoreIdentity {
     /// when the store holds messages (`holdsMessages`) recorded for another identity.
     static func claim(_ identity: String, directory: String, holdsMessages: Bool) throws(StoreIdentityConflict) {
         let path = directory + "/identity"
-        let recorded = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(
-            in: .whitespacesAndNewlines)
+        let recorded = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingWhitespaceAndNewlines()
         if let recorded, recorded != identity, holdsMessages {
             throw StoreIdentityConflict(directory: directory, recorded: recorded, current: identity)
         }

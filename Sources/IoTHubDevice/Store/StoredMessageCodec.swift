@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IoTHubProtocol
 
 /// A message as the outbox and the inbox keep it on disk: the payload, every system and

@@ -1,5 +1,5 @@
 internal import COpenSSL
-import Foundation
+import FoundationEssentials
 import IoTHubProtocol
 import NIOConcurrencyHelpers
 

@@ -1,5 +1,5 @@
 internal import COpenSSL
-import Foundation
+import FoundationEssentials
 import IoTHubProtocol
 
 /// Whom the client trusts when it opens TLS to the hub, decided once and applied by each of

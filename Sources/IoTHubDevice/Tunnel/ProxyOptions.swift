@@ -45,7 +45,7 @@ public struct ProxyOptions: Sendable, Hashable, CustomStringConvertible {
     /// User name and password may be percent-encoded; the port defaults to 1080. Errors never
     /// repeat a part of the URL: a password in the wrong place must not reach a log.
     public init(url text: String) throws(IoTHubError) {
-        guard let schemeEnd = text.range(of: "://") else {
+        guard let schemeEnd = text.utf8.firstRange(of: "://".utf8) else {
             throw .valueError(
                 field: "proxy", reason: "must be a URL such as http://proxy.example:3128 or socks5://10.0.0.1:1080")
         }

@@ -1,5 +1,7 @@
 internal import COpenSSL
-import Foundation
+import FoundationEssentials
+import Glibc
+import IoTHubProtocol
 
 /// Why a tunnel could not be opened, in words for the person reading the error.
 struct TunnelFailure: Error, Equatable, CustomStringConvertible {
@@ -71,7 +73,7 @@ struct HTTPResponseHead: Equatable {
         for line in lines where !line.isEmpty {
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = line[..<colon].lowercased()
-            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            let value = line[line.index(after: colon)...].trimmingWhitespace()
             headers.append((name, value))
         }
         return HTTPResponseHead(status: status, reason: parts.count > 2 ? String(parts[2]) : "", headers: headers)

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IoTHubDevice
 
 /// The outbox's figures with its settings (`GET /outbox`, the `iothub_sidecar_outbox_…` metrics).

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IoTHubDevice
 import IoTHubProtocol
 
@@ -80,6 +80,6 @@ struct SidecarEvent: Sendable, Equatable {
 
     /// An error's explanation without its leading code.
     static func message(of error: IoTHubError) -> String {
-        error.description.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces)
+        error.description.drop { $0 != ":" }.dropFirst().trimmingWhitespace()
     }
 }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// RFC 3339 UTC timestamps, whole seconds (`2025-01-31T12:00:00Z`).
 enum Timestamp {

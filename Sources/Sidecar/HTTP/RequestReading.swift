@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import HTTPTypes
 import Hummingbird
 import IoTHubProtocol
@@ -84,7 +84,8 @@ extension Request {
 extension BasicRequestContext {
     /// The path parameter `name`, percent-decoded and not empty.
     func pathParameter(_ name: String) throws(ProblemDetails) -> String {
-        guard let raw = parameters.get(name), let value = raw.removingPercentEncoding, !value.isEmpty else {
+        guard let raw = parameters.get(name), let value = PercentEncoding.strictlyDecode(raw[...]), !value.isEmpty
+        else {
             throw .invalid("\(name) is missing or not valid percent-encoded UTF-8", field: name)
         }
         return value

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import HummingbirdCore
 import Logging
 import NIOCore

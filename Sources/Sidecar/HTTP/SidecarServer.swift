@@ -1,4 +1,5 @@
-public import Foundation
+public import FoundationEssentials
+import Glibc
 import HTTPTypes
 public import Hummingbird
 import HummingbirdCore
@@ -44,26 +45,11 @@ public struct SidecarServerConfiguration: Sendable {
 /// The sidecar's HTTP application: the routes of ``SidecarRoutes`` behind the metrics, problem
 /// and token middleware.
 public enum SidecarServer {
-    /// The OpenAPI document (`openapi/sidecar.yaml`), from the resource bundle SwiftPM puts
-    /// next to the executable (`iothub-sidecar_Sidecar.resources`). Looked up by hand rather than
-    /// with `Bundle.module`, which stops the process when the bundle is missing: a binary copied
-    /// without its bundle still serves, with a one-line stand-in document.
+    /// The OpenAPI document (`openapi/sidecar.yaml`), compiled into the binary by the
+    /// EmbedOpenAPIDocument build plugin: served exactly as the file is, with nothing to install
+    /// beside the executable.
     public static func openAPIDocument() -> Data {
-        // The running binary, found through /proc rather than `Bundle.main` (which would link
-        // CoreFoundation and ICU's data into the program: docs/PERFORMANCE.md, "Footprint").
-        let executables = [
-            URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath(),
-            URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath(),
-        ]
-        let candidates = executables.map {
-            $0.deletingLastPathComponent().appendingPathComponent("iothub-sidecar_Sidecar.resources/sidecar.yaml")
-        }
-        for candidate in candidates {
-            if let data = try? Data(contentsOf: candidate) { return data }
-        }
-        return Data(
-            "openapi: 3.1.0\ninfo: {title: iothub-sidecar, version: unknown, description: the document was not installed next to the executable}\npaths: {}\n"
-                .utf8)
+        EmbeddedOpenAPIDocument.text.withUTF8Buffer { Data($0) }
     }
 
     /// The router: every area's routes behind the middleware. The routes are recorded as they

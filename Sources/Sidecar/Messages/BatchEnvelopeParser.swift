@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Reads IoT Hub's batch envelope (`application/vnd.microsoft.iothub.json`): a JSON array of
 /// `{"body": string, "base64Encoded": bool, "properties": {string: string}}`.

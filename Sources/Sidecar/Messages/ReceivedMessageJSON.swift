@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import HTTPTypes
 import IoTHubDevice
 import IoTHubProtocol
@@ -51,7 +51,7 @@ enum ReceivedMessageJSON {
     static func isAccepted(by headers: HTTPFields) -> Bool {
         for field in headers[values: .accept] {
             for range in field.split(separator: ",") {
-                let parts = range.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+                let parts = range.split(separator: ";").map { $0.trimmingWhitespace() }
                 guard let type = parts.first, type.lowercased() == mediaType else { continue }
                 let quality = parts.dropFirst().first { $0.lowercased().hasPrefix("q=") }
                 if let quality, let value = Double(quality.dropFirst(2)), value <= 0 { continue }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Hummingbird
 import IoTHubDevice
 import IoTHubProtocol
@@ -57,7 +57,8 @@ struct BlobRoutes: RouteArea {
     @Sendable func upload(_ request: Request, context: Context) async throws -> Response {
         try requireDeviceIdentity()
         let segments = context.parameters.getCatchAll()
-        guard let blobName = segments.joined(separator: "/").removingPercentEncoding, !blobName.isEmpty else {
+        guard let blobName = PercentEncoding.strictlyDecode(segments.joined(separator: "/")[...]), !blobName.isEmpty
+        else {
             throw ProblemDetails.invalid("the blob name is not valid percent-encoded UTF-8", field: "blobName")
         }
         try Self.checkBlobName(blobName)

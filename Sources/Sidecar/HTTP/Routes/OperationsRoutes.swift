@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import HTTPTypes
 import Hummingbird
 import IoTHubProtocol
@@ -84,7 +84,7 @@ struct OperationsRoutes: RouteArea {
             throw ProblemDetails.invalid("send the token as text/plain, not \(type)", status: 415)
         }
         let body = try await request.collectedBody()
-        let text = String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let text = String(decoding: body, as: UTF8.self).trimmingWhitespaceAndNewlines()
         do {
             try await bridge.updateSASToken(text)
         } catch .notASASTokenIdentity(let authentication) {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Hummingbird
 
 /// One area of the REST API (`openapi/sidecar.yaml`): its routes, each a thin mapping of a

@@ -4,19 +4,19 @@ import Dispatch
     import Glibc
 #endif
 
-/// A named thread of its own for the log's writer, which blocks on the disk and so must not take
-/// one of the shared pools' threads. Made with pthreads rather than Foundation's `Thread`, which
-/// would link CoreFoundation and ICU's data into every program that uses the log
-/// (docs/PERFORMANCE.md, "Footprint").
-enum WriterThread {
+/// A named thread of its own, for work that blocks (the durable log's writer on the disk, the
+/// MQTT network thread in `poll`) and so must not take one of the shared pools' threads. Made
+/// with pthreads rather than Foundation's `Thread`, which would link CoreFoundation and ICU's
+/// data into the program (docs/PERFORMANCE.md, "Footprint").
+public enum DedicatedThread {
     /// Starts `body` on a new detached thread named `name` (at most 15 bytes are kept). Without
     /// a thread (the system's limit reached), `body` runs on a thread of the dispatch pool rather
-    /// than never: the log would hang every append.
-    static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+    /// than never (the log would hang every append).
+    public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
         let work = Work(run: body, name: name)
         let context = Unmanaged.passRetained(work).toOpaque()
         var thread = pthread_t()
-        guard pthread_create(&thread, nil, writerThreadMain, context) == 0 else {
+        guard pthread_create(&thread, nil, dedicatedThreadMain, context) == 0 else {
             Unmanaged<Work>.fromOpaque(context).release()
             DispatchQueue.global().async { work.run() }
             return
@@ -36,7 +36,7 @@ enum WriterThread {
 
     /// Names the calling thread as `ps -L` and `top -H` show it, through
     /// `/proc/thread-self/comm` (glibc's `pthread_setname_np` is not visible to Swift).
-    static func nameCurrentThread(_ name: String) {
+    public static func nameCurrentThread(_ name: String) {
         let file = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
         guard file >= 0 else { return }
         let bytes = Array(name.utf8.prefix(15))
@@ -45,11 +45,11 @@ enum WriterThread {
     }
 }
 
-/// The new thread's entry point: takes over the reference `WriterThread.start` retained for it.
-private func writerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+/// The new thread's entry point: takes over the reference `DedicatedThread.start` retained for it.
+private func dedicatedThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
     guard let context else { return nil }
-    let work = Unmanaged<WriterThread.Work>.fromOpaque(context).takeRetainedValue()
-    WriterThread.nameCurrentThread(work.name)
+    let work = Unmanaged<DedicatedThread.Work>.fromOpaque(context).takeRetainedValue()
+    DedicatedThread.nameCurrentThread(work.name)
     work.run()
     return nil
 }
