@@ -1,4 +1,3 @@
-import FoundationEssentials
 public import IoTHubProtocol
 
 // MARK: SAS tokens

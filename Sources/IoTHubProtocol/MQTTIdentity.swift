@@ -1,5 +1,3 @@
-import FoundationEssentials
-
 /// What a device presents in an MQTT CONNECT: client id, user name (and, separately, the SAS
 /// token as password, or an X.509 certificate and no password).
 ///

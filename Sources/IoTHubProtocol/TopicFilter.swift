@@ -1,5 +1,3 @@
-import FoundationEssentials
-
 /// The MQTT topic filters a device subscribes to.
 public enum TopicFilter {
     /// Cloud-to-device messages for a device: `devices/{d}/messages/devicebound/#`.

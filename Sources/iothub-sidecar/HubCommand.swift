@@ -1,6 +1,5 @@
 import ArgumentParser
 import CommandLineSupport
-import FoundationEssentials
 
 #if canImport(Glibc)
     import Glibc

@@ -2,7 +2,6 @@ import AsyncPrimitives
 internal import CMosquitto
 internal import COpenSSL
 import Dispatch
-import FoundationEssentials
 import Glibc
 import IoTHubProtocol
 import Synchronization

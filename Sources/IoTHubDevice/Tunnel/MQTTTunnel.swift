@@ -1,5 +1,4 @@
 import Dispatch
-import FoundationEssentials
 import IoTHubProtocol
 import NIOConcurrencyHelpers
 import NIOCore

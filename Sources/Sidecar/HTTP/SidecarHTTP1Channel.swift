@@ -1,4 +1,3 @@
-import FoundationEssentials
 import HummingbirdCore
 import Logging
 import NIOCore
