@@ -3,13 +3,10 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
-/// Hummingbird's HTTP/1.1 connection with three handlers of the sidecar between NIO's HTTP/1
-/// parser and Hummingbird's conversion to `HTTPTypes`, where the HTTP version, the raw framing
-/// and the flow of body bytes are still visible:
-///
-/// 1. ``HTTP1PersistenceHandler``: HTTP/1.0 answers and `Connection: close`.
-/// 2. ``MalformedRequestHandler``: a request that cannot be parsed gets a problem document.
-/// 3. ``RequestBodyTimeoutHandler``: a request body that stops arriving fails the request.
+/// Hummingbird's HTTP/1.1 connection with one handler of the sidecar,
+/// ``SidecarHTTP1Handler``, between NIO's HTTP/1 parser and Hummingbird's conversion to
+/// `HTTPTypes`, where the HTTP version, the raw framing and the flow of body bytes are still
+/// visible.
 struct SidecarHTTP1Channel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
 
@@ -24,15 +21,10 @@ struct SidecarHTTP1Channel: ServerChildChannel {
         return http1.setup(channel: channel, logger: logger).flatMapThrowing { value in
             // Hummingbird's setup completes on the channel's event loop, so does this.
             let pipeline = channel.pipeline.syncOperations
-            var previous: any ChannelHandler = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            let handlers: [any ChannelHandler] = [
-                HTTP1PersistenceHandler(), MalformedRequestHandler(),
-                RequestBodyTimeoutHandler(timeout: requestBodyTimeout, logger: sidecarLogger),
-            ]
-            for handler in handlers {
-                try pipeline.addHandler(handler, position: .after(previous))
-                previous = handler
-            }
+            let decoder = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try pipeline.addHandler(
+                SidecarHTTP1Handler(requestBodyTimeout: requestBodyTimeout, logger: sidecarLogger),
+                position: .after(decoder))
             return value
         }
     }
@@ -45,16 +37,20 @@ struct SidecarHTTP1Channel: ServerChildChannel {
         }
     }
 
-    /// Whether these handlers failed a request body through the client's fault: it stopped
-    /// arriving, or its framing broke. The request is then answered with that, not with what
-    /// it was doing.
+    /// Whether ``SidecarHTTP1Handler`` failed a request body through the client's fault: it
+    /// stopped arriving, or its framing broke. The request is then answered with that, not with
+    /// what it was doing.
     static func isClientFault(_ error: any Error) -> Bool {
-        error is RequestBodyTimeout || MalformedRequestHandler.parseError(error) != nil
+        error is RequestBodyTimeout || SidecarHTTP1Handler.parseError(error) != nil
     }
 }
 
-/// Keeps a connection open after an answer only when HTTP/1 says it persists (RFC 9112 §9.3),
-/// which Hummingbird, whose requests carry no HTTP version, cannot tell:
+/// What the sidecar adds to each HTTP/1 connection, in one handler (every handler in a
+/// pipeline costs each request part a hop and a type check; three handlers made a no-op request
+/// cost about 7,000 more instructions: docs/PERFORMANCE.md, "Work per request"). Three duties:
+///
+/// **Persistence.** Keeps a connection open after an answer only when HTTP/1 says it persists
+/// (RFC 9112 §9.3), which Hummingbird, whose requests carry no HTTP version, cannot tell:
 ///
 /// * An HTTP/1.0 request is answered as HTTP/1.0, so that a body of unknown length is delimited
 ///   by closing the connection rather than sent in chunks the client does not know, and the
@@ -65,148 +61,55 @@ struct SidecarHTTP1Channel: ServerChildChannel {
 ///
 /// A closing answer says `Connection: close`; a persistent answer to HTTP/1.0 says
 /// `Connection: keep-alive`.
-final class HTTP1PersistenceHandler: ChannelDuplexHandler, RemovableChannelHandler {
+///
+/// **Malformed requests.** Answers a request whose request line or header section cannot be
+/// parsed (an unknown transfer coding, two different lengths, a length and chunks, a folded
+/// header line, …) with a `ValueError` problem document (400) and closes the connection,
+/// instead of Hummingbird's empty 400. A body whose framing breaks while a handler reads it
+/// fails that read instead: the error goes on to the handler (``ProblemMiddleware`` answers it
+/// the same way). The framings that request smuggling relies on are all refused by NIO's
+/// parser; after it refuses, nothing more is read from the connection.
+///
+/// **Request body timeout.** Fails a request whose body stops arriving: when the server has
+/// been waiting for more of the body for the timeout without a byte, the request's body fails
+/// with ``RequestBodyTimeout`` (its handler answers 408 and closes the connection; an upload
+/// being streamed is aborted), and one warning is logged. Only time the server waits counts:
+/// while the server does not read (because the handler has not taken what came, e.g. blob
+/// storage is slow), the client cannot send, so the clock stands still. A body that keeps
+/// coming, however slowly, is not cut off. Waiting for a request head is the business of
+/// Hummingbird's idle timeout (60 s), which also ends a connection whose request makes no
+/// progress for that long.
+final class SidecarHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private struct Request {
+    // Persistence.
+
+    private struct RequestFraming {
         var version: HTTPVersion
         var isKeepAlive: Bool
     }
 
     /// Requests read whose answer has not started, oldest first.
-    private var unanswered = CircularBuffer<Request>()
+    private var unstartedAnswers = CircularBuffer<RequestFraming>()
     /// The answer being written ends the connection.
     private var closesAfterAnswer = false
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = unwrapInboundIn(data) {
-            unanswered.append(Request(version: head.version, isKeepAlive: head.isKeepAlive))
-        }
-        context.fireChannelRead(data)
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .head(var head) where head.status.code >= 200:
-            // A parse error is answered before any request was read: it is HTTP/1.1 and closes.
-            let request = unanswered.popFirst() ?? Request(version: .http1_1, isKeepAlive: true)
-            var persists = request.isKeepAlive && head.isKeepAlive
-            if request.version == .http1_0 {
-                head.version = .http1_0
-                let mayHaveBody = head.status != .noContent && head.status != .notModified
-                if mayHaveBody, !head.headers.contains(name: "content-length") { persists = false }
-            }
-            head.headers.remove(name: "connection")
-            if !persists {
-                head.headers.add(name: "connection", value: "close")
-            } else if head.version == .http1_0 {
-                head.headers.add(name: "connection", value: "keep-alive")
-            }
-            closesAfterAnswer = !persists
-            context.write(wrapOutboundOut(.head(head)), promise: promise)
-        case .end where closesAfterAnswer:
-            closesAfterAnswer = false
-            let written = promise ?? context.eventLoop.makePromise()
-            context.write(data, promise: written)
-            written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        default:
-            context.write(data, promise: promise)
-        }
-    }
-}
-
-/// Answers a request whose request line or header section cannot be parsed (an unknown
-/// transfer coding, two different lengths, a length and chunks, a folded header line, …) with a
-/// `ValueError` problem document (400) and closes the connection, instead of Hummingbird's
-/// empty 400. A body whose framing breaks while a handler reads it fails that read instead:
-/// the error goes on to the handler (``ProblemMiddleware`` answers it the same way).
-///
-/// The framings that request smuggling relies on are all refused by NIO's parser; after it
-/// refuses, nothing more is read from the connection.
-final class MalformedRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    // Malformed requests.
 
     /// Requests read whose answer is not fully written.
-    private var unanswered = 0
+    private var unfinishedAnswers = 0
     /// A request's head was read, its end not yet.
     private var isReadingRequest = false
     /// The connection's last answer, to a request that could not be parsed, is written.
-    private var hasAnswered = false
+    private var hasAnsweredMalformedRequest = false
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !hasAnswered else { return }
-        switch unwrapInboundIn(data) {
-        case .head:
-            unanswered += 1
-            isReadingRequest = true
-        case .body:
-            break
-        case .end:
-            isReadingRequest = false
-        }
-        context.fireChannelRead(data)
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) { unanswered = max(0, unanswered - 1) }
-        context.write(data, promise: promise)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if hasAnswered { return }
-        // With a request under way, its handler or Hummingbird gets the error.
-        guard unanswered == 0, !isReadingRequest, let parseError = Self.parseError(error) else {
-            context.fireErrorCaught(error)
-            return
-        }
-        hasAnswered = true
-        let body = ProblemDetails.malformedRequest("\(parseError)").encoded()
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/problem+json")
-        headers.add(name: "content-length", value: String(body.count))
-        headers.add(name: "connection", value: "close")
-        // Through the handlers in front of this one: the persistence handler closes after it.
-        context.write(
-            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
-            promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-    }
-
-    /// The parser's error, also when the decoder reports it wrapped.
-    static func parseError(_ error: any Error) -> HTTPParserError? {
-        switch error {
-        case let error as HTTPParserError: error
-        case let error as ByteToMessageDecoderError:
-            if case .dataReceivedInErrorState(let underlying as HTTPParserError, _) = error { underlying } else { nil }
-        default: nil
-        }
-    }
-}
-
-/// Fails a request whose body stops arriving: when the server has been waiting for more of the
-/// body for the timeout without a byte, the request's body fails with ``RequestBodyTimeout``
-/// (its handler answers 408 and closes the connection; an upload being streamed is aborted),
-/// and one warning is logged. Only time the server waits counts: while the server does not read
-/// (because the handler has not taken what came, e.g. blob storage is slow), the client cannot
-/// send, so the clock stands still. A body that keeps coming, however slowly, is not cut off.
-///
-/// Waiting for a request head is the business of Hummingbird's idle timeout (60 s), which also
-/// ends a connection whose request makes no progress for that long.
-final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    // Request body timeout.
 
     private let timeout: TimeAmount
-    private let seconds: Int64
+    private let timeoutSeconds: Int64
     private let logger: Logger
     /// The request whose body is being read (head seen, end not yet).
     private var request: (method: HTTPMethod, path: Substring)?
@@ -217,17 +120,32 @@ final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
     /// The answer to the request being read has started (it was refused before its body came).
     private var isAnswered = false
 
-    init(timeout: Duration, logger: Logger) {
-        self.timeout = TimeAmount(timeout)
-        self.seconds = timeout.components.seconds
+    init(requestBodyTimeout: Duration, logger: Logger) {
+        self.timeout = TimeAmount(requestBodyTimeout)
+        self.timeoutSeconds = requestBodyTimeout.components.seconds
         self.logger = logger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .head(let head) = part {
+            unstartedAnswers.append(RequestFraming(version: head.version, isKeepAlive: head.isKeepAlive))
+        }
+        // After the answer to a malformed request nothing more is read.
+        guard !hasAnsweredMalformedRequest else { return }
+        switch part {
+        case .head:
+            unfinishedAnswers += 1
+            isReadingRequest = true
+        case .body:
+            break
+        case .end:
+            isReadingRequest = false
+        }
         // What comes after the timeout belongs to a request that has already failed.
         guard !hasTimedOut else { return }
         waitingSince = nil
-        switch unwrapInboundIn(data) {
+        switch part {
         case .head(let head):
             request = (
                 head.method, head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
@@ -251,8 +169,37 @@ final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .head(let head) = unwrapOutboundIn(data), head.status.code >= 200 { isAnswered = true }
-        context.write(data, promise: promise)
+        let part = unwrapOutboundIn(data)
+        switch part {
+        case .head(let head) where head.status.code >= 200: isAnswered = true
+        case .end: unfinishedAnswers = max(0, unfinishedAnswers - 1)
+        default: break
+        }
+        writeKeepingPersistence(context: context, part: part, data: data, promise: promise)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if hasAnsweredMalformedRequest { return }
+        // With a request under way, its handler or Hummingbird gets the error.
+        guard unfinishedAnswers == 0, !isReadingRequest, let parseError = Self.parseError(error) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        hasAnsweredMalformedRequest = true
+        let body = ProblemDetails.malformedRequest("\(parseError)").encoded()
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/problem+json")
+        headers.add(name: "content-length", value: String(body.count))
+        headers.add(name: "connection", value: "close")
+        // Through the persistence rules: they close the connection after it.
+        let parts: [HTTPServerResponsePart] = [
+            .head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers)),
+            .body(.byteBuffer(ByteBuffer(bytes: body))), .end(nil),
+        ]
+        for part in parts {
+            writeKeepingPersistence(context: context, part: part, data: wrapOutboundOut(part), promise: nil)
+        }
+        context.flush()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -262,6 +209,49 @@ final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
 
     func handlerRemoved(context: ChannelHandlerContext) {
         cancelCheck()
+    }
+
+    /// The parser's error, also when the decoder reports it wrapped.
+    static func parseError(_ error: any Error) -> HTTPParserError? {
+        switch error {
+        case let error as HTTPParserError: error
+        case let error as ByteToMessageDecoderError:
+            if case .dataReceivedInErrorState(let underlying as HTTPParserError, _) = error { underlying } else { nil }
+        default: nil
+        }
+    }
+
+    /// Writes `part` (which `data` wraps) with the persistence rules applied to its head, and
+    /// closes the connection after the end of an answer that does not persist.
+    private func writeKeepingPersistence(
+        context: ChannelHandlerContext, part: HTTPServerResponsePart, data: NIOAny, promise: EventLoopPromise<Void>?
+    ) {
+        switch part {
+        case .head(var head) where head.status.code >= 200:
+            // A parse error is answered before any request was read: it is HTTP/1.1 and closes.
+            let request = unstartedAnswers.popFirst() ?? RequestFraming(version: .http1_1, isKeepAlive: true)
+            var persists = request.isKeepAlive && head.isKeepAlive
+            if request.version == .http1_0 {
+                head.version = .http1_0
+                let mayHaveBody = head.status != .noContent && head.status != .notModified
+                if mayHaveBody, !head.headers.contains(name: "content-length") { persists = false }
+            }
+            head.headers.remove(name: "connection")
+            if !persists {
+                head.headers.add(name: "connection", value: "close")
+            } else if head.version == .http1_0 {
+                head.headers.add(name: "connection", value: "keep-alive")
+            }
+            closesAfterAnswer = !persists
+            context.write(wrapOutboundOut(.head(head)), promise: promise)
+        case .end where closesAfterAnswer:
+            closesAfterAnswer = false
+            let written = promise ?? context.eventLoop.makePromise()
+            context.write(data, promise: written)
+            written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        default:
+            context.write(data, promise: promise)
+        }
     }
 
     private func scheduleCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
@@ -288,13 +278,13 @@ final class RequestBodyTimeoutHandler: ChannelDuplexHandler, RemovableChannelHan
         }
         hasTimedOut = true
         logger.warning(
-            "request body timed out: no data for \(seconds) s; \(isAnswered ? "closing the connection" : "answering 408 and closing the connection")",
+            "request body timed out: no data for \(timeoutSeconds) s; \(isAnswered ? "closing the connection" : "answering 408 and closing the connection")",
             metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)"])
-        context.fireErrorCaught(RequestBodyTimeout(seconds: seconds))
+        context.fireErrorCaught(RequestBodyTimeout(seconds: timeoutSeconds))
     }
 }
 
-/// A request body stopped arriving for ``seconds`` (``RequestBodyTimeoutHandler``).
+/// A request body stopped arriving for ``seconds`` (``SidecarHTTP1Handler``).
 struct RequestBodyTimeout: Error, Sendable {
     let seconds: Int64
 }

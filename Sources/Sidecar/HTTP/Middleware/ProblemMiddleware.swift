@@ -47,7 +47,7 @@ struct ProblemMiddleware: RouterMiddleware {
     }
 
     private func problem(for error: any Error, request: Request) -> ProblemDetails {
-        if let parseError = MalformedRequestHandler.parseError(error) {
+        if let parseError = SidecarHTTP1Handler.parseError(error) {
             return .malformedRequest("\(parseError)")
         }
         switch error {
