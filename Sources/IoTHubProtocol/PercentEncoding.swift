@@ -38,6 +38,25 @@ public enum PercentEncoding {
         }
     }
 
+    /// Appends the encoded form of `value` to `output` as UTF-8 bytes: how a telemetry topic is
+    /// built, one byte buffer for the whole topic (docs/PERFORMANCE.md, "Work per request").
+    public static func encode(_ value: String, appendingTo output: inout [UInt8]) {
+        func append(_ bytes: UnsafeBufferPointer<UInt8>) {
+            for byte in bytes {
+                if isUnreserved(byte) {
+                    output.append(byte)
+                } else {
+                    output.append(UInt8(ascii: "%"))
+                    output.append(hexDigit(byte >> 4))
+                    output.append(hexDigit(byte & 0x0F))
+                }
+            }
+        }
+        if value.utf8.withContiguousStorageIfAvailable(append) == nil {
+            Array(value.utf8).withUnsafeBufferPointer(append)
+        }
+    }
+
     /// Decodes `%XX` sequences. Like Python's `urllib.parse.unquote`, a `%` that is not followed
     /// by two hex digits is kept as it is, `+` is not a space, and byte sequences that are not
     /// valid UTF-8 become U+FFFD, so decoding never fails.
@@ -84,6 +103,11 @@ public enum PercentEncoding {
     }
 
     private static let hexDigits: [UInt8] = Array("0123456789ABCDEF".utf8)
+
+    @inline(__always)
+    private static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
+    }
 
     @inline(__always)
     private static func isUnreserved(_ byte: UInt8) -> Bool {

@@ -54,14 +54,27 @@ public struct PropertyBag: Sendable, Hashable {
 
     /// Appends the encoded form to `output`.
     public func encode(appendingTo output: inout String) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(encodedLengthBound)
+        encode(appendingTo: &bytes)
+        output += String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the encoded form to `output` as UTF-8 bytes.
+    public func encode(appendingTo output: inout [UInt8]) {
         for (index, entry) in entries.enumerated() {
-            if index > 0 { output += "&" }
+            if index > 0 { output.append(UInt8(ascii: "&")) }
             PercentEncoding.encode(entry.key, appendingTo: &output)
             if let value = entry.value {
-                output += "="
+                output.append(UInt8(ascii: "="))
                 PercentEncoding.encode(value, appendingTo: &output)
             }
         }
+    }
+
+    /// At most how many bytes the encoded form takes: every byte encoded as three.
+    public var encodedLengthBound: Int {
+        entries.reduce(0) { total, entry in total + 3 * (entry.key.utf8.count + (entry.value?.utf8.count ?? 0)) + 2 }
     }
 
     /// The value of the first entry named `key`.
