@@ -13,9 +13,10 @@ struct Preferences: Sendable, Equatable {
     static let respondAsync = "respond-async"
 
     init(_ headers: HTTPFields) {
-        for field in headers[values: .prefer] {
-            var field = field
-            field.withUTF8 { bytes in parse(bytes[...]) }
+        // Through the fields, not `headers[values:]`, which first indexes them all.
+        for field in headers where field.name == .prefer {
+            var value = field.value
+            value.withUTF8 { bytes in parse(bytes[...]) }
         }
     }
 

@@ -14,7 +14,7 @@ extension Request {
 
     /// The media type, lower-case, without parameters; nil without `Content-Type`.
     var mediaType: String? {
-        headers[.contentType].map(Self.mediaType(ofContentType:))
+        headers.joinedValue(of: .contentType).map(Self.mediaType(ofContentType:))
     }
 
     /// The media type of a `Content-Type` value: before any `;`, without surrounding blanks,
@@ -107,5 +107,19 @@ extension [String: JSONValue] {
             throw .invalid("\(name) must be an integer from \(Int32.min) to \(Int32.max)", field: name)
         }
         return value32
+    }
+}
+
+extension HTTPFields {
+    /// What `self[name]` answers (repeated fields joined with `, `, cookies with `; `), found
+    /// by going through the fields: the subscript first builds an index of all the fields by
+    /// name, which costs a request more than the few fields it has (docs/PERFORMANCE.md, "Work
+    /// per request").
+    func joinedValue(of name: HTTPField.Name) -> String? {
+        var joined: String?
+        for field in self where field.name == name {
+            joined = joined.map { $0 + (name == .cookie ? "; " : ", ") + field.value } ?? field.value
+        }
+        return joined
     }
 }

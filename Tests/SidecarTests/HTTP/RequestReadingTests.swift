@@ -1,3 +1,4 @@
+import HTTPTypes
 import Hummingbird
 import Testing
 
@@ -11,5 +12,20 @@ import Testing
     ])
     func mediaTypes(contentType: String, expected: String) {
         #expect(Request.mediaType(ofContentType: contentType) == expected)
+    }
+
+    /// `joinedValue(of:)` answers what the `HTTPFields` subscript does.
+    @Test func joinedValuesAreTheSubscripts() {
+        var fields = HTTPFields()
+        fields.append(HTTPField(name: .contentType, value: "application/json"))
+        fields.append(HTTPField(name: .accept, value: "a"))
+        fields.append(HTTPField(name: .cookie, value: "x=1"))
+        fields.append(HTTPField(name: .accept, value: "b"))
+        fields.append(HTTPField(name: .cookie, value: "y=2"))
+        for name in [HTTPField.Name.contentType, .accept, .cookie, .prefer] {
+            #expect(fields.joinedValue(of: name) == fields[name], "\(name)")
+        }
+        #expect(fields.joinedValue(of: .accept) == "a, b")
+        #expect(fields.joinedValue(of: .prefer) == nil)
     }
 }
