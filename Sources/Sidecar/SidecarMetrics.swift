@@ -114,23 +114,51 @@ final class SidecarMetrics: Sendable {
         var value: String
     }
 
-    private let values = NIOLockedValueBox([Series: Double]())
+    /// One series of ``Family/httpRequests``, counted once per request: kept apart from the
+    /// other series so that counting hashes three short values and allocates nothing
+    /// (docs/PERFORMANCE.md, "Work per request").
+    private struct RequestSeries: Hashable {
+        var method: String
+        var route: String
+        var status: Int
+    }
+
+    private struct Values {
+        var series: [Series: Double] = [:]
+        var requests: [RequestSeries: Int] = [:]
+    }
+
+    private let values = NIOLockedValueBox(Values())
 
     /// Adds `amount` to a counter.
     func increment(_ family: Family, labels: [(String, String)] = [], by amount: Double = 1) {
         let series = Series(family: family, labels: labels.map { LabelPair(name: $0.0, value: $0.1) })
-        values.withLockedValue { $0[series, default: 0] += amount }
+        values.withLockedValue { $0.series[series, default: 0] += amount }
+    }
+
+    /// Counts an answered request in ``Family/httpRequests``.
+    func countRequest(method: String, route: String, status: Int) {
+        let series = RequestSeries(method: method, route: route, status: status)
+        values.withLockedValue { $0.requests[series, default: 0] += 1 }
     }
 
     /// Sets a gauge.
     func set(_ family: Family, to value: Double, labels: [(String, String)] = []) {
         let series = Series(family: family, labels: labels.map { LabelPair(name: $0.0, value: $0.1) })
-        values.withLockedValue { $0[series] = value }
+        values.withLockedValue { $0.series[series] = value }
     }
 
     /// The exposition text; `gauges` are read now (queue depths) and added for this scrape.
     func exposition() -> String {
-        let snapshot = values.withLockedValue { $0 }
+        let stored = values.withLockedValue { $0 }
+        var snapshot = stored.series
+        for (request, count) in stored.requests {
+            let labels = [
+                LabelPair(name: "method", value: request.method), LabelPair(name: "route", value: request.route),
+                LabelPair(name: "status", value: String(request.status)),
+            ]
+            snapshot[Series(family: .httpRequests, labels: labels), default: 0] += Double(count)
+        }
         var text = ""
         for family in Family.all {
             text += "# HELP \(family.name) \(family.help)\n# TYPE \(family.name) \(family.type)\n"

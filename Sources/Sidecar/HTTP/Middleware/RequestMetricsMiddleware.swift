@@ -18,9 +18,7 @@ struct RequestMetricsMiddleware: RouterMiddleware {
         let route =
             context.endpointPath.map { RouteTable.Route(method: request.method, path: $0).documentedPath }
             ?? "unmatched"
-        metrics.increment(
-            .httpRequests,
-            labels: [("method", request.method.rawValue), ("route", route), ("status", String(response.status.code))])
+        metrics.countRequest(method: request.method.rawValue, route: route, status: response.status.code)
         logger.debug(
             "request",
             metadata: [
