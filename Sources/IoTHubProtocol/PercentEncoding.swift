@@ -12,35 +12,17 @@ public enum PercentEncoding {
         return output
     }
 
-    /// Appends the encoded form of `value` to `output` (no intermediate string for the parts
-    /// of a topic).
+    /// Appends the encoded form of `value` to `output`.
     public static func encode(_ value: String, appendingTo output: inout String) {
-        let utf8 = value.utf8
-        // Fast path: most keys and ids need no encoding at all.
-        if utf8.allSatisfy(isUnreserved) {
-            output += value
-            return
-        }
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: utf8.count * 3) { buffer in
-            var count = 0
-            for byte in utf8 {
-                if isUnreserved(byte) {
-                    buffer[count] = byte
-                    count += 1
-                } else {
-                    buffer[count] = UInt8(ascii: "%")
-                    buffer[count + 1] = hexDigits[Int(byte >> 4)]
-                    buffer[count + 2] = hexDigits[Int(byte & 0x0F)]
-                    count += 3
-                }
-            }
-            output += String(decoding: UnsafeBufferPointer(rebasing: buffer[..<count]), as: UTF8.self)
-        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(value.utf8.count)
+        encode(value, appendingTo: &bytes)
+        output += String(decoding: bytes, as: UTF8.self)
     }
 
     /// Appends the encoded form of `value` to `output` as UTF-8 bytes: how a telemetry topic is
     /// built, one byte buffer for the whole topic (docs/PERFORMANCE.md, "Work per request").
-    public static func encode(_ value: String, appendingTo output: inout [UInt8]) {
+    static func encode(_ value: String, appendingTo output: inout [UInt8]) {
         func append(_ bytes: UnsafeBufferPointer<UInt8>) {
             for byte in bytes {
                 if isUnreserved(byte) {
@@ -101,8 +83,6 @@ public enum PercentEncoding {
     public static func decode(_ value: String) -> String {
         decode(value[...])
     }
-
-    private static let hexDigits: [UInt8] = Array("0123456789ABCDEF".utf8)
 
     @inline(__always)
     private static func hexDigit(_ value: UInt8) -> UInt8 {

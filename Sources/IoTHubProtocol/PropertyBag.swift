@@ -61,7 +61,7 @@ public struct PropertyBag: Sendable, Hashable {
     }
 
     /// Appends the encoded form to `output` as UTF-8 bytes.
-    public func encode(appendingTo output: inout [UInt8]) {
+    func encode(appendingTo output: inout [UInt8]) {
         for (index, entry) in entries.enumerated() {
             if index > 0 { output.append(UInt8(ascii: "&")) }
             PercentEncoding.encode(entry.key, appendingTo: &output)
@@ -73,7 +73,7 @@ public struct PropertyBag: Sendable, Hashable {
     }
 
     /// At most how many bytes the encoded form takes: every byte encoded as three.
-    public var encodedLengthBound: Int {
+    var encodedLengthBound: Int {
         entries.reduce(0) { total, entry in total + 3 * (entry.key.utf8.count + (entry.value?.utf8.count ?? 0)) + 2 }
     }
 

@@ -49,14 +49,6 @@ let hostileStringGenerator = Gen<Character>.oneOf(
         #expect(PercentEncoding.decode(encoded) == value)
     }
 
-    /// The byte form (how a telemetry topic is built) writes what the string form does.
-    @Test(arguments: hostileStrings)
-    func bytesAreTheStringForm(_ value: String) {
-        var bytes = Array("prefix/".utf8)
-        PercentEncoding.encode(value, appendingTo: &bytes)
-        #expect(String(decoding: bytes, as: UTF8.self) == "prefix/" + PercentEncoding.encode(value))
-    }
-
     @Test func roundTripsArbitraryStrings() async {
         await propertyCheck(count: 300, input: hostileStringGenerator) { value in
             #expect(PercentEncoding.decode(PercentEncoding.encode(value)) == value)
